@@ -1,0 +1,106 @@
+//! The application state every handler and worker shares, built once at start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::ServeConfig;
+use crate::hub::Hub;
+use crate::store::Store;
+use crate::stream::StreamCounter;
+
+/// Cheap to clone: everything is behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ServeConfig,
+    store: Store,
+    hub: Arc<Hub>,
+    streams: Arc<StreamCounter>,
+    shutdown: CancellationToken,
+    jobs_created: Notify,
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(
+        settings: ServeConfig,
+        store: Store,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                hub,
+                streams: Arc::default(),
+                shutdown,
+                jobs_created: Notify::new(),
+                running: Mutex::default(),
+                metrics,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ServeConfig {
+        &self.inner.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn streams(&self) -> &Arc<StreamCounter> {
+        &self.inner.streams
+    }
+
+    /// Cancelled when the server begins to shut down: streams end, workers stop.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Signalled whenever a job is created, so idle workers wake without polling.
+    pub fn jobs_created(&self) -> &Notify {
+        &self.inner.jobs_created
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
+    }
+
+    /// Registers a job a worker is running; its token is cancelled by [`AppState::cancel_running`].
+    pub fn register_running(&self, job_id: Uuid) -> CancellationToken {
+        let token = self.inner.shutdown.child_token();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(job_id, token.clone());
+        }
+        token
+    }
+
+    pub fn unregister_running(&self, job_id: Uuid) {
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(&job_id);
+        }
+    }
+
+    /// Tells the worker running `job_id`, if any, to stop it.
+    pub fn cancel_running(&self, job_id: Uuid) {
+        if let Some(token) = self.inner.running.lock().ok().and_then(|r| r.get(&job_id).cloned()) {
+            token.cancel();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! One error type for every HTTP answer that is not a success.
+//!
+//! Every variant becomes an `application/problem+json` body (RFC 9457) with `type`, `title`,
+//! `status` and `detail`. Client mistakes say exactly what to fix; server faults get a fixed
+//! title and detail, and their cause goes to the log only, so no path, SQL or stack trace ever
+//! reaches a response.
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::spec::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{detail}")]
+    BadRequest { title: &'static str, detail: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid job request")]
+    Invalid(Vec<FieldError>),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("{detail}")]
+    Unavailable { detail: String, retry_after_secs: u64 },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl AppError {
+    pub fn bad_request(title: &'static str, detail: impl Into<String>) -> Self {
+        AppError::BadRequest { title, detail: detail.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::bad_request("Unreadable request body", "the request body could not be read")
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(_: QueryRejection) -> Self {
+        AppError::bad_request("Invalid query string", "the query string could not be parsed")
+    }
+}
+
+/// Builds a problem+json response.
+pub fn problem(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    extra: serde_json::Value,
+) -> Response {
+    let mut body = json!({
+        "type": format!("urn:aura:problem:{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Some(map), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    res
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let none = serde_json::Value::Null;
+        match self {
+            AppError::BadRequest { title, detail } => problem(status, "bad-request", title, &detail, none),
+            AppError::NotFound(detail) => problem(status, "not-found", "Not found", &detail, none),
+            AppError::Conflict(detail) => problem(status, "conflict", "Conflict", &detail, none),
+            AppError::Invalid(errors) => {
+                let detail =
+                    errors.iter().map(|e| format!("{} {}", e.field, e.detail)).collect::<Vec<_>>().join("; ");
+                let first = errors.first().map(|e| e.field.clone());
+                problem(
+                    status,
+                    "validation",
+                    "Invalid job request",
+                    &detail,
+                    json!({ "field": first, "errors": errors }),
+                )
+            }
+            AppError::PayloadTooLarge => problem(
+                status,
+                "payload-too-large",
+                "Request body too large",
+                "the request body must be at most 64 KiB",
+                none,
+            ),
+            AppError::Unavailable { detail, retry_after_secs } => {
+                let mut res = problem(status, "unavailable", "Service unavailable", &detail, none);
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                res
+            }
+            AppError::MethodNotAllowed => problem(
+                status,
+                "method-not-allowed",
+                "Method not allowed",
+                "this resource does not answer that method",
+                none,
+            ),
+            AppError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                problem(
+                    status,
+                    "internal",
+                    "Internal server error",
+                    "the server could not complete the request; the cause is in its log",
+                    none,
+                )
+            }
+        }
+    }
+}

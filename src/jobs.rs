@@ -1,0 +1,195 @@
+//! The job resources: create, read, list, cancel, history and output.
+//!
+//! Handlers parse at the edge (ids, cursors, the request body) and then only call the store and
+//! the lifecycle; they never build events themselves.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::job::{JobState, JobStatus, LOCAL_OWNER};
+use crate::lifecycle;
+use crate::spec::{JobSpec, SpecError};
+use crate::store::{EventFilter, Refusal};
+use crate::stream::{parse_event_id, parse_query};
+
+/// Largest accepted request body (API.md).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const DEFAULT_LIST_LIMIT: u32 = 50;
+const MAX_LIST_LIMIT: u32 = 500;
+const DEFAULT_HISTORY_LIMIT: u32 = 1000;
+const MAX_HISTORY_LIMIT: u32 = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", post(create).get(list))
+        .route("/api/jobs/{job_id}", get(show))
+        .route("/api/jobs/{job_id}/cancel", post(cancel))
+        .route("/api/jobs/{job_id}/history", get(history))
+}
+
+/// The raw body, with its rejections (too large, unreadable) as problem+json.
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
+        Bytes::from_request(req, state).await.map(Body).map_err(AppError::from)
+    }
+}
+
+/// A job id from the path: 400 when it is not a UUID.
+pub fn parse_job_id(raw: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        AppError::bad_request("Invalid job id", format!("job ids are UUIDs; {:?} is not one", shorten(raw)))
+    })
+}
+
+/// Echoes at most a few characters of client input back.
+fn shorten(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no job has this id".into())
+}
+
+/// The job's state, or 404.
+pub async fn load_job(app: &AppState, job_id: Uuid) -> Result<JobState, AppError> {
+    app.store().job(job_id).await?.ok_or_else(not_found)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    job_id: Uuid,
+    status: JobStatus,
+    events_url: String,
+}
+
+async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
+    let spec = JobSpec::from_json_bytes(&body).map_err(|e| match e {
+        SpecError::Malformed(detail) => AppError::bad_request("Malformed JSON", detail),
+        SpecError::Invalid(errors) => AppError::Invalid(errors),
+    })?;
+    let job_id = Uuid::now_v7();
+    let applied = lifecycle::create(app.store(), job_id, spec, LOCAL_OWNER.to_owned())
+        .await?
+        .map_err(|r| AppError::Internal(anyhow::anyhow!("creating a job was refused: {r}")))?;
+    app.jobs_created().notify_waiters();
+    tracing::info!(job_id = %job_id, "job created");
+    let location = format!("/api/jobs/{job_id}");
+    let body = Created { job_id, status: applied.state.status, events_url: format!("{location}/events") };
+    let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+async fn show(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
+    let job = load_job(&app, parse_job_id(&job_id)?).await?;
+    Ok(axum::Json(job).into_response())
+}
+
+fn query_u32(query: &[(String, String)], key: &str, default: u32, max: u32) -> Result<u32, AppError> {
+    match query.iter().find(|(k, _)| k == key) {
+        None => Ok(default),
+        Some((_, v)) => match v.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(AppError::bad_request(
+                "Invalid query parameter",
+                format!("{key} must be a whole number from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+/// The list cursor: an opaque decimal position, as returned in `next`.
+pub fn parse_cursor(s: &str) -> Option<i64> {
+    parse_event_id(s).filter(|&n| n > 0)
+}
+
+async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, AppError> {
+    let query = parse_query(query.as_deref())?;
+    let limit = query_u32(&query, "limit", DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let status = match query.iter().find(|(k, _)| k == "status") {
+        None => None,
+        Some((_, v)) if v.is_empty() => None,
+        Some((_, v)) => Some(JobStatus::parse(v).ok_or_else(|| {
+            AppError::bad_request(
+                "Invalid query parameter",
+                "status must be one of Queued, Running, Cancelling, Completed, Failed, Cancelled",
+            )
+        })?),
+    };
+    let before = match query.iter().find(|(k, _)| k == "before") {
+        None => None,
+        Some((_, v)) if v.is_empty() => None,
+        Some((_, v)) => Some(parse_cursor(v).ok_or_else(|| {
+            AppError::bad_request(
+                "Invalid query parameter",
+                "before must be a cursor from an earlier page's next",
+            )
+        })?),
+    };
+    let page = app.store().list_jobs(None, status, before, limit).await?;
+    Ok(axum::Json(json!({ "jobs": page.jobs, "next": page.next.map(|n| n.to_string()) })).into_response())
+}
+
+async fn cancel(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
+    let job_id = parse_job_id(&job_id)?;
+    match lifecycle::cancel(app.store(), job_id).await? {
+        Ok(applied) => {
+            app.cancel_running(job_id);
+            Ok((StatusCode::ACCEPTED, axum::Json(applied.state)).into_response())
+        }
+        Err(Refusal::NotFound) => Err(not_found()),
+        Err(Refusal::Conflict(detail) | Refusal::Invalid(detail)) => Err(AppError::Conflict(detail)),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryItem<'a> {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a RawValue,
+    created_at: &'a str,
+}
+
+async fn history(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let job_id = parse_job_id(&job_id)?;
+    let query = parse_query(query.as_deref())?;
+    let after = match query.iter().find(|(k, _)| k == "after") {
+        None => 0,
+        Some((_, v)) => parse_event_id(v).ok_or_else(|| {
+            AppError::bad_request("Invalid query parameter", "after must be a non-negative event id")
+        })?,
+    };
+    let limit = query_u32(&query, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
+    load_job(&app, job_id).await?;
+    let events = app.store().events_after(&EventFilter::Jobs(vec![job_id]), after, limit).await?;
+    let mut items = Vec::with_capacity(events.len());
+    for e in &events {
+        // Stored data is normalized to one line of valid JSON when read (see `event`).
+        let data: &RawValue = serde_json::from_str(&e.data).map_err(|e| AppError::Internal(e.into()))?;
+        items.push(HistoryItem { id: e.id, kind: &e.kind, data, created_at: &e.created_at });
+    }
+    Ok(axum::Json(items).into_response())
+}

@@ -1,0 +1,122 @@
+//! Builds the application (store, fan-out, router, workers) bound to its listener, and runs
+//! it until a shutdown future resolves. `main`, the CLI and the tests all start Aura here.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::config::ServeConfig;
+use crate::error::AppError;
+use crate::hub::Hub;
+use crate::store::Store;
+use crate::{health, jobs, stream};
+
+/// A built application: listening, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    port: u16,
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
+        .context("configuring metric buckets")?
+        .install_recorder()
+        .or_else(|e| HANDLE.get().cloned().ok_or(e))
+        .context("installing the metrics recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+impl Application {
+    pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data folder {}", settings.data_dir.display()))?;
+        let metrics = metrics_handle()?;
+        let shutdown = CancellationToken::new();
+        let (store, feed) = Store::open(&settings.database(), settings.synchronous)
+            .await
+            .with_context(|| format!("opening the database {}", settings.database()))?;
+        let hub =
+            Hub::start(store.clone(), feed, shutdown.clone()).await.context("starting the event tail")?;
+        let listener =
+            TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
+        let port = listener.local_addr().context("reading the bound address")?.port();
+        let state = AppState::new(settings, store, hub, shutdown, metrics);
+        let router = router(state.clone());
+        Ok(Application { listener, router, state, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then ends every stream, stops the workers and closes
+    /// the store.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let token = self.state.shutdown_token();
+        let signal_token = token.clone();
+        tracing::info!(addr = %self.listener.local_addr()?, "aura is listening");
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutdown requested: no new connections, ending streams"),
+                () = signal_token.cancelled() => {}
+            }
+            signal_token.cancel();
+        });
+        let result = server.await.context("serving HTTP");
+        token.cancel();
+        tracing::info!("HTTP server stopped");
+        let store = self.state.store().clone();
+        drop(self.state);
+        store.close().await;
+        tokio::time::sleep(Duration::from_millis(0)).await;
+        tracing::info!("store closed; goodbye");
+        result
+    }
+}
+
+/// The whole HTTP surface: each module owns its routes, the root only merges them.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(jobs::router())
+        .merge(stream::router())
+        .merge(health::router())
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn fallback() -> impl IntoResponse {
+    crate::error::problem(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "there is no resource at this path",
+        serde_json::Value::Null,
+    )
+}

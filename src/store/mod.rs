@@ -1,0 +1,231 @@
+//! The SQLite store: the only module that speaks SQL.
+//!
+//! Everything else sees Aura's own types ([`JobState`], [`StoredEvent`], [`EventFilter`]), so a
+//! second backend (Postgres, for several nodes) is an addition here, not a rewrite elsewhere.
+//! Writes go through one writer task that owns the single write connection and commits in
+//! groups (see [`writer`]); reads use a small pool of connections that WAL lets run beside it.
+
+mod rows;
+pub mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::event::StoredEvent;
+use crate::job::{JobState, JobStatus};
+pub use writer::{Applied, Decide, Refusal};
+
+/// How `synchronous` is set on the write connection (`AURA_SYNCHRONOUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync on every commit: a committed event survives power loss. The default.
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the newest commits on power loss.
+    Normal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+/// Which jobs' events a reader wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    All,
+    Jobs(Vec<Uuid>),
+}
+
+/// One page of the job list.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<JobState>,
+    /// Cursor for the next (older) page, if there may be one.
+    pub next: Option<i64>,
+}
+
+/// A handle to the database: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    writer: mpsc::Sender<writer::Request>,
+}
+
+/// What the writer hands the fan-out after each commit, in commit (and so id) order.
+pub type CommitFeed = mpsc::UnboundedReceiver<Vec<std::sync::Arc<StoredEvent>>>;
+
+impl Store {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer task.
+    pub async fn open(url_or_path: &str, durability: Durability) -> Result<(Store, CommitFeed), StoreError> {
+        let options = connect_options(url_or_path)?;
+        if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
+        }
+        let write_options = options.clone().synchronous(match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        });
+        let mut conn = write_options.connect().await?;
+        sqlx::migrate!().run(&mut conn).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (writer, feed) = writer::spawn(conn);
+        Ok((Store { pool, writer }, feed))
+    }
+
+    /// Runs one decision against a job's current state and appends what it returns, atomically.
+    pub async fn apply(&self, job_id: Uuid, decide: Decide) -> Result<Result<Applied, Refusal>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(writer::Request { job_id, decide, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Checks that the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, job_id: Uuid) -> Result<Option<JobState>, StoreError> {
+        let id = job_id.to_string();
+        let row = sqlx::query_as!(rows::JobRow, "SELECT * FROM jobs WHERE job_id = ?", id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(JobState::try_from).transpose()
+    }
+
+    /// Jobs newest first, optionally of one status and owner, older than the cursor `before`.
+    pub async fn list_jobs(
+        &self,
+        owner: Option<&str>,
+        status: Option<JobStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<JobPage, StoreError> {
+        let status = status.map(JobStatus::name);
+        let before = before.unwrap_or(i64::MAX);
+        let fetch = i64::from(limit) + 1;
+        let rows = sqlx::query_as!(
+            rows::JobRow,
+            "SELECT * FROM jobs
+             WHERE created_event_id < ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR owner = ?3)
+             ORDER BY created_event_id DESC LIMIT ?4",
+            before,
+            status,
+            owner,
+            fetch
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let next = if more { rows.get(limit as usize - 1).map(|r| r.created_event_id) } else { None };
+        let jobs = rows.into_iter().take(limit as usize).map(JobState::try_from).collect::<Result<_, _>>()?;
+        Ok(JobPage { jobs, next })
+    }
+
+    /// Up to `limit` events with id greater than `after`, in id order.
+    pub async fn events_after(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = match filter {
+            EventFilter::All => {
+                sqlx::query_as!(
+                    rows::EventRow,
+                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
+                     FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    after,
+                    limit
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            EventFilter::Jobs(ids) if ids.len() == 1 => {
+                let job = ids[0].to_string();
+                sqlx::query_as!(
+                    rows::EventRow,
+                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
+                     FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+                    job,
+                    after,
+                    limit
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            EventFilter::Jobs(ids) => {
+                let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query_as!(
+                    rows::EventRow,
+                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
+                     FROM events WHERE id > ? AND job_id IN (SELECT value FROM json_each(?))
+                     ORDER BY id LIMIT ?",
+                    after,
+                    list,
+                    limit
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().filter_map(rows::EventRow::into_event).collect())
+    }
+
+    /// The highest event id committed so far (0 for an empty log).
+    pub async fn max_event_id(&self) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    /// How many jobs there are in each status.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query!("SELECT status, count(*) AS \"n!: i64\" FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+    }
+
+    /// Closes the read pool; the writer ends when the last handle is dropped.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Connection options shared by the writer and the readers: WAL, a busy timeout, foreign keys.
+fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let base = if url_or_path.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url_or_path)?
+    } else {
+        SqliteConnectOptions::new().filename(Path::new(url_or_path))
+    };
+    Ok(base
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true))
+}

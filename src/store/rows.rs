@@ -1,0 +1,128 @@
+//! Rows as SQLite returns them, and their conversion to Aura's types.
+//!
+//! Kept apart from the queries so that the mapping between columns and fields is in one place.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::event::{StoredEvent, format_at};
+use crate::job::{JobState, JobStatus, Stage};
+
+/// A `jobs` row, column for column.
+#[derive(Debug, Clone)]
+pub(super) struct JobRow {
+    pub job_id: String,
+    pub created_event_id: i64,
+    pub owner: String,
+    pub status: String,
+    pub stage: Option<String>,
+    pub percent: f64,
+    pub attempt: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub last_event_id: i64,
+    pub request: String,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| corrupt("a jobs timestamp"))
+}
+
+impl TryFrom<JobRow> for JobState {
+    type Error = StoreError;
+
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        Ok(JobState {
+            job_id: Uuid::parse_str(&r.job_id).map_err(|_| corrupt("jobs.job_id"))?,
+            owner: r.owner,
+            status: JobStatus::parse(&r.status).ok_or_else(|| corrupt("jobs.status"))?,
+            stage: r
+                .stage
+                .as_deref()
+                .map(|s| Stage::parse(s).ok_or_else(|| corrupt("jobs.stage")))
+                .transpose()?,
+            percent: r.percent,
+            created_at: parse_time(&r.created_at)?,
+            started_at: r.started_at.as_deref().map(parse_time).transpose()?,
+            finished_at: r.finished_at.as_deref().map(parse_time).transpose()?,
+            attempt: u32::try_from(r.attempt).map_err(|_| corrupt("jobs.attempt"))?,
+            error: r
+                .error
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|_| corrupt("jobs.error"))?,
+            output: r
+                .output
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|_| corrupt("jobs.output"))?,
+            last_event_id: r.last_event_id,
+            request: serde_json::from_str(&r.request).map_err(|_| corrupt("jobs.request"))?,
+        })
+    }
+}
+
+/// The columns of a `jobs` row for writing, produced from a state.
+pub(super) struct JobColumns {
+    pub job_id: String,
+    pub owner: String,
+    pub status: &'static str,
+    pub stage: Option<&'static str>,
+    pub percent: f64,
+    pub attempt: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub last_event_id: i64,
+    pub request: String,
+}
+
+impl From<&JobState> for JobColumns {
+    fn from(s: &JobState) -> Self {
+        JobColumns {
+            job_id: s.job_id.to_string(),
+            owner: s.owner.clone(),
+            status: s.status.name(),
+            stage: s.stage.map(Stage::name),
+            percent: s.percent,
+            attempt: i64::from(s.attempt),
+            created_at: format_at(s.created_at),
+            started_at: s.started_at.map(format_at),
+            finished_at: s.finished_at.map(format_at),
+            error: s.error.as_ref().and_then(|e| serde_json::to_string(e).ok()),
+            output: s.output.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+            last_event_id: s.last_event_id,
+            request: serde_json::to_string(&s.request).unwrap_or_default(),
+        }
+    }
+}
+
+/// An `events` row.
+pub(super) struct EventRow {
+    pub id: i64,
+    pub job_id: String,
+    pub kind: String,
+    pub data: String,
+    pub created_at: String,
+}
+
+impl EventRow {
+    /// The event, or `None` for a row whose job id is not a UUID (written by something else).
+    pub fn into_event(self) -> Option<StoredEvent> {
+        let job_id = Uuid::parse_str(&self.job_id).ok()?;
+        Some(StoredEvent::new(self.id, job_id, self.kind, self.data, self.created_at))
+    }
+}

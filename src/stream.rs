@@ -1,0 +1,329 @@
+//! The Server-Sent Events streams: `GET /api/jobs/{id}/events` and `GET /api/events`.
+//!
+//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages,
+//! then follows the hub live. The hand-over is gapless and duplicate-free because the stream
+//! subscribes to the hub *before* its first read of the table, and afterwards drops every live
+//! event at or below the last id it sent. A subscriber the hub laps goes back to the table from
+//! its last sent id. Frames are the pre-rendered bytes of each event, shared by all
+//! subscribers, and every event ready at once goes out in one write.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::event::StoredEvent;
+use crate::jobs::parse_job_id;
+use crate::store::{EventFilter, Store};
+
+/// Rows per replay query.
+const REPLAY_PAGE: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/jobs/{job_id}/events", get(job_events)).route("/api/events", get(all_events))
+}
+
+/// Counts open streams and refuses new ones past the global cap.
+#[derive(Debug, Default)]
+pub struct StreamCounter {
+    open: AtomicUsize,
+}
+
+impl StreamCounter {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more stream, or `None` when `max` are open.
+    fn try_acquire(self: &Arc<Self>, max: usize) -> Option<StreamSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| StreamSlot(self.clone()))
+    }
+}
+
+/// Held by an open stream; frees its slot when the response body is dropped.
+pub struct StreamSlot(Arc<StreamCounter>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The resume point: `Last-Event-ID`, else `?lastEventId=`, else 0.
+pub fn resume_point(headers: &HeaderMap, query: &[(String, String)]) -> Result<i64, AppError> {
+    let raw = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| bad_resume())?.to_owned()),
+        None => query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()),
+    };
+    match raw {
+        None => Ok(0),
+        Some(s) => parse_event_id(&s).ok_or_else(bad_resume),
+    }
+}
+
+/// A non-negative decimal integer that fits an event id; nothing else.
+pub fn parse_event_id(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn bad_resume() -> AppError {
+    AppError::bad_request(
+        "Invalid resume point",
+        "Last-Event-ID and lastEventId must be a non-negative integer event id",
+    )
+}
+
+pub fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, AppError> {
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|_| AppError::bad_request("Invalid query string", "the query string could not be parsed"))
+}
+
+async fn job_events(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let job_id = parse_job_id(&job_id)?;
+    let query = parse_query(query.as_deref())?;
+    let resume = resume_point(&headers, &query)?;
+    let job =
+        app.store().job(job_id).await?.ok_or_else(|| AppError::NotFound("no job has this id".into()))?;
+    if job.status.is_terminal() && resume >= job.last_event_id {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    open_stream(&app, EventFilter::Jobs(vec![job_id]), resume, true)
+}
+
+async fn all_events(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let query = parse_query(query.as_deref())?;
+    let resume = resume_point(&headers, &query)?;
+    let mut ids = Vec::new();
+    for (_, v) in query.iter().filter(|(k, _)| k == "jobId") {
+        let id = parse_job_id(v)?;
+        if app.store().job(id).await?.is_none() {
+            return Err(AppError::NotFound(format!("no job has the id {id}")));
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let filter = if ids.is_empty() { EventFilter::All } else { EventFilter::Jobs(ids) };
+    open_stream(&app, filter, resume, false)
+}
+
+/// Starts a stream after every check has passed: no byte is sent before this point.
+fn open_stream(
+    app: &AppState,
+    filter: EventFilter,
+    resume: i64,
+    ends_with_job: bool,
+) -> Result<Response, AppError> {
+    let settings = app.settings();
+    let slot = app.streams().try_acquire(settings.max_streams).ok_or_else(|| AppError::Unavailable {
+        detail: "too many open event streams; retry shortly".into(),
+        retry_after_secs: 5,
+    })?;
+    let kind = if ends_with_job { "job" } else { "all" };
+    metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
+    let sub = Subscriber {
+        store: app.store().clone(),
+        // Subscribe first, read history second: nothing committed in between is missed.
+        rx: app.hub().subscribe(),
+        filter,
+        last_sent: resume,
+        replaying: true,
+        ends_with_job,
+        finished: false,
+        preamble: Some(Bytes::from(format!("retry: {}\n\n", settings.retry_ms))),
+        heartbeat: Duration::from_secs(settings.heartbeat_secs),
+        last_write: Instant::now(),
+        deadline: Instant::now() + Duration::from_secs(settings.max_stream_secs),
+        shutdown: app.shutdown_token(),
+        _slot: slot,
+        _gauge: OpenGauge::new(kind),
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(sub, |mut sub| async move {
+        sub.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), sub))
+    }));
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    Ok(res)
+}
+
+/// Keeps the open-streams gauge of one kind true while a stream lives.
+struct OpenGauge(&'static str);
+
+impl OpenGauge {
+    fn new(kind: &'static str) -> Self {
+        metrics::gauge!("aura_open_streams", "kind" => kind).increment(1.0);
+        OpenGauge(kind)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("aura_open_streams", "kind" => self.0).decrement(1.0);
+    }
+}
+
+/// One open stream's state; small, with no buffer that grows.
+struct Subscriber {
+    store: Store,
+    rx: broadcast::Receiver<Arc<StoredEvent>>,
+    filter: EventFilter,
+    last_sent: i64,
+    replaying: bool,
+    /// A per-job stream ends after the job's terminal event.
+    ends_with_job: bool,
+    finished: bool,
+    preamble: Option<Bytes>,
+    heartbeat: Duration,
+    last_write: Instant,
+    deadline: Instant,
+    shutdown: CancellationToken,
+    _slot: StreamSlot,
+    _gauge: OpenGauge,
+}
+
+impl Subscriber {
+    /// The next bytes to write, or `None` to end the response cleanly.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(preamble) = self.preamble.take() {
+            return Some(preamble);
+        }
+        loop {
+            if self.finished || self.shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                return None;
+            }
+            let chunk = if self.replaying { self.replay_page().await? } else { self.live().await? };
+            if !chunk.is_empty() {
+                self.last_write = Instant::now();
+                return Some(chunk);
+            }
+        }
+    }
+
+    /// One page from the table; switches to live once the table has nothing more.
+    async fn replay_page(&mut self) -> Option<Bytes> {
+        let page = match self.store.events_after(&self.filter, self.last_sent, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+                return None;
+            }
+        };
+        if page.len() < REPLAY_PAGE as usize {
+            self.replaying = false;
+        }
+        let mut buf = BytesMut::new();
+        for event in &page {
+            self.push(&mut buf, event);
+            if self.finished {
+                break;
+            }
+        }
+        metrics::counter!("aura_events_replayed_total").increment(page.len() as u64);
+        Some(buf.freeze())
+    }
+
+    /// Waits for live events (sending everything already waiting in one chunk), a heartbeat,
+    /// the stream's deadline or shutdown.
+    async fn live(&mut self) -> Option<Bytes> {
+        let heartbeat_at = self.last_write + self.heartbeat;
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            _ = tokio::time::sleep_until(self.deadline) => None,
+            received = self.rx.recv() => {
+                let mut buf = BytesMut::new();
+                let mut next = received;
+                loop {
+                    match next {
+                        Ok(event) => self.push(&mut buf, &event),
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "stream fell behind the hub; catching up from the table");
+                            self.replaying = true;
+                            break;
+                        }
+                        Err(RecvError::Closed) => {
+                            self.finished = true;
+                            break;
+                        }
+                    }
+                    if self.finished || buf.len() > 64 * 1024 {
+                        break;
+                    }
+                    next = match self.rx.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(_) => break,
+                    };
+                }
+                if buf.is_empty() && self.finished { None } else { Some(buf.freeze()) }
+            }
+            _ = tokio::time::sleep_until(heartbeat_at) => Some(Bytes::from_static(b": keepalive\n\n")),
+        }
+    }
+
+    /// Appends an event's frame if this stream wants it and has not sent it yet.
+    fn push(&mut self, buf: &mut BytesMut, event: &StoredEvent) {
+        if event.id <= self.last_sent || !self.wants(event) {
+            return;
+        }
+        buf.extend_from_slice(&event.frame);
+        self.last_sent = event.id;
+        metrics::counter!("aura_events_delivered_total").increment(1);
+        if self.ends_with_job && event.is_terminal() {
+            self.finished = true;
+        }
+    }
+
+    fn wants(&self, event: &StoredEvent) -> bool {
+        match &self.filter {
+            EventFilter::All => true,
+            EventFilter::Jobs(ids) => ids.contains(&event.job_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_plain_non_negative_integers() {
+        assert_eq!(parse_event_id("0"), Some(0));
+        assert_eq!(parse_event_id("42"), Some(42));
+        for bad in ["", "abc", "-1", "1.5", " 1", "+1", "1180591620717411303424", "9223372036854775808"] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -20,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::event::StoredEvent;
 use crate::store::{CommitFeed, EventFilter, Store};
 
-/// Events a subscriber may be behind the tail before it reads from the table instead.
-pub const CHANNEL_CAPACITY: usize = 4096;
 /// How often the tail looks for rows appended by other processes.
 pub const FOREIGN_POLL: Duration = Duration::from_millis(250);
 /// Rows read per query while catching up.
@@ -33,13 +31,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts the tail task; it publishes events committed after `store`'s current end.
+    /// Starts the tail task (`capacity`: events a subscriber may be behind before it reads from
+    /// the table instead); it publishes events committed after `store`'s current end.
     pub async fn start(
         store: Store,
         feed: CommitFeed,
+        capacity: usize,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Hub>> {
-        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let (tx, _) = broadcast::channel(capacity.max(1));
         let start = store.max_event_id().await?;
         let hub = Arc::new(Hub { tx, last_published: AtomicI64::new(start) });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));

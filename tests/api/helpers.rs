@@ -1,0 +1,257 @@
+//! Starts the real application on 127.0.0.1:0 with its own SQLite file, and talks to it.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use aura::app::AppState;
+use aura::config::ServeConfig;
+use aura::startup::Application;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Upper bound for any wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts an API-only node (no render workers) with default settings.
+pub async fn spawn_app() -> TestResult<TestApp> {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestResult<TestApp> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let mut cfg = ServeConfig::for_data_dir(dir.path().join("data"));
+    cfg.workers = Some(0);
+    tweak(&mut cfg);
+    let app = Application::build(cfg).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    Ok(TestApp { base, client, state, dir, stop: Some(stop), server: Some(server) })
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        aura::telemetry::init("text");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data").join("aura.db")
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) -> TestResult {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(WAIT, server).await???;
+        }
+        Ok(())
+    }
+
+    pub async fn post_job(&self, body: &Value) -> TestResult<reqwest::Response> {
+        Ok(self.client.post(self.url("/api/jobs")).json(body).send().await?)
+    }
+
+    /// Creates a job with only a topic and returns its id.
+    pub async fn create_job(&self, topic: &str) -> TestResult<Uuid> {
+        let res = self.post_job(&serde_json::json!({"brief": {"topic": topic}})).await?;
+        assert_eq!(res.status(), 201, "creating a job");
+        let body: Value = res.json().await?;
+        Ok(body["jobId"].as_str().ok_or("no jobId")?.parse()?)
+    }
+
+    pub async fn get_json(&self, path: &str) -> TestResult<(u16, Value)> {
+        let res = self.client.get(self.url(path)).send().await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await?))
+    }
+
+    pub async fn history(&self, job_id: Uuid) -> TestResult<Vec<Value>> {
+        let (status, body) = self.get_json(&format!("/api/jobs/{job_id}/history?limit=10000")).await?;
+        assert_eq!(status, 200);
+        Ok(body.as_array().ok_or("history is not an array")?.clone())
+    }
+
+    /// Opens an event stream with optional extra headers.
+    pub async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> TestResult<SseStream> {
+        let mut req = self.client.get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await?;
+        Ok(SseStream::new(res))
+    }
+
+    /// `(events rows, jobs rows)` counted with plain SQL.
+    pub async fn table_counts(&self) -> TestResult<(i64, i64)> {
+        let mut conn = self.sql().await?;
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+        let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&mut conn).await?;
+        Ok((events, jobs))
+    }
+
+    /// A separate SQLite connection to the same file, as another process would open it.
+    pub async fn sql(&self) -> TestResult<sqlx::SqliteConnection> {
+        use sqlx::ConnectOptions;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.db_path())
+            .busy_timeout(Duration::from_secs(10));
+        Ok(opts.connect().await?)
+    }
+
+    /// Event ids of one job read with plain SQL.
+    pub async fn sql_event_ids(&self, job_id: Uuid) -> TestResult<Vec<i64>> {
+        let mut conn = self.sql().await?;
+        Ok(sqlx::query_scalar("SELECT id FROM events WHERE job_id = ? ORDER BY id")
+            .bind(job_id.to_string())
+            .fetch_all(&mut conn)
+            .await?)
+    }
+}
+
+/// One item of an SSE response, parsed as the WHATWG EventSource algorithm does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseItem {
+    Event { id: Option<String>, event: String, data: String },
+    Comment(String),
+    Retry(u64),
+}
+
+pub struct SseStream {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: Vec<u8>,
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseStream {
+    fn new(res: reqwest::Response) -> Self {
+        SseStream {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: Box::pin(res.bytes_stream()),
+            buf: Vec::new(),
+            id: None,
+            event: None,
+            data: None,
+        }
+    }
+
+    /// The next item, `None` when the server ended the response.
+    pub async fn next(&mut self) -> TestResult<Option<SseItem>> {
+        loop {
+            while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line = String::from_utf8(line[..line.len() - 1].to_vec())?;
+                if let Some(item) = self.line(&line) {
+                    return Ok(Some(item));
+                }
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseItem> {
+        if line.is_empty() {
+            let data = self.data.take()?;
+            return Some(SseItem::Event {
+                id: self.id.take(),
+                event: self.event.take().unwrap_or_else(|| "message".into()),
+                data,
+            });
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            return Some(SseItem::Comment(comment.trim_start().to_owned()));
+        }
+        let (field, value) =
+            line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+        match field {
+            "id" => self.id = Some(value.to_owned()),
+            "event" => self.event = Some(value.to_owned()),
+            "data" => {
+                let d = self.data.get_or_insert_with(String::new);
+                if !d.is_empty() {
+                    d.push('\n');
+                }
+                d.push_str(value);
+            }
+            "retry" => return value.parse().ok().map(SseItem::Retry),
+            _ => {}
+        }
+        None
+    }
+
+    /// The next event (skipping comments and retry), `None` at the end of the response.
+    pub async fn next_event(&mut self) -> TestResult<Option<(i64, String, Value)>> {
+        while let Some(item) = self.next().await? {
+            if let SseItem::Event { id, event, data } = item {
+                let id: i64 = id.ok_or("event without id")?.parse()?;
+                return Ok(Some((id, event, serde_json::from_str(&data)?)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads events until the response ends; returns their ids.
+    pub async fn ids_to_end(&mut self) -> TestResult<Vec<i64>> {
+        let mut ids = Vec::new();
+        while let Some((id, _, _)) = tokio::time::timeout(WAIT, self.next_event()).await?? {
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Reads events until one with id `last` arrives; returns every id read.
+    pub async fn ids_until(&mut self, last: i64) -> TestResult<Vec<i64>> {
+        let mut ids = Vec::new();
+        loop {
+            let (id, _, _) =
+                tokio::time::timeout(WAIT, self.next_event()).await??.ok_or("stream ended early")?;
+            ids.push(id);
+            if id >= last {
+                return Ok(ids);
+            }
+        }
+    }
+}

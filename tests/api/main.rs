@@ -1,0 +1,8 @@
+//! The one integration-test binary: every test starts the real application on a loopback port
+//! with its own SQLite file (see `helpers`).
+
+mod fanout;
+mod helpers;
+mod jobs_api;
+mod log;
+mod streams;

@@ -1,0 +1,175 @@
+//! The client subcommands: submit, jobs, show, events, cancel, download.
+
+use std::path::PathBuf;
+
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::client::{CliError, Client};
+use super::watch::{self, Output};
+
+/// Flags of `aura submit` that build a request without a file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// The video's topic (required unless --request is given).
+    #[arg(long, required_unless_present = "request")]
+    pub topic: Option<String>,
+    /// Target duration, hh:mm:ss.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Widescreen16x9, Vertical9x16 or Square1x1.
+    #[arg(long)]
+    pub aspect: Option<String>,
+    /// 480p, 720p, 1080p, 1440p or 2160p.
+    #[arg(long)]
+    pub res: Option<String>,
+    /// mp4, webm or mkv.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// h264, hevc, vp9 or av1.
+    #[arg(long)]
+    pub codec: Option<String>,
+    /// Frames per second.
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// A whole job request as JSON (API.md); `-` reads standard input.
+    #[arg(long, conflicts_with_all = ["topic", "duration", "aspect", "res", "container", "codec", "fps"])]
+    pub request: Option<PathBuf>,
+    /// Follow the job until it ends (exit codes as `aura watch`).
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: one JSON event per line.
+    #[arg(long, requires = "watch")]
+    pub json: bool,
+}
+
+impl SubmitArgs {
+    fn body(&self) -> Result<Value, CliError> {
+        if let Some(path) = &self.request {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| CliError::Io(format!("reading stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| CliError::Io(format!("reading {}: {e}", path.display())))?
+            };
+            return serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the request is not JSON: {e}")));
+        }
+        let mut brief = Map::new();
+        let mut plan = Map::new();
+        let mut render = Map::new();
+        let put = |map: &mut Map<String, Value>, key: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                map.insert(key.to_owned(), v);
+            }
+        };
+        put(&mut brief, "topic", self.topic.clone().map(Value::from));
+        put(&mut brief, "aspect", self.aspect.clone().map(Value::from));
+        put(&mut plan, "targetDuration", self.duration.clone().map(Value::from));
+        put(&mut render, "res", self.res.clone().map(Value::from));
+        put(&mut render, "container", self.container.clone().map(Value::from));
+        put(&mut render, "codec", self.codec.clone().map(Value::from));
+        put(&mut render, "fps", self.fps.map(Value::from));
+        Ok(json!({"brief": brief, "planSpec": plan, "renderSpec": render}))
+    }
+}
+
+pub async fn submit(client: &Client, args: SubmitArgs) -> Result<u8, CliError> {
+    let created = client.post_json("/api/jobs", Some(&args.body()?)).await?;
+    let id = created["jobId"].as_str().unwrap_or_default().to_owned();
+    if !args.watch {
+        println!("{id}");
+        return Ok(0);
+    }
+    if !args.json {
+        eprintln!("{id}");
+    }
+    let job_id = parse_id(&id)?;
+    watch::watch(client, job_id, 0, Output::choose(args.json)).await
+}
+
+pub fn parse_id(s: &str) -> Result<Uuid, CliError> {
+    Uuid::parse_str(s).map_err(|_| CliError::Usage(format!("{s:?} is not a job id (a UUID)")))
+}
+
+pub async fn jobs(client: &Client, status: Option<String>, limit: u32) -> Result<u8, CliError> {
+    let mut path = format!("/api/jobs?limit={limit}");
+    if let Some(status) = status {
+        path.push_str(&format!("&status={status}"));
+    }
+    let page = client.get_json(&path).await?;
+    println!("{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  TOPIC", "JOB", "STATUS", "STAGE", "PCT", "CREATED");
+    for job in page["jobs"].as_array().into_iter().flatten() {
+        let topic: String = job["request"]["brief"]["topic"].as_str().unwrap_or("").chars().take(40).collect();
+        println!(
+            "{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  {}",
+            job["jobId"].as_str().unwrap_or(""),
+            job["status"].as_str().unwrap_or(""),
+            job["stage"].as_str().unwrap_or("-"),
+            job["percent"].as_f64().map_or("-".into(), |p| format!("{p:.1}")),
+            job["createdAt"].as_str().unwrap_or(""),
+            topic.replace(['\n', '\r', '\t'], " ")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn show(client: &Client, job: &str) -> Result<u8, CliError> {
+    let snap = client.get_json(&format!("/api/jobs/{}", parse_id(job)?)).await?;
+    println!("{}", serde_json::to_string_pretty(&snap).unwrap_or_default());
+    Ok(0)
+}
+
+/// Prints stored events as JSON lines; with `follow`, then follows the live stream to its end.
+pub async fn events(client: &Client, job: &str, after: i64, follow: bool) -> Result<u8, CliError> {
+    let job_id = parse_id(job)?;
+    if follow {
+        return follow_events(client, job_id, after).await;
+    }
+    let mut after = after;
+    loop {
+        let page = client.get_json(&format!("/api/jobs/{job_id}/history?after={after}&limit=1000")).await?;
+        let items = page.as_array().cloned().unwrap_or_default();
+        for item in &items {
+            println!("{item}");
+            after = item["id"].as_i64().unwrap_or(after);
+        }
+        if items.len() < 1000 {
+            return Ok(0);
+        }
+    }
+}
+
+async fn follow_events(client: &Client, job_id: Uuid, after: i64) -> Result<u8, CliError> {
+    watch::watch(client, job_id, after, Output::Json).await.map(|_| 0)
+}
+
+pub async fn cancel(client: &Client, job: &str) -> Result<u8, CliError> {
+    let snap = client.post_json(&format!("/api/jobs/{}/cancel", parse_id(job)?), None).await?;
+    println!("{}", snap["status"].as_str().unwrap_or(""));
+    Ok(0)
+}
+
+pub async fn download(client: &Client, job: &str, out: Option<PathBuf>) -> Result<u8, CliError> {
+    use tokio::io::AsyncWriteExt;
+    let job_id = parse_id(job)?;
+    let res = client.send(client.http().get(client.url(&format!("/api/jobs/{job_id}/output")))).await?;
+    let ext = match res.headers().get("content-type").and_then(|v| v.to_str().ok()) {
+        Some("video/webm") => "webm",
+        Some("video/x-matroska") => "mkv",
+        _ => "mp4",
+    };
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{job_id}.{ext}")));
+    let mut file =
+        tokio::fs::File::create(&path).await.map_err(|e| CliError::Io(format!("creating {}: {e}", path.display())))?;
+    let mut body = res.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| client.unreachable(&e))?;
+        total += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+    }
+    file.flush().await.map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+    eprintln!("saved {} ({total} bytes)", path.display());
+    Ok(0)
+}

@@ -1,0 +1,128 @@
+//! The `aura` command line: `aura serve` runs the server; the other commands talk to a running
+//! server over HTTP (`--server`, `AURA_SERVER`).
+
+mod client;
+mod commands;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeConfig;
+use crate::startup::Application;
+use crate::telemetry;
+use client::{CliError, Client};
+
+#[derive(Debug, Parser)]
+#[command(name = "aura", version, about = "Aura: briefs in, rendered videos out, every step streamed over lossless SSE")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArg {
+    /// The Aura server to talk to.
+    #[arg(long, env = "AURA_SERVER", default_value = "http://127.0.0.1:5005", global = true)]
+    pub server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (HTTP API, event streams and render workers).
+    Serve(ServeConfig),
+    /// Create a job and print its id (or follow it with --watch).
+    Submit {
+        #[command(flatten)]
+        args: commands::SubmitArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Follow a job live: bars on a terminal, lines otherwise. Exit 0 completed, 1 failed,
+    /// 2 cancelled, 130 interrupted.
+    Watch {
+        job: String,
+        /// One JSON event per line (the same objects as /history).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print a job's snapshot as JSON.
+    Show {
+        job: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print a job's stored events as JSON lines; --follow keeps going until the job ends.
+    Events {
+        job: String,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Cancel a job.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Save a completed job's video.
+    Download {
+        job: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// Runs the command line; the returned code is the process exit code.
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(config) => {
+            telemetry::init(&config.log_format);
+            let app = Application::build(config).await?;
+            app.run_until(telemetry::shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
+        Command::Watch { job, json, server } => match commands::parse_id(&job) {
+            Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,
+            Err(e) => Err(e),
+        },
+        Command::Jobs { status, limit, server } => commands::jobs(&client(&server)?, status, limit).await,
+        Command::Show { job, server } => commands::show(&client(&server)?, &job).await,
+        Command::Events { job, after, follow, server } => {
+            commands::events(&client(&server)?, &job, after, follow).await
+        }
+        Command::Cancel { job, server } => commands::cancel(&client(&server)?, &job).await,
+        Command::Download { job, output, server } => commands::download(&client(&server)?, &job, output).await,
+    };
+    match result {
+        Ok(code) => Ok(ExitCode::from(code)),
+        Err(e) => {
+            eprintln!("aura: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn client(server: &ServerArg) -> Result<Client, CliError> {
+    Client::new(&server.server)
+}

@@ -48,12 +48,14 @@ impl SubmitArgs {
     fn body(&self) -> Result<Value, CliError> {
         if let Some(path) = &self.request {
             let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).map_err(|e| CliError::Io(format!("reading stdin: {e}")))?
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?
             } else {
                 std::fs::read_to_string(path)
                     .map_err(|e| CliError::Io(format!("reading {}: {e}", path.display())))?
             };
-            return serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the request is not JSON: {e}")));
+            return serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("the request is not JSON: {e}")));
         }
         let mut brief = Map::new();
         let mut plan = Map::new();
@@ -100,7 +102,8 @@ pub async fn jobs(client: &Client, status: Option<String>, limit: u32) -> Result
     let page = client.get_json(&path).await?;
     println!("{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  TOPIC", "JOB", "STATUS", "STAGE", "PCT", "CREATED");
     for job in page["jobs"].as_array().into_iter().flatten() {
-        let topic: String = job["request"]["brief"]["topic"].as_str().unwrap_or("").chars().take(40).collect();
+        let topic: String =
+            job["request"]["brief"]["topic"].as_str().unwrap_or("").chars().take(40).collect();
         println!(
             "{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  {}",
             job["jobId"].as_str().unwrap_or(""),
@@ -160,8 +163,9 @@ pub async fn download(client: &Client, job: &str, out: Option<PathBuf>) -> Resul
         _ => "mp4",
     };
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{job_id}.{ext}")));
-    let mut file =
-        tokio::fs::File::create(&path).await.map_err(|e| CliError::Io(format!("creating {}: {e}", path.display())))?;
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| CliError::Io(format!("creating {}: {e}", path.display())))?;
     let mut body = res.bytes_stream();
     let mut total = 0u64;
     while let Some(chunk) = body.next().await {

@@ -16,7 +16,11 @@ use crate::telemetry;
 use client::{CliError, Client};
 
 #[derive(Debug, Parser)]
-#[command(name = "aura", version, about = "Aura: briefs in, rendered videos out, every step streamed over lossless SSE")]
+#[command(
+    name = "aura",
+    version,
+    about = "Aura: briefs in, rendered videos out, every step streamed over lossless SSE"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -112,7 +116,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             commands::events(&client(&server)?, &job, after, follow).await
         }
         Command::Cancel { job, server } => commands::cancel(&client(&server)?, &job).await,
-        Command::Download { job, output, server } => commands::download(&client(&server)?, &job, output).await,
+        Command::Download { job, output, server } => {
+            commands::download(&client(&server)?, &job, output).await
+        }
     };
     match result {
         Ok(code) => Ok(ExitCode::from(code)),

@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::client::{Client, CliError, problem};
+use super::client::{CliError, Client, problem};
 use crate::job::Stage;
 
 /// Exit codes of `aura watch` (and `aura submit --watch`).
@@ -144,7 +144,8 @@ impl View {
             let stages = Stage::ALL
                 .iter()
                 .map(|s| {
-                    let bar = multi.add(ProgressBar::new(100).with_style(style.clone()).with_prefix(s.name()));
+                    let bar =
+                        multi.add(ProgressBar::new(100).with_style(style.clone()).with_prefix(s.name()));
                     bar.set_message("pending");
                     bar
                 })
@@ -249,7 +250,9 @@ pub fn summary(kind: &str, d: &Value) -> String {
     match kind {
         "job-status" => format!("{} {} {}%", s("status"), d["stage"].as_str().unwrap_or("-"), d["percent"]),
         "step-status" => format!("{} {}", s("step"), s("state")),
-        "step-progress" => format!("{} {}% ({}% overall) {}", s("step"), d["progressPct"], d["percent"], s("message")),
+        "step-progress" => {
+            format!("{} {}% ({}% overall) {}", s("step"), d["progressPct"], d["percent"], s("message"))
+        }
         "job-completed" => format!(
             "{} ({} bytes, {} s)",
             d["output"]["videoUrl"].as_str().unwrap_or(""),

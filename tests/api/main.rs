@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test starts the real application on a loopback port
 //! with its own SQLite file (see `helpers`).
 
+mod cli;
 mod fanout;
 mod helpers;
 mod jobs_api;

@@ -1,0 +1,230 @@
+//! The `aura` binary as users run it: against the real server, as a separate process.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aura::job::Stage;
+use aura::lifecycle::{self, JobHandle};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{TestResult, WAIT, spawn_app};
+
+pub const AURA: &str = env!("CARGO_BIN_EXE_aura");
+
+pub fn aura(server: &str) -> Command {
+    let mut cmd = Command::new(AURA);
+    cmd.env("AURA_SERVER", server).env_remove("RUST_LOG").kill_on_drop(true).stdin(Stdio::null());
+    cmd
+}
+
+async fn output(cmd: &mut Command) -> TestResult<(i32, String, String)> {
+    let out = tokio::time::timeout(WAIT, cmd.output()).await??;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
+}
+
+#[tokio::test]
+async fn jobs_lists_newest_first_and_show_prints_the_snapshot() -> TestResult {
+    let app = spawn_app().await?;
+    let first = app.create_job("first").await?;
+    let second = app.create_job("second").await?;
+    let (code, out, _) = output(aura(&app.base).arg("jobs")).await?;
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].starts_with(&second.to_string()) && rows[1].starts_with(&first.to_string()), "{out}");
+    let (code, out, _) = output(aura(&app.base).args(["show", &first.to_string()])).await?;
+    assert_eq!(code, 0);
+    let snap: Value = serde_json::from_str(&out)?;
+    assert_eq!(snap["jobId"], first.to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_job_exits_1_with_the_servers_problem_title() -> TestResult {
+    let app = spawn_app().await?;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for args in [vec!["show", &unknown], vec!["watch", &unknown], vec!["cancel", &unknown]] {
+        let (code, out, err) = output(aura(&app.base).args(&args)).await?;
+        assert_eq!(code, 1, "{args:?}");
+        assert!(out.is_empty());
+        assert!(err.contains("Not found"), "{args:?}: {err}");
+        assert!(!err.contains("Problem {"), "no debug dump: {err}");
+    }
+    let (code, _, err) = output(aura(&app.base).args(["submit", "--topic", ""])).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid job request") && err.contains("brief.topic"), "{err}");
+    let (code, _, err) = output(aura("http://127.0.0.1:9").arg("jobs")).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach"), "{err}");
+    Ok(())
+}
+
+/// Starts `aura watch --json` and returns it with a reader of its stdout lines.
+fn watch_json(
+    server: &str,
+    job: uuid::Uuid,
+) -> TestResult<(Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)> {
+    let mut child =
+        aura(server).args(["watch", &job.to_string(), "--json"]).stdout(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    Ok((child, BufReader::new(stdout).lines()))
+}
+
+#[tokio::test]
+async fn cancel_makes_watch_exit_2_and_watch_json_equals_the_history() -> TestResult {
+    let app = spawn_app().await?;
+    let id = app.create_job("watched").await?;
+    lifecycle::claim(app.state.store(), id).await??;
+    let job = JobHandle::new(app.state.store().clone(), id);
+    job.start_stage(Stage::Script).await??;
+    let (mut child, mut lines) = watch_json(&app.base, id)?;
+    let mut printed: Vec<Value> = Vec::new();
+    while printed.len() < 3 {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await??.ok_or("watch ended early")?;
+        printed.push(serde_json::from_str(&line)?);
+    }
+    job.progress(Stage::Script, 50.0, "half way".into()).await??;
+    let (code, _, _) = output(aura(&app.base).args(["cancel", &id.to_string()])).await?;
+    assert_eq!(code, 0);
+    job.cancelled(Some(Stage::Script)).await??;
+    while let Some(line) = tokio::time::timeout(WAIT, lines.next_line()).await?? {
+        printed.push(serde_json::from_str(&line)?);
+    }
+    let status = tokio::time::timeout(WAIT, child.wait()).await??;
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(printed, app.history(id).await?);
+    Ok(())
+}
+
+/// A server in its own process, so that a test can SIGKILL it.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    pub async fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> TestResult<ServerProcess> {
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(AURA)
+            .args(["serve", "--addr", &addr, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let base = format!("http://{addr}");
+        let client = reqwest::Client::new();
+        tokio::time::timeout(WAIT, async {
+            while client.get(format!("{base}/api/health")).send().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+        Ok(ServerProcess { child, base })
+    }
+
+    pub async fn kill(mut self) -> TestResult {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> TestResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test]
+async fn watch_survives_a_server_sigkill_and_restart_printing_every_event_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let server = ServerProcess::start(dir.path(), port, &["--workers", "0"]).await?;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/api/jobs", server.base))
+        .json(&serde_json::json!({"brief": {"topic": "survive"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id: uuid::Uuid = created["jobId"].as_str().ok_or("no id")?.parse()?;
+    let (mut child, mut lines) = watch_json(&server.base, id)?;
+    let first = tokio::time::timeout(WAIT, lines.next_line()).await??.ok_or("no first line")?;
+    server.kill().await?;
+
+    let server = ServerProcess::start(dir.path(), port, &["--workers", "0"]).await?;
+    let res = client.post(format!("{}/api/jobs/{id}/cancel", server.base)).send().await?;
+    assert_eq!(res.status(), 202);
+    let mut printed: Vec<Value> = vec![serde_json::from_str(&first)?];
+    while let Some(line) = tokio::time::timeout(WAIT, lines.next_line()).await?? {
+        printed.push(serde_json::from_str(&line)?);
+    }
+    assert_eq!(tokio::time::timeout(WAIT, child.wait()).await??.code(), Some(2));
+    let history: Vec<Value> =
+        client.get(format!("{}/api/jobs/{id}/history", server.base)).send().await?.json().await?;
+    assert_eq!(printed, history);
+    server.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_in_a_terminal_draws_a_bar_per_stage_and_finishes_them() -> TestResult {
+    if std::process::Command::new("tmux").arg("-V").output().is_err() {
+        return Err("tmux is required for this test (.ci/run installs it)".into());
+    }
+    let app = spawn_app().await?;
+    let id = app.create_job("bars").await?;
+    let session = format!("aura-watch-{}", id.simple());
+    let cmd = format!("AURA_SERVER={} {AURA} watch {id}; echo EXIT=$?; sleep 30", app.base);
+    let status = std::process::Command::new("tmux")
+        .args(["new-session", "-d", "-x", "120", "-y", "20", "-s", &session, &cmd])
+        .status()?;
+    assert!(status.success());
+    let capture = || -> TestResult<String> {
+        let out = std::process::Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let wait_for = |needle: &'static str| {
+        let capture = &capture;
+        async move {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let screen = capture()?;
+                    if screen.contains(needle) {
+                        return Ok::<String, Box<dyn std::error::Error + Send + Sync>>(screen);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await?
+        }
+    };
+    let screen = wait_for("Overall").await?;
+    for stage in Stage::ALL {
+        assert!(screen.contains(stage.name()), "no {} bar:\n{screen}", stage.name());
+    }
+    crate::log::run_through_stages(&app, id, 2).await?;
+    let job = JobHandle::new(app.state.store().clone(), id);
+    job.complete(aura::event::JobOutput {
+        video_path: format!("jobs/{id}/output.mp4"),
+        video_url: format!("/api/jobs/{id}/output"),
+        size_bytes: 1,
+        duration_sec: 3.0,
+    })
+    .await??;
+    let screen = wait_for("EXIT=0").await?;
+    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).status();
+    for stage in Stage::ALL {
+        let line =
+            screen.lines().find(|l| l.trim_start().starts_with(stage.name())).ok_or("stage line gone")?;
+        assert!(line.contains("100%") && line.contains("done"), "{line}\n{screen}");
+    }
+    assert!(screen.contains("completed"), "{screen}");
+    Ok(())
+}

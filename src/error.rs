@@ -8,7 +8,6 @@
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::spec::FieldError;
 
@@ -73,24 +72,40 @@ impl From<QueryRejection> for AppError {
     }
 }
 
+/// An `application/problem+json` body (RFC 9457), as every error answer carries it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:aura:problem:<kind>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Validation errors only: the first offending field's path, e.g. `brief.topic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Validation errors only: every offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
 /// Builds a problem+json response.
 pub fn problem(
     status: StatusCode,
     kind: &str,
     title: &str,
     detail: &str,
-    extra: serde_json::Value,
+    errors: Option<Vec<FieldError>>,
 ) -> Response {
-    let mut body = json!({
-        "type": format!("urn:aura:problem:{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let (Some(map), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
-        map.extend(extra);
-    }
-    let mut res = (status, body.to_string()).into_response();
+    let body = Problem {
+        kind: format!("urn:aura:problem:{kind}"),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        field: errors.as_ref().and_then(|e| e.first()).map(|e| e.field.clone()),
+        errors,
+    };
+    let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     res
 }
@@ -98,7 +113,7 @@ pub fn problem(
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let none = serde_json::Value::Null;
+        let none = None;
         match self {
             AppError::BadRequest { title, detail } => problem(status, "bad-request", title, &detail, none),
             AppError::NotFound(detail) => problem(status, "not-found", "Not found", &detail, none),
@@ -106,14 +121,7 @@ impl IntoResponse for AppError {
             AppError::Invalid(errors) => {
                 let detail =
                     errors.iter().map(|e| format!("{} {}", e.field, e.detail)).collect::<Vec<_>>().join("; ");
-                let first = errors.first().map(|e| e.field.clone());
-                problem(
-                    status,
-                    "validation",
-                    "Invalid job request",
-                    &detail,
-                    json!({ "field": first, "errors": errors }),
-                )
+                problem(status, "validation", "Invalid job request", &detail, Some(errors))
             }
             AppError::PayloadTooLarge => problem(
                 status,

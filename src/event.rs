@@ -17,14 +17,14 @@ use crate::spec::JobSpec;
 /// The terminal event types: after one of these a job's stream ends.
 pub const TERMINAL_TYPES: [&str; 3] = ["job-completed", "job-failed", "job-cancelled"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StepState {
     Started,
     Completed,
     Skipped,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatusData {
     pub status: JobStatus,
@@ -40,14 +40,14 @@ pub struct JobStatusData {
     pub request: Option<Box<JobSpec>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatusData {
     pub step: Stage,
     pub state: StepState,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepProgressData {
     pub step: Stage,
@@ -56,7 +56,7 @@ pub struct StepProgressData {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobOutput {
     pub video_path: String,
@@ -65,31 +65,31 @@ pub struct JobOutput {
     pub duration_sec: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCompletedData {
     pub output: JobOutput,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobFailedData {
     pub step: Option<Stage>,
     pub error: JobError,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobCancelledData {
     pub step: Option<Stage>,
 }
 
 /// The payload of `warning` and `error` events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoticeData {
     pub code: String,
     pub message: String,
@@ -193,6 +193,8 @@ pub struct StoredEvent {
     pub created_at: String,
     /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber.
     pub frame: Bytes,
+    /// When this process appended it (for the delivery-lag metric); `None` when read back.
+    pub appended: Option<std::time::Instant>,
 }
 
 impl StoredEvent {
@@ -200,7 +202,7 @@ impl StoredEvent {
         let kind = one_line_type(kind);
         let data = one_line_json(data);
         let frame = Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"));
-        StoredEvent { id, job_id, kind, data, created_at, frame }
+        StoredEvent { id, job_id, kind, data, created_at, frame, appended: None }
     }
 
     pub fn is_terminal(&self) -> bool {

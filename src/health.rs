@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
 
 use crate::app::AppState;
 use crate::job::JobStatus;
@@ -15,7 +14,24 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/health", get(health)).route("/metrics", get(metrics))
 }
 
-async fn health(State(app): State<AppState>) -> Response {
+/// What `/api/health` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    status: &'static str,
+    /// `ok` or `unavailable`.
+    database: String,
+    /// ffmpeg's version, or why it is unavailable.
+    ffmpeg: String,
+}
+
+/// Whether this node can work: the database answers and ffmpeg runs.
+#[utoipa::path(get, path = "/api/health", tag = "operations",
+    responses(
+        (status = 200, description = "Everything works", body = Health),
+        (status = 503, description = "A dependency is down", body = Health),
+    ))]
+pub async fn health(State(app): State<AppState>) -> Response {
     let database = match app.store().ping().await {
         Ok(()) => "ok".to_owned(),
         Err(e) => {
@@ -27,15 +43,14 @@ async fn health(State(app): State<AppState>) -> Response {
     let ok = database == "ok" && ffmpeg.is_ok();
     let ffmpeg = ffmpeg.unwrap_or_else(|e| format!("unavailable: {e}"));
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "database": database,
-        "ffmpeg": ffmpeg,
-    });
+    let body = Health { status: if ok { "ok" } else { "unavailable" }, database, ffmpeg };
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(app): State<AppState>) -> Response {
     match app.store().job_counts().await {
         Ok(counts) => {
             for status in JobStatus::ALL {

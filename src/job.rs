@@ -14,7 +14,7 @@ use crate::spec::JobSpec;
 /// The owner of every job while Aura runs without tokens.
 pub const LOCAL_OWNER: &str = "local";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum JobStatus {
     Queued,
     Running,
@@ -55,7 +55,9 @@ impl JobStatus {
 }
 
 /// The five stages of a render, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub enum Stage {
     Script,
     Audio,
@@ -105,8 +107,9 @@ pub fn round1(x: f64) -> f64 {
 }
 
 /// The current state of one job: the `jobs` row, and the snapshot the API returns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = JobSnapshot)]
 pub struct JobState {
     pub job_id: Uuid,
     pub owner: String,
@@ -114,10 +117,13 @@ pub struct JobState {
     pub stage: Option<Stage>,
     pub percent: f64,
     #[serde(with = "crate::event::rfc3339_micros")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "crate::event::rfc3339_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "crate::event::rfc3339_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<OffsetDateTime>,
     pub attempt: u32,
     pub error: Option<JobError>,

@@ -10,12 +10,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, Problem};
 use crate::job::{JobState, JobStatus, LOCAL_OWNER};
 use crate::lifecycle;
 use crate::spec::{JobSpec, SpecError};
@@ -38,7 +37,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The raw body, with its rejections (too large, unreadable) as problem+json.
-struct Body(Bytes);
+pub struct Body(Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = AppError;
@@ -69,15 +68,24 @@ pub async fn load_job(app: &AppState, job_id: Uuid) -> Result<JobState, AppError
     app.store().job(job_id).await?.ok_or_else(not_found)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Created {
+pub struct Created {
     job_id: Uuid,
     status: JobStatus,
     events_url: String,
 }
 
-async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
+/// Create a job.
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+    request_body(content = crate::openapi::JobRequestDoc, description = "Only brief.topic is required; every other field has a default"),
+    responses(
+        (status = 201, description = "Created; Location names the job", body = Created),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid values, each named by its JSON path", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
     let spec = JobSpec::from_json_bytes(&body).map_err(|e| match e {
         SpecError::Malformed(detail) => AppError::bad_request("Malformed JSON", detail),
         SpecError::Invalid(errors) => AppError::Invalid(errors),
@@ -97,7 +105,15 @@ async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Respons
     Ok(res)
 }
 
-async fn show(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
+/// A job's current state.
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The snapshot", body = JobState),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn show(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
     let job = load_job(&app, parse_job_id(&job_id)?).await?;
     Ok(axum::Json(job).into_response())
 }
@@ -120,7 +136,26 @@ pub fn parse_cursor(s: &str) -> Option<i64> {
     parse_event_id(s).filter(|&n| n > 0)
 }
 
-async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, AppError> {
+/// One page of the job list.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    jobs: Vec<JobState>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    next: Option<String>,
+}
+
+/// Jobs, newest first.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=500, default 50"),
+        ("before" = Option<String>, Query, description = "Cursor from a previous page's next"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "A bad parameter", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, AppError> {
     let query = parse_query(query.as_deref())?;
     let limit = query_u32(&query, "limit", DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let status = match query.iter().find(|(k, _)| k == "status") {
@@ -144,10 +179,19 @@ async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<
         })?),
     };
     let page = app.store().list_jobs(None, status, before, limit).await?;
-    Ok(axum::Json(json!({ "jobs": page.jobs, "next": page.next.map(|n| n.to_string()) })).into_response())
+    Ok(axum::Json(JobList { jobs: page.jobs, next: page.next.map(|n| n.to_string()) }).into_response())
 }
 
-async fn cancel(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
+/// Cancel a job: Queued ends at once, Running becomes Cancelling; idempotent while cancelling.
+#[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 202, description = "Accepted; the snapshot", body = JobState),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has already ended", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
     let job_id = parse_job_id(&job_id)?;
     match lifecycle::cancel(app.store(), job_id).await? {
         Ok(applied) => {
@@ -159,17 +203,33 @@ async fn cancel(State(app): State<AppState>, Path(job_id): Path<String>) -> Resu
     }
 }
 
-#[derive(Serialize)]
+/// One stored event.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct HistoryItem<'a> {
+pub struct HistoryItem<'a> {
     id: i64,
+    /// One of the eight event types.
     #[serde(rename = "type")]
     kind: &'a str,
+    /// The event's data, exactly as streamed.
+    #[schema(value_type = Object)]
     data: &'a RawValue,
     created_at: &'a str,
 }
 
-async fn history(
+/// A job's stored events in id order.
+#[utoipa::path(get, path = "/api/jobs/{job_id}/history", tag = "jobs",
+    params(
+        ("job_id" = Uuid, Path, description = "The job's id"),
+        ("after" = Option<i64>, Query, description = "Only events with a greater id"),
+        ("limit" = Option<u32>, Query, description = "At most this many, 1..=10000, default 1000"),
+    ),
+    responses(
+        (status = 200, description = "The events", body = Vec<HistoryItem>),
+        (status = 400, description = "A bad id or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
     RawQuery(query): RawQuery,

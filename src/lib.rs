@@ -13,6 +13,7 @@ pub mod hub;
 pub mod job;
 pub mod jobs;
 pub mod lifecycle;
+pub mod openapi;
 pub mod process;
 pub mod spec;
 pub mod startup;

@@ -15,7 +15,7 @@ pub const TOPIC_MAX_CHARS: usize = 200;
 const TEXT_MAX_CHARS: usize = 200;
 
 /// A fully validated job request with every default applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     pub brief: Brief,
@@ -24,7 +24,7 @@ pub struct JobSpec {
     pub render_spec: RenderSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Brief {
     pub topic: String,
@@ -35,18 +35,19 @@ pub struct Brief {
     pub aspect: Aspect,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSpec {
     /// `hh:mm:ss` on the wire; whole seconds here.
     #[serde(with = "hms")]
+    #[schema(value_type = String, pattern = r"^\d{2}:\d{2}:\d{2}$", example = "00:01:00")]
     pub target_duration: u32,
     pub pacing: Pacing,
     pub density: Density,
     pub style: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VoiceSpec {
     pub voice_name: String,
@@ -55,7 +56,7 @@ pub struct VoiceSpec {
     pub pause: Pause,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenderSpec {
     pub res: Resolution,
@@ -73,6 +74,18 @@ macro_rules! wire_enum {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name { $(#[serde(rename = $wire)] $variant),+ }
+
+        // By hand: the derive does not see serde renames that come through a macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($wire),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -152,7 +165,7 @@ impl Container {
 }
 
 /// One reason a request was refused, with the JSON path of the field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Dotted path, e.g. `brief.topic` (the form the README shows).
     pub field: String,

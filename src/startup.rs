@@ -19,7 +19,7 @@ use crate::config::ServeConfig;
 use crate::error::AppError;
 use crate::hub::Hub;
 use crate::store::Store;
-use crate::{health, jobs, stream};
+use crate::{health, jobs, openapi, stream};
 
 /// A built application: listening, not yet serving.
 pub struct Application {
@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(stream::router())
         .merge(health::router())
+        .merge(openapi::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
@@ -118,6 +119,6 @@ async fn fallback() -> impl IntoResponse {
         "not-found",
         "Not found",
         "there is no resource at this path",
-        serde_json::Value::Null,
+        None,
     )
 }

@@ -97,7 +97,22 @@ pub fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, AppError>
         .map_err(|_| AppError::bad_request("Invalid query string", "the query string could not be parsed"))
 }
 
-async fn job_events(
+/// One job's events as Server-Sent Events: replay after the resume point, then live; the
+/// response ends after the job's terminal event.
+#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "events",
+    params(
+        ("job_id" = Uuid, Path, description = "The job's id"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id (wins over the query)"),
+        ("lastEventId" = Option<i64>, Query, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "`retry:`, then `id:`/`event:`/`data:` frames; data is one of the EventData schemas", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The job has ended and the resume point is at or past its last event"),
+        (status = 400, description = "A bad id or resume point", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn job_events(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -114,7 +129,20 @@ async fn job_events(
     open_stream(&app, EventFilter::Jobs(vec![job_id]), resume, true)
 }
 
-async fn all_events(
+/// Events of all jobs, or of those named by repeated `jobId=`; never ends on its own.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(
+        ("jobId" = Option<Vec<Uuid>>, Query, description = "Only these jobs (repeat the parameter)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id (wins over the query)"),
+        ("lastEventId" = Option<i64>, Query, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "`retry:`, then `id:`/`event:`/`data:` frames; data is one of the EventData schemas", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad id or resume point", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A named job does not exist", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn all_events(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -264,6 +292,7 @@ impl Subscriber {
             _ = tokio::time::sleep_until(self.deadline) => None,
             received = self.rx.recv() => {
                 let mut buf = BytesMut::new();
+                let appended = received.as_ref().ok().and_then(|e| e.appended);
                 let mut next = received;
                 loop {
                     match next {
@@ -286,6 +315,10 @@ impl Subscriber {
                         Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                         Err(_) => break,
                     };
+                }
+                if let (Some(appended), false) = (appended, buf.is_empty()) {
+                    // Once per write, not per event: from append to this write, for its first event.
+                    metrics::histogram!("aura_delivery_lag_seconds").record(appended.elapsed().as_secs_f64());
                 }
                 if buf.is_empty() && self.finished { None } else { Some(buf.freeze()) }
             }

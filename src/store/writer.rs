@@ -158,6 +158,7 @@ async fn insert_all(
 ) -> Result<Outcome, StoreError> {
     // Dry run of the fold with placeholder ids: nothing is written if any event does not fit.
     let at = now_micros();
+    let started = Instant::now();
     let mut state = before;
     for body in &bodies {
         match JobState::apply(state, job_id, 0, at, body) {
@@ -182,7 +183,9 @@ async fn insert_all(
         )
         .fetch_one(&mut *conn)
         .await?;
-        events.push(Arc::new(StoredEvent::new(id, job_id, kind.to_owned(), data, created_at.clone())));
+        let mut event = StoredEvent::new(id, job_id, kind.to_owned(), data, created_at.clone());
+        event.appended = Some(started);
+        events.push(Arc::new(event));
     }
     let first_id = events.first().map_or(0, |e| e.id);
     state.last_event_id = events.last().map_or(state.last_event_id, |e| e.id);

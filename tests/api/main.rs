@@ -6,4 +6,5 @@ mod fanout;
 mod helpers;
 mod jobs_api;
 mod log;
+mod openapi;
 mod streams;

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -18,11 +17,13 @@ use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::error::AppError;
 use crate::hub::Hub;
+use crate::lock::DataDirLock;
 use crate::store::Store;
 use crate::{health, jobs, openapi, stream};
 
 /// A built application: listening, not yet serving.
 pub struct Application {
+    lock: DataDirLock,
     listener: TcpListener,
     router: Router,
     state: AppState,
@@ -50,6 +51,7 @@ impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data folder {}", settings.data_dir.display()))?;
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
         let metrics = metrics_handle()?;
         let shutdown = CancellationToken::new();
         let (store, feed) = Store::open(&settings.database(), settings.synchronous)
@@ -63,7 +65,7 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let state = AppState::new(settings, store, hub, shutdown, metrics);
         let router = router(state.clone());
-        Ok(Application { listener, router, state, port })
+        Ok(Application { lock, listener, router, state, port })
     }
 
     pub fn port(&self) -> u16 {
@@ -93,8 +95,8 @@ impl Application {
         let store = self.state.store().clone();
         drop(self.state);
         store.close().await;
-        tokio::time::sleep(Duration::from_millis(0)).await;
-        tracing::info!("store closed; goodbye");
+        tracing::info!(lock = %self.lock.path().display(), "store closed; releasing the data folder");
+        drop(self.lock);
         result
     }
 }

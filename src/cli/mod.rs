@@ -37,6 +37,17 @@ pub struct ServerArg {
 pub enum Command {
     /// Run the server (HTTP API, event streams and render workers).
     Serve(ServeConfig),
+    /// Verify the store: every jobs row equals the fold of its events, no job has two terminal
+    /// events, completed videos exist with their recorded size. Exit 0 healthy, 1 not.
+    Check {
+        #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "AURA_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Rebuild the jobs table from the events (the log is the truth). Needs the server stopped.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Create a job and print its id (or follow it with --watch).
     Submit {
         #[command(flatten)]
@@ -104,6 +115,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             let app = Application::build(config).await?;
             app.run_until(telemetry::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::Check { data_dir, database_url, repair } => {
+            return crate::check::run_cli(&data_dir, database_url, repair).await;
         }
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {

@@ -12,11 +12,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::mpsc;
+use sqlx::{ConnectOptions, Connection};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::event::StoredEvent;
@@ -64,10 +67,13 @@ pub struct JobPage {
 pub struct Store {
     pool: SqlitePool,
     writer: mpsc::Sender<writer::Request>,
+    write_options: SqliteConnectOptions,
+    close: CancellationToken,
+    writer_done: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 /// What the writer hands the fan-out after each commit, in commit (and so id) order.
-pub type CommitFeed = mpsc::UnboundedReceiver<Vec<std::sync::Arc<StoredEvent>>>;
+pub type CommitFeed = mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>;
 
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer task.
@@ -80,15 +86,23 @@ impl Store {
             Durability::Full => SqliteSynchronous::Full,
             Durability::Normal => SqliteSynchronous::Normal,
         });
-        let mut conn = write_options.connect().await?;
+        let mut conn = write_options.clone().connect().await?;
         sqlx::migrate!().run(&mut conn).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(options.read_only(true))
             .await?;
-        let (writer, feed) = writer::spawn(conn);
-        Ok((Store { pool, writer }, feed))
+        let close = CancellationToken::new();
+        let spawned = writer::spawn(conn, close.clone());
+        let store = Store {
+            pool,
+            writer: spawned.queue,
+            write_options,
+            close,
+            writer_done: Arc::new(tokio::sync::Mutex::new(Some(spawned.done))),
+        };
+        Ok((store, spawned.feed))
     }
 
     /// Runs one decision against a job's current state and appends what it returns, atomically.
@@ -209,8 +223,35 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
     }
 
-    /// Closes the read pool; the writer ends when the last handle is dropped.
+    /// Every job id that has a `jobs` row.
+    pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar!("SELECT job_id FROM jobs ORDER BY created_event_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Replaces the whole `jobs` table with the given states, in one transaction
+    /// (`aura check --repair`: the log is the truth). Each state comes with its first event id.
+    pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)]) -> Result<(), StoreError> {
+        let mut conn = self.write_options.clone().connect().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query!("DELETE FROM jobs").execute(&mut *tx).await?;
+        for (created_event_id, state) in jobs {
+            writer::insert_job_row(&mut tx, *created_event_id, &rows::JobColumns::from(state)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Commits what is queued, checkpoints and closes the write connection, then the readers.
+    /// Appends after this are refused with [`StoreError::Closed`].
     pub async fn close(&self) {
+        self.close.cancel();
+        if let Some(done) = self.writer_done.lock().await.take() {
+            if tokio::time::timeout(Duration::from_secs(5), done).await.is_err() {
+                tracing::warn!("the store writer did not finish within 5 s");
+            }
+        }
         self.pool.close().await;
     }
 }

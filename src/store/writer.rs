@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::rows::{JobColumns, JobRow};
@@ -56,22 +57,45 @@ pub(super) struct Request {
 
 type Outcome = Result<Applied, Refusal>;
 
-pub(super) fn spawn(
-    conn: SqliteConnection,
-) -> (mpsc::Sender<Request>, mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>) {
-    let (tx, rx) = mpsc::channel(4096);
-    let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(conn, rx, feed_tx));
-    (tx, feed_rx)
+/// The writer task's handles: its queue, the commit feed for the fan-out, and its end.
+pub(super) struct Spawned {
+    pub queue: mpsc::Sender<Request>,
+    pub feed: mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>,
+    pub done: oneshot::Receiver<()>,
+}
+
+/// Starts the writer; it ends once `close` is cancelled and every request already queued is
+/// committed (or when every sender is gone), after checkpointing the WAL.
+pub(super) fn spawn(conn: SqliteConnection, close: CancellationToken) -> Spawned {
+    let (queue, rx) = mpsc::channel(4096);
+    let (feed_tx, feed) = mpsc::unbounded_channel();
+    let (done_tx, done) = oneshot::channel();
+    tokio::spawn(async move {
+        run(conn, rx, feed_tx, close).await;
+        let _ = done_tx.send(());
+    });
+    Spawned { queue, feed, done }
 }
 
 async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Request>,
     feed: mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+    close: CancellationToken,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut group, MAX_GROUP) => n,
+            () = close.cancelled(), if !rx.is_closed() => {
+                // Take no new requests; what is already queued is still committed.
+                rx.close();
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
         let started = Instant::now();
         let replies: Vec<_> = group.iter_mut().map(|r| (r.job_id, take_decide(r))).collect();
         match write_group(&mut conn, replies).await {
@@ -99,7 +123,7 @@ async fn run(
             }
         }
     }
-    // Every sender is gone: leave the file tidy for the next process and for `sqlite3` users.
+    // Closed, or every sender is gone: leave the file tidy for the next process and for `sqlite3` users.
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
         tracing::warn!(error = %e, "checkpoint at close failed");
     }
@@ -191,49 +215,65 @@ async fn insert_all(
     state.last_event_id = events.last().map_or(state.last_event_id, |e| e.id);
     let c = JobColumns::from(&state);
     if is_new {
-        sqlx::query!(
-            "INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
-                               started_at, finished_at, error, output, last_event_id, request)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            c.job_id,
-            first_id,
-            c.owner,
-            c.status,
-            c.stage,
-            c.percent,
-            c.attempt,
-            c.created_at,
-            c.started_at,
-            c.finished_at,
-            c.error,
-            c.output,
-            c.last_event_id,
-            c.request
-        )
-        .execute(&mut *conn)
-        .await?;
+        insert_job_row(conn, first_id, &c).await?;
     } else {
-        sqlx::query!(
-            "UPDATE jobs SET owner = ?, status = ?, stage = ?, percent = ?, attempt = ?, created_at = ?,
-                             started_at = ?, finished_at = ?, error = ?, output = ?, last_event_id = ?,
-                             request = ?
-             WHERE job_id = ?",
-            c.owner,
-            c.status,
-            c.stage,
-            c.percent,
-            c.attempt,
-            c.created_at,
-            c.started_at,
-            c.finished_at,
-            c.error,
-            c.output,
-            c.last_event_id,
-            c.request,
-            c.job_id
-        )
-        .execute(&mut *conn)
-        .await?;
+        update_job_row(conn, &c).await?;
     }
     Ok(Ok(Applied { state, events }))
+}
+
+/// Writes a new `jobs` row.
+pub(super) async fn insert_job_row(
+    conn: &mut SqliteConnection,
+    created_event_id: i64,
+    c: &JobColumns,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
+                           started_at, finished_at, error, output, last_event_id, request)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        c.job_id,
+        created_event_id,
+        c.owner,
+        c.status,
+        c.stage,
+        c.percent,
+        c.attempt,
+        c.created_at,
+        c.started_at,
+        c.finished_at,
+        c.error,
+        c.output,
+        c.last_event_id,
+        c.request
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Overwrites an existing `jobs` row with a new state.
+async fn update_job_row(conn: &mut SqliteConnection, c: &JobColumns) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET owner = ?, status = ?, stage = ?, percent = ?, attempt = ?, created_at = ?,
+                         started_at = ?, finished_at = ?, error = ?, output = ?, last_event_id = ?,
+                         request = ?
+         WHERE job_id = ?",
+        c.owner,
+        c.status,
+        c.stage,
+        c.percent,
+        c.attempt,
+        c.created_at,
+        c.started_at,
+        c.finished_at,
+        c.error,
+        c.output,
+        c.last_event_id,
+        c.request,
+        c.job_id
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -72,6 +72,11 @@ impl TestApp {
         self.dir.path().join("data").join("aura.db")
     }
 
+    /// Moves the data folder's ownership out, so it outlives `stop`.
+    pub fn keep_dir(&mut self) -> TestResult<tempfile::TempDir> {
+        Ok(std::mem::replace(&mut self.dir, tempfile::tempdir()?))
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) -> TestResult {
         if let Some(stop) = self.stop.take() {

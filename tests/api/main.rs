@@ -7,4 +7,5 @@ mod helpers;
 mod jobs_api;
 mod log;
 mod openapi;
+mod restart;
 mod streams;

@@ -105,19 +105,17 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
             }
             Err(e) => return Err(e),
         }
-        if state.status == JobStatus::Completed {
-            if let Some(out) = &state.output {
-                match std::fs::metadata(data_dir.join(&out.video_path)) {
-                    Ok(m) if m.len() == out.size_bytes => {}
-                    Ok(m) => report.problems.push(format!(
-                        "job {job_id}: {} has {} bytes, the job-completed event says {}",
-                        out.video_path,
-                        m.len(),
-                        out.size_bytes
-                    )),
-                    Err(_) => {
-                        report.problems.push(format!("job {job_id}: the video {} is missing", out.video_path))
-                    }
+        if let (JobStatus::Completed, Some(out)) = (state.status, &state.output) {
+            match std::fs::metadata(data_dir.join(&out.video_path)) {
+                Ok(m) if m.len() == out.size_bytes => {}
+                Ok(m) => report.problems.push(format!(
+                    "job {job_id}: {} has {} bytes, the job-completed event says {}",
+                    out.video_path,
+                    m.len(),
+                    out.size_bytes
+                )),
+                Err(_) => {
+                    report.problems.push(format!("job {job_id}: the video {} is missing", out.video_path))
                 }
             }
         }

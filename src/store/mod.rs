@@ -247,10 +247,10 @@ impl Store {
     /// Appends after this are refused with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.close.cancel();
-        if let Some(done) = self.writer_done.lock().await.take() {
-            if tokio::time::timeout(Duration::from_secs(5), done).await.is_err() {
-                tracing::warn!("the store writer did not finish within 5 s");
-            }
+        if let Some(done) = self.writer_done.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(5), done).await.is_err()
+        {
+            tracing::warn!("the store writer did not finish within 5 s");
         }
         self.pool.close().await;
     }

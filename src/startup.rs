@@ -19,7 +19,11 @@ use crate::config::ServeConfig;
 use crate::error::AppError;
 use crate::hub::Hub;
 use crate::store::Store;
+use crate::worker::{self, Pool};
 use crate::{health, jobs, stream};
+
+/// How long shutdown waits for the workers after killing their children.
+const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// A built application: listening, not yet serving.
 pub struct Application {
@@ -27,6 +31,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     port: u16,
+    workers: Pool,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process).
@@ -62,7 +67,8 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let state = AppState::new(settings, store, hub, shutdown, metrics);
         let router = router(state.clone());
-        Ok(Application { listener, router, state, port })
+        let workers = worker::spawn_pool(state.clone());
+        Ok(Application { listener, router, state, port, workers })
     }
 
     pub fn port(&self) -> u16 {
@@ -89,6 +95,8 @@ impl Application {
         let result = server.await.context("serving HTTP");
         token.cancel();
         tracing::info!("HTTP server stopped");
+        // Cancelling the token killed every running child; the workers leave their jobs Running.
+        self.workers.join(WORKER_STOP_BOUND).await;
         let store = self.state.store().clone();
         drop(self.state);
         store.close().await;

@@ -34,21 +34,24 @@ pub struct Application {
     workers: Pool,
 }
 
-/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+/// The process-wide Prometheus recorder (a recorder can be installed once per process). The
+/// install runs inside `get_or_init`, so applications built at the same time (tests) never race
+/// to install two.
 fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ])
-        .context("configuring metric buckets")?
-        .install_recorder()
-        .or_else(|e| HANDLE.get().cloned().ok_or(e))
-        .context("installing the metrics recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0,
+                ])
+                .map_err(|e| format!("configuring metric buckets: {e}"))?
+                .install_recorder()
+                .map_err(|e| format!("installing the metrics recorder: {e}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 impl Application {

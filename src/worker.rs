@@ -129,6 +129,12 @@ async fn run_job(state: &AppState, job_id: Uuid, spec: crate::spec::JobSpec) {
     state.unregister_running(job_id);
     let shutting_down = state.shutdown_token().is_cancelled();
     match outcome {
+        Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
+            // Cancelled just as the last stage ended: the client asked to stop, so honour it.
+            remove_dir(&job.job_dir).await;
+            log_append(handle.cancelled(Some(Stage::Render)).await, "job-cancelled");
+            tracing::info!("job cancelled after its last stage");
+        }
         Ok((job, Ok(output))) => {
             remove_dir(&job.work_dir).await;
             log_append(handle.complete(output).await, "job-completed");

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_types)] // ffprobe is run directly here to check the output independently.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
@@ -23,7 +24,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 struct TestApp {
     base: String,
     client: reqwest::Client,
-    data_dir: tempfile::TempDir,
+    data_dir: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -41,7 +42,14 @@ async fn spawn_app() -> Result<TestApp> {
 }
 
 async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> Result<TestApp> {
-    let data_dir = tempfile::tempdir()?;
+    spawn_app_in(Arc::new(tempfile::tempdir()?), configure).await
+}
+
+/// Starts the app on an existing data folder (to see what a restart finds).
+async fn spawn_app_in(
+    data_dir: Arc<tempfile::TempDir>,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> Result<TestApp> {
     let mut cfg = ServeConfig::for_data_dir(data_dir.path().to_path_buf());
     cfg.workers = Some(1);
     configure(&mut cfg);
@@ -324,6 +332,58 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Starts a job long and large enough that Visuals is still running minutes later, and waits
+/// until its Visuals stage has started and one of its ffmpeg processes is visible. Returns the
+/// job id and the job folder's path, which every ffmpeg of the job has on its command line.
+async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> Result<(Uuid, String)> {
+    let mut body = small_job("A long job", "Widescreen16x9", "mp4", "h264");
+    body["planSpec"]["targetDuration"] = json!("00:01:00");
+    body["renderSpec"]["res"] = json!("1080p");
+    body["renderSpec"]["fps"] = json!(30);
+    body["renderSpec"]["qualityLevel"] = json!("Maximum");
+    let id = app.create(&body).await?;
+    let visuals_started =
+        |e: &Sse| e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started";
+    let seen = tokio::time::timeout(JOB_TIMEOUT, app.follow(id, visuals_started)).await??;
+    ensure!(seen.last().is_some_and(visuals_started), "the job ended before Visuals");
+    let needle = app.path(&format!("jobs/{id}")).to_string_lossy().into_owned();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while processes_mentioning(&needle).is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no ffmpeg of the job ever showed up"))?;
+    Ok((id, needle))
+}
+
+#[tokio::test]
+async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> Result<()> {
+    let app = spawn_app().await?;
+    let (id, needle) = start_a_long_job_and_wait_for_visuals(&app).await?;
+    let data_dir = app.data_dir.clone();
+    tokio::time::timeout(Duration::from_secs(10), app.shutdown())
+        .await
+        .map_err(|_| anyhow!("shutdown took over 10 s"))??;
+    let survivors = processes_mentioning(&needle);
+    assert!(survivors.is_empty(), "processes survived the shutdown: {survivors:?}");
+
+    // A restart (API only) finds the job Running in Visuals, with nothing appended for the stop.
+    let again = spawn_app_in(data_dir, |cfg| cfg.workers = Some(0)).await?;
+    let job = again.job(id).await?;
+    assert_eq!(job["status"], "Running");
+    assert_eq!(job["stage"], "Visuals");
+    let history = again.history(id).await?;
+    let odd: Vec<&Value> = history
+        .iter()
+        .filter(|e| {
+            matches!(e["type"].as_str(), Some("job-failed" | "job-cancelled" | "error" | "job-completed"))
+        })
+        .collect();
+    assert!(odd.is_empty(), "the shutdown appended {odd:?}");
+    again.shutdown().await
 }
 
 #[tokio::test]

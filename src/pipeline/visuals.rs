@@ -129,7 +129,7 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> String {
 /// The filter chain drawing one scene on its background.
 fn scene_filter(head_file: &str, caption_file: &str, head_size: u32, caption_size: u32) -> String {
     let band = "drawbox=x=0:y=ih*0.62:w=iw:h=ih*0.38:color=black@0.22:t=fill";
-    let accent = "drawbox=x=iw*0.07:y=ih*0.5-6:w=iw*0.12:h=6:color=white@0.8:t=fill";
+    let accent = "drawbox=x=iw*0.44:y=ih*0.5:w=iw*0.12:h=ih/120:color=white@0.8:t=fill";
     let head = format!(
         "drawtext=fontfile={FONT_BOLD}:textfile={head_file}:expansion=none:fontsize={head_size}:\
          fontcolor=white:line_spacing=8:x='(w-text_w)/2-w*0.04*max(0,1-t/0.6)':y='h*0.46-text_h':\

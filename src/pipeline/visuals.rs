@@ -1,6 +1,7 @@
 //! The Visuals stage: one clip per scene, drawn by ffmpeg and encoded in the final video codec.
 //!
-//! Each clip is a `color` background with a translucent band (cheap: no per-pixel expressions),
+//! Each clip is a `color` background padded with a darker band below it (`pad` fills with a
+//! memset; a large `drawbox` costs ten times the text drawing at 1080p, so there is none),
 //! the scene's heading sliding and fading in, and its caption fading in after it. All text comes
 //! from files in the work folder (`drawtext=textfile=…:expansion=none`), so quotes, `%`, `:`,
 //! `\`, emoji or right-to-left text in a topic can never break the filter graph; lines are wrapped
@@ -19,7 +20,15 @@ const FONT_BOLD: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf";
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Backgrounds, one per scene in turn.
-const PALETTE: [&str; 6] = ["0x1d3557", "0x457b9d", "0x2a9d8f", "0x6d597a", "0x264653", "0xb5651d"];
+const PALETTE: [u32; 6] = [0x1d3557, 0x457b9d, 0x2a9d8f, 0x6d597a, 0x264653, 0xb5651d];
+/// The share of the frame's height above the band.
+const BAND_TOP: f64 = 0.62;
+
+/// `rgb` three quarters as bright, as ffmpeg's `0xRRGGBB`.
+fn darker(rgb: u32) -> String {
+    let dim = |shift: u32| ((rgb >> shift & 0xff) * 3 / 4) << shift;
+    format!("0x{:06x}", dim(16) | dim(8) | dim(0))
+}
 
 /// One rendered scene clip in the work folder.
 #[derive(Debug, Clone)]
@@ -126,9 +135,16 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> String {
     lines.join("\n")
 }
 
-/// The filter chain drawing one scene on its background.
-fn scene_filter(head_file: &str, caption_file: &str, head_size: u32, caption_size: u32) -> String {
-    let band = "drawbox=x=0:y=ih*0.62:w=iw:h=ih*0.38:color=black@0.22:t=fill";
+/// The filter chain drawing one scene on its background: `band` pads the `color` source to the
+/// full frame `w`x`h`.
+fn scene_filter(
+    (w, h, band_color): (u32, u32, &str),
+    head_file: &str,
+    caption_file: &str,
+    head_size: u32,
+    caption_size: u32,
+) -> String {
+    let band = format!("pad={w}:{h}:0:0:color={band_color}");
     let accent = "drawbox=x=iw*0.44:y=ih*0.5:w=iw*0.12:h=ih/120:color=white@0.8:t=fill";
     let head = format!(
         "drawtext=fontfile={FONT_BOLD}:textfile={head_file}:expansion=none:fontsize={head_size}:\
@@ -139,7 +155,7 @@ fn scene_filter(head_file: &str, caption_file: &str, head_size: u32, caption_siz
         "drawtext=fontfile={FONT}:textfile={caption_file}:expansion=none:fontsize={caption_size}:\
          fontcolor=white@0.9:line_spacing=6:x='(w-text_w)/2':y='h*0.68':alpha='min(1,max(0,(t-0.3)/0.6))'"
     );
-    [band, accent, &head, &caption].join(",")
+    [&band, accent, &head, &caption].join(",")
 }
 
 /// Renders every scene to `clipNN.<ext>` in the final codec, reporting true progress.
@@ -171,12 +187,14 @@ pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Re
         write(caption_file.clone(), wrap(&scene.caption, chars(caption_size), 4)).await?;
         let file = format!("clip{k:02}.{ext}");
         let d = scene.duration_sec;
+        let color = PALETTE[i % PALETTE.len()];
+        let top = ((f64::from(h) * BAND_TOP / 2.0).round() as u32 * 2).max(2);
         let process = job
             .ffmpeg(deadline)
             .args(["-f", "lavfi", "-i"])
-            .arg(format!("color=c={}:s={w}x{h}:r={}:d={d}", PALETTE[i % PALETTE.len()], r.fps))
+            .arg(format!("color=c=0x{color:06x}:s={w}x{top}:r={}:d={d}", r.fps))
             .arg("-vf")
-            .arg(scene_filter(&head_file, &caption_file, head_size, caption_size))
+            .arg(scene_filter((w, h, &darker(color)), &head_file, &caption_file, head_size, caption_size))
             .args(["-frames:v", &(d * r.fps).to_string(), "-an"])
             .args(&codec_args)
             .args(["-progress", "pipe:1", "-nostats"])
@@ -199,6 +217,12 @@ pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_band_is_the_background_darkened() {
+        assert_eq!(darker(0x1d3557), "0x152741");
+        assert_eq!(darker(0xffffff), "0xbfbfbf");
+    }
 
     #[test]
     fn wrapping_keeps_words_and_splits_only_long_ones() {

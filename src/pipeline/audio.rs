@@ -15,9 +15,12 @@
 //! track equals the video's length to the sample.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
 
 use super::probe::probe;
-use super::script::Script;
+use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
 use crate::job::Stage;
 use crate::spec::Pause;
@@ -150,50 +153,70 @@ pub async fn narrate(job: &Job, script: &Script, deadline: Deadline) -> Result<N
     };
     let lead = lead_secs(voice.pause);
     let n = script.scenes.len();
-    let mut files = Vec::with_capacity(n);
+    let done = AtomicUsize::new(0);
+    let mut runs = Vec::with_capacity(n);
     for (i, scene) in script.scenes.iter().enumerate() {
-        let k = i + 1;
-        job.check_cancelled()?;
-        job.reporter
-            .report(Stage::Audio, (i as f64) / (n as f64) * 100.0, format!("Narrating scene {k} of {n}"))
-            .await;
-        let text = format!("say{k:02}.txt");
-        let raw = format!("say{k:02}.raw.wav");
-        let out = format!("narr{k:02}.wav");
-        tokio::fs::write(job.work(&text), &scene.narration)
-            .await
-            .map_err(|e| StageError::internal(anyhow::Error::new(e).context("writing narration text")))?;
-        let what = format!("narrating scene {k}");
-        job.ffmpeg(deadline)
-            .args(["-f", "lavfi", "-i"])
-            .arg(format!("flite=textfile={text}:voice={flite}"))
-            .args(["-c:a", "pcm_s16le"])
-            .arg(job.work(&raw))
-            .output()
-            .await
-            .map_err(|e| StageError::process(&what, e))?;
-        let raw_probe = probe(job, deadline, &job.work(&raw), &what).await?;
-        let speech = raw_probe.duration_sec().unwrap_or(0.0);
-        let source_rate = raw_probe.sample_rate().unwrap_or(16_000);
-        let scene_secs = f64::from(scene.duration_sec);
-        let fit = fit(speech, voice.rate, scene_secs, lead);
-        if fit.trimmed {
-            tracing::info!(scene = k, speech, scene_secs, "narration cut to fit its scene");
-        }
-        job.ffmpeg(deadline)
-            .arg("-i")
-            .arg(job.work(&raw))
-            .arg("-af")
-            .arg(filter_chain(source_rate, voice.pitch, &fit, lead, scene_secs))
-            .args(["-ar", "48000", "-ac", "2", "-c:a", "pcm_s16le"])
-            .arg(job.work(&out))
-            .output()
-            .await
-            .map_err(|e| StageError::process(&what, e))?;
-        remove_quietly(&job.work(&raw)).await;
-        files.push(out);
+        runs.push(narrate_scene(job, deadline, flite, lead, (i, n, &done), scene));
     }
+    let files = stream::iter(runs).buffered(PARALLEL_NARRATIONS).try_collect().await?;
     Ok(Narration { files })
+}
+
+/// Scenes narrated at once: each is three short single-threaded children.
+const PARALLEL_NARRATIONS: usize = 2;
+
+/// Narrates scene `i` of `n` into `narrNN.wav`; `done` counts finished scenes for progress.
+async fn narrate_scene(
+    job: &Job,
+    deadline: Deadline,
+    flite: &str,
+    lead: f64,
+    (i, n, done): (usize, usize, &AtomicUsize),
+    scene: &Scene,
+) -> Result<String, StageError> {
+    let voice = &job.spec.voice_spec;
+    let k = i + 1;
+    job.check_cancelled()?;
+    let finished = done.load(Ordering::Relaxed);
+    job.reporter
+        .report(Stage::Audio, finished as f64 / n as f64 * 100.0, format!("Narrating scene {k} of {n}"))
+        .await;
+    let text = format!("say{k:02}.txt");
+    let raw = format!("say{k:02}.raw.wav");
+    let out = format!("narr{k:02}.wav");
+    tokio::fs::write(job.work(&text), &scene.narration)
+        .await
+        .map_err(|e| StageError::internal(anyhow::Error::new(e).context("writing narration text")))?;
+    let what = format!("narrating scene {k}");
+    job.ffmpeg(deadline)
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("flite=textfile={text}:voice={flite}"))
+        .args(["-c:a", "pcm_s16le"])
+        .arg(job.work(&raw))
+        .output()
+        .await
+        .map_err(|e| StageError::process(&what, e))?;
+    let raw_probe = probe(job, deadline, &job.work(&raw), &what).await?;
+    let speech = raw_probe.duration_sec().unwrap_or(0.0);
+    let source_rate = raw_probe.sample_rate().unwrap_or(16_000);
+    let scene_secs = f64::from(scene.duration_sec);
+    let fit = fit(speech, voice.rate, scene_secs, lead);
+    if fit.trimmed {
+        tracing::info!(scene = k, speech, scene_secs, "narration cut to fit its scene");
+    }
+    job.ffmpeg(deadline)
+        .arg("-i")
+        .arg(job.work(&raw))
+        .arg("-af")
+        .arg(filter_chain(source_rate, voice.pitch, &fit, lead, scene_secs))
+        .args(["-ar", "48000", "-ac", "2", "-c:a", "pcm_s16le"])
+        .arg(job.work(&out))
+        .output()
+        .await
+        .map_err(|e| StageError::process(&what, e))?;
+    remove_quietly(&job.work(&raw)).await;
+    done.fetch_add(1, Ordering::Relaxed);
+    Ok(out)
 }
 
 async fn remove_quietly(path: &Path) {

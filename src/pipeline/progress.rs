@@ -8,6 +8,7 @@
 //! `JobHandle::complete_stage`.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -71,7 +72,6 @@ pub fn parse_out_time_us(line: &str) -> Option<u64> {
 /// `expected_us` of media.
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
-    pub step: Stage,
     pub from: f64,
     pub to: f64,
     pub expected_us: u64,
@@ -85,12 +85,14 @@ impl Span {
 }
 
 /// Runs an ffmpeg that has `-progress pipe:1 -nostats` in its arguments, reporting progress
-/// through `reporter` as it goes.
+/// through `reporter` as it goes: `pct_at` turns the media time written so far into percent of
+/// the stage (so runs in parallel can report their combined progress).
 pub async fn run_with_progress(
     process: Process,
     reporter: &Reporter,
-    span: Span,
+    step: Stage,
     message: &str,
+    pct_at: impl Fn(u64) -> f64,
 ) -> Result<(), ProcessError> {
     let (tx, mut rx) = watch::channel(None::<u64>);
     let mut on_line = move |line: &str| {
@@ -103,7 +105,7 @@ pub async fn run_with_progress(
         while rx.changed().await.is_ok() {
             let latest = *rx.borrow_and_update();
             if let Some(us) = latest {
-                reporter.report(span.step, span.pct(us), message.to_owned()).await;
+                reporter.report(step, pct_at(us), message.to_owned()).await;
             }
         }
         // The sender went away with the child's stdout: wait for the run to finish.
@@ -112,6 +114,27 @@ pub async fn run_with_progress(
     tokio::select! {
         result = run => result,
         () = report => Ok(()),
+    }
+}
+
+/// The media time each of several parallel runs has written, for their combined percent.
+pub struct Shares {
+    done_us: Vec<AtomicU64>,
+    total_us: u64,
+}
+
+impl Shares {
+    pub fn new(runs: usize, total_us: u64) -> Self {
+        Shares { done_us: (0..runs).map(|_| AtomicU64::new(0)).collect(), total_us }
+    }
+
+    /// Records that run `i` has written `us`, and returns percent done over all runs.
+    pub fn record(&self, i: usize, us: u64) -> f64 {
+        if let Some(slot) = self.done_us.get(i) {
+            slot.store(us, Ordering::Relaxed);
+        }
+        let done: u64 = self.done_us.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        if self.total_us == 0 { 100.0 } else { (done as f64 / self.total_us as f64 * 100.0).min(100.0) }
     }
 }
 
@@ -129,8 +152,16 @@ mod tests {
     }
 
     #[test]
+    fn shares_add_up_parallel_runs() {
+        let shares = Shares::new(2, 4_000_000);
+        assert_eq!(shares.record(0, 1_000_000), 25.0);
+        assert_eq!(shares.record(1, 2_000_000), 75.0);
+        assert_eq!(shares.record(0, 9_000_000), 100.0);
+    }
+
+    #[test]
     fn spans_map_media_time_into_the_stage() {
-        let s = Span { step: Stage::Visuals, from: 50.0, to: 100.0, expected_us: 2_000_000 };
+        let s = Span { from: 50.0, to: 100.0, expected_us: 2_000_000 };
         assert_eq!(s.pct(0), 50.0);
         assert_eq!(s.pct(1_000_000), 75.0);
         assert_eq!(s.pct(9_000_000), 100.0);

@@ -81,25 +81,35 @@ pub async fn assemble(
         .args(codec_args)
         .args(["-ar", "48000", "-ac", "2", "-progress", "pipe:1", "-nostats"])
         .arg(job.work(&audio));
-    let span =
-        Span { step: Stage::Timeline, from: 0.0, to: 80.0, expected_us: u64::from(target) * 1_000_000 };
-    run_with_progress(process, &job.reporter, span, "Encoding the narration")
+    let span = Span { from: 0.0, to: 80.0, expected_us: u64::from(target) * 1_000_000 };
+    let encode = async {
+        run_with_progress(process, &job.reporter, Stage::Timeline, "Encoding the narration", |us| {
+            span.pct(us)
+        })
         .await
-        .map_err(|e| StageError::process("encoding the narration", e))?;
-
-    job.reporter.report(Stage::Timeline, 85.0, "Checking durations".into()).await;
+        .map_err(|e| StageError::process("encoding the narration", e))
+    };
+    // The clips are checked while the narration encodes.
     let what = "checking durations";
-    let audio_secs = probe(job, deadline, &job.work(&audio), what).await?.duration_sec().unwrap_or(0.0);
-    let mut video_secs = 0.0;
-    for clip in clips {
-        let secs = probe(job, deadline, &job.work(&clip.file), what).await?.duration_sec().unwrap_or(0.0);
-        if !within_tolerance(secs, f64::from(clip.duration_sec)) {
-            return Err(
-                anyhow::anyhow!("clip {} lasts {secs} s, not {} s", clip.file, clip.duration_sec).into()
-            );
+    let check_clips = async {
+        let mut video_secs = 0.0;
+        for clip in clips {
+            let secs = probe(job, deadline, &job.work(&clip.file), what).await?.duration_sec().unwrap_or(0.0);
+            if !within_tolerance(secs, f64::from(clip.duration_sec)) {
+                return Err(anyhow::anyhow!(
+                    "clip {} lasts {secs} s, not {} s",
+                    clip.file,
+                    clip.duration_sec
+                )
+                .into());
+            }
+            video_secs += secs;
         }
-        video_secs += secs;
-    }
+        Ok::<_, StageError>(video_secs)
+    };
+    let ((), video_secs) = tokio::try_join!(encode, check_clips)?;
+    job.reporter.report(Stage::Timeline, 90.0, "Checking the narration".into()).await;
+    let audio_secs = probe(job, deadline, &job.work(&audio), what).await?.duration_sec().unwrap_or(0.0);
     let target_f = f64::from(target);
     if !within_tolerance(audio_secs, target_f) || !within_tolerance(video_secs, target_f) {
         return Err(anyhow::anyhow!(
@@ -129,13 +139,8 @@ pub async fn render(job: &Job, timeline: &Timeline, deadline: Deadline) -> Resul
         }
     }
     let process = process.args(["-progress", "pipe:1", "-nostats"]).arg(&partial);
-    let span = Span {
-        step: Stage::Render,
-        from: 0.0,
-        to: 90.0,
-        expected_us: u64::from(timeline.duration_sec) * 1_000_000,
-    };
-    run_with_progress(process, &job.reporter, span, "Writing the video")
+    let span = Span { from: 0.0, to: 90.0, expected_us: u64::from(timeline.duration_sec) * 1_000_000 };
+    run_with_progress(process, &job.reporter, Stage::Render, "Writing the video", |us| span.pct(us))
         .await
         .map_err(|e| StageError::process("writing the video", e))?;
 

@@ -10,8 +10,10 @@
 //! Clips are encoded with the final codec, size, fps, pixel format and bitrate and start with a
 //! keyframe, so Render can join them with `-c copy` (see the `pipeline` module).
 
-use super::progress::{Span, run_with_progress};
-use super::script::Script;
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use super::progress::{Shares, run_with_progress};
+use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
 use crate::job::Stage;
 use crate::spec::{Codec, Quality, RenderSpec};
@@ -158,8 +160,31 @@ fn scene_filter(
     [&band, accent, &head, &caption].join(",")
 }
 
-/// Renders every scene to `clipNN.<ext>` in the final codec, reporting true progress.
+/// How many scene clips are encoded at once: one ffmpeg (filters, then x264's frame threads)
+/// keeps about 1.1 of 2 cores busy, two keep both.
+pub const PARALLEL_SCENES: usize = 2;
+
+/// Renders every scene to `clipNN.<ext>` in the final codec, [`PARALLEL_SCENES`] at a time,
+/// reporting their combined true progress.
 pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Result<Vec<Clip>, StageError> {
+    let n = script.scenes.len();
+    let shares = Shares::new(n, u64::from(script.duration_sec()) * 1_000_000);
+    // Collected first: a lazy `map` closure here trips the compiler's `Send` proof for the task.
+    let mut runs = Vec::with_capacity(n);
+    for (i, scene) in script.scenes.iter().enumerate() {
+        runs.push(render_scene(job, deadline, &shares, i, n, scene));
+    }
+    stream::iter(runs).buffered(PARALLEL_SCENES).try_collect().await
+}
+
+async fn render_scene(
+    job: &Job,
+    deadline: Deadline,
+    shares: &Shares,
+    i: usize,
+    n: usize,
+    scene: &Scene,
+) -> Result<Clip, StageError> {
     let r = &job.spec.render_spec;
     let (w, h) = r.frame_size(job.spec.brief.aspect);
     let short = w.min(h);
@@ -167,51 +192,37 @@ pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Re
     let caption_size = (short / 26).max(10);
     // DejaVu's average advance is about 0.6 em; keep a margin on both sides.
     let chars = |size: u32| (f64::from(w) * 0.86 / (f64::from(size) * 0.6)).floor() as usize;
-    let codec_args = video_codec_args(r);
-    let ext = clip_extension(r.codec);
-    let total: u32 = script.duration_sec().max(1);
-    let n = script.scenes.len();
-    let mut done = 0u32;
-    let mut clips = Vec::with_capacity(n);
-    for (i, scene) in script.scenes.iter().enumerate() {
-        let k = i + 1;
-        job.check_cancelled()?;
-        let head_file = format!("head{k:02}.txt");
-        let caption_file = format!("caption{k:02}.txt");
-        let write = |name: String, text: String| async move {
-            tokio::fs::write(job.work(&name), text)
-                .await
-                .map_err(|e| StageError::internal(anyhow::Error::new(e).context("writing scene text")))
-        };
-        write(head_file.clone(), wrap(&scene.heading, chars(head_size), 3)).await?;
-        write(caption_file.clone(), wrap(&scene.caption, chars(caption_size), 4)).await?;
-        let file = format!("clip{k:02}.{ext}");
-        let d = scene.duration_sec;
-        let color = PALETTE[i % PALETTE.len()];
-        let top = ((f64::from(h) * BAND_TOP / 2.0).round() as u32 * 2).max(2);
-        let process = job
-            .ffmpeg(deadline)
-            .args(["-f", "lavfi", "-i"])
-            .arg(format!("color=c=0x{color:06x}:s={w}x{top}:r={}:d={d}", r.fps))
-            .arg("-vf")
-            .arg(scene_filter((w, h, &darker(color)), &head_file, &caption_file, head_size, caption_size))
-            .args(["-frames:v", &(d * r.fps).to_string(), "-an"])
-            .args(&codec_args)
-            .args(["-progress", "pipe:1", "-nostats"])
-            .arg(job.work(&file));
-        let span = Span {
-            step: Stage::Visuals,
-            from: f64::from(done) / f64::from(total) * 100.0,
-            to: f64::from(done + d) / f64::from(total) * 100.0,
-            expected_us: u64::from(d) * 1_000_000,
-        };
-        run_with_progress(process, &job.reporter, span, &format!("Rendering scene {k} of {n}"))
+    let k = i + 1;
+    job.check_cancelled()?;
+    let head_file = format!("head{k:02}.txt");
+    let caption_file = format!("caption{k:02}.txt");
+    let write = |name: String, text: String| async move {
+        tokio::fs::write(job.work(&name), text)
             .await
-            .map_err(|e| StageError::process(&format!("rendering scene {k}"), e))?;
-        done += d;
-        clips.push(Clip { file, duration_sec: d });
-    }
-    Ok(clips)
+            .map_err(|e| StageError::internal(anyhow::Error::new(e).context("writing scene text")))
+    };
+    write(head_file.clone(), wrap(&scene.heading, chars(head_size), 3)).await?;
+    write(caption_file.clone(), wrap(&scene.caption, chars(caption_size), 4)).await?;
+    let file = format!("clip{k:02}.{}", clip_extension(r.codec));
+    let d = scene.duration_sec;
+    let color = PALETTE[i % PALETTE.len()];
+    let top = ((f64::from(h) * BAND_TOP / 2.0).round() as u32 * 2).max(2);
+    let process = job
+        .ffmpeg(deadline)
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("color=c=0x{color:06x}:s={w}x{top}:r={}:d={d}", r.fps))
+        .arg("-vf")
+        .arg(scene_filter((w, h, &darker(color)), &head_file, &caption_file, head_size, caption_size))
+        .args(["-frames:v", &(d * r.fps).to_string(), "-an"])
+        .args(video_codec_args(r))
+        .args(["-progress", "pipe:1", "-nostats"])
+        .arg(job.work(&file));
+    let message = format!("Rendering scene {k} of {n}");
+    run_with_progress(process, &job.reporter, Stage::Visuals, &message, |us| shares.record(i, us))
+        .await
+        .map_err(|e| StageError::process(&format!("rendering scene {k}"), e))?;
+    shares.record(i, u64::from(d) * 1_000_000);
+    Ok(Clip { file, duration_sec: d })
 }
 
 #[cfg(test)]

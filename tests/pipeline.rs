@@ -176,6 +176,8 @@ fn ffprobe(path: &Path) -> Result<Value> {
 
 struct Expect {
     codec: &'static str,
+    /// The codec tag players look for, where it matters (HEVC in MP4 must be `hvc1` for Apple).
+    tag: Option<&'static str>,
     audio: &'static str,
     size: (u64, u64),
     ext: &'static str,
@@ -253,6 +255,9 @@ async fn renders(body: Value, expect: Expect) -> Result<()> {
     let streams = probe["streams"].as_array().context("streams")?;
     let video = streams.iter().find(|s| s["codec_type"] == "video").context("no video stream")?;
     assert_eq!(video["codec_name"], expect.codec);
+    if let Some(tag) = expect.tag {
+        assert_eq!(video["codec_tag_string"], tag);
+    }
     assert_eq!(
         (video["width"].as_u64(), video["height"].as_u64()),
         (Some(expect.size.0), Some(expect.size.1))
@@ -274,25 +279,38 @@ async fn renders(body: Value, expect: Expect) -> Result<()> {
 #[tokio::test]
 async fn a_widescreen_mp4_h264_job_renders_with_the_requested_format() -> Result<()> {
     let body = small_job("Widescreen test", "Widescreen16x9", "mp4", "h264");
-    renders(body, Expect { codec: "h264", audio: "aac", size: (854, 480), ext: "mp4" }).await
+    renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (854, 480), ext: "mp4" }).await
 }
 
 #[tokio::test]
 async fn a_vertical_mp4_h264_job_renders_with_the_requested_format() -> Result<()> {
     let body = small_job("Vertical test", "Vertical9x16", "mp4", "h264");
-    renders(body, Expect { codec: "h264", audio: "aac", size: (480, 854), ext: "mp4" }).await
+    renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (480, 854), ext: "mp4" }).await
 }
 
 #[tokio::test]
 async fn a_square_mkv_hevc_job_renders_with_the_requested_format() -> Result<()> {
     let body = small_job("Square test", "Square1x1", "mkv", "hevc");
-    renders(body, Expect { codec: "hevc", audio: "aac", size: (480, 480), ext: "mkv" }).await
+    renders(body, Expect { codec: "hevc", tag: None, audio: "aac", size: (480, 480), ext: "mkv" }).await
 }
 
 #[tokio::test]
 async fn a_webm_vp9_job_renders_with_the_requested_format() -> Result<()> {
     let body = small_job("WebM test", "Widescreen16x9", "webm", "vp9");
-    renders(body, Expect { codec: "vp9", audio: "opus", size: (854, 480), ext: "webm" }).await
+    renders(body, Expect { codec: "vp9", tag: None, audio: "opus", size: (854, 480), ext: "webm" }).await
+}
+
+#[tokio::test]
+async fn an_mp4_hevc_job_renders_tagged_hvc1() -> Result<()> {
+    let body = small_job("HEVC test", "Widescreen16x9", "mp4", "hevc");
+    renders(body, Expect { codec: "hevc", tag: Some("hvc1"), audio: "aac", size: (854, 480), ext: "mp4" })
+        .await
+}
+
+#[tokio::test]
+async fn a_webm_av1_job_renders_with_the_requested_format() -> Result<()> {
+    let body = small_job("AV1 test", "Vertical9x16", "webm", "av1");
+    renders(body, Expect { codec: "av1", tag: None, audio: "opus", size: (480, 854), ext: "webm" }).await
 }
 
 #[tokio::test]

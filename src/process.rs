@@ -246,3 +246,58 @@ pub async fn ffmpeg_version(ffmpeg: &Path) -> Result<String, ProcessError> {
     let version = text.lines().next().and_then(|l| l.split_whitespace().nth(2)).unwrap_or("unknown");
     Ok(version.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Processes whose command line contains `needle`.
+    fn alive(needle: &str) -> bool {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|raw| String::from_utf8_lossy(&raw).replace('\0', " ").contains(needle))
+        })
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_the_whole_group_including_grandchildren() {
+        let marker = format!("{}.{}", 600 + std::process::id() % 100, std::process::id());
+        let cancel = CancellationToken::new();
+        let run = Process::new("sh")
+            .args(["-c", &format!("sleep {marker} & sleep {marker}; wait")])
+            .cancel_on(cancel.clone())
+            .output();
+        let started = Instant::now();
+        let (result, ()) = tokio::join!(run, async {
+            while !alive(&format!("sleep {marker}")) {
+                tokio::task::yield_now().await;
+            }
+            cancel.cancel();
+        });
+        assert!(matches!(result, Err(ProcessError::Cancelled { .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!alive(&format!("sleep {marker}")), "a grandchild survived the cancel");
+    }
+
+    #[tokio::test]
+    async fn a_child_past_its_deadline_is_stopped_with_a_timeout() {
+        let result = Process::new("sleep").arg("30").timeout(Duration::from_millis(200)).output().await;
+        assert!(matches!(result, Err(ProcessError::Timeout { .. })), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn failures_keep_the_stderr_tail_and_missing_programs_are_not_found() {
+        let result = Process::new("sh").args(["-c", "echo oops >&2; exit 3"]).output().await;
+        match result {
+            Err(ProcessError::Failed { stderr_tail, status, .. }) => {
+                assert_eq!(stderr_tail, "oops");
+                assert!(status.contains('3'), "{status}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let missing = Process::new("/nonexistent/aura/ffmpeg").output().await;
+        assert!(matches!(missing, Err(ProcessError::NotFound(ref p)) if p == "ffmpeg"), "{missing:?}");
+    }
+}

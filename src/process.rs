@@ -28,7 +28,7 @@ const STDERR_TAIL_LINES: usize = 12;
 /// Why a child process could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("{0} was not found")]
+    #[error("{0} was not found or is not executable")]
     NotFound(String),
     #[error("{program} did not finish within {secs} s")]
     Timeout { program: String, secs: u64 },
@@ -124,9 +124,12 @@ impl Process {
     #[tracing::instrument(
         name = "process",
         skip_all,
-        fields(program = %program_name(&self.program), job_id = ?self.job_id)
+        fields(program = %program_name(&self.program), job_id = tracing::field::Empty)
     )]
     async fn run_inner(self, sink: Sink<'_>) -> Result<(), ProcessError> {
+        if let Some(job_id) = self.job_id {
+            tracing::Span::current().record("job_id", tracing::field::display(job_id));
+        }
         let program = program_name(&self.program);
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
@@ -141,7 +144,13 @@ impl Process {
         tracing::debug!(args = ?self.args, "starting");
         let mut child = match cmd.spawn() {
             Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Not there, or there but not executable: either way the binary is missing.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
                 return Err(ProcessError::NotFound(program));
             }
             Err(e) => return Err(ProcessError::Io { program, source: e }),

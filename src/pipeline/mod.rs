@@ -238,3 +238,30 @@ pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
     job.finish(Stage::Render, "Video rendered".into()).await.map_err(at(Stage::Render))?;
     Ok(output)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: ProcessError) -> (Option<&'static str>, String) {
+        match StageError::process("rendering scene 2", e) {
+            StageError::Cancelled => (None, String::new()),
+            StageError::Failed { code, message, .. } => (Some(code), message),
+        }
+    }
+
+    #[test]
+    fn child_failures_map_to_client_codes_without_paths_or_stderr() {
+        let p = || "ffmpeg".to_owned();
+        assert_eq!(code(ProcessError::NotFound(p())).0, Some("ffmpeg-missing"));
+        assert_eq!(code(ProcessError::Timeout { program: p(), secs: 60 }).0, Some("stage-timeout"));
+        assert_eq!(code(ProcessError::Cancelled { program: p() }).0, None);
+        let (c, message) = code(ProcessError::Failed {
+            program: p(),
+            status: "exit status: 1".into(),
+            stderr_tail: "/secret/work/clip02.mp4: Invalid argument".into(),
+        });
+        assert_eq!(c, Some("ffmpeg-failed"));
+        assert_eq!(message, "ffmpeg failed while rendering scene 2 (exit status: 1)");
+    }
+}

@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/jobs/{job_id}", get(show))
         .route("/api/jobs/{job_id}/cancel", post(cancel))
         .route("/api/jobs/{job_id}/history", get(history))
+        .route("/api/jobs/{job_id}/output", get(output))
 }
 
 /// The raw body, with its rejections (too large, unreadable) as problem+json.
@@ -252,4 +253,37 @@ pub async fn history(
         items.push(HistoryItem { id: e.id, kind: &e.kind, data, created_at: &e.created_at });
     }
     Ok(axum::Json(items).into_response())
+}
+
+/// The rendered video, with `Range` support (206/416) from `tower_http`'s `ServeFile`.
+async fn output(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Response, AppError> {
+    let job = load_job(&app, parse_job_id(&job_id)?).await?;
+    let output = match (&job.status, &job.output) {
+        (JobStatus::Completed, Some(output)) => output,
+        _ => return Err(AppError::NotFound("the job has no output until it has completed".into())),
+    };
+    // `videoPath` is Aura's own `jobs/<id>/output.<ext>`; refuse anything else rather than serve it.
+    let relative = std::path::Path::new(&output.video_path);
+    if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(AppError::Internal(anyhow::anyhow!("stored output path is not a plain relative path")));
+    }
+    let path = app.settings().data_dir.join(relative);
+    let mime = job.request.render_spec.container.mime();
+    let mut service = tower_http::services::ServeFile::new(&path);
+    let mut res = tower::Service::call(&mut service, request)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serving the output")))?;
+    if res.status() == StatusCode::NOT_FOUND {
+        return Err(AppError::NotFound("the job's output file is gone".into()));
+    }
+    if res.status().is_success() {
+        // The container decides the type, not a guess from the file name.
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    }
+    Ok(res.map(axum::body::Body::new))
 }

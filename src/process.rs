@@ -1,21 +1,41 @@
 //! The one place that starts child processes (ffmpeg and ffprobe).
 //!
+//! Every child runs in its own process group with `kill_on_drop`, under a deadline and a
+//! cancellation token: when either fires, the whole group gets SIGTERM and, one second later,
+//! SIGKILL, so nothing a stage started outlives it. Errors are typed so the pipeline can tell a
+//! missing binary from a failing one; the stderr tail goes to the log, never to a client.
 //! A clippy `disallowed-types` entry keeps `tokio::process::Command` out of every other module.
+#![allow(clippy::disallowed_types)]
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How long a group has to exit after SIGTERM before it gets SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(1);
+/// How many stderr lines are kept for the log when a child fails.
+const STDERR_TAIL_LINES: usize = 12;
 
 /// Why a child process could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("{0} was not found")]
+    #[error("{0} was not found or is not executable")]
     NotFound(String),
     #[error("{program} did not finish within {secs} s")]
     Timeout { program: String, secs: u64 },
     #[error("{program} failed ({status})")]
     Failed { program: String, status: String, stderr_tail: String },
+    #[error("{program} was cancelled")]
+    Cancelled { program: String },
     #[error("{program} could not be started")]
     Io { program: String, source: std::io::Error },
 }
@@ -25,25 +45,268 @@ pub fn program_name(path: &Path) -> String {
     path.file_name().map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
+/// A child process to run: program, arguments, working folder, deadline and cancel token.
+pub struct Process {
+    program: PathBuf,
+    args: Vec<OsString>,
+    current_dir: Option<PathBuf>,
+    timeout: Duration,
+    cancel: CancellationToken,
+    job_id: Option<Uuid>,
+}
+
+/// What a finished child wrote to stdout (when it was not consumed line by line).
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+}
+
+impl Process {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Process {
+            program: program.into(),
+            args: Vec::new(),
+            current_dir: None,
+            timeout: Duration::from_secs(60),
+            cancel: CancellationToken::new(),
+            job_id: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the child in `dir`, so filter arguments can name work files by short, safe names.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    pub fn job(mut self, job_id: Uuid) -> Self {
+        self.job_id = Some(job_id);
+        self
+    }
+
+    /// Runs to the end and returns its stdout.
+    pub async fn output(self) -> Result<Output, ProcessError> {
+        let mut stdout = Vec::new();
+        self.run_inner(Sink::Collect(&mut stdout)).await?;
+        Ok(Output { stdout })
+    }
+
+    /// Runs to the end, handing each stdout line to `on_line` as it arrives (ffmpeg's
+    /// `-progress pipe:1`).
+    pub async fn run_lines(self, on_line: &mut (dyn FnMut(&str) + Send)) -> Result<(), ProcessError> {
+        self.run_inner(Sink::Lines(on_line)).await
+    }
+
+    #[tracing::instrument(
+        name = "process",
+        skip_all,
+        fields(program = %program_name(&self.program), job_id = tracing::field::Empty)
+    )]
+    async fn run_inner(self, sink: Sink<'_>) -> Result<(), ProcessError> {
+        if let Some(job_id) = self.job_id {
+            tracing::Span::current().record("job_id", tracing::field::display(job_id));
+        }
+        let program = program_name(&self.program);
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(dir) = &self.current_dir {
+            cmd.current_dir(dir);
+        }
+        tracing::debug!(args = ?self.args, "starting");
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            // Not there, or there but not executable: either way the binary is missing.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Err(ProcessError::NotFound(program));
+            }
+            Err(e) => return Err(ProcessError::Io { program, source: e }),
+        };
+        let stderr = child.stderr.take().map(|s| tokio::spawn(stderr_tail(s)));
+        let stdout = child.stdout.take();
+        let work = async {
+            if let Some(stdout) = stdout {
+                read_stdout(stdout, sink).await;
+            }
+            child.wait().await
+        };
+        let outcome = tokio::select! {
+            status = work => Ok(status),
+            () = tokio::time::sleep(self.timeout) => Err(ProcessError::Timeout {
+                program: program.clone(),
+                secs: self.timeout.as_secs(),
+            }),
+            () = self.cancel.cancelled() => Err(ProcessError::Cancelled { program: program.clone() }),
+        };
+        let status = match outcome {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Err(ProcessError::Io { program, source: e }),
+            Err(stopped) => {
+                stop_group(&mut child).await;
+                tracing::info!(reason = %stopped, "stopped the process group");
+                return Err(stopped);
+            }
+        };
+        let tail = match stderr {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            tracing::warn!(%status, stderr_tail = %tail, "child failed");
+            Err(ProcessError::Failed { program, status: status.to_string(), stderr_tail: tail })
+        }
+    }
+}
+
+/// Where a child's stdout goes.
+enum Sink<'a> {
+    Collect(&'a mut Vec<u8>),
+    Lines(&'a mut (dyn FnMut(&str) + Send)),
+}
+
+async fn read_stdout(stdout: impl AsyncRead + Unpin, sink: Sink<'_>) {
+    match sink {
+        Sink::Collect(buf) => {
+            let mut stdout = stdout;
+            if let Err(e) = stdout.read_to_end(buf).await {
+                tracing::debug!(error = %e, "reading stdout");
+            }
+        }
+        Sink::Lines(on_line) => {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                on_line(&line);
+            }
+        }
+    }
+}
+
+/// Keeps the last lines of stderr (read to the end so the child never blocks on a full pipe).
+async fn stderr_tail(stderr: impl AsyncRead + Unpin) -> String {
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    Vec::from(tail).join("\n")
+}
+
+/// SIGTERM to the child's whole group, SIGKILL after [`TERM_GRACE`], then reaps the child.
+async fn stop_group(child: &mut Child) {
+    let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+        return; // Already reaped.
+    };
+    let group = Pid::from_raw(pid);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        let _ = child.kill().await;
+        return;
+    }
+    if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    } else {
+        // The leader is gone; anything else it started goes with the group.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
 /// The first line of `ffmpeg -version`'s version, e.g. `5.1.6-0+deb12u1`.
 pub async fn ffmpeg_version(ffmpeg: &Path) -> Result<String, ProcessError> {
-    let program = program_name(ffmpeg);
-    let mut cmd = Command::new(ffmpeg);
-    cmd.arg("-version").kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = match tokio::time::timeout(Duration::from_secs(10), cmd.output()).await {
-        Err(_) => return Err(ProcessError::Timeout { program, secs: 10 }),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ProcessError::NotFound(program));
-        }
-        Ok(Err(e)) => return Err(ProcessError::Io { program, source: e }),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr_tail = stderr.lines().rev().take(5).collect::<Vec<_>>().join("\n");
-        return Err(ProcessError::Failed { program, status: out.status.to_string(), stderr_tail });
-    }
+    let out = Process::new(ffmpeg).arg("-version").timeout(Duration::from_secs(10)).output().await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.lines().next().and_then(|l| l.split_whitespace().nth(2)).unwrap_or("unknown");
     Ok(version.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Processes whose command line contains `needle`.
+    fn alive(needle: &str) -> bool {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|raw| String::from_utf8_lossy(&raw).replace('\0', " ").contains(needle))
+        })
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_the_whole_group_including_grandchildren() {
+        let marker = format!("{}.{}", 600 + std::process::id() % 100, std::process::id());
+        let cancel = CancellationToken::new();
+        let run = Process::new("sh")
+            .args(["-c", &format!("sleep {marker} & sleep {marker}; wait")])
+            .cancel_on(cancel.clone())
+            .output();
+        let started = Instant::now();
+        let (result, ()) = tokio::join!(run, async {
+            while !alive(&format!("sleep {marker}")) {
+                tokio::task::yield_now().await;
+            }
+            cancel.cancel();
+        });
+        assert!(matches!(result, Err(ProcessError::Cancelled { .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!alive(&format!("sleep {marker}")), "a grandchild survived the cancel");
+    }
+
+    #[tokio::test]
+    async fn a_child_past_its_deadline_is_stopped_with_a_timeout() {
+        let result = Process::new("sleep").arg("30").timeout(Duration::from_millis(200)).output().await;
+        assert!(matches!(result, Err(ProcessError::Timeout { .. })), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn failures_keep_the_stderr_tail_and_missing_programs_are_not_found() {
+        let result = Process::new("sh").args(["-c", "echo oops >&2; exit 3"]).output().await;
+        match result {
+            Err(ProcessError::Failed { stderr_tail, status, .. }) => {
+                assert_eq!(stderr_tail, "oops");
+                assert!(status.contains('3'), "{status}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let missing = Process::new("/nonexistent/aura/ffmpeg").output().await;
+        assert!(matches!(missing, Err(ProcessError::NotFound(ref p)) if p == "ffmpeg"), "{missing:?}");
+    }
 }

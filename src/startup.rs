@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -19,7 +20,11 @@ use crate::error::AppError;
 use crate::hub::Hub;
 use crate::lock::DataDirLock;
 use crate::store::Store;
+use crate::worker::{self, Pool};
 use crate::{health, jobs, openapi, stream};
+
+/// How long shutdown waits for the workers after killing their children.
+const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// A built application: listening, not yet serving.
 pub struct Application {
@@ -28,23 +33,27 @@ pub struct Application {
     router: Router,
     state: AppState,
     port: u16,
+    workers: Pool,
 }
 
-/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+/// The process-wide Prometheus recorder (a recorder can be installed once per process). The
+/// install runs inside `get_or_init`, so applications built at the same time (tests) never race
+/// to install two.
 fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ])
-        .context("configuring metric buckets")?
-        .install_recorder()
-        .or_else(|e| HANDLE.get().cloned().ok_or(e))
-        .context("installing the metrics recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0,
+                ])
+                .map_err(|e| format!("configuring metric buckets: {e}"))?
+                .install_recorder()
+                .map_err(|e| format!("installing the metrics recorder: {e}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 impl Application {
@@ -65,7 +74,8 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let state = AppState::new(settings, store, hub, shutdown, metrics);
         let router = router(state.clone());
-        Ok(Application { lock, listener, router, state, port })
+        let workers = worker::spawn_pool(state.clone());
+        Ok(Application { lock, listener, router, state, port, workers })
     }
 
     pub fn port(&self) -> u16 {
@@ -92,6 +102,8 @@ impl Application {
         let result = server.await.context("serving HTTP");
         token.cancel();
         tracing::info!("HTTP server stopped");
+        // Cancelling the token killed every running child; the workers leave their jobs Running.
+        self.workers.join(WORKER_STOP_BOUND).await;
         let store = self.state.store().clone();
         drop(self.state);
         store.close().await;

@@ -207,6 +207,16 @@ impl Store {
         Ok(rows.into_iter().filter_map(rows::EventRow::into_event).collect())
     }
 
+    /// The oldest Queued job (by creation order), the next one a worker should claim.
+    pub async fn next_queued(&self) -> Result<Option<Uuid>, StoreError> {
+        let id = sqlx::query_scalar!(
+            "SELECT job_id FROM jobs WHERE status = 'Queued' ORDER BY created_event_id LIMIT 1"
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        id.map(|id| Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("a jobs.job_id".into()))).transpose()
+    }
+
     /// The highest event id committed so far (0 for an empty log).
     pub async fn max_event_id(&self) -> Result<i64, StoreError> {
         let id = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")

@@ -1,6 +1,9 @@
 //! The one integration-test binary: every test starts the real application on a loopback port
 //! with its own SQLite file (see `helpers`).
 
+// Tests start the real binaries (aura, tmux) themselves; the product goes through `process`.
+#![allow(clippy::disallowed_types)]
+
 mod cli;
 mod fanout;
 mod helpers;

@@ -1,6 +1,6 @@
 //! The application state every handler and worker shares, built once at start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,6 +27,7 @@ struct Inner {
     shutdown: CancellationToken,
     jobs_created: Notify,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    resumed: Mutex<VecDeque<Uuid>>,
     metrics: PrometheusHandle,
 }
 
@@ -47,6 +48,7 @@ impl AppState {
                 shutdown,
                 jobs_created: Notify::new(),
                 running: Mutex::default(),
+                resumed: Mutex::default(),
                 metrics,
             }),
         }
@@ -95,6 +97,18 @@ impl AppState {
         if let Ok(mut running) = self.inner.running.lock() {
             running.remove(&job_id);
         }
+    }
+
+    /// Queues jobs that startup recovery gave a new attempt; workers take them first.
+    pub fn queue_resumed(&self, jobs: impl IntoIterator<Item = Uuid>) {
+        if let Ok(mut q) = self.inner.resumed.lock() {
+            q.extend(jobs);
+        }
+    }
+
+    /// The next recovered job to run, if any.
+    pub fn next_resumed(&self) -> Option<Uuid> {
+        self.inner.resumed.lock().ok().and_then(|mut q| q.pop_front())
     }
 
     /// Tells the worker running `job_id`, if any, to stop it.

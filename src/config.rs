@@ -34,6 +34,10 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Attempts a job gets across server restarts before it fails with `too-many-attempts`.
+    #[arg(long, env = "AURA_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
     /// Most open event streams in all; past it new streams get 503.
     #[arg(long, env = "AURA_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: usize,

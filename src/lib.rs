@@ -18,6 +18,7 @@ pub mod lock;
 pub mod openapi;
 pub mod pipeline;
 pub mod process;
+pub mod recovery;
 pub mod spec;
 pub mod startup;
 pub mod store;

@@ -194,3 +194,76 @@ fn progress_event(s: &JobState, step: Stage, pct: f64, message: String) -> Event
         message,
     })
 }
+
+/// What [`recover`] did with a job left behind by a dead server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// A new attempt is Running and must be handed to a worker.
+    Resumed,
+    /// It was Cancelling: now Cancelled.
+    Cancelled,
+    /// It has used up its attempts: now Failed with `too-many-attempts`.
+    GaveUp,
+}
+
+/// After a restart: a Running job gets a `warning` (`engine-restarted`, naming its step) and a
+/// new attempt, or fails with `too-many-attempts` once `max_attempts` are used up; a Cancelling
+/// job ends Cancelled.
+pub async fn recover(
+    store: &Store,
+    job_id: Uuid,
+    max_attempts: u32,
+) -> Result<Result<Recovered, Refusal>, StoreError> {
+    let outcome = store
+        .apply(
+            job_id,
+            Box::new(move |state| {
+                let s = live(state)?;
+                let step = s.stage;
+                let where_ =
+                    step.map_or("before its first stage".to_owned(), |st| format!("in {}", st.name()));
+                match s.status {
+                    JobStatus::Cancelling => Ok(vec![EventBody::JobCancelled(JobCancelledData { step })]),
+                    JobStatus::Running => {
+                        let warning = EventBody::Warning(NoticeData {
+                            code: "engine-restarted".into(),
+                            message: format!(
+                                "the server restarted while the job was {where_} (attempt {})",
+                                s.attempt
+                            ),
+                            step,
+                        });
+                        let next = if s.attempt >= max_attempts {
+                            EventBody::JobFailed(JobFailedData {
+                                step,
+                                error: JobError {
+                                    code: "too-many-attempts".into(),
+                                    message: format!(
+                                        "the job was interrupted {} times; giving up",
+                                        s.attempt
+                                    ),
+                                },
+                            })
+                        } else {
+                            EventBody::JobStatus(JobStatusData {
+                                status: JobStatus::Running,
+                                stage: Some(Stage::Script),
+                                percent: 0.0,
+                                attempt: Some(s.attempt + 1),
+                                owner: None,
+                                request: None,
+                            })
+                        };
+                        Ok(vec![warning, next])
+                    }
+                    other => Err(Refusal::Conflict(format!("the job is {}", other.name()))),
+                }
+            }),
+        )
+        .await?;
+    Ok(outcome.map(|applied| match applied.state.status {
+        JobStatus::Cancelled => Recovered::Cancelled,
+        JobStatus::Failed => Recovered::GaveUp,
+        _ => Recovered::Resumed,
+    }))
+}

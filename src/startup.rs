@@ -21,7 +21,7 @@ use crate::hub::Hub;
 use crate::lock::DataDirLock;
 use crate::store::Store;
 use crate::worker::{self, Pool};
-use crate::{health, jobs, openapi, stream};
+use crate::{health, jobs, openapi, recovery, stream};
 
 /// How long shutdown waits for the workers after killing their children.
 const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
@@ -74,6 +74,12 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let state = AppState::new(settings, store, hub, shutdown, metrics);
         let router = router(state.clone());
+        // Before serving and before any worker looks for work: put right what a dead run left.
+        let recovered =
+            recovery::recover(state.store(), &state.settings().data_dir, state.settings().max_attempts)
+                .await
+                .context("recovering jobs left by the previous run")?;
+        state.queue_resumed(recovered.resumed);
         let workers = worker::spawn_pool(state.clone());
         Ok(Application { lock, listener, router, state, port, workers })
     }

@@ -5,6 +5,8 @@
 //! wakes it. A slow poll ([`FALLBACK_POLL`]) is only a safety net. Claiming is
 //! `lifecycle::claim`, one decision on the store's writer, so two workers never run one job.
 //!
+//! Jobs that startup recovery resumed (see `recovery`) come first and need no claim.
+//!
 //! Each job runs in its own task: a panic there fails that job with code `internal` and the
 //! worker carries on. A cancelled job has its processes killed (by the pipeline's `Process`
 //! children), its files removed and `job-cancelled` appended. On shutdown the running children
@@ -59,6 +61,17 @@ async fn work(state: AppState, n: usize) {
         let notified = state.jobs_created().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Jobs that startup recovery gave a new attempt are already Running: no claim.
+        if let Some(job_id) = state.next_resumed() {
+            match state.store().job(job_id).await {
+                Ok(Some(job)) if job.status == JobStatus::Running => {
+                    run_job(&state, job_id, job.request).await
+                }
+                Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
+                Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
+            }
+            continue;
+        }
         match state.store().next_queued().await {
             Ok(Some(job_id)) => {
                 match lifecycle::claim(state.store(), job_id).await {

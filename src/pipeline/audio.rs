@@ -36,7 +36,7 @@ pub const DEFAULT_VOICE: &str = "kal16";
 const SAMPLE_RATE: u32 = 48_000;
 
 /// Per-scene narration files in the work folder, in scene order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Narration {
     pub files: Vec<String>,
 }

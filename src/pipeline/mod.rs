@@ -14,6 +14,7 @@
 //! pixel rate (see [`Job::stage_budget`]); each child gets what remains of it as its timeout, and
 //! one that runs past it is killed and fails the job with `stage-timeout`.
 
+pub mod artifacts;
 pub mod audio;
 pub mod probe;
 pub mod progress;
@@ -34,7 +35,7 @@ use crate::lifecycle::JobHandle;
 use crate::process::{Process, ProcessError};
 use crate::spec::JobSpec;
 use progress::Reporter;
-use script::{ScriptWriter, TemplateWriter};
+use script::{Script, ScriptWriter, TemplateWriter};
 
 /// Everything one run of the pipeline needs.
 pub struct Job {
@@ -180,8 +181,16 @@ impl Job {
         Ok(Deadline(Instant::now() + self.stage_budget()))
     }
 
-    async fn finish(&self, step: Stage, message: String) -> Result<(), StageError> {
+    /// Records the stage's artifacts (so a later attempt may skip it), then appends its end.
+    async fn finish_recorded<T: serde::Serialize>(
+        &self,
+        step: Stage,
+        message: String,
+        output: &T,
+        files: Vec<String>,
+    ) -> Result<(), StageError> {
         self.check_cancelled()?;
+        artifacts::record(self, step, output, &files).await?;
         self.handle.complete_stage(step, message).await.context("storing a stage end")?.map_err(refused)?;
         Ok(())
     }
@@ -193,7 +202,41 @@ fn refused(r: crate::store::Refusal) -> StageError {
     StageError::Cancelled
 }
 
-/// Runs the five stages and returns the output to report in `job-completed`.
+/// Skips stages whose artifacts survived an earlier attempt, until the first one that did not.
+struct Resume {
+    possible: bool,
+}
+
+impl Resume {
+    /// The recorded output of `step` if it and every stage before it can be skipped.
+    async fn skip<T: serde::de::DeserializeOwned>(
+        &mut self,
+        job: &Job,
+        step: Stage,
+    ) -> Result<Option<T>, StageError> {
+        if self.possible {
+            if let Some(output) = artifacts::verified(job, step).await {
+                job.check_cancelled()?;
+                job.handle.skip_stage(step).await.context("storing a skipped stage")?.map_err(refused)?;
+                return Ok(Some(output));
+            }
+            self.possible = false;
+        }
+        Ok(None)
+    }
+}
+
+/// `work/<name>` for each name: artifact paths are relative to the job's folder.
+fn in_work<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    names.into_iter().map(|n| format!("work/{n}")).collect()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Runs the five stages and returns the output to report in `job-completed`. A stage whose
+/// verified artifacts survived an earlier attempt is reported `Skipped` instead of run again.
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
 pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
     let at = |step: Stage| move |error: StageError| PipelineError { step, error };
@@ -201,41 +244,100 @@ pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
         .await
         .context("creating the work folder")
         .map_err(|e| at(Stage::Script)(e.into()))?;
+    let mut resume = Resume { possible: true };
 
-    job.start(Stage::Script).await.map_err(at(Stage::Script))?;
-    let script = TemplateWriter.write(&job.spec).map_err(|e| at(Stage::Script)(e.into()))?;
-    let json = serde_json::to_vec_pretty(&script)
-        .context("encoding the script")
-        .map_err(|e| at(Stage::Script)(e.into()))?;
-    tokio::fs::write(job.work("script.json"), json)
-        .await
-        .context("writing script.json")
-        .map_err(|e| at(Stage::Script)(e.into()))?;
+    let step = Stage::Script;
+    let script: Script = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(script) => script,
+        None => {
+            job.start(step).await.map_err(at(step))?;
+            let script = TemplateWriter.write(&job.spec).map_err(|e| at(step)(e.into()))?;
+            let json = serde_json::to_vec_pretty(&script)
+                .context("encoding the script")
+                .map_err(|e| at(step)(e.into()))?;
+            tokio::fs::write(job.work("script.json"), json)
+                .await
+                .context("writing script.json")
+                .map_err(|e| at(step)(e.into()))?;
+            let n = script.scenes.len();
+            job.finish_recorded(
+                step,
+                format!("Script ready: {n} scene{}", plural(n)),
+                &script,
+                in_work([&"script.json".to_owned()]),
+            )
+            .await
+            .map_err(at(step))?;
+            script
+        }
+    };
     let n = script.scenes.len();
-    job.finish(Stage::Script, format!("Script ready: {n} scene{}", if n == 1 { "" } else { "s" }))
-        .await
-        .map_err(at(Stage::Script))?;
 
-    let deadline = job.start(Stage::Audio).await.map_err(at(Stage::Audio))?;
-    let narration = audio::narrate(job, &script, deadline).await.map_err(at(Stage::Audio))?;
-    job.finish(Stage::Audio, format!("Narrated {n} scene{}", if n == 1 { "" } else { "s" }))
-        .await
-        .map_err(at(Stage::Audio))?;
+    let step = Stage::Audio;
+    let narration: audio::Narration = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(narration) => narration,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let narration = audio::narrate(job, &script, deadline).await.map_err(at(step))?;
+            job.finish_recorded(
+                step,
+                format!("Narrated {n} scene{}", plural(n)),
+                &narration,
+                in_work(&narration.files),
+            )
+            .await
+            .map_err(at(step))?;
+            narration
+        }
+    };
 
-    let deadline = job.start(Stage::Visuals).await.map_err(at(Stage::Visuals))?;
-    let clips = visuals::render_scenes(job, &script, deadline).await.map_err(at(Stage::Visuals))?;
-    job.finish(Stage::Visuals, format!("Rendered {n} scene clip{}", if n == 1 { "" } else { "s" }))
-        .await
-        .map_err(at(Stage::Visuals))?;
+    let step = Stage::Visuals;
+    let clips: Vec<visuals::Clip> = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(clips) => clips,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let clips = visuals::render_scenes(job, &script, deadline).await.map_err(at(step))?;
+            let files: Vec<String> = clips.iter().map(|c| c.file.clone()).collect();
+            job.finish_recorded(
+                step,
+                format!("Rendered {n} scene clip{}", plural(n)),
+                &clips,
+                in_work(&files),
+            )
+            .await
+            .map_err(at(step))?;
+            clips
+        }
+    };
 
-    let deadline = job.start(Stage::Timeline).await.map_err(at(Stage::Timeline))?;
-    let timeline =
-        render::assemble(job, &script, &clips, &narration, deadline).await.map_err(at(Stage::Timeline))?;
-    job.finish(Stage::Timeline, "Timeline assembled".into()).await.map_err(at(Stage::Timeline))?;
+    let step = Stage::Timeline;
+    let timeline: render::Timeline = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(timeline) => timeline,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let timeline =
+                render::assemble(job, &script, &clips, &narration, deadline).await.map_err(at(step))?;
+            let files = [timeline.clip_list.clone(), "narration.txt".to_owned(), timeline.audio.clone()];
+            job.finish_recorded(step, "Timeline assembled".into(), &timeline, in_work(&files))
+                .await
+                .map_err(at(step))?;
+            timeline
+        }
+    };
 
-    let deadline = job.start(Stage::Render).await.map_err(at(Stage::Render))?;
-    let output = render::render(job, &timeline, deadline).await.map_err(at(Stage::Render))?;
-    job.finish(Stage::Render, "Video rendered".into()).await.map_err(at(Stage::Render))?;
+    let step = Stage::Render;
+    let output: JobOutput = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(output) => output,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let output = render::render(job, &timeline, deadline).await.map_err(at(step))?;
+            let file = Path::new(&output.video_path).file_name().map(|f| f.to_string_lossy().into_owned());
+            job.finish_recorded(step, "Video rendered".into(), &output, file.into_iter().collect())
+                .await
+                .map_err(at(step))?;
+            output
+        }
+    };
     Ok(output)
 }
 

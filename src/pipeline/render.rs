@@ -22,7 +22,7 @@ use crate::spec::{Codec, Container};
 const DURATION_TOLERANCE: f64 = 0.05;
 
 /// What Timeline hands Render.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Timeline {
     pub clip_list: String,
     pub audio: String,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::spec::{Density, JobSpec, Pacing};
 
 /// One scene of the video.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Scene {
     /// The large line on screen.
@@ -24,7 +24,7 @@ pub struct Scene {
 }
 
 /// The script of a video: scenes in order, the first one the title scene.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Script {
     pub scenes: Vec<Scene>,

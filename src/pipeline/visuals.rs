@@ -33,7 +33,7 @@ fn darker(rgb: u32) -> String {
 }
 
 /// One rendered scene clip in the work folder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Clip {
     pub file: String,
     pub duration_sec: u32,

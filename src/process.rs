@@ -257,6 +257,49 @@ pub async fn ffmpeg_version(ffmpeg: &Path) -> Result<String, ProcessError> {
     Ok(version.to_owned())
 }
 
+/// Kills (SIGKILL, whole process group) every process still working under `dir`: children a
+/// previous server started there before it died. A process counts when its working folder or
+/// any argument lies under `dir`. Returns how many groups were killed.
+///
+/// Aura's children run in their own process groups so that cancel can kill a whole tree; the
+/// flip side is that they survive a SIGKILL of the server. The next start cleans up here,
+/// before it resumes the jobs those children worked for.
+pub fn kill_orphans_under(dir: &Path) -> usize {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let me = std::process::id();
+    let mut groups = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let proc_dir = entry.path();
+        let cwd_inside = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        let arg_inside = std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(&dir))
+        });
+        if !(cwd_inside || arg_inside) {
+            continue;
+        }
+        let Ok(pid) = i32::try_from(pid) else { continue };
+        match nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+            // Never our own group: that would be the server itself.
+            Ok(pgid) if pgid != nix::unistd::getpgrp() => {
+                groups.insert(pgid);
+            }
+            _ => {}
+        }
+    }
+    for pgid in &groups {
+        tracing::warn!(pgid = pgid.as_raw(), "killing a process group left behind by a previous run");
+        let _ = killpg(*pgid, Signal::SIGKILL);
+    }
+    groups.len()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -310,47 +353,4 @@ mod tests {
         let missing = Process::new("/nonexistent/aura/ffmpeg").output().await;
         assert!(matches!(missing, Err(ProcessError::NotFound(ref p)) if p == "ffmpeg"), "{missing:?}");
     }
-}
-
-/// Kills (SIGKILL, whole process group) every process still working under `dir`: children a
-/// previous server started there before it died. A process counts when its working folder or
-/// any argument lies under `dir`. Returns how many groups were killed.
-///
-/// Aura's children run in their own process groups so that cancel can kill a whole tree; the
-/// flip side is that they survive a SIGKILL of the server. The next start cleans up here,
-/// before it resumes the jobs those children worked for.
-pub fn kill_orphans_under(dir: &Path) -> usize {
-    let Ok(dir) = std::fs::canonicalize(dir) else { return 0 };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
-    let me = std::process::id();
-    let mut groups = std::collections::BTreeSet::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == me {
-            continue;
-        }
-        let proc_dir = entry.path();
-        let cwd_inside = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
-        let arg_inside = std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
-            cmdline
-                .split(|b| *b == 0)
-                .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(&dir))
-        });
-        if !(cwd_inside || arg_inside) {
-            continue;
-        }
-        let Ok(pid) = i32::try_from(pid) else { continue };
-        match nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
-            // Never our own group: that would be the server itself.
-            Ok(pgid) if pgid != nix::unistd::getpgrp() => {
-                groups.insert(pgid);
-            }
-            _ => {}
-        }
-    }
-    for pgid in &groups {
-        tracing::warn!(pgid = pgid.as_raw(), "killing a process group left behind by a previous run");
-        let _ = killpg(*pgid, Signal::SIGKILL);
-    }
-    groups.len()
 }

@@ -168,7 +168,7 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    fn new(res: reqwest::Response) -> Self {
+    pub fn new(res: reqwest::Response) -> Self {
         SseStream {
             status: res.status().as_u16(),
             headers: res.headers().clone(),

@@ -10,5 +10,6 @@ mod helpers;
 mod jobs_api;
 mod log;
 mod openapi;
+mod recovery;
 mod restart;
 mod streams;

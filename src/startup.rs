@@ -19,7 +19,7 @@ use crate::config::ServeConfig;
 use crate::error::AppError;
 use crate::hub::Hub;
 use crate::store::Store;
-use crate::{health, jobs, stream};
+use crate::{health, jobs, stream, ui};
 
 /// A built application: listening, not yet serving.
 pub struct Application {
@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(stream::router())
         .merge(health::router())
+        .merge(ui::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))

@@ -166,6 +166,7 @@ export class VideoGenerationProgress extends HTMLElement {
   reset() {
     const u = this.ui;
     this.status = null;
+    this.stage = null;
     this.percent = 0;
     this.startedAt = NaN;
     this.finishedAt = NaN;
@@ -202,8 +203,8 @@ export class VideoGenerationProgress extends HTMLElement {
     if (d.status === 'Running' && !Number.isFinite(this.startedAt)) this.startedAt = parseTime(d.at);
     if (d.status === 'Queued') this.startedAt = NaN;
     this.setPercent(d.percent);
-    const stage = STAGES.includes(d.stage) ? ` · ${d.stage}` : '';
-    this.ui.status.textContent = `${cleanText(d.status, 40)}${stage} · ${clampPercent(this.percent)}%`;
+    if (STAGES.includes(d.stage)) this.stage = d.stage;
+    this.showStatusLine();
     if (d.status === 'Cancelling') this.ui.cancelNote.textContent = 'Cancelling…';
     this.tick();
   }
@@ -213,14 +214,26 @@ export class VideoGenerationProgress extends HTMLElement {
     if (!Number.isFinite(this.startedAt)) this.startedAt = parseTime(d.at);
     const state = { Started: 'running', Completed: 'done', Skipped: 'skipped' }[d.state];
     if (state) this.setStep(d.step, state, state === 'running' ? 0 : 100);
+    if (state === 'running') {
+      this.stage = d.step;
+      this.showStatusLine();
+    }
+  }
+
+  /** `Running · Visuals · 42%`: the status, the stage now running and the overall percent. */
+  showStatusLine() {
+    if (this.terminal) return;
+    const stage = this.stage && this.status !== 'Queued' ? ` · ${this.stage}` : '';
+    this.ui.status.textContent = `${cleanText(this.status, 40)}${stage} · ${clampPercent(this.percent)}%`;
   }
 
   onStepProgress(d, id) {
     if (!STAGES.includes(d.step)) return;
     this.setStep(d.step, 'running', d.progressPct);
     this.setPercent(d.percent);
+    this.stage = d.step;
     this.ui.message.textContent = `${d.step}: ${cleanText(d.message, 200)}`;
-    this.ui.status.textContent = `Running · ${d.step} · ${clampPercent(this.percent)}%`;
+    this.showStatusLine();
   }
 
   onCompleted(d, id) {

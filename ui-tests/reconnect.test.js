@@ -79,7 +79,7 @@ test('a rendering job: after a kill and restart the page handles each event once
     // With restart recovery the job finishes; without it, it may stay Running for good.
     let final = null;
     try {
-      final = await aura.waitTerminal(jobId, 90_000);
+      final = await aura.waitTerminal(jobId, 45_000);
     } catch {
       final = null;
     }

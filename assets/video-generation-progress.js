@@ -104,7 +104,9 @@ export class VideoGenerationProgress extends HTMLElement {
       u.status,
       el('div', { class: 'overall-row' }, u.bar, u.percent),
       u.message,
-      el('dl', { class: 'vgp-times' }, el('dt', {}, 'Elapsed'), u.elapsed, el('dt', {}, 'Remaining'), u.remaining),
+      el('dl', { class: 'vgp-times' },
+        el('div', {}, el('dt', {}, 'Elapsed'), u.elapsed),
+        el('div', {}, el('dt', {}, 'Remaining'), u.remaining)),
       stepper,
       u.notices,
       u.failure,
@@ -302,6 +304,7 @@ export class VideoGenerationProgress extends HTMLElement {
     this.ui.fill.style.width = `${this.percent}%`;
     this.ui.bar.setAttribute('aria-valuenow', String(this.percent));
     this.ui.percent.textContent = `${this.percent}%`;
+    this.tick();
   }
 
   setStep(stage, state, pct) {

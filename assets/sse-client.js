@@ -98,9 +98,10 @@ export class SseClient {
     this.source = null;
   }
 
+  /** Opens the stream from the last handled id; `state` null keeps the reported state as it is. */
   open(state) {
     this.source?.close();
-    this.setState(state);
+    if (state) this.setState(state);
     const url = new URL(this.url, location.href);
     if (this.lastId > 0) url.searchParams.set('lastEventId', String(this.lastId));
     const source = new EventSource(url.pathname + url.search);
@@ -108,7 +109,7 @@ export class SseClient {
     source.onopen = () => {
       if (source !== this.source) return;
       this.tries = 0;
-      this.setState('live');
+      if (this.state !== 'live') this.setState('live');
     };
     for (const type of EVENT_TYPES) {
       source.addEventListener(type, (event) => {
@@ -148,9 +149,10 @@ export class SseClient {
   async failed(source) {
     if (source.readyState === EventSource.CONNECTING) {
       if (this.snapshotUrl && this.terminalSeen) {
-        // The server ended the response after the terminal event: confirm the end now,
-        // instead of waiting for the browser's retry interval.
-        this.open('reconnecting');
+        // The server ended the response after the terminal event: confirm the end now (the
+        // answer is a 204) instead of waiting for the browser's retry interval. The state stays
+        // "live" until the 204 makes it "done".
+        this.open(null);
       } else {
         this.setState('reconnecting', { by: 'browser' });
       }

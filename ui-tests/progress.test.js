@@ -2,7 +2,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Aura, launchBrowser, newPage, handledIds, watchRequests, waitUntil } from './helpers.js';
+import { Aura, launchBrowser, newPage, handledIds, recordConnection, watchRequests, waitUntil } from './helpers.js';
 
 let browser;
 before(async () => {
@@ -24,11 +24,16 @@ const NO_LOOP_WINDOW_MS = 7000;
 test('cancelling from the page ends the job, fires job-cancelled and the stream stops at a 204', async () => {
   const aura = await Aura.start({ env: { AURA_WORKERS: '0' } });
   try {
-    const jobId = await aura.createJob();
+    // A hostile topic: it must show as text, never become markup.
+    const topic = '<img src=x id=pwned onerror="document.title=1"><b>bold</b>';
+    const jobId = await aura.createJob({ brief: { topic } });
     const page = await newPage(browser);
     const events = watchRequests(page, `/api/jobs/${jobId}/events`);
     await page.goto(`${aura.base}/jobs/${jobId}`);
     await page.waitForFunction(connectionIs, 'live');
+    assert.equal(await page.textContent('video-generation-progress .vgp-title'), topic);
+    assert.equal(await page.locator('#pwned, main b').count(), 0, 'the topic was inserted as text');
+    await recordConnection(page, 'video-generation-progress');
     await page.evaluate(() => {
       window.__fired = [];
       for (const name of ['job-complete', 'job-failed', 'job-cancelled']) {
@@ -46,6 +51,7 @@ test('cancelling from the page ends the job, fires job-cancelled and the stream 
     assert.equal(fired[0][1].jobId, jobId);
     assert.deepEqual(await handledIds(page), await aura.historyIds(jobId));
     assert.equal((await aura.job(jobId)).status, 'Cancelled');
+    assert.deepEqual(await page.evaluate(() => window.__conn), ['live', 'done'], 'the confirming 204 shows no reconnect');
     await new Promise((r) => setTimeout(r, NO_LOOP_WINDOW_MS));
     assert.deepEqual(events.map((e) => e.status), [200, 204], 'one stream, then one 204, then nothing');
     assert.deepEqual(page.problems, []);
@@ -115,6 +121,24 @@ test('the example page monitors a job by id and reports its DOM events', async (
     assert.equal(await page.locator('video-generation-progress').count(), 0);
     assert.equal(await page.inputValue('#job-id-input'), '');
     await waitUntil('no console problems', async () => page.problems.length === 0, { timeoutMs: 1000 });
+  } finally {
+    await aura.stop();
+  }
+});
+
+test('a page for a job that does not exist says so and stops asking', async () => {
+  const aura = await Aura.start({ env: { AURA_WORKERS: '0' } });
+  try {
+    const jobId = '01234567-89ab-7cde-8f01-23456789abcd';
+    const page = await newPage(browser);
+    const events = watchRequests(page, `/api/jobs/${jobId}/events`);
+    await page.goto(`${aura.base}/jobs/${jobId}`);
+    await page.waitForFunction(connectionIs, 'disconnected', { timeout: 20_000 });
+    assert.match(await page.textContent('video-generation-progress .conn'), /does not exist/);
+    assert.equal(await page.isVisible('video-generation-progress .conn-wrap button'), false, 'no Retry for a missing job');
+    assert.deepEqual(events.map((e) => e.status), [404]);
+    const notUuid = await page.goto(`${aura.base}/jobs/not-a-uuid`);
+    assert.equal(notUuid.status(), 400);
   } finally {
     await aura.stop();
   }

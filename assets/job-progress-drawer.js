@@ -96,7 +96,7 @@ export class JobProgressDrawer extends HTMLElement {
     this.classList.toggle('open', open);
     this.toggle.setAttribute('aria-expanded', String(open));
     this.panel.inert = !open;
-    if (open) this.panel.querySelector('button, a')?.focus();
+    if (open) [...this.panel.querySelectorAll('button, a')].find((b) => !b.hidden)?.focus();
   }
 
   async init() {

@@ -42,7 +42,9 @@ function showProblem(problem) {
   const unplaced = [];
   let first = null;
   for (const item of Array.isArray(problem.errors) ? problem.errors : []) {
-    const name = typeof item.field === 'string' ? item.field : '';
+    // `field` is the dotted path (brief.topic); `pointer` the same as a JSON Pointer (/brief/topic).
+    const fromPointer = typeof item.pointer === 'string' ? item.pointer.replace(/^\//, '').split('/').join('.') : '';
+    const name = typeof item.field === 'string' ? item.field : fromPointer;
     const field = name ? document.getElementById(`f-${name}`) : null;
     const detail = cleanText(item.detail, 300);
     if (!field) {

@@ -218,6 +218,8 @@ export class VideoGenerationProgress extends HTMLElement {
     if (state) this.setStep(d.step, state, state === 'running' ? 0 : 100);
     if (state === 'running') {
       this.stage = d.step;
+      // The previous stage's last message would be stale now.
+      this.ui.message.textContent = `${d.step}: started`;
       this.showStatusLine();
     }
   }

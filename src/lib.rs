@@ -24,4 +24,5 @@ pub mod startup;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod ui;
 pub mod worker;

@@ -21,7 +21,7 @@ use crate::hub::Hub;
 use crate::lock::DataDirLock;
 use crate::store::Store;
 use crate::worker::{self, Pool};
-use crate::{health, jobs, openapi, recovery, stream};
+use crate::{health, jobs, openapi, recovery, stream, ui};
 
 /// How long shutdown waits for the workers after killing their children.
 const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(ui::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))

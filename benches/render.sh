@@ -12,7 +12,7 @@
 set -euo pipefail
 preset=${1:-faster}
 here=$(cd "$(dirname "$0")/.." && pwd)
-slideshow=${SLIDESHOW:-/work/shared/bench/ffmpeg/slideshow.sh}
+slideshow=${SLIDESHOW:-$here/../shared/bench/ffmpeg/slideshow.sh}
 aura=${AURA_BIN:-$here/target/release/aura}
 [ -x "$aura" ] || aura=$here/target/debug/aura
 [ -x "$aura" ] || { echo "build aura first (cargo build --release)" >&2; exit 2; }

@@ -388,12 +388,15 @@ async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> 
     let survivors = processes_mentioning(&needle);
     assert!(survivors.is_empty(), "processes survived the shutdown: {survivors:?}");
 
-    // A restart (API only) finds the job Running in Visuals, with nothing appended for the stop.
+    // A restart (API only) finds the job orphaned in Visuals, with nothing appended for the stop:
+    // recovery gives it a second attempt and says where the first one stopped.
     let again = spawn_app_in(data_dir, |cfg| cfg.workers = Some(0)).await?;
     let job = again.job(id).await?;
     assert_eq!(job["status"], "Running");
-    assert_eq!(job["stage"], "Visuals");
+    assert_eq!(job["attempt"], 2);
     let history = again.history(id).await?;
+    let restarted = history.iter().find(|e| e["data"]["code"] == "engine-restarted");
+    assert_eq!(restarted.map(|e| e["data"]["step"].clone()), Some(json!("Visuals")));
     let odd: Vec<&Value> = history
         .iter()
         .filter(|e| {

@@ -228,3 +228,35 @@ async fn watch_in_a_terminal_draws_a_bar_per_stage_and_finishes_them() -> TestRe
     assert!(screen.contains("completed"), "{screen}");
     Ok(())
 }
+
+#[tokio::test]
+async fn submit_watch_renders_a_3_s_job_and_its_json_equals_the_history() -> TestResult {
+    let app = crate::helpers::spawn_app_with(|c| c.workers = Some(1)).await?;
+    let (code, out, err) = output(aura(&app.base).args([
+        "submit",
+        "--topic",
+        "CLI end to end",
+        "--duration",
+        "00:00:03",
+        "--res",
+        "480p",
+        "--fps",
+        "10",
+        "--watch",
+        "--json",
+    ]))
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let printed: Vec<Value> = out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let id: uuid::Uuid =
+        printed.first().and_then(|e| e["data"]["jobId"].as_str()).ok_or("no events")?.parse()?;
+    assert_eq!(printed, app.history(id).await?);
+    assert_eq!(printed.last().map(|e| e["type"].clone()), Some(serde_json::json!("job-completed")));
+
+    let file = app.dir.path().join("downloaded.mp4");
+    let (code, _, err) = output(aura(&app.base).args(["download", &id.to_string(), "-o"]).arg(&file)).await?;
+    assert_eq!(code, 0, "{err}");
+    let size = printed.last().and_then(|e| e["data"]["output"]["sizeBytes"].as_u64()).ok_or("no size")?;
+    assert_eq!(std::fs::metadata(&file)?.len(), size);
+    Ok(())
+}

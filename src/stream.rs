@@ -8,6 +8,7 @@
 //! subscribers, and every event ready at once goes out in one write.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -177,6 +178,8 @@ fn open_stream(
     })?;
     let kind = if ends_with_job { "job" } else { "all" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
+    let heartbeat = Duration::from_secs(settings.heartbeat_secs);
+    let deadline = Instant::now() + Duration::from_secs(settings.max_stream_secs);
     let sub = Subscriber {
         store: app.store().clone(),
         // Subscribe first, read history second: nothing committed in between is missed.
@@ -187,10 +190,11 @@ fn open_stream(
         ends_with_job,
         finished: false,
         preamble: Some(Bytes::from(format!("retry: {}\n\n", settings.retry_ms))),
-        heartbeat: Duration::from_secs(settings.heartbeat_secs),
-        last_write: Instant::now(),
-        deadline: Instant::now() + Duration::from_secs(settings.max_stream_secs),
+        heartbeat,
+        deadline,
+        timer: Box::pin(tokio::time::sleep_until((Instant::now() + heartbeat).min(deadline))),
         shutdown: app.shutdown_token(),
+        delivered: metrics::counter!("aura_events_delivered_total"),
         _slot: slot,
         _gauge: OpenGauge::new(kind),
     };
@@ -234,11 +238,48 @@ struct Subscriber {
     finished: bool,
     preamble: Option<Bytes>,
     heartbeat: Duration,
-    last_write: Instant,
     deadline: Instant,
+    /// One timer for both the heartbeat and the deadline, whichever is first; reset per write.
+    timer: Pin<Box<tokio::time::Sleep>>,
     shutdown: CancellationToken,
+    delivered: metrics::Counter,
     _slot: StreamSlot,
     _gauge: OpenGauge,
+}
+
+/// The bytes of one write: a single event's shared frame as is, several copied into one buffer.
+#[derive(Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    events: u64,
+}
+
+impl Chunk {
+    fn push(&mut self, frame: &Bytes) {
+        self.events += 1;
+        match self.first.take() {
+            None if self.rest.is_empty() => self.first = Some(frame.clone()),
+            None => self.rest.extend_from_slice(frame),
+            Some(first) => {
+                self.rest.reserve(first.len() + frame.len());
+                self.rest.extend_from_slice(&first);
+                self.rest.extend_from_slice(frame);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.rest.len(), Bytes::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    fn freeze(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.rest.freeze())
+    }
 }
 
 impl Subscriber {
@@ -253,7 +294,8 @@ impl Subscriber {
             }
             let chunk = if self.replaying { self.replay_page().await? } else { self.live().await? };
             if !chunk.is_empty() {
-                self.last_write = Instant::now();
+                let next_beat = (Instant::now() + self.heartbeat).min(self.deadline);
+                self.timer.as_mut().reset(next_beat);
                 return Some(chunk);
             }
         }
@@ -271,32 +313,30 @@ impl Subscriber {
         if page.len() < REPLAY_PAGE as usize {
             self.replaying = false;
         }
-        let mut buf = BytesMut::new();
+        let mut chunk = Chunk::default();
         for event in &page {
-            self.push(&mut buf, event);
+            self.push(&mut chunk, event);
             if self.finished {
                 break;
             }
         }
-        metrics::counter!("aura_events_replayed_total").increment(page.len() as u64);
-        Some(buf.freeze())
+        metrics::counter!("aura_events_replayed_total").increment(chunk.events);
+        Some(chunk.freeze())
     }
 
     /// Waits for live events (sending everything already waiting in one chunk), a heartbeat,
     /// the stream's deadline or shutdown.
     async fn live(&mut self) -> Option<Bytes> {
-        let heartbeat_at = self.last_write + self.heartbeat;
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => None,
-            _ = tokio::time::sleep_until(self.deadline) => None,
             received = self.rx.recv() => {
-                let mut buf = BytesMut::new();
+                let mut chunk = Chunk::default();
                 let appended = received.as_ref().ok().and_then(|e| e.appended);
                 let mut next = received;
                 loop {
                     match next {
-                        Ok(event) => self.push(&mut buf, &event),
+                        Ok(event) => self.push(&mut chunk, &event),
                         Err(RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "stream fell behind the hub; catching up from the table");
                             self.replaying = true;
@@ -307,7 +347,7 @@ impl Subscriber {
                             break;
                         }
                     }
-                    if self.finished || buf.len() > 64 * 1024 {
+                    if self.finished || chunk.len() > 64 * 1024 {
                         break;
                     }
                     next = match self.rx.try_recv() {
@@ -316,24 +356,30 @@ impl Subscriber {
                         Err(_) => break,
                     };
                 }
-                if let (Some(appended), false) = (appended, buf.is_empty()) {
+                if let (Some(appended), false) = (appended, chunk.is_empty()) {
                     // Once per write, not per event: from append to this write, for its first event.
                     metrics::histogram!("aura_delivery_lag_seconds").record(appended.elapsed().as_secs_f64());
                 }
-                if buf.is_empty() && self.finished { None } else { Some(buf.freeze()) }
+                if chunk.is_empty() && self.finished { None } else { Some(chunk.freeze()) }
             }
-            _ = tokio::time::sleep_until(heartbeat_at) => Some(Bytes::from_static(b": keepalive\n\n")),
+            () = self.timer.as_mut() => {
+                if Instant::now() >= self.deadline {
+                    None
+                } else {
+                    Some(Bytes::from_static(b": keepalive\n\n"))
+                }
+            }
         }
     }
 
-    /// Appends an event's frame if this stream wants it and has not sent it yet.
-    fn push(&mut self, buf: &mut BytesMut, event: &StoredEvent) {
+    /// Adds an event's frame if this stream wants it and has not sent it yet.
+    fn push(&mut self, chunk: &mut Chunk, event: &StoredEvent) {
         if event.id <= self.last_sent || !self.wants(event) {
             return;
         }
-        buf.extend_from_slice(&event.frame);
+        chunk.push(&event.frame);
         self.last_sent = event.id;
-        metrics::counter!("aura_events_delivered_total").increment(1);
+        self.delivered.increment(1);
         if self.ends_with_job && event.is_terminal() {
             self.finished = true;
         }

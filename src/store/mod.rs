@@ -65,11 +65,16 @@ pub struct JobPage {
 /// A handle to the database: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Behind one `Arc`: every stream holds a `Store`, so a clone must cost no allocation.
+struct Inner {
     pool: SqlitePool,
     writer: mpsc::Sender<writer::Request>,
     write_options: SqliteConnectOptions,
     close: CancellationToken,
-    writer_done: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
+    writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// What the writer hands the fan-out after each commit, in commit (and so id) order.
@@ -96,11 +101,13 @@ impl Store {
         let close = CancellationToken::new();
         let spawned = writer::spawn(conn, close.clone());
         let store = Store {
-            pool,
-            writer: spawned.queue,
-            write_options,
-            close,
-            writer_done: Arc::new(tokio::sync::Mutex::new(Some(spawned.done))),
+            inner: Arc::new(Inner {
+                pool,
+                writer: spawned.queue,
+                write_options,
+                close,
+                writer_done: tokio::sync::Mutex::new(Some(spawned.done)),
+            }),
         };
         Ok((store, spawned.feed))
     }
@@ -108,20 +115,24 @@ impl Store {
     /// Runs one decision against a job's current state and appends what it returns, atomically.
     pub async fn apply(&self, job_id: Uuid, decide: Decide) -> Result<Result<Applied, Refusal>, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(writer::Request { job_id, decide, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .writer
+            .send(writer::Request { job_id, decide, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(&self.pool).await?;
+        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(&self.inner.pool).await?;
         Ok(())
     }
 
     pub async fn job(&self, job_id: Uuid) -> Result<Option<JobState>, StoreError> {
         let id = job_id.to_string();
         let row = sqlx::query_as!(rows::JobRow, "SELECT * FROM jobs WHERE job_id = ?", id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.inner.pool)
             .await?;
         row.map(JobState::try_from).transpose()
     }
@@ -147,7 +158,7 @@ impl Store {
             owner,
             fetch
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.inner.pool)
         .await?;
         let more = rows.len() > limit as usize;
         let next = if more { rows.get(limit as usize - 1).map(|r| r.created_event_id) } else { None };
@@ -172,7 +183,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.inner.pool)
                 .await?
             }
             EventFilter::Jobs(ids) if ids.len() == 1 => {
@@ -185,7 +196,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.inner.pool)
                 .await?
             }
             EventFilter::Jobs(ids) => {
@@ -200,7 +211,7 @@ impl Store {
                     list,
                     limit
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.inner.pool)
                 .await?
             }
         };
@@ -212,7 +223,7 @@ impl Store {
         let id = sqlx::query_scalar!(
             "SELECT job_id FROM jobs WHERE status = 'Queued' ORDER BY created_event_id LIMIT 1"
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.inner.pool)
         .await?;
         id.map(|id| Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("a jobs.job_id".into()))).transpose()
     }
@@ -220,7 +231,7 @@ impl Store {
     /// The highest event id committed so far (0 for an empty log).
     pub async fn max_event_id(&self) -> Result<i64, StoreError> {
         let id = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.inner.pool)
             .await?;
         Ok(id)
     }
@@ -228,7 +239,7 @@ impl Store {
     /// How many jobs there are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query!("SELECT status, count(*) AS \"n!: i64\" FROM jobs GROUP BY status")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.inner.pool)
             .await?;
         Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
     }
@@ -236,14 +247,14 @@ impl Store {
     /// Every job id that has a `jobs` row.
     pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar!("SELECT job_id FROM jobs ORDER BY created_event_id")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.inner.pool)
             .await?)
     }
 
     /// Replaces the whole `jobs` table with the given states, in one transaction
     /// (`aura check --repair`: the log is the truth). Each state comes with its first event id.
     pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)]) -> Result<(), StoreError> {
-        let mut conn = self.write_options.clone().connect().await?;
+        let mut conn = self.inner.write_options.clone().connect().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query!("DELETE FROM jobs").execute(&mut *tx).await?;
         for (created_event_id, state) in jobs {
@@ -256,13 +267,13 @@ impl Store {
     /// Commits what is queued, checkpoints and closes the write connection, then the readers.
     /// Appends after this are refused with [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.close.cancel();
-        if let Some(done) = self.writer_done.lock().await.take()
+        self.inner.close.cancel();
+        if let Some(done) = self.inner.writer_done.lock().await.take()
             && tokio::time::timeout(Duration::from_secs(5), done).await.is_err()
         {
             tracing::warn!("the store writer did not finish within 5 s");
         }
-        self.pool.close().await;
+        self.inner.pool.close().await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! The SQLite `events` table is the one source of truth; see `ARCHITECTURE.md` for the map.
 
 pub mod app;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -300,6 +300,24 @@ pub fn kill_orphans_under(dir: &Path) -> usize {
     groups.len()
 }
 
+/// Starts a long-running child (a server for `aura bench`): its own process group, killed
+/// when the handle is dropped, standard streams discarded.
+pub fn spawn_background(
+    program: &Path,
+    args: &[OsString],
+    env: &[(&str, String)],
+) -> Result<Child, ProcessError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    cmd.spawn().map_err(|e| ProcessError::Io { program: program_name(program), source: e })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Measure this machine: fan-out, idle memory, resume, durable appends, render.
+    Bench(crate::bench::BenchArgs),
     /// Create a job and print its id (or follow it with --watch).
     Submit {
         #[command(flatten)]
@@ -119,6 +121,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Check { data_dir, database_url, repair } => {
             return crate::check::run_cli(&data_dir, database_url, repair).await;
         }
+        Command::Bench(args) => return crate::bench::run(args).await,
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {
             Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,

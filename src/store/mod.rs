@@ -277,6 +277,38 @@ impl Store {
     }
 }
 
+/// Raw SQLite, for `aura bench`: inserts `rows` event rows into a fresh file with Aura's schema
+/// and pragmas (WAL, `synchronous=FULL`), `batch` rows per transaction; returns rows per second.
+pub async fn raw_insert_rate(path: &Path, rows: usize, batch: usize) -> Result<f64, StoreError> {
+    let options = connect_options(&path.to_string_lossy())?;
+    let mut conn = options.connect().await?;
+    sqlx::migrate!().run(&mut conn).await?;
+    let data = r#"{"jobId":"00000000-0000-0000-0000-000000000000","at":"2026-01-01T00:00:00.000000Z","step":"Audio","progressPct":1.0,"percent":15.2,"message":""}"#;
+    let job = "00000000-0000-0000-0000-000000000000";
+    let at = "2026-01-01T00:00:00.000000Z";
+    let started = std::time::Instant::now();
+    let mut left = rows;
+    while left > 0 {
+        let n = batch.max(1).min(left);
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for _ in 0..n {
+            sqlx::query!(
+                "INSERT INTO events (job_id, type, data, created_at) VALUES (?, 'step-progress', ?, ?)",
+                job,
+                data,
+                at
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        left -= n;
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    conn.close().await?;
+    Ok(rate)
+}
+
 /// Connection options shared by the writer and the readers: WAL, a busy timeout, foreign keys.
 fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError> {
     let base = if url_or_path.starts_with("sqlite:") {

@@ -1,0 +1,66 @@
+//! Durable appends: Aura's group-committed append path with N concurrent producers, beside raw
+//! SQLite inserts with the same pragmas (WAL, `synchronous=FULL`) and a batch size equal to N.
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use super::{Samples, Scenario};
+use crate::job::Stage;
+use crate::lifecycle::{self, JobHandle};
+use crate::store::{Durability, Store};
+
+pub async fn run(producers: usize, events: usize, samples: &mut Samples) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("aura-bench-appends-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&dir, producers.max(1), events.max(producers), samples).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(
+    dir: &std::path::Path,
+    producers: usize,
+    events: usize,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let case = format!("{producers} producers");
+    let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
+    let spec = crate::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut jobs = Vec::with_capacity(producers);
+    for _ in 0..producers {
+        let id = Uuid::now_v7();
+        lifecycle::create(&store, id, spec.clone(), crate::job::LOCAL_OWNER.into())
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        lifecycle::claim(&store, id).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        jobs.push(JobHandle::new(store.clone(), id));
+    }
+    let per = events / producers;
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            for i in 0..per {
+                job.progress(Stage::Audio, (i % 100) as f64, String::new())
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(())
+        })
+        .buffer_unordered(producers)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let aura = (per * producers) as f64 / started.elapsed().as_secs_f64();
+    store.close().await;
+    samples.add(Scenario::Appends, &case, "Aura durable appends", "events/s", aura);
+
+    let raw = crate::store::raw_insert_rate(&dir.join("raw.db"), per * producers, producers).await?;
+    samples.add(Scenario::Appends, &case, &format!("raw SQLite, {producers} rows/txn"), "rows/s", raw);
+    samples.add(Scenario::Appends, &case, "Aura / raw SQLite", "ratio", aura / raw);
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The HTTP side of the benchmark: many EventSource-like subscribers, a paced publisher, and
+//! readings of the server's CPU and memory from `/proc`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::Barrier;
+
+use super::server::Target;
+use super::{Checks, Samples, Scenario};
+
+/// Raises the soft open-file limit toward `want` (each stream is one socket here).
+pub fn raise_open_files(want: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = (want as u64).min(hard).max(soft);
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    Some(ticks / hz)
+}
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(64).build()?)
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    latencies_us: Vec<u64>,
+    count: usize,
+    problems: Vec<String>,
+}
+
+/// One subscriber on `/api/events`: waits at the barrier once connected, then reads until it
+/// has `expect` live events or `until` passes. Latency is receipt time − the event's `at`.
+async fn subscriber(
+    http: reqwest::Client,
+    url: String,
+    ready: Arc<Barrier>,
+    expect: usize,
+    until: Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    let started = OffsetDateTime::now_utc();
+    let res = match http.get(&url).send().await {
+        Ok(res) if res.status().is_success() => res,
+        Ok(res) => {
+            ready.wait().await;
+            seen.problems.push(format!("subscriber refused: {}", res.status()));
+            return seen;
+        }
+        Err(e) => {
+            ready.wait().await;
+            seen.problems.push(format!("subscriber could not connect: {e}"));
+            return seen;
+        }
+    };
+    ready.wait().await;
+    let mut events = res.bytes_stream().eventsource();
+    let mut last_id = 0i64;
+    while seen.count < expect {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(event))) = tokio::time::timeout(left, events.next()).await else { break };
+        let now = OffsetDateTime::now_utc();
+        let id: i64 = event.id.parse().unwrap_or(-1);
+        if id <= last_id {
+            seen.problems.push(format!("id {id} after {last_id}"));
+        }
+        last_id = id;
+        let at = event.data.find("\"at\":\"").and_then(|i| event.data.get(i + 6..i + 33));
+        let Some(at) = at.and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()) else { continue };
+        if at < started {
+            continue; // history, not live
+        }
+        seen.count += 1;
+        seen.latencies_us.push(u64::try_from((now - at).whole_microseconds()).unwrap_or(0));
+    }
+    if seen.count < expect {
+        seen.problems.push(format!("got {} of {expect} events", seen.count));
+    }
+    seen
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64
+}
+
+/// `n` subscribers while jobs are created at `rate` per second for `secs` seconds.
+pub async fn fanout(
+    target: &Target,
+    n: usize,
+    rate: u32,
+    secs: f64,
+    case: &str,
+    samples: &mut Samples,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let http = http()?;
+    let total = ((f64::from(rate) * secs).round() as usize).max(1);
+    let until = Instant::now() + Duration::from_secs_f64(secs + 30.0);
+    let ready = Arc::new(Barrier::new(n + 1));
+    let url = format!("{}/api/events", target.base);
+    let subs: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(subscriber(http.clone(), url.clone(), ready.clone(), total, until)))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), ready.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("subscribers did not connect within 60 s"))?;
+    let cpu_before = target.pid.and_then(cpu_secs);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut posts = Vec::with_capacity(total);
+    for _ in 0..total {
+        ticker.tick().await;
+        let http = http.clone();
+        let url = format!("{}/api/jobs", target.base);
+        posts.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&serde_json::json!({"brief": {"topic": "bench"}}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for p in posts {
+        match p.await {
+            Ok(Ok(201)) => {}
+            Ok(Ok(status)) => checks.0.push(format!("{case}: a job creation answered {status}")),
+            Ok(Err(e)) => checks.0.push(format!("{case}: a job creation failed: {e}")),
+            Err(e) => checks.0.push(format!("{case}: {e}")),
+        }
+    }
+    let mut latencies = Vec::with_capacity(n * total);
+    let mut delivered = 0usize;
+    for s in subs {
+        let seen = s.await?;
+        delivered += seen.count;
+        latencies.extend(seen.latencies_us);
+        if let Some(p) = seen.problems.first() {
+            checks.0.push(format!("{case}: {p}"));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu_after = target.pid.and_then(cpu_secs);
+    latencies.sort_unstable();
+    samples.add(Scenario::Fanout, case, "delivery p50", "ms", percentile(&latencies, 50.0) / 1000.0);
+    samples.add(Scenario::Fanout, case, "delivery p99", "ms", percentile(&latencies, 99.0) / 1000.0);
+    samples.add(Scenario::Fanout, case, "deliveries/s", "1/s", delivered as f64 / wall);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after)
+        && delivered > 0
+    {
+        samples.add(
+            Scenario::Fanout,
+            case,
+            "server CPU per delivery",
+            "µs",
+            (b - a) * 1e6 / delivered as f64,
+        );
+    }
+    Ok(())
+}
+
+/// Memory per idle stream: the server's RSS slope from 0 to `n` open, silent streams.
+pub async fn idle(
+    target: &Target,
+    n: usize,
+    case: &str,
+    samples: &mut Samples,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let Some(pid) = target.pid else {
+        checks.0.push("idle: needs a server started here (no --server) to read its memory".into());
+        return Ok(());
+    };
+    let http = http()?;
+    let before = rss_kib(pid).unwrap_or(f64::NAN);
+    let url = format!("{}/api/events", target.base);
+    let opened: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let res = http.get(url).send().await.ok()?;
+                let mut body = res.bytes_stream();
+                // The `retry:` preamble: the stream is open on both sides.
+                body.next().await?.ok()?;
+                Some(body)
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let open = opened.iter().filter(|b| b.is_some()).count();
+    if open < n {
+        checks.0.push(format!("{case}: only {open} of {n} streams opened"));
+    }
+    // Let allocations settle (a measurement pause, not a wait for a condition).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid).unwrap_or(f64::NAN);
+    samples.add(Scenario::Idle, case, "memory per idle stream", "KiB", (after - before) / open.max(1) as f64);
+    samples.add(Scenario::Idle, case, "server RSS at 0 streams", "MiB", before / 1024.0);
+    drop(opened);
+    Ok(())
+}
+
+/// Time for one subscriber to receive a `backlog`-event history from the start.
+pub async fn resume(
+    target: &Target,
+    backlog: usize,
+    case: &str,
+    samples: &mut Samples,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let http = http()?;
+    let started = Instant::now();
+    let res = http.get(format!("{}/api/events", target.base)).header("Last-Event-ID", "0").send().await?;
+    let mut events = res.bytes_stream().eventsource();
+    let mut got = 0usize;
+    let mut last = 0i64;
+    let until = Instant::now() + Duration::from_secs(120);
+    while got < backlog {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(event))) = tokio::time::timeout(left, events.next()).await else { break };
+        let id: i64 = event.id.parse().unwrap_or(-1);
+        if id != last + 1 {
+            checks.0.push(format!("{case}: id {id} after {last}"));
+        }
+        last = id;
+        got += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if got < backlog {
+        checks.0.push(format!("{case}: got {got} of {backlog} events"));
+    }
+    samples.add(Scenario::Resume, case, "time to whole backlog", "ms", secs * 1000.0);
+    samples.add(Scenario::Resume, case, "events/s", "1/s", got as f64 / secs);
+    Ok(())
+}

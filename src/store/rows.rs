@@ -73,38 +73,20 @@ impl TryFrom<JobRow> for JobState {
     }
 }
 
-/// The columns of a `jobs` row for writing, produced from a state.
+/// The columns of a new `jobs` row: what an event can change, plus what the first event fixes.
 pub(super) struct JobColumns {
-    pub job_id: String,
+    pub changes: JobChanges,
     pub owner: String,
-    pub status: &'static str,
-    pub stage: Option<&'static str>,
-    pub percent: f64,
-    pub attempt: i64,
     pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub error: Option<String>,
-    pub output: Option<String>,
-    pub last_event_id: i64,
     pub request: String,
 }
 
 impl From<&JobState> for JobColumns {
     fn from(s: &JobState) -> Self {
         JobColumns {
-            job_id: s.job_id.to_string(),
+            changes: JobChanges::from(s),
             owner: s.owner.clone(),
-            status: s.status.name(),
-            stage: s.stage.map(Stage::name),
-            percent: s.percent,
-            attempt: i64::from(s.attempt),
             created_at: format_at(s.created_at),
-            started_at: s.started_at.map(format_at),
-            finished_at: s.finished_at.map(format_at),
-            error: s.error.as_ref().and_then(|e| serde_json::to_string(e).ok()),
-            output: s.output.as_ref().and_then(|o| serde_json::to_string(o).ok()),
-            last_event_id: s.last_event_id,
             request: serde_json::to_string(&s.request).unwrap_or_default(),
         }
     }
@@ -124,5 +106,36 @@ impl EventRow {
     pub fn into_event(self) -> Option<StoredEvent> {
         let job_id = Uuid::parse_str(&self.job_id).ok()?;
         Some(StoredEvent::new(self.id, job_id, self.kind, self.data, self.created_at))
+    }
+}
+
+/// The columns an event can change, for the writer's per-event `UPDATE` (no request to encode).
+pub(super) struct JobChanges {
+    pub job_id: String,
+    pub status: &'static str,
+    pub stage: Option<&'static str>,
+    pub percent: f64,
+    pub attempt: i64,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub last_event_id: i64,
+}
+
+impl From<&JobState> for JobChanges {
+    fn from(s: &JobState) -> Self {
+        JobChanges {
+            job_id: s.job_id.to_string(),
+            status: s.status.name(),
+            stage: s.stage.map(Stage::name),
+            percent: s.percent,
+            attempt: i64::from(s.attempt),
+            started_at: s.started_at.map(format_at),
+            finished_at: s.finished_at.map(format_at),
+            error: s.error.as_ref().and_then(|e| serde_json::to_string(e).ok()),
+            output: s.output.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+            last_event_id: s.last_event_id,
+        }
     }
 }

@@ -27,6 +27,13 @@ use crate::job::JobState;
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
+/// Most job states the writer keeps in memory; past it the cache starts over.
+const CACHE_LIMIT: usize = 20_000;
+
+/// The state of jobs that have not ended, as of the last commit. The writer is the only
+/// process that writes while a server holds the data folder, so its own copy is the truth and
+/// saves reading and parsing the row for every event. Emptied whenever a group fails.
+type Cache = std::collections::HashMap<Uuid, JobState>;
 
 /// Looks at a job's state (`None`: no such job) and says what to append.
 pub type Decide = Box<dyn FnOnce(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send>;
@@ -84,6 +91,7 @@ async fn run(
     close: CancellationToken,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut cache = Cache::new();
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut group, MAX_GROUP) => n,
@@ -98,7 +106,10 @@ async fn run(
         }
         let started = Instant::now();
         let replies: Vec<_> = group.iter_mut().map(|r| (r.job_id, take_decide(r))).collect();
-        match write_group(&mut conn, replies).await {
+        if cache.len() > CACHE_LIMIT {
+            cache.clear();
+        }
+        match write_group(&mut conn, &mut cache, replies).await {
             Ok(outcomes) => {
                 let committed: Vec<Arc<StoredEvent>> = outcomes
                     .iter()
@@ -116,6 +127,8 @@ async fn run(
                 }
             }
             Err(e) => {
+                // The cache may hold states of the rolled-back group: start over from the table.
+                cache.clear();
                 tracing::error!(error = ?e, "group commit failed; every request in it is refused");
                 for req in group.drain(..) {
                     let _ = req.reply.send(Err(StoreError::Sqlx(sqlx::Error::WorkerCrashed)));
@@ -140,12 +153,13 @@ fn take_decide(r: &mut Request) -> Decide {
 
 async fn write_group(
     conn: &mut SqliteConnection,
+    cache: &mut Cache,
     group: Vec<(Uuid, Decide)>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for (job_id, decide) in group {
-        outcomes.push(write_one(&mut tx, job_id, decide).await?);
+        outcomes.push(write_one(&mut tx, cache, job_id, decide).await?);
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -153,24 +167,48 @@ async fn write_group(
 
 /// Decides, folds, then writes: the fold runs before any insert so a refused or ill-fitting
 /// decision leaves no trace in the transaction.
-async fn write_one(conn: &mut SqliteConnection, job_id: Uuid, decide: Decide) -> Result<Outcome, StoreError> {
-    let key = job_id.to_string();
-    let row = sqlx::query_as!(JobRow, "SELECT * FROM jobs WHERE job_id = ?", key)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let before = row.map(JobState::try_from).transpose()?;
+async fn write_one(
+    conn: &mut SqliteConnection,
+    cache: &mut Cache,
+    job_id: Uuid,
+    decide: Decide,
+) -> Result<Outcome, StoreError> {
+    let before = match cache.remove(&job_id) {
+        Some(state) => Some(state),
+        None => {
+            let key = job_id.to_string();
+            let row = sqlx::query_as!(JobRow, "SELECT * FROM jobs WHERE job_id = ?", key)
+                .fetch_optional(&mut *conn)
+                .await?;
+            row.map(JobState::try_from).transpose()?
+        }
+    };
     let bodies = match decide(before.as_ref()) {
         Ok(bodies) => bodies,
-        Err(refusal) => return Ok(Err(refusal)),
+        Err(refusal) => {
+            if let Some(state) = before {
+                cache.insert(job_id, state);
+            }
+            return Ok(Err(refusal));
+        }
     };
     if bodies.is_empty() {
         return Ok(match before {
-            Some(state) => Ok(Applied { state, events: Vec::new() }),
+            Some(state) => {
+                cache.insert(job_id, state.clone());
+                Ok(Applied { state, events: Vec::new() })
+            }
             None => Err(Refusal::NotFound),
         });
     }
     let is_new = before.is_none();
-    insert_all(conn, job_id, before, bodies, is_new).await
+    let outcome = insert_all(conn, job_id, before, bodies, is_new).await?;
+    if let Ok(applied) = &outcome
+        && !applied.state.status.is_terminal()
+    {
+        cache.insert(job_id, applied.state.clone());
+    }
+    Ok(outcome)
 }
 
 async fn insert_all(
@@ -213,11 +251,10 @@ async fn insert_all(
     }
     let first_id = events.first().map_or(0, |e| e.id);
     state.last_event_id = events.last().map_or(state.last_event_id, |e| e.id);
-    let c = JobColumns::from(&state);
     if is_new {
-        insert_job_row(conn, first_id, &c).await?;
+        insert_job_row(conn, first_id, &JobColumns::from(&state)).await?;
     } else {
-        update_job_row(conn, &c).await?;
+        update_job_row(conn, &state).await?;
     }
     Ok(Ok(Applied { state, events }))
 }
@@ -232,19 +269,19 @@ pub(super) async fn insert_job_row(
         "INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
                            started_at, finished_at, error, output, last_event_id, request)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        c.job_id,
+        c.changes.job_id,
         created_event_id,
         c.owner,
-        c.status,
-        c.stage,
-        c.percent,
-        c.attempt,
+        c.changes.status,
+        c.changes.stage,
+        c.changes.percent,
+        c.changes.attempt,
         c.created_at,
-        c.started_at,
-        c.finished_at,
-        c.error,
-        c.output,
-        c.last_event_id,
+        c.changes.started_at,
+        c.changes.finished_at,
+        c.changes.error,
+        c.changes.output,
+        c.changes.last_event_id,
         c.request
     )
     .execute(&mut *conn)
@@ -252,25 +289,23 @@ pub(super) async fn insert_job_row(
     Ok(())
 }
 
-/// Overwrites an existing `jobs` row with a new state.
-async fn update_job_row(conn: &mut SqliteConnection, c: &JobColumns) -> Result<(), StoreError> {
+/// Writes what an event can change in an existing `jobs` row (owner, creation time and request
+/// are fixed by the job's first event).
+async fn update_job_row(conn: &mut SqliteConnection, state: &JobState) -> Result<(), StoreError> {
+    let c = super::rows::JobChanges::from(state);
     sqlx::query!(
-        "UPDATE jobs SET owner = ?, status = ?, stage = ?, percent = ?, attempt = ?, created_at = ?,
-                         started_at = ?, finished_at = ?, error = ?, output = ?, last_event_id = ?,
-                         request = ?
+        "UPDATE jobs SET status = ?, stage = ?, percent = ?, attempt = ?, started_at = ?, finished_at = ?,
+                         error = ?, output = ?, last_event_id = ?
          WHERE job_id = ?",
-        c.owner,
         c.status,
         c.stage,
         c.percent,
         c.attempt,
-        c.created_at,
         c.started_at,
         c.finished_at,
         c.error,
         c.output,
         c.last_event_id,
-        c.request,
         c.job_id
     )
     .execute(&mut *conn)

@@ -4,6 +4,7 @@
 // Tests start the real binaries (aura, tmux) themselves; the product goes through `process`.
 #![allow(clippy::disallowed_types)]
 
+mod bench;
 mod cli;
 mod fanout;
 mod helpers;

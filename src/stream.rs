@@ -30,8 +30,9 @@ use crate::event::StoredEvent;
 use crate::jobs::parse_job_id;
 use crate::store::{EventFilter, Store};
 
-/// Rows per replay query.
-const REPLAY_PAGE: u32 = 1000;
+/// Events per replay query; the first page is small so the first event goes out at once.
+const REPLAY_PAGE: u32 = 2000;
+const FIRST_REPLAY_PAGE: u32 = 100;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/jobs/{job_id}/events", get(job_events)).route("/api/events", get(all_events))
@@ -187,11 +188,13 @@ fn open_stream(
         filter,
         last_sent: resume,
         replaying: true,
+        replayed_pages: 0,
         ends_with_job,
         finished: false,
         preamble: Some(Bytes::from(format!("retry: {}\n\n", settings.retry_ms))),
         heartbeat,
         deadline,
+        last_write: Instant::now(),
         timer: Box::pin(tokio::time::sleep_until((Instant::now() + heartbeat).min(deadline))),
         shutdown: app.shutdown_token(),
         delivered: metrics::counter!("aura_events_delivered_total"),
@@ -233,13 +236,18 @@ struct Subscriber {
     filter: EventFilter,
     last_sent: i64,
     replaying: bool,
+    replayed_pages: u32,
     /// A per-job stream ends after the job's terminal event.
     ends_with_job: bool,
     finished: bool,
     preamble: Option<Bytes>,
     heartbeat: Duration,
     deadline: Instant,
-    /// One timer for both the heartbeat and the deadline, whichever is first; reset per write.
+    /// When the last bytes were written.
+    last_write: Instant,
+    /// One timer for both the heartbeat and the deadline. It is not reset on every write (that
+    /// would touch the timer wheel once per event per subscriber); when it fires early it is
+    /// re-armed from the last write.
     timer: Pin<Box<tokio::time::Sleep>>,
     shutdown: CancellationToken,
     delivered: metrics::Counter,
@@ -294,8 +302,7 @@ impl Subscriber {
             }
             let chunk = if self.replaying { self.replay_page().await? } else { self.live().await? };
             if !chunk.is_empty() {
-                let next_beat = (Instant::now() + self.heartbeat).min(self.deadline);
-                self.timer.as_mut().reset(next_beat);
+                self.last_write = Instant::now();
                 return Some(chunk);
             }
         }
@@ -303,14 +310,37 @@ impl Subscriber {
 
     /// One page from the table; switches to live once the table has nothing more.
     async fn replay_page(&mut self) -> Option<Bytes> {
-        let page = match self.store.events_after(&self.filter, self.last_sent, REPLAY_PAGE).await {
+        let limit = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+        self.replayed_pages = self.replayed_pages.saturating_add(1);
+        match self.store.framed_after(&self.filter, self.last_sent, limit).await {
+            Ok(Some(page)) => {
+                if page.count < limit as usize {
+                    self.replaying = false;
+                }
+                if let Some(last) = page.last_id {
+                    self.last_sent = last;
+                }
+                if self.ends_with_job && page.terminal_id.is_some() {
+                    self.finished = true;
+                }
+                self.delivered.increment(page.count as u64);
+                metrics::counter!("aura_events_replayed_total").increment(page.count as u64);
+                return Some(page.frames);
+            }
+            Ok(None) => {} // A page that needs row-by-row normalization: read it below.
+            Err(e) => {
+                tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+                return None;
+            }
+        }
+        let page = match self.store.events_after(&self.filter, self.last_sent, limit).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
                 return None;
             }
         };
-        if page.len() < REPLAY_PAGE as usize {
+        if page.len() < limit as usize {
             self.replaying = false;
         }
         let mut chunk = Chunk::default();
@@ -363,10 +393,18 @@ impl Subscriber {
                 if chunk.is_empty() && self.finished { None } else { Some(chunk.freeze()) }
             }
             () = self.timer.as_mut() => {
-                if Instant::now() >= self.deadline {
-                    None
-                } else {
+                let now = Instant::now();
+                if now >= self.deadline {
+                    return None;
+                }
+                let beat_at = self.last_write + self.heartbeat;
+                if now >= beat_at {
+                    // Silent for a whole interval: the keepalive counts as a write.
+                    self.timer.as_mut().reset((now + self.heartbeat).min(self.deadline));
                     Some(Bytes::from_static(b": keepalive\n\n"))
+                } else {
+                    self.timer.as_mut().reset(beat_at.min(self.deadline));
+                    Some(Bytes::new())
                 }
             }
         }

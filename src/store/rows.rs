@@ -139,3 +139,27 @@ impl From<&JobState> for JobChanges {
         }
     }
 }
+
+/// The one-row answer of a framed replay page.
+pub(super) struct FramedRow {
+    pub count: i64,
+    pub last_id: Option<i64>,
+    pub terminal_id: Option<i64>,
+    pub dirty: Option<i64>,
+    pub frames: Option<String>,
+}
+
+impl FramedRow {
+    /// The page, or `None` when a row needs normalization (or a terminal event is not last).
+    pub fn into_page(self) -> Option<super::FramedPage> {
+        if self.dirty.unwrap_or(0) > 0 || self.terminal_id.is_some_and(|t| Some(t) != self.last_id) {
+            return None;
+        }
+        Some(super::FramedPage {
+            frames: bytes::Bytes::from(self.frames.unwrap_or_default()),
+            count: usize::try_from(self.count).unwrap_or(0),
+            last_id: self.last_id,
+            terminal_id: self.terminal_id,
+        })
+    }
+}

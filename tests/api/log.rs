@@ -119,6 +119,16 @@ async fn an_event_inserted_by_another_connection_reaches_an_open_stream_within_a
     assert!(inserted_at.elapsed() < Duration::from_secs(1));
     assert_eq!((got, kind.as_str()), (foreign, "warning"));
     assert_eq!(payload["message"], "written by\na script", "multi-line JSON arrives as one data line");
+    // Replayed from the table later, the foreign row is normalized the same way.
+    let mut replay = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
+    let mut replayed = None;
+    while let Some((eid, _, data)) = tokio::time::timeout(WAIT, replay.next_event()).await?? {
+        if eid == foreign {
+            replayed = Some(data);
+            break;
+        }
+    }
+    assert_eq!(replayed.map(|d| d["message"].clone()), Some(serde_json::json!("written by\na script")));
 
     // Our own appends after it keep the order.
     let cancel = app.client.post(app.url(&format!("/api/jobs/{id}/cancel"))).send().await?;

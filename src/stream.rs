@@ -198,6 +198,8 @@ fn open_stream(
         timer: Box::pin(tokio::time::sleep_until((Instant::now() + heartbeat).min(deadline))),
         shutdown: app.shutdown_token(),
         delivered: metrics::counter!("aura_events_delivered_total"),
+        replayed: metrics::counter!("aura_events_replayed_total"),
+        lag: metrics::histogram!("aura_delivery_lag_seconds"),
         _slot: slot,
         _gauge: OpenGauge::new(kind),
     };
@@ -251,6 +253,8 @@ struct Subscriber {
     timer: Pin<Box<tokio::time::Sleep>>,
     shutdown: CancellationToken,
     delivered: metrics::Counter,
+    replayed: metrics::Counter,
+    lag: metrics::Histogram,
     _slot: StreamSlot,
     _gauge: OpenGauge,
 }
@@ -324,7 +328,7 @@ impl Subscriber {
                     self.finished = true;
                 }
                 self.delivered.increment(page.count as u64);
-                metrics::counter!("aura_events_replayed_total").increment(page.count as u64);
+                self.replayed.increment(page.count as u64);
                 return Some(page.frames);
             }
             Ok(None) => {} // A page that needs row-by-row normalization: read it below.
@@ -350,7 +354,7 @@ impl Subscriber {
                 break;
             }
         }
-        metrics::counter!("aura_events_replayed_total").increment(chunk.events);
+        self.replayed.increment(chunk.events);
         Some(chunk.freeze())
     }
 
@@ -388,7 +392,7 @@ impl Subscriber {
                 }
                 if let (Some(appended), false) = (appended, chunk.is_empty()) {
                     // Once per write, not per event: from append to this write, for its first event.
-                    metrics::histogram!("aura_delivery_lag_seconds").record(appended.elapsed().as_secs_f64());
+                    self.lag.record(appended.elapsed().as_secs_f64());
                 }
                 if chunk.is_empty() && self.finished { None } else { Some(chunk.freeze()) }
             }

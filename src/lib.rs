@@ -4,6 +4,7 @@
 //! The SQLite `events` table is the one source of truth; see `ARCHITECTURE.md` for the map.
 
 pub mod app;
+pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod hub;
 pub mod job;
 pub mod jobs;
 pub mod lifecycle;
+pub mod limits;
 pub mod lock;
 pub mod openapi;
 pub mod pipeline;

@@ -33,6 +33,31 @@ pub struct ServerArg {
     pub server: String,
 }
 
+/// Where the tokens file is, as `aura serve` finds it.
+#[derive(Debug, clap::Args)]
+pub struct TokensFileArg {
+    #[arg(long, env = "AURA_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Default `<data-dir>/tokens`.
+    #[arg(long, env = "AURA_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token named NAME (the owner of the jobs it creates) and print it, once.
+    Create {
+        name: String,
+        /// May see and cancel every job and read /metrics.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List the tokens' names and roles.
+    List,
+    /// Remove the token named NAME; its browser sessions end with it.
+    Revoke { name: String },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (HTTP API, event streams and render workers).
@@ -47,6 +72,13 @@ pub enum Command {
         /// Rebuild the jobs table from the events (the log is the truth). Needs the server stopped.
         #[arg(long)]
         repair: bool,
+    },
+    /// Manage API tokens (the tokens file; changes apply to a running server at once).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        file: TokensFileArg,
     },
     /// Create a job and print its id (or follow it with --watch).
     Submit {
@@ -119,6 +151,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Check { data_dir, database_url, repair } => {
             return crate::check::run_cli(&data_dir, database_url, repair).await;
         }
+        Command::Token { command, file } => return Ok(token(command, &file)),
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {
             Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,
@@ -139,6 +172,39 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Err(e) => {
             eprintln!("aura: {e}");
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `aura token …`: only the token itself goes to stdout, so `$(aura token create ci)` works.
+fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
+    let path = file.tokens_file.clone().unwrap_or_else(|| file.data_dir.join("tokens"));
+    let result = match command {
+        TokenCommand::Create { name, admin } => crate::auth::create_token(&path, &name, admin).map(|token| {
+            println!("{token}");
+            eprintln!("aura: token {name:?} created; it is shown only this once");
+            true
+        }),
+        TokenCommand::List => crate::auth::list_tokens(&path).map(|tokens| {
+            for t in tokens {
+                println!("{}\t{}", t.name, if t.admin { "admin" } else { "user" });
+            }
+            true
+        }),
+        TokenCommand::Revoke { name } => crate::auth::revoke_token(&path, &name).inspect(|&found| {
+            if found {
+                eprintln!("aura: token {name:?} revoked");
+            } else {
+                eprintln!("aura: no token is named {name:?}");
+            }
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("aura: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum StoreError {
 pub enum EventFilter {
     All,
     Jobs(Vec<Uuid>),
+    /// Every job of one owner (`jobs.owner`).
+    Owner(String),
 }
 
 /// One page of the job list.
@@ -183,6 +185,19 @@ impl Store {
                      FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
                     job,
                     after,
+                    limit
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            EventFilter::Owner(owner) => {
+                sqlx::query_as!(
+                    rows::EventRow,
+                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
+                     FROM events WHERE id > ? AND job_id IN (SELECT job_id FROM jobs WHERE owner = ?)
+                     ORDER BY id LIMIT ?",
+                    after,
+                    owner,
                     limit
                 )
                 .fetch_all(&self.pool)

@@ -12,4 +12,5 @@ mod log;
 mod openapi;
 mod recovery;
 mod restart;
+mod security;
 mod streams;

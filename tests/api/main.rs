@@ -10,6 +10,7 @@ mod helpers;
 mod jobs_api;
 mod log;
 mod openapi;
+mod properties;
 mod recovery;
 mod restart;
 mod security;

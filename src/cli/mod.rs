@@ -31,6 +31,9 @@ pub struct ServerArg {
     /// The Aura server to talk to.
     #[arg(long, env = "AURA_SERVER", default_value = "http://127.0.0.1:5005", global = true)]
     pub server: String,
+    /// The token to send when the server has tokens (`aura token create`).
+    #[arg(long, env = "AURA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 /// Where the tokens file is, as `aura serve` finds it.
@@ -210,5 +213,5 @@ fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
 }
 
 fn client(server: &ServerArg) -> Result<Client, CliError> {
-    Client::new(&server.server)
+    Client::new(&server.server, server.token.as_deref())
 }

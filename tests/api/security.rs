@@ -457,3 +457,21 @@ async fn token_create_prints_the_token_alone_and_stores_only_its_hash() -> TestR
     assert_eq!(String::from_utf8(listed.stdout)?, "ci\tadmin\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_command_line_sends_aura_token() -> TestResult {
+    let s = spawn_secured(|_| {}).await?;
+    let id = s.create_job(&s.alice, "from the cli").await?;
+    let mut without = crate::cli::aura(&s.app.base);
+    without.args(["show", &id.to_string()]).env_remove("AURA_TOKEN");
+    let out = tokio::time::timeout(WAIT, without.output()).await??;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)?.contains("Unauthorized"));
+    let mut with = crate::cli::aura(&s.app.base);
+    with.args(["show", &id.to_string()]).env("AURA_TOKEN", &s.alice);
+    let out = tokio::time::timeout(WAIT, with.output()).await??;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(shown["owner"], "alice");
+    Ok(())
+}

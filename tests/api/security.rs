@@ -123,8 +123,15 @@ async fn without_credentials_every_api_route_but_health_and_session_is_401() -> 
     }
     let health = s.app.client.get(s.app.url("/api/health")).send().await?.status();
     assert!(health == 200 || health == 503, "health needs no credentials: {health}");
-    for page in ["/", &format!("/jobs/{id}"), "/assets/sse-client.js"] {
-        assert_eq!(s.app.client.get(s.app.url(page)).send().await?.status(), 200, "{page} stays public");
+    for page in ["/", &format!("/jobs/{id}"), "/assets/sse-client.js", "/assets/sign-in.js"] {
+        let res = s.app.client.get(s.app.url(page)).send().await?;
+        assert_eq!(res.status(), 200, "{page} stays public");
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str()?;
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-frame-options"], "DENY");
     }
     Ok(())
 }

@@ -24,8 +24,10 @@ COPY --from=build /src/target/release/aura /usr/local/bin/aura
 USER aura
 VOLUME ["/data"]
 EXPOSE 5005
-# Inside the container the server must listen on all interfaces; put tokens in place
-# (`aura token create`) before exposing it beyond a trusted network.
+# Inside the container the server must listen on all interfaces, and `aura serve` refuses a
+# non-loopback address without tokens: create one first (`docker run -v aura-data:/data aura
+# token create NAME`; the tokens file lives in /data), or set AURA_INSECURE_OPEN=true, only on a
+# network you trust.
 ENV AURA_ADDR=0.0.0.0:5005 \
     AURA_DATA_DIR=/data \
     AURA_LOG_FORMAT=json

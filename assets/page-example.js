@@ -1,5 +1,6 @@
 // The example page: start and reset monitoring of any job, and report the element's DOM events.
 
+import './sign-in.js';
 import './video-generation-progress.js';
 import { asJobId, cleanText, el } from './format.js';
 

@@ -1,5 +1,6 @@
 // The home page: the new-job form (server validation shown next to each field) and the job list.
 
+import './sign-in.js';
 import './job-progress-drawer.js';
 import { TERMINAL_STATUSES, clampPercent, cleanText, el, parseTime } from './format.js';
 

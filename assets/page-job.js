@@ -1,5 +1,6 @@
 // The job page: one <video-generation-progress> for the job named in the path.
 
+import './sign-in.js';
 import './job-progress-drawer.js';
 import './video-generation-progress.js';
 import { asJobId } from './format.js';

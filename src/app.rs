@@ -8,8 +8,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::store::Store;
 use crate::stream::StreamCounter;
 
@@ -29,6 +31,8 @@ struct Inner {
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     resumed: Mutex<VecDeque<Uuid>>,
     metrics: PrometheusHandle,
+    auth: Auth,
+    limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -38,6 +42,8 @@ impl AppState {
         hub: Arc<Hub>,
         shutdown: CancellationToken,
         metrics: PrometheusHandle,
+        auth: Auth,
+        limits: Limits,
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
@@ -50,6 +56,8 @@ impl AppState {
                 running: Mutex::default(),
                 resumed: Mutex::default(),
                 metrics,
+                auth,
+                limits: Arc::new(limits),
             }),
         }
     }
@@ -78,6 +86,16 @@ impl AppState {
     /// Signalled whenever a job is created, so idle workers wake without polling.
     pub fn jobs_created(&self) -> &Notify {
         &self.inner.jobs_created
+    }
+
+    /// Tokens and sessions: who a request comes from.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// Per-owner stream and job-creation limits.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.inner.limits
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

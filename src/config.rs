@@ -62,6 +62,27 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_FFPROBE", default_value = "ffprobe")]
     pub ffprobe: PathBuf,
 
+    /// The tokens file (`aura token create`); default `<data-dir>/tokens`. While it holds a
+    /// token, every `/api` route but health and the session routes needs credentials.
+    #[arg(long, env = "AURA_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Most open event streams per owner (tokens only); past it new streams get 429.
+    #[arg(long, env = "AURA_MAX_STREAMS_PER_OWNER", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_owner: u64,
+
+    /// Jobs each owner may create per second (tokens only; token bucket, burst 20).
+    #[arg(long, env = "AURA_JOB_RATE", default_value_t = 5.0)]
+    pub job_rate: f64,
+
+    /// Origins allowed to call the API from a browser (comma-separated, exact); none by default.
+    #[arg(long, env = "AURA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Serve without tokens on a non-loopback address (only on a network you trust).
+    #[arg(long, env = "AURA_INSECURE_OPEN", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub insecure_open: bool,
+
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "AURA_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -73,6 +94,16 @@ impl ServeConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| self.data_dir.join("aura.db").to_string_lossy().into_owned())
+    }
+
+    /// The tokens file: `--tokens-file`, else `<data-dir>/tokens`.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.tokens_file.clone().unwrap_or_else(|| self.data_dir.join("tokens"))
+    }
+
+    /// Whether the server listens on loopback only (127.0.0.0/8 or ::1).
+    pub fn is_loopback(&self) -> bool {
+        self.addr.ip().is_loopback()
     }
 
     /// Worker count with its default applied.

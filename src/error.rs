@@ -15,6 +15,10 @@ use crate::spec::FieldError;
 pub enum AppError {
     #[error("{detail}")]
     BadRequest { title: &'static str, detail: String },
+    #[error("credentials missing or unknown")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -23,6 +27,8 @@ pub enum AppError {
     Invalid(Vec<FieldError>),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("{detail}")]
+    TooManyRequests { reason: &'static str, detail: String, retry_after_secs: u64 },
     #[error("{detail}")]
     Unavailable { detail: String, retry_after_secs: u64 },
     #[error("method not allowed")]
@@ -39,10 +45,13 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,12 +119,33 @@ pub fn problem(
     res
 }
 
+/// Counts a refused request by why it was refused (`aura_rejections_total{reason}`).
+fn rejected(reason: &'static str) {
+    metrics::counter!("aura_rejections_total", "reason" => reason).increment(1);
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         let none = None;
         match self {
             AppError::BadRequest { title, detail } => problem(status, "bad-request", title, &detail, none),
+            AppError::Unauthorized => {
+                rejected("unauthorized");
+                let mut res = problem(
+                    status,
+                    "unauthorized",
+                    "Unauthorized",
+                    "send Authorization: Bearer <token> or sign in with POST /api/session",
+                    none,
+                );
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                res
+            }
+            AppError::Forbidden(detail) => {
+                rejected("forbidden");
+                problem(status, "forbidden", "Forbidden", &detail, none)
+            }
             AppError::NotFound(detail) => problem(status, "not-found", "Not found", &detail, none),
             AppError::Conflict(detail) => problem(status, "conflict", "Conflict", &detail, none),
             AppError::Invalid(errors) => {
@@ -130,7 +160,14 @@ impl IntoResponse for AppError {
                 "the request body must be at most 64 KiB",
                 none,
             ),
+            AppError::TooManyRequests { reason, detail, retry_after_secs } => {
+                rejected(reason);
+                let mut res = problem(status, "too-many-requests", "Too many requests", &detail, none);
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+                res
+            }
             AppError::Unavailable { detail, retry_after_secs } => {
+                rejected("max-streams");
                 let mut res = problem(status, "unavailable", "Service unavailable", &detail, none);
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 res

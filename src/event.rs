@@ -195,6 +195,9 @@ pub struct StoredEvent {
     pub frame: Bytes,
     /// When this process appended it (for the delivery-lag metric); `None` when read back.
     pub appended: Option<std::time::Instant>,
+    /// The job's owner, set by the writer that appended it; `None` when read back from the
+    /// table (streams filtered by owner then learn it once per job).
+    pub owner: Option<std::sync::Arc<str>>,
 }
 
 impl StoredEvent {
@@ -202,7 +205,7 @@ impl StoredEvent {
         let kind = one_line_type(kind);
         let data = one_line_json(data);
         let frame = Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"));
-        StoredEvent { id, job_id, kind, data, created_at, frame, appended: None }
+        StoredEvent { id, job_id, kind, data, created_at, frame, appended: None, owner: None }
     }
 
     pub fn is_terminal(&self) -> bool {

@@ -14,8 +14,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::{AppError, Problem};
-use crate::job::{JobState, JobStatus, LOCAL_OWNER};
+use crate::job::{JobState, JobStatus};
 use crate::lifecycle;
 use crate::spec::{JobSpec, SpecError};
 use crate::store::{EventFilter, Refusal};
@@ -38,7 +39,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The raw body, with its rejections (too large, unreadable) as problem+json.
-pub struct Body(Bytes);
+pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = AppError;
@@ -64,9 +65,12 @@ fn not_found() -> AppError {
     AppError::NotFound("no job has this id".into())
 }
 
-/// The job's state, or 404.
-pub async fn load_job(app: &AppState, job_id: Uuid) -> Result<JobState, AppError> {
-    app.store().job(job_id).await?.ok_or_else(not_found)
+/// The job's state, or 404; then 403 if it belongs to someone else `caller` may not see, before
+/// anything else is said about it.
+pub async fn load_job(app: &AppState, caller: &Caller, job_id: Uuid) -> Result<JobState, AppError> {
+    let job = app.store().job(job_id).await?.ok_or_else(not_found)?;
+    caller.check_owns(&job)?;
+    Ok(job)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -86,13 +90,18 @@ pub struct Created {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid values, each named by its JSON path", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(body): Body,
+) -> Result<Response, AppError> {
+    app.limits().take_job(&caller)?;
     let spec = JobSpec::from_json_bytes(&body).map_err(|e| match e {
         SpecError::Malformed(detail) => AppError::bad_request("Malformed JSON", detail),
         SpecError::Invalid(errors) => AppError::Invalid(errors),
     })?;
     let job_id = Uuid::now_v7();
-    let applied = lifecycle::create(app.store(), job_id, spec, LOCAL_OWNER.to_owned())
+    let applied = lifecycle::create(app.store(), job_id, spec, caller.name)
         .await?
         .map_err(|r| AppError::Internal(anyhow::anyhow!("creating a job was refused: {r}")))?;
     app.jobs_created().notify_waiters();
@@ -114,8 +123,12 @@ pub async fn create(State(app): State<AppState>, Body(body): Body) -> Result<Res
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn show(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
-    let job = load_job(&app, parse_job_id(&job_id)?).await?;
+pub async fn show(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response, AppError> {
+    let job = load_job(&app, &caller, parse_job_id(&job_id)?).await?;
     Ok(axum::Json(job).into_response())
 }
 
@@ -156,7 +169,11 @@ pub struct JobList {
         (status = 200, description = "A page of jobs", body = JobList),
         (status = 400, description = "A bad parameter", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, AppError> {
+pub async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
     let query = parse_query(query.as_deref())?;
     let limit = query_u32(&query, "limit", DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let status = match query.iter().find(|(k, _)| k == "status") {
@@ -179,7 +196,8 @@ pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
             )
         })?),
     };
-    let page = app.store().list_jobs(None, status, before, limit).await?;
+    let owner = if caller.sees_all() { None } else { Some(caller.name.as_str()) };
+    let page = app.store().list_jobs(owner, status, before, limit).await?;
     Ok(axum::Json(JobList { jobs: page.jobs, next: page.next.map(|n| n.to_string()) }).into_response())
 }
 
@@ -192,8 +210,14 @@ pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job has already ended", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn cancel(State(app): State<AppState>, Path(job_id): Path<String>) -> Result<Response, AppError> {
+pub async fn cancel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response, AppError> {
     let job_id = parse_job_id(&job_id)?;
+    // The owner never changes, so checking it before the decision leaves no race.
+    load_job(&app, &caller, job_id).await?;
     match lifecycle::cancel(app.store(), job_id).await? {
         Ok(applied) => {
             app.cancel_running(job_id);
@@ -232,10 +256,12 @@ pub struct HistoryItem<'a> {
     ))]
 pub async fn history(
     State(app): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&job_id)?;
+    load_job(&app, &caller, job_id).await?;
     let query = parse_query(query.as_deref())?;
     let after = match query.iter().find(|(k, _)| k == "after") {
         None => 0,
@@ -244,7 +270,6 @@ pub async fn history(
         })?,
     };
     let limit = query_u32(&query, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
-    load_job(&app, job_id).await?;
     let events = app.store().events_after(&EventFilter::Jobs(vec![job_id]), after, limit).await?;
     let mut items = Vec::with_capacity(events.len());
     for e in &events {
@@ -258,10 +283,11 @@ pub async fn history(
 /// The rendered video, with `Range` support (206/416) from `tower_http`'s `ServeFile`.
 async fn output(
     State(app): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
     request: axum::extract::Request,
 ) -> Result<Response, AppError> {
-    let job = load_job(&app, parse_job_id(&job_id)?).await?;
+    let job = load_job(&app, &caller, parse_job_id(&job_id)?).await?;
     let output = match (&job.status, &job.output) {
         (JobStatus::Completed, Some(output)) => output,
         _ => return Err(AppError::NotFound("the job has no output until it has completed".into())),

@@ -4,6 +4,7 @@
 //! The SQLite `events` table is the one source of truth; see `ARCHITECTURE.md` for the map.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod job;
 pub mod jobs;
 pub mod lifecycle;
+pub mod limits;
 pub mod lock;
 pub mod openapi;
 pub mod pipeline;

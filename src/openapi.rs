@@ -59,6 +59,7 @@ pub fn document() -> &'static Value {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
         add_request_schemas(&mut doc);
         add_event_schemas(&mut doc);
+        add_access(&mut doc);
         doc
     })
 }
@@ -133,6 +134,70 @@ fn add_event_schemas(doc: &mut Value) {
     schemas.insert(
         "EventData".into(),
         json!({"description": "The `data` of any event; the SSE `event:` field says which", "oneOf": one_of}),
+    );
+}
+
+/// Credentials (`auth`) and per-owner limits (`limits`), added to every operation they apply to,
+/// plus the session routes.
+fn add_access(doc: &mut Value) {
+    let problem = |description: &str| json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    if let Some(components) = doc.pointer_mut("/components").and_then(Value::as_object_mut) {
+        components.insert(
+            "securitySchemes".into(),
+            json!({
+                "bearer": {"type": "http", "scheme": "bearer", "description": "A token from `aura token create` (only when the server has tokens)"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "aura_session", "description": "From POST /api/session"}
+            }),
+        );
+    }
+    let Some(paths) = doc.pointer_mut("/paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in paths.iter_mut() {
+        if path == "/api/health" {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, operation) in item.iter_mut() {
+            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            responses.insert(
+                "401".into(),
+                problem("No or unknown credentials (servers with tokens); `WWW-Authenticate: Bearer`"),
+            );
+            if path.contains("{job_id}") || path == "/api/events" {
+                responses.insert("403".into(), problem("The job belongs to another owner"));
+            } else if path == "/metrics" {
+                responses.insert("403".into(), problem("Not an admin token"));
+            }
+            if path.ends_with("/events") || (path == "/api/jobs" && method == "post") {
+                responses
+                    .insert("429".into(), problem("A per-owner limit; `Retry-After` says when to try again"));
+            }
+            if let Some(op) = operation.as_object_mut() {
+                op.insert("security".into(), json!([{}, {"bearer": []}, {"session": []}]));
+            }
+        }
+    }
+    paths.insert(
+        "/api/session".into(),
+        json!({
+            "post": {
+                "tags": ["operations"],
+                "summary": "Trade a token for the aura_session cookie (browsers)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                "responses": {
+                    "204": {"description": "Signed in; Set-Cookie: aura_session=…; HttpOnly; SameSite=Strict; Path=/"},
+                    "400": problem("Malformed JSON"),
+                    "401": problem("Not a valid token")
+                }
+            },
+            "delete": {
+                "tags": ["operations"],
+                "summary": "End this browser session and clear the cookie",
+                "responses": {"204": {"description": "Signed out; the cookie is cleared (Max-Age=0)"}}
+            }
+        }),
     );
 }
 

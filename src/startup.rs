@@ -8,16 +8,19 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
+use crate::auth::{self, Auth};
 use crate::config::ServeConfig;
 use crate::error::AppError;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::lock::DataDirLock;
 use crate::store::Store;
 use crate::worker::{self, Pool};
@@ -60,6 +63,17 @@ impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data folder {}", settings.data_dir.display()))?;
+        let auth = Auth::load(&settings).context("loading the sessions file")?;
+        if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens() {
+            anyhow::bail!(
+                "refusing to serve {} without tokens: anyone who can reach it could use it. Create a \
+                 token with `aura token create NAME` first, or pass --insecure-open \
+                 (AURA_INSECURE_OPEN=true) on a network you trust",
+                settings.addr
+            );
+        }
+        let limits = Limits::new(settings.max_streams_per_owner as usize, settings.job_rate)?;
+        let cors = cors_layer(&settings.cors_origins)?;
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let metrics = metrics_handle()?;
         let shutdown = CancellationToken::new();
@@ -72,8 +86,8 @@ impl Application {
         let listener =
             TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
-        let state = AppState::new(settings, store, hub, shutdown, metrics);
-        let router = router(state.clone());
+        let state = AppState::new(settings, store, hub, shutdown, metrics, auth, limits);
+        let router = router(state.clone()).layer(cors);
         // Before serving and before any worker looks for work: put right what a dead run left.
         let recovered =
             recovery::recover(state.store(), &state.settings().data_dir, state.settings().max_attempts)
@@ -125,13 +139,40 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(stream::router())
         .merge(health::router())
+        .merge(auth::router())
         .merge(openapi::router())
         .merge(ui::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_credentials))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// CORS for the exact origins of `AURA_CORS_ORIGINS` only, with credentials; none by default.
+/// It is the outermost layer, so preflights are answered before credentials are asked for.
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let mut allowed = Vec::new();
+    for origin in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        anyhow::ensure!(
+            origin != "*" && origin.contains("://"),
+            "AURA_CORS_ORIGINS lists exact origins such as https://app.example.com, not {origin:?}"
+        );
+        allowed.push(
+            HeaderValue::from_str(origin)
+                .with_context(|| format!("AURA_CORS_ORIGINS: {origin:?} is not an origin"))?,
+        );
+    }
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_credentials(true)
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE]))
 }
 
 async fn fallback() -> impl IntoResponse {

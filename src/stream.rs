@@ -25,9 +25,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::AppError;
 use crate::event::StoredEvent;
-use crate::jobs::parse_job_id;
+use crate::jobs::{load_job, parse_job_id};
+use crate::limits::StreamGuard;
 use crate::store::{EventFilter, Store};
 
 /// Events per replay query; the first page is small so the first event goes out at once.
@@ -116,19 +118,19 @@ pub fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, AppError>
     ))]
 pub async fn job_events(
     State(app): State<AppState>,
+    caller: Caller,
     Path(job_id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&job_id)?;
+    let job = load_job(&app, &caller, job_id).await?;
     let query = parse_query(query.as_deref())?;
     let resume = resume_point(&headers, &query)?;
-    let job =
-        app.store().job(job_id).await?.ok_or_else(|| AppError::NotFound("no job has this id".into()))?;
     if job.status.is_terminal() && resume >= job.last_event_id {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    open_stream(&app, EventFilter::Jobs(vec![job_id]), resume, true)
+    open_stream(&app, &caller, EventFilter::Jobs(vec![job_id]), resume, true)
 }
 
 /// Events of all jobs, or of those named by repeated `jobId=`; never ends on its own.
@@ -146,6 +148,7 @@ pub async fn job_events(
     ))]
 pub async fn all_events(
     State(app): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -154,20 +157,26 @@ pub async fn all_events(
     let mut ids = Vec::new();
     for (_, v) in query.iter().filter(|(k, _)| k == "jobId") {
         let id = parse_job_id(v)?;
-        if app.store().job(id).await?.is_none() {
-            return Err(AppError::NotFound(format!("no job has the id {id}")));
+        match app.store().job(id).await? {
+            None => return Err(AppError::NotFound(format!("no job has the id {id}"))),
+            Some(job) => caller.check_owns(&job)?,
         }
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
-    let filter = if ids.is_empty() { EventFilter::All } else { EventFilter::Jobs(ids) };
-    open_stream(&app, filter, resume, false)
+    let filter = match ids.is_empty() {
+        false => EventFilter::Jobs(ids),
+        true if caller.sees_all() => EventFilter::All,
+        true => EventFilter::Owner(caller.name.clone()),
+    };
+    open_stream(&app, &caller, filter, resume, false)
 }
 
 /// Starts a stream after every check has passed: no byte is sent before this point.
 fn open_stream(
     app: &AppState,
+    caller: &Caller,
     filter: EventFilter,
     resume: i64,
     ends_with_job: bool,
@@ -177,6 +186,8 @@ fn open_stream(
         detail: "too many open event streams; retry shortly".into(),
         retry_after_secs: 5,
     })?;
+    // Checked after the global cap, so that when both are exceeded the 503 wins.
+    let owner_slot = app.limits().acquire_stream(caller)?;
     let kind = if ends_with_job { "job" } else { "all" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
     let heartbeat = Duration::from_secs(settings.heartbeat_secs);
@@ -201,6 +212,8 @@ fn open_stream(
         replayed: metrics::counter!("aura_events_replayed_total"),
         lag: metrics::histogram!("aura_delivery_lag_seconds"),
         _slot: slot,
+        _owner_slot: owner_slot,
+        owned_jobs: std::collections::HashMap::new(),
         _gauge: OpenGauge::new(kind),
     };
     let body = Body::from_stream(futures_util::stream::unfold(sub, |mut sub| async move {
@@ -256,6 +269,10 @@ struct Subscriber {
     replayed: metrics::Counter,
     lag: metrics::Histogram,
     _slot: StreamSlot,
+    /// The per-owner stream slot (`limits`).
+    _owner_slot: StreamGuard,
+    /// For an [`EventFilter::Owner`] stream: whether each job seen so far is the owner's.
+    owned_jobs: std::collections::HashMap<uuid::Uuid, bool>,
     _gauge: OpenGauge,
 }
 
@@ -347,6 +364,7 @@ impl Subscriber {
         if page.len() < limit as usize {
             self.replaying = false;
         }
+        self.learn_replayed_owners(&page);
         let mut chunk = Chunk::default();
         for event in &page {
             self.push(&mut chunk, event);
@@ -370,7 +388,10 @@ impl Subscriber {
                 let mut next = received;
                 loop {
                     match next {
-                        Ok(event) => self.push(&mut chunk, &event),
+                        Ok(event) => {
+                            self.learn_owner(&event).await;
+                            self.push(&mut chunk, &event);
+                        }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "stream fell behind the hub; catching up from the table");
                             self.replaying = true;
@@ -431,7 +452,52 @@ impl Subscriber {
         match &self.filter {
             EventFilter::All => true,
             EventFilter::Jobs(ids) => ids.contains(&event.job_id),
+            EventFilter::Owner(name) => match &event.owner {
+                Some(owner) => **owner == **name,
+                None => self.owned_jobs.get(&event.job_id).copied().unwrap_or(false),
+            },
         }
+    }
+}
+
+/// Owner filtering on the live path (security). Events this process appended carry their
+/// owner, so the check is a string comparison; a row read back from the table (another
+/// process's append) costs one lookup per job, cached for the stream's life.
+impl Subscriber {
+    /// Most jobs whose owner a stream remembers before it starts over.
+    const OWNED_JOBS_CAP: usize = 10_000;
+
+    /// Replayed pages were filtered by owner in SQL: every job in them is the owner's.
+    fn learn_replayed_owners(&mut self, page: &[StoredEvent]) {
+        if matches!(self.filter, EventFilter::Owner(_)) {
+            for event in page {
+                self.remember_owner(event.job_id, true);
+            }
+        }
+    }
+
+    async fn learn_owner(&mut self, event: &StoredEvent) {
+        let EventFilter::Owner(name) = &self.filter else { return };
+        if event.owner.is_some() || self.owned_jobs.contains_key(&event.job_id) {
+            return;
+        }
+        let owned = match self.store.job(event.job_id).await {
+            Ok(job) => job.is_some_and(|job| job.owner == *name),
+            Err(e) => {
+                // End the response instead of skipping: the client resumes from the table.
+                tracing::warn!(error = %e, "looking up a job's owner failed; ending the stream");
+                self.finished = true;
+                return;
+            }
+        };
+        self.remember_owner(event.job_id, owned);
+    }
+
+    fn remember_owner(&mut self, job_id: uuid::Uuid, owned: bool) {
+        if self.owned_jobs.len() >= Self::OWNED_JOBS_CAP {
+            self.owned_jobs.clear();
+        }
+        self.owned_jobs.insert(job_id, owned);
     }
 }
 

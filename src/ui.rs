@@ -48,6 +48,7 @@ const ASSETS: &[Asset] = &[
     asset!("favicon.svg", "image/svg+xml"),
     asset!("format.js", JS),
     asset!("sse-client.js", JS),
+    asset!("sign-in.js", JS),
     asset!("video-generation-progress.js", JS),
     asset!("job-progress-drawer.js", JS),
     asset!("page-index.js", JS),

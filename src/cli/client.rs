@@ -27,8 +27,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Client, CliError> {
+    /// A client for `server`, sending `Authorization: Bearer <token>` on every request if given.
+    pub fn new(server: &str, token: Option<&str>) -> Result<Client, CliError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| CliError::Usage("the token holds characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| CliError::Io(format!("setting up HTTP: {e}")))?;

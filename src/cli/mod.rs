@@ -31,6 +31,34 @@ pub struct ServerArg {
     /// The Aura server to talk to.
     #[arg(long, env = "AURA_SERVER", default_value = "http://127.0.0.1:5005", global = true)]
     pub server: String,
+    /// The token to send when the server has tokens (`aura token create`).
+    #[arg(long, env = "AURA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+/// Where the tokens file is, as `aura serve` finds it.
+#[derive(Debug, clap::Args)]
+pub struct TokensFileArg {
+    #[arg(long, env = "AURA_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Default `<data-dir>/tokens`.
+    #[arg(long, env = "AURA_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token named NAME (the owner of the jobs it creates) and print it, once.
+    Create {
+        name: String,
+        /// May see and cancel every job and read /metrics.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List the tokens' names and roles.
+    List,
+    /// Remove the token named NAME; its browser sessions end with it.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +78,13 @@ pub enum Command {
     },
     /// Measure this machine: fan-out, idle memory, resume, durable appends, render.
     Bench(crate::bench::BenchArgs),
+    /// Manage API tokens (the tokens file; changes apply to a running server at once).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        file: TokensFileArg,
+    },
     /// Create a job and print its id (or follow it with --watch).
     Submit {
         #[command(flatten)]
@@ -122,6 +157,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             return crate::check::run_cli(&data_dir, database_url, repair).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
+        Command::Token { command, file } => return Ok(token(command, &file)),
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {
             Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,
@@ -146,6 +182,39 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `aura token …`: only the token itself goes to stdout, so `$(aura token create ci)` works.
+fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
+    let path = file.tokens_file.clone().unwrap_or_else(|| file.data_dir.join("tokens"));
+    let result = match command {
+        TokenCommand::Create { name, admin } => crate::auth::create_token(&path, &name, admin).map(|token| {
+            println!("{token}");
+            eprintln!("aura: token {name:?} created; it is shown only this once");
+            true
+        }),
+        TokenCommand::List => crate::auth::list_tokens(&path).map(|tokens| {
+            for t in tokens {
+                println!("{}\t{}", t.name, if t.admin { "admin" } else { "user" });
+            }
+            true
+        }),
+        TokenCommand::Revoke { name } => crate::auth::revoke_token(&path, &name).inspect(|&found| {
+            if found {
+                eprintln!("aura: token {name:?} revoked");
+            } else {
+                eprintln!("aura: no token is named {name:?}");
+            }
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("aura: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn client(server: &ServerArg) -> Result<Client, CliError> {
-    Client::new(&server.server)
+    Client::new(&server.server, server.token.as_deref())
 }

@@ -52,6 +52,8 @@ pub enum StoreError {
 pub enum EventFilter {
     All,
     Jobs(Vec<Uuid>),
+    /// Every job of one owner (`jobs.owner`).
+    Owner(String),
 }
 
 /// A replay page framed by SQLite (see [`Store::framed_after`]).
@@ -211,6 +213,19 @@ impl Store {
                 .fetch_all(&self.inner.pool)
                 .await?
             }
+            EventFilter::Owner(owner) => {
+                sqlx::query_as!(
+                    rows::EventRow,
+                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
+                     FROM events WHERE id > ? AND job_id IN (SELECT job_id FROM jobs WHERE owner = ?)
+                     ORDER BY id LIMIT ?",
+                    after,
+                    owner,
+                    limit
+                )
+                .fetch_all(&self.inner.pool)
+                .await?
+            }
             EventFilter::Jobs(ids) => {
                 let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -291,7 +306,7 @@ impl Store {
                 .fetch_one(&self.inner.pool)
                 .await?
             }
-            EventFilter::Jobs(_) => return Ok(None),
+            EventFilter::Jobs(_) | EventFilter::Owner(_) => return Ok(None),
         };
         Ok(row.into_page())
     }

@@ -233,6 +233,7 @@ async fn insert_all(
     let key = job_id.to_string();
     let created_at = format_at(at);
     let mut events = Vec::with_capacity(bodies.len());
+    let owner: Arc<str> = Arc::from(state.owner.as_str());
     for body in &bodies {
         let kind = body.type_name();
         let data = body.to_data(job_id, at);
@@ -247,6 +248,7 @@ async fn insert_all(
         .await?;
         let mut event = StoredEvent::new(id, job_id, kind.to_owned(), data, created_at.clone());
         event.appended = Some(started);
+        event.owner = Some(owner.clone());
         events.push(Arc::new(event));
     }
     let first_id = events.first().map_or(0, |e| e.id);

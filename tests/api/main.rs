@@ -11,6 +11,8 @@ mod helpers;
 mod jobs_api;
 mod log;
 mod openapi;
+mod properties;
 mod recovery;
 mod restart;
+mod security;
 mod streams;

@@ -156,6 +156,7 @@ impl Process {
             }
             Err(e) => return Err(ProcessError::Io { program, source: e }),
         };
+        let _running = RunningGauge::new();
         let stderr = child.stderr.take().map(|s| tokio::spawn(stderr_tail(s)));
         let stdout = child.stdout.take();
         let work = async {
@@ -255,6 +256,22 @@ pub async fn ffmpeg_version(ffmpeg: &Path) -> Result<String, ProcessError> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.lines().next().and_then(|l| l.split_whitespace().nth(2)).unwrap_or("unknown");
     Ok(version.to_owned())
+}
+
+/// Keeps `aura_ffmpeg_processes` (children running now) true while a child runs.
+struct RunningGauge;
+
+impl RunningGauge {
+    fn new() -> Self {
+        metrics::gauge!("aura_ffmpeg_processes").increment(1.0);
+        RunningGauge
+    }
+}
+
+impl Drop for RunningGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("aura_ffmpeg_processes").decrement(1.0);
+    }
 }
 
 /// Kills (SIGKILL, whole process group) every process still working under `dir`: children a

@@ -129,6 +129,7 @@ async fn run_job(state: &AppState, job_id: Uuid, spec: crate::spec::JobSpec) {
         ffmpeg: settings.ffmpeg.clone(),
         ffprobe: settings.ffprobe.clone(),
         cancel: cancel.clone(),
+        stage_started: std::sync::Mutex::new(std::time::Instant::now()),
     };
     // A cancel that came between the claim and the registration found no token to cancel.
     if matches!(state.store().job(job_id).await, Ok(Some(s)) if s.status == JobStatus::Cancelling) {

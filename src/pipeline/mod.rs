@@ -52,6 +52,8 @@ pub struct Job {
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
     pub cancel: CancellationToken,
+    /// When the running stage started, for the `aura_stage_seconds` histogram.
+    pub stage_started: std::sync::Mutex<Instant>,
 }
 
 /// How a stage ended other than by success.
@@ -178,6 +180,9 @@ impl Job {
     async fn start(&self, step: Stage) -> Result<Deadline, StageError> {
         self.check_cancelled()?;
         self.handle.start_stage(step).await.context("storing a stage start")?.map_err(refused)?;
+        if let Ok(mut started) = self.stage_started.lock() {
+            *started = Instant::now();
+        }
         Ok(Deadline(Instant::now() + self.stage_budget()))
     }
 
@@ -191,6 +196,10 @@ impl Job {
     ) -> Result<(), StageError> {
         self.check_cancelled()?;
         artifacts::record(self, step, output, &files).await?;
+        if let Ok(started) = self.stage_started.lock() {
+            metrics::histogram!("aura_stage_seconds", "stage" => step.name())
+                .record(started.elapsed().as_secs_f64());
+        }
         self.handle.complete_stage(step, message).await.context("storing a stage end")?.map_err(refused)?;
         Ok(())
     }

@@ -51,7 +51,7 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
             after = e.id;
             let key = *by_job.entry(e.job_id).or_insert(e.id);
             let (_, fold) = folds.entry(key).or_insert_with(|| (e.job_id, Fold::default()));
-            let Some(decoded) = EventBody::decode(&e.kind, &e.data) else {
+            let Some(decoded) = EventBody::decode(&e.kind, e.data()) else {
                 report.problems.push(format!(
                     "event {} of job {}: unknown type or payload ({})",
                     e.id, e.job_id, e.kind

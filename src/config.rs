@@ -47,7 +47,7 @@ pub struct ServeConfig {
     pub max_stream_secs: u64,
 
     /// Events a stream may fall behind the live fan-out before it catches up from the table.
-    #[arg(long, env = "AURA_STREAM_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "AURA_STREAM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_buffer: u64,
 
     /// The `retry:` hint sent at the start of every stream, in milliseconds.

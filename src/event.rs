@@ -189,10 +189,11 @@ pub struct StoredEvent {
     pub id: i64,
     pub job_id: Uuid,
     pub kind: String,
-    pub data: String,
     pub created_at: String,
-    /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber.
+    /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber; `data` is a slice of it
+    /// (the event's payload is kept once, which matters while a slow subscriber pins it).
     pub frame: Bytes,
+    data_start: usize,
     /// When this process appended it (for the delivery-lag metric); `None` when read back.
     pub appended: Option<std::time::Instant>,
     /// The job's owner, set by the writer that appended it; `None` when read back from the
@@ -204,8 +205,28 @@ impl StoredEvent {
     pub fn new(id: i64, job_id: Uuid, kind: String, data: String, created_at: String) -> Self {
         let kind = one_line_type(kind);
         let data = one_line_json(data);
-        let frame = Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"));
-        StoredEvent { id, job_id, kind, data, created_at, frame, appended: None, owner: None }
+        let head = format!("id: {id}\nevent: {kind}\ndata: ");
+        let data_start = head.len();
+        let mut frame = String::with_capacity(head.len() + data.len() + 2);
+        frame.push_str(&head);
+        frame.push_str(&data);
+        frame.push_str("\n\n");
+        StoredEvent {
+            id,
+            job_id,
+            kind,
+            created_at,
+            frame: Bytes::from(frame),
+            data_start,
+            appended: None,
+            owner: None,
+        }
+    }
+
+    /// The event's `data` JSON, one line.
+    pub fn data(&self) -> &str {
+        let end = self.frame.len().saturating_sub(2);
+        self.frame.get(self.data_start..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("null")
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -320,7 +341,7 @@ mod tests {
         let text = std::str::from_utf8(&e.frame).expect("utf8");
         assert_eq!(text, "id: 7\nevent: badtype\ndata: {\"a\":1}\n\n");
         let e = StoredEvent::new(8, Uuid::nil(), "x".into(), "not\njson".into(), String::new());
-        assert_eq!(e.data, "\"not\\njson\"");
+        assert_eq!(e.data(), "\"not\\njson\"");
     }
 
     #[test]

@@ -274,7 +274,7 @@ pub async fn history(
     let mut items = Vec::with_capacity(events.len());
     for e in &events {
         // Stored data is normalized to one line of valid JSON when read (see `event`).
-        let data: &RawValue = serde_json::from_str(&e.data).map_err(|e| AppError::Internal(e.into()))?;
+        let data: &RawValue = serde_json::from_str(e.data()).map_err(|e| AppError::Internal(e.into()))?;
         items.push(HistoryItem { id: e.id, kind: &e.kind, data, created_at: &e.created_at });
     }
     Ok(axum::Json(items).into_response())

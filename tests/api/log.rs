@@ -161,3 +161,35 @@ async fn the_database_is_in_wal_mode_with_the_schema_from_migrations() -> TestRe
     assert!(applied >= 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestResult {
+    let app = spawn_app().await?;
+    let store = app.state.store();
+    // Created and cancelled in the same group: the new row is written with its final state.
+    let id = Uuid::now_v7();
+    let spec = aura::spec::JobSpec::from_value(&json!({"brief": {"topic": "one group"}}))
+        .map_err(|e| e.to_string())?;
+    let (created, cancelled) =
+        tokio::join!(lifecycle::create(store, id, spec, "local".into()), lifecycle::cancel(store, id));
+    created??;
+    cancelled??;
+    assert_eq!(store.job(id).await?.map(|j| j.status.name()), Some("Cancelled"));
+    assert_eq!(Some(fold_from_sql(&app, id).await?), store.job(id).await?);
+
+    // A hundred appends racing on one job: every one lands, in order, and the row follows.
+    let busy = app.create_job("busy").await?;
+    lifecycle::claim(store, busy).await??;
+    let job = JobHandle::new(store.clone(), busy);
+    let results = futures_util::future::join_all(
+        (0..100).map(|i| job.progress(Stage::Visuals, f64::from(i), format!("step {i}"))),
+    )
+    .await;
+    for r in results {
+        r??;
+    }
+    job.cancelled(Some(Stage::Visuals)).await??;
+    assert_eq!(app.sql_event_ids(busy).await?.len(), 2 + 100 + 1);
+    assert_eq!(Some(fold_from_sql(&app, busy).await?), store.job(busy).await?);
+    Ok(())
+}

@@ -127,6 +127,6 @@ proptest! {
         prop_assert!(lines[1].starts_with("event: ") && lines[1].len() > "event: ".len());
         prop_assert!(lines[2].starts_with("data: "));
         prop_assert_eq!((lines[3], lines[4]), ("", ""));
-        prop_assert!(!event.kind.contains(['\r', '\n']) && !event.data.contains(['\r', '\n']));
+        prop_assert!(!event.kind.contains(['\r', '\n']) && !event.data().contains(['\r', '\n']));
     }
 }

@@ -11,6 +11,7 @@ mod helpers;
 mod jobs_api;
 mod log;
 mod openapi;
+mod pipeline;
 mod properties;
 mod recovery;
 mod restart;

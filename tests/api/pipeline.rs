@@ -1,9 +1,7 @@
 //! End-to-end tests of the render pipeline: the real app on a free port, a fresh SQLite file,
 //! real ffmpeg and ffprobe, real HTTP. No mocks and no sleeps: tests follow the job's SSE
 //! stream (which ends after the terminal event) under `tokio::time::timeout`.
-//!
-//! Kept apart from `tests/api` so the pipeline can be merged without touching that binary.
-#![allow(clippy::disallowed_types)] // ffprobe is run directly here to check the output independently.
+//! It keeps its own small app helper (written beside the pipeline, before the two merged).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

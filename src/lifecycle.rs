@@ -74,17 +74,22 @@ pub async fn claim(store: &Store, job_id: Uuid) -> Outcome {
                 if s.status != JobStatus::Queued {
                     return Err(Refusal::Conflict(format!("the job is {}", s.status.name())));
                 }
-                Ok(vec![EventBody::JobStatus(JobStatusData {
-                    status: JobStatus::Running,
-                    stage: Some(Stage::Script),
-                    percent: 0.0,
-                    attempt: Some(s.attempt + 1),
-                    owner: None,
-                    request: None,
-                })])
+                Ok(vec![new_attempt(s)])
             }),
         )
         .await
+}
+
+/// The event that starts a job's next attempt: Running, at the start of Script.
+fn new_attempt(s: &JobState) -> EventBody {
+    EventBody::JobStatus(JobStatusData {
+        status: JobStatus::Running,
+        stage: Some(Stage::Script),
+        percent: 0.0,
+        attempt: Some(s.attempt + 1),
+        owner: None,
+        request: None,
+    })
 }
 
 /// Refuses changes to a job that has ended or does not exist.
@@ -245,14 +250,7 @@ pub async fn recover(
                                 },
                             })
                         } else {
-                            EventBody::JobStatus(JobStatusData {
-                                status: JobStatus::Running,
-                                stage: Some(Stage::Script),
-                                percent: 0.0,
-                                attempt: Some(s.attempt + 1),
-                                owner: None,
-                                request: None,
-                            })
+                            new_attempt(s)
                         };
                         Ok(vec![warning, next])
                     }

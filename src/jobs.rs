@@ -41,11 +41,42 @@ pub fn router() -> Router<AppState> {
 /// The raw body, with its rejections (too large, unreadable) as problem+json.
 pub struct Body(pub Bytes);
 
+/// How much of a too-large body is still read (and dropped) before answering 413. Closing a
+/// connection with unread request bytes makes the kernel send a reset, and a client can lose
+/// the 413 to it; reading a bounded remainder lets the answer arrive.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = AppError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
-        Bytes::from_request(req, state).await.map(Body).map_err(AppError::from)
+    async fn from_request(req: axum::extract::Request, _state: &S) -> Result<Self, AppError> {
+        use futures_util::StreamExt;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > DRAIN_BYTES) {
+            return Err(AppError::PayloadTooLarge);
+        }
+        let mut stream = req.into_body().into_data_stream();
+        let mut body = bytes::BytesMut::new();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                AppError::bad_request("Unreadable request body", "the request body could not be read")
+            })?;
+            total += chunk.len();
+            if total <= MAX_BODY_BYTES {
+                body.extend_from_slice(&chunk);
+            } else if total > DRAIN_BYTES {
+                break;
+            }
+        }
+        if total > MAX_BODY_BYTES {
+            return Err(AppError::PayloadTooLarge);
+        }
+        Ok(Body(body.freeze()))
     }
 }
 

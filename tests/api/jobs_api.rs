@@ -279,3 +279,21 @@ async fn health_reports_the_database_and_metrics_are_prometheus_text() -> TestRe
     assert!(text.contains("aura_open_streams_total"), "{text}");
     Ok(())
 }
+
+#[tokio::test]
+async fn oversized_bodies_get_413_with_or_without_a_content_length() -> TestResult {
+    let app = spawn_app().await?;
+    for size in [64 * 1024 + 1, 200 * 1024, 900 * 1024] {
+        for _ in 0..10 {
+            let body = format!("{{\"brief\": {{\"topic\": \"{}\"}}}}", "x".repeat(size));
+            let res = app.client.post(app.url("/api/jobs")).body(body).send().await?;
+            assert_problem(&res, 413);
+        }
+    }
+    // Without a Content-Length (chunked), the limit holds as well.
+    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8 * 1024])));
+    let res = app.client.post(app.url("/api/jobs")).body(reqwest::Body::wrap_stream(chunks)).send().await?;
+    assert_problem(&res, 413);
+    assert_eq!(app.table_counts().await?, (0, 0));
+    Ok(())
+}

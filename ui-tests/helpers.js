@@ -217,6 +217,9 @@ export function watchRequests(page, pathname) {
 }
 
 /** The ids the progress element handled, as numbers. */
+/** For page.waitForFunction: the progress element's connection state is `c`. */
+export const connectionIs = (c) => document.querySelector('video-generation-progress')?.dataset.connection === c;
+
 export async function handledIds(page) {
   const raw = await page.$eval('video-generation-progress', (e) => e.dataset.handledIds ?? '');
   return raw ? raw.split(',').map(Number) : [];

@@ -2,7 +2,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Aura, launchBrowser, newPage, handledIds, recordConnection, watchRequests, waitUntil } from './helpers.js';
+import { Aura, launchBrowser, newPage, handledIds, recordConnection, watchRequests, waitUntil, connectionIs } from './helpers.js';
 
 let browser;
 before(async () => {
@@ -13,7 +13,6 @@ after(async () => {
 });
 
 const statusIs = (status) => (s) => document.querySelector('video-generation-progress')?.dataset.status === s;
-const connectionIs = (c) => document.querySelector('video-generation-progress')?.dataset.connection === c;
 
 /**
  * After the stream has ended, watch a while longer than the client's whole first backoff step

@@ -3,7 +3,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Aura, SMALL_JOB, launchBrowser, newPage, handledIds, recordConnection, watchRequests } from './helpers.js';
+import { Aura, SMALL_JOB, launchBrowser, newPage, handledIds, recordConnection, watchRequests, connectionIs } from './helpers.js';
 
 let browser;
 before(async () => {
@@ -13,7 +13,6 @@ after(async () => {
   await browser?.close();
 });
 
-const connectionIs = (c) => document.querySelector('video-generation-progress')?.dataset.connection === c;
 const TERMINAL = ['Completed', 'Failed', 'Cancelled'];
 
 /** Kills the server, waits for the page to notice, restarts it, waits for the page to resume. */

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Aura, SMALL_JOB, auraBinary, launchBrowser, newPage, handledIds, watchRequests } from './helpers.js';
+import { Aura, SMALL_JOB, auraBinary, launchBrowser, newPage, handledIds, watchRequests, connectionIs } from './helpers.js';
 
 let browser;
 before(async () => {
@@ -18,7 +18,6 @@ after(async () => {
   await browser?.close();
 });
 
-const connectionIs = (c) => document.querySelector('video-generation-progress')?.dataset.connection === c;
 
 test('signed in with a token, the stream carries the session cookie across a restart', async () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'aura-ui-'));

@@ -1,94 +1,91 @@
-//! The fan-out: one tail over the event log, shared by every subscriber.
+//! The tail: one task that follows the event log and feeds the fan-out.
 //!
 //! The writer hands each committed group here; a poll of the table catches rows that another
-//! process appended to the same file. Either way a single task publishes events strictly in id
-//! order, once, as shared `Arc<StoredEvent>`s on a broadcast channel, so a subscriber never
-//! queries SQLite for a live event. SQLite serialises writers and AUTOINCREMENT hands out ids
-//! in commit order, so "every id up to the highest committed one is visible" holds for any
-//! reader: the tail fills a gap before a group from the table, then publishes the group.
+//! process appended to the same file. Either way this single task hands events to
+//! [`Fanout::deliver`] strictly in id order, once, as shared `Arc<StoredEvent>`s, so a live stream
+//! never queries SQLite. SQLite serialises writers and AUTOINCREMENT hands out ids in commit
+//! order, so "every id up to the highest committed one is visible" holds for any reader: the tail
+//! fills a gap before a group from the table, then publishes the group.
 //!
-//! A subscriber that falls more than the channel's capacity behind gets `Lagged` from its
-//! receiver and catches up from the table (see `stream`); nobody is disconnected for being slow.
+//! Rows read back from the table do not know their job's owner; the tail looks it up once per
+//! job (cached) so that owner-filtered streams are decided by a string comparison in the fan-out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::event::StoredEvent;
+use crate::fanout::Fanout;
 use crate::store::{CommitFeed, EventFilter, Store};
 
-/// How often the tail looks for rows appended by other processes.
+/// How often the tail looks for rows appended by other processes, sends heartbeats and ends
+/// streams past their deadline.
 pub const FOREIGN_POLL: Duration = Duration::from_millis(250);
 /// Rows read per query while catching up.
 const PAGE: u32 = 1000;
+/// Jobs whose owner the tail remembers before it starts over.
+const OWNERS_CAP: usize = 10_000;
 
 pub struct Hub {
-    tx: broadcast::Sender<Arc<StoredEvent>>,
-    last_published: AtomicI64,
+    fanout: Fanout,
 }
 
 impl Hub {
-    /// Starts the tail task (`capacity`: events a subscriber may be behind before it reads from
-    /// the table instead); it publishes events committed after `store`'s current end.
+    /// Starts the tail task; it publishes events committed after `store`'s current end.
+    /// `heartbeat` is the longest a live stream stays silent.
     pub async fn start(
         store: Store,
         feed: CommitFeed,
-        capacity: usize,
+        heartbeat: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Hub>> {
-        let (tx, _) = broadcast::channel(capacity.max(1));
         let start = store.max_event_id().await?;
-        let hub = Arc::new(Hub { tx, last_published: AtomicI64::new(start) });
+        let hub = Arc::new(Hub { fanout: Fanout::new(start, heartbeat) });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));
         Ok(hub)
     }
 
-    /// A receiver of every event published from now on. Subscribe *before* reading history.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
-        self.tx.subscribe()
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
     }
 
     /// The highest id published so far.
     pub fn last_published(&self) -> i64 {
-        self.last_published.load(Ordering::Acquire)
-    }
-
-    fn publish(&self, event: Arc<StoredEvent>) {
-        self.last_published.store(event.id, Ordering::Release);
-        // No receivers is fine: nobody is listening right now.
-        let _ = self.tx.send(event);
+        self.fanout.last_published()
     }
 }
 
 async fn tail(hub: Arc<Hub>, store: Store, mut feed: CommitFeed, shutdown: CancellationToken) {
     let mut poll = tokio::time::interval(FOREIGN_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut owners = HashMap::new();
     loop {
         tokio::select! {
             group = feed.recv() => {
-                let Some(group) = group else { break };
+                let Some(mut group) = group else { break };
                 let first = group.first().map_or(i64::MAX, |e| e.id);
                 if first > hub.last_published() + 1 {
-                    catch_up(&hub, &store, first - 1).await;
+                    catch_up(&hub, &store, first - 1, &mut owners).await;
                 }
-                for event in group {
-                    if event.id > hub.last_published() {
-                        hub.publish(event);
-                    }
-                }
+                let after = hub.last_published();
+                group.retain(|e| e.id > after);
+                hub.fanout.deliver(&group);
             }
-            _ = poll.tick() => catch_up(&hub, &store, i64::MAX).await,
+            _ = poll.tick() => {
+                catch_up(&hub, &store, i64::MAX, &mut owners).await;
+                hub.fanout.tick();
+            }
             _ = shutdown.cancelled() => break,
         }
     }
+    hub.fanout.close();
     tracing::debug!("event tail stopped");
 }
 
 /// Publishes rows in the table after the last published id, up to `until`.
-async fn catch_up(hub: &Hub, store: &Store, until: i64) {
+async fn catch_up(hub: &Hub, store: &Store, until: i64, owners: &mut HashMap<Uuid, Option<Arc<str>>>) {
     loop {
         let after = hub.last_published();
         let page = match store.events_after(&EventFilter::All, after, PAGE).await {
@@ -98,15 +95,42 @@ async fn catch_up(hub: &Hub, store: &Store, until: i64) {
                 return;
             }
         };
-        let full = page.len() == PAGE as usize;
-        for event in page {
-            if event.id > until {
-                return;
-            }
-            hub.publish(Arc::new(event));
+        let read = page.len();
+        let mut batch = Vec::with_capacity(read);
+        for mut event in page.into_iter().take_while(|e| e.id <= until) {
+            let Ok(owner) = owner_of(store, event.job_id, owners).await else { break };
+            event.owner = owner;
+            batch.push(Arc::new(event));
         }
-        if !full {
+        let complete = batch.len() == read;
+        hub.fanout.deliver(&batch);
+        if read < PAGE as usize || !complete {
             return;
         }
     }
+}
+
+/// The owner of a job, looked up once. `None` for a row whose job has no `jobs` row: only
+/// streams that see every job get it. An error stops the catch-up before this event, to be
+/// retried at the next poll, so that no owner's stream misses it.
+async fn owner_of(
+    store: &Store,
+    job_id: Uuid,
+    owners: &mut HashMap<Uuid, Option<Arc<str>>>,
+) -> Result<Option<Arc<str>>, ()> {
+    if let Some(owner) = owners.get(&job_id) {
+        return Ok(owner.clone());
+    }
+    let owner = match store.job(job_id).await {
+        Ok(job) => job.map(|job| Arc::<str>::from(job.owner)),
+        Err(e) => {
+            tracing::warn!(error = %e, "looking up a job's owner failed; retrying at the next poll");
+            return Err(());
+        }
+    };
+    if owners.len() >= OWNERS_CAP {
+        owners.clear();
+    }
+    owners.insert(job_id, owner.clone());
+    Ok(owner)
 }

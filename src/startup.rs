@@ -80,9 +80,10 @@ impl Application {
         let (store, feed) = Store::open(&settings.database(), settings.synchronous)
             .await
             .with_context(|| format!("opening the database {}", settings.database()))?;
-        let hub = Hub::start(store.clone(), feed, settings.stream_buffer as usize, shutdown.clone())
-            .await
-            .context("starting the event tail")?;
+        let hub =
+            Hub::start(store.clone(), feed, Duration::from_secs(settings.heartbeat_secs), shutdown.clone())
+                .await
+                .context("starting the event tail")?;
         let listener =
             TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
@@ -112,14 +113,14 @@ impl Application {
         let token = self.state.shutdown_token();
         let signal_token = token.clone();
         tracing::info!(addr = %self.listener.local_addr()?, "aura is listening");
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let stop = async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutdown requested: no new connections, ending streams"),
                 () = signal_token.cancelled() => {}
             }
             signal_token.cancel();
-        });
-        let result = server.await.context("serving HTTP");
+        };
+        let result = crate::server::serve(self.listener, self.router, stop).await.context("serving HTTP");
         token.cancel();
         tracing::info!("HTTP server stopped");
         // Cancelling the token killed every running child; the workers leave their jobs Running.

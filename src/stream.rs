@@ -1,16 +1,17 @@
 //! The Server-Sent Events streams: `GET /api/jobs/{id}/events` and `GET /api/events`.
 //!
-//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages,
-//! then follows the hub live. The hand-over is gapless and duplicate-free because the stream
-//! subscribes to the hub *before* its first read of the table, and afterwards drops every live
-//! event at or below the last id it sent. A subscriber the hub laps goes back to the table from
-//! its last sent id. Frames are the pre-rendered bytes of each event, shared by all
-//! subscribers, and every event ready at once goes out in one write.
+//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages
+//! (framed by SQLite), then joins the fan-out, which writes live events into it (see `fanout`
+//! for why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
+//! comes back to its own task, which catches up from the table from its last sent id and joins
+//! again: nobody is disconnected for being slow, and nothing is buffered per stream beyond what
+//! the kernel holds.
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,17 +21,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::event::StoredEvent;
+use crate::fanout::{Handoff, Join, Live, Reason};
 use crate::jobs::{load_job, parse_job_id};
 use crate::limits::StreamGuard;
-use crate::store::{EventFilter, Store};
+use crate::sink::Sink;
+use crate::store::EventFilter;
 
 /// Events per replay query; the first page is small so the first event goes out at once.
 const REPLAY_PAGE: u32 = 2000;
@@ -174,6 +175,11 @@ pub async fn all_events(
 }
 
 /// Starts a stream after every check has passed: no byte is sent before this point.
+///
+/// The response carries the stream twice: as a [`StreamStart`] extension, which `server` takes
+/// to write the stream straight onto the socket when the stream is its connection's first
+/// request, and as a body that starts the same stream through hyper otherwise. Whichever comes
+/// first takes it.
 fn open_stream(
     app: &AppState,
     caller: &Caller,
@@ -190,42 +196,67 @@ fn open_stream(
     let owner_slot = app.limits().acquire_stream(caller)?;
     let kind = if ends_with_job { "job" } else { "all" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
-    let heartbeat = Duration::from_secs(settings.heartbeat_secs);
-    let deadline = Instant::now() + Duration::from_secs(settings.max_stream_secs);
     let sub = Subscriber {
-        store: app.store().clone(),
-        // Subscribe first, read history second: nothing committed in between is missed.
-        rx: app.hub().subscribe(),
+        app: app.clone(),
         filter,
         last_sent: resume,
-        replaying: true,
-        replayed_pages: 0,
         ends_with_job,
         finished: false,
-        preamble: Some(Bytes::from(format!("retry: {}\n\n", settings.retry_ms))),
-        heartbeat,
-        deadline,
-        last_write: Instant::now(),
-        timer: Box::pin(tokio::time::sleep_until((Instant::now() + heartbeat).min(deadline))),
-        shutdown: app.shutdown_token(),
-        delivered: metrics::counter!("aura_events_delivered_total"),
-        replayed: metrics::counter!("aura_events_replayed_total"),
-        lag: metrics::histogram!("aura_delivery_lag_seconds"),
+        deadline: Instant::now() + Duration::from_secs(settings.max_stream_secs),
+        replayed_pages: 0,
         _slot: slot,
         _owner_slot: owner_slot,
-        owned_jobs: std::collections::HashMap::new(),
         _gauge: OpenGauge::new(kind),
     };
-    let body = Body::from_stream(futures_util::stream::unfold(sub, |mut sub| async move {
-        sub.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), sub))
-    }));
+    let start = StreamStart(Arc::new(Mutex::new(Some(sub))));
+    let body = Body::from_stream(HyperBody {
+        start: Some(start.clone()),
+        rx: None,
+        capacity: settings.stream_buffer,
+    });
     let mut res = Response::new(body);
+    res.extensions_mut().insert(start);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     Ok(res)
+}
+
+/// A stream ready to run, in a response: taken once, by `server` or by the response body.
+#[derive(Clone)]
+pub struct StreamStart(Arc<Mutex<Option<Subscriber>>>);
+
+impl StreamStart {
+    pub fn take(&self) -> Option<Subscriber> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// The response body of a stream hyper serves: starts the stream on first poll, then reads
+/// what it writes from a bounded channel.
+struct HyperBody {
+    start: Option<StreamStart>,
+    rx: Option<mpsc::Receiver<Bytes>>,
+    capacity: u64,
+}
+
+impl futures_util::Stream for HyperBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.rx.is_none() {
+            let Some(sub) = self.start.take().and_then(|s| s.take()) else { return Poll::Ready(None) };
+            let (tx, rx) = mpsc::channel(self.capacity.clamp(1, 1 << 16) as usize);
+            tokio::spawn(sub.run(Arc::new(Sink::Channel(tx))));
+            self.rx = Some(rx);
+        }
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(Ok)),
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 /// Keeps the open-streams gauge of one kind true while a stream lives.
@@ -244,109 +275,125 @@ impl Drop for OpenGauge {
     }
 }
 
-/// One open stream's state; small, with no buffer that grows.
-struct Subscriber {
-    store: Store,
-    rx: broadcast::Receiver<Arc<StoredEvent>>,
+/// One open stream while its own task drives it: the preamble, the replay, every catch-up.
+/// While it is live the fan-out holds its state instead, and this task only waits for it back
+/// (or for its client to go away).
+pub struct Subscriber {
+    app: AppState,
     filter: EventFilter,
     last_sent: i64,
-    replaying: bool,
-    replayed_pages: u32,
     /// A per-job stream ends after the job's terminal event.
     ends_with_job: bool,
     finished: bool,
-    preamble: Option<Bytes>,
-    heartbeat: Duration,
     deadline: Instant,
-    /// When the last bytes were written.
-    last_write: Instant,
-    /// One timer for both the heartbeat and the deadline. It is not reset on every write (that
-    /// would touch the timer wheel once per event per subscriber); when it fires early it is
-    /// re-armed from the last write.
-    timer: Pin<Box<tokio::time::Sleep>>,
-    shutdown: CancellationToken,
-    delivered: metrics::Counter,
-    replayed: metrics::Counter,
-    lag: metrics::Histogram,
+    replayed_pages: u32,
     _slot: StreamSlot,
     /// The per-owner stream slot (`limits`).
     _owner_slot: StreamGuard,
-    /// For an [`EventFilter::Owner`] stream: whether each job seen so far is the owner's.
-    owned_jobs: std::collections::HashMap<uuid::Uuid, bool>,
     _gauge: OpenGauge,
 }
 
-/// The bytes of one write: a single event's shared frame as is, several copied into one buffer.
-#[derive(Default)]
-struct Chunk {
-    first: Option<Bytes>,
-    rest: BytesMut,
-    events: u64,
-}
-
-impl Chunk {
-    fn push(&mut self, frame: &Bytes) {
-        self.events += 1;
-        match self.first.take() {
-            None if self.rest.is_empty() => self.first = Some(frame.clone()),
-            None => self.rest.extend_from_slice(frame),
-            Some(first) => {
-                self.rest.reserve(first.len() + frame.len());
-                self.rest.extend_from_slice(&first);
-                self.rest.extend_from_slice(frame);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.first.as_ref().map_or(self.rest.len(), Bytes::len)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none() && self.rest.is_empty()
-    }
-
-    fn freeze(self) -> Bytes {
-        self.first.unwrap_or_else(|| self.rest.freeze())
-    }
-}
-
 impl Subscriber {
-    /// The next bytes to write, or `None` to end the response cleanly.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(preamble) = self.preamble.take() {
-            return Some(preamble);
+    /// Runs the stream to its end, writing into `sink`.
+    pub async fn run(mut self, sink: Arc<Sink>) {
+        let preamble = Bytes::from(format!("retry: {}\n\n", self.app.settings().retry_ms));
+        if sink.push(preamble).await.is_err() {
+            return;
         }
+        let shutdown = self.app.shutdown_token();
+        let app = self.app.clone();
+        let fanout = app.hub().fanout();
         loop {
-            if self.finished || self.shutdown.is_cancelled() || Instant::now() >= self.deadline {
-                return None;
+            // Catch up from the table, page by page, until a page comes back short.
+            let seen = fanout.last_published();
+            loop {
+                if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                    sink.finish().await;
+                    return;
+                }
+                let Some((page, more)) = self.replay_page().await else {
+                    // A failed read ends the response; the client resumes from its last id.
+                    sink.finish().await;
+                    return;
+                };
+                if sink.push(page).await.is_err() {
+                    return;
+                }
+                if !more || self.finished {
+                    break;
+                }
             }
-            let chunk = if self.replaying { self.replay_page().await? } else { self.live().await? };
-            if !chunk.is_empty() {
-                self.last_write = Instant::now();
-                return Some(chunk);
+            if self.finished {
+                continue;
+            }
+            let live = Live {
+                sink: sink.clone(),
+                filter: std::mem::replace(&mut self.filter, EventFilter::All),
+                last_sent: self.last_sent,
+                deadline: self.deadline,
+                ends_with_job: self.ends_with_job,
+            };
+            let (id, back) = match fanout.join(seen, live) {
+                Join::Joined(id, back) => (id, back),
+                Join::Moved(live) => {
+                    self.restore(live);
+                    continue;
+                }
+                Join::Closed(live) => {
+                    self.restore(live);
+                    sink.finish().await;
+                    return;
+                }
+            };
+            let handoff = tokio::select! {
+                handoff = back => handoff,
+                () = sink.closed() => {
+                    fanout.leave(id);
+                    return;
+                }
+            };
+            let Ok(Handoff { live, reason, pending }) = handoff else { return };
+            self.restore(live);
+            if let Some(pending) = pending
+                && sink.push_wire(pending).await.is_err()
+            {
+                return;
+            }
+            match reason {
+                Reason::Behind => {}
+                Reason::Finished => self.finished = true,
+                Reason::Expired | Reason::ShuttingDown => {
+                    sink.finish().await;
+                    return;
+                }
+                Reason::Closed => return,
             }
         }
     }
 
-    /// One page from the table; switches to live once the table has nothing more.
-    async fn replay_page(&mut self) -> Option<Bytes> {
+    fn restore(&mut self, live: Live) {
+        self.filter = live.filter;
+        self.last_sent = live.last_sent;
+    }
+
+    /// One page from the table, and whether there may be more.
+    async fn replay_page(&mut self) -> Option<(Bytes, bool)> {
         let limit = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
         self.replayed_pages = self.replayed_pages.saturating_add(1);
-        match self.store.framed_after(&self.filter, self.last_sent, limit).await {
+        let store = self.app.store();
+        let delivered = metrics::counter!("aura_events_delivered_total");
+        let replayed = metrics::counter!("aura_events_replayed_total");
+        match store.framed_after(&self.filter, self.last_sent, limit).await {
             Ok(Some(page)) => {
-                if page.count < limit as usize {
-                    self.replaying = false;
-                }
                 if let Some(last) = page.last_id {
                     self.last_sent = last;
                 }
                 if self.ends_with_job && page.terminal_id.is_some() {
                     self.finished = true;
                 }
-                self.delivered.increment(page.count as u64);
-                self.replayed.increment(page.count as u64);
-                return Some(page.frames);
+                delivered.increment(page.count as u64);
+                replayed.increment(page.count as u64);
+                return Some((page.frames, page.count == limit as usize));
             }
             Ok(None) => {} // A page that needs row-by-row normalization: read it below.
             Err(e) => {
@@ -354,150 +401,31 @@ impl Subscriber {
                 return None;
             }
         }
-        let page = match self.store.events_after(&self.filter, self.last_sent, limit).await {
+        let page = match store.events_after(&self.filter, self.last_sent, limit).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
                 return None;
             }
         };
-        if page.len() < limit as usize {
-            self.replaying = false;
-        }
-        self.learn_replayed_owners(&page);
-        let mut chunk = Chunk::default();
+        let more = page.len() == limit as usize;
+        let mut chunk = BytesMut::new();
+        let mut count = 0;
         for event in &page {
-            self.push(&mut chunk, event);
-            if self.finished {
+            if event.id <= self.last_sent {
+                continue;
+            }
+            chunk.extend_from_slice(&event.frame);
+            count += 1;
+            self.last_sent = event.id;
+            if self.ends_with_job && event.is_terminal() {
+                self.finished = true;
                 break;
             }
         }
-        self.replayed.increment(chunk.events);
-        Some(chunk.freeze())
-    }
-
-    /// Waits for live events (sending everything already waiting in one chunk), a heartbeat,
-    /// the stream's deadline or shutdown.
-    async fn live(&mut self) -> Option<Bytes> {
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => None,
-            received = self.rx.recv() => {
-                let mut chunk = Chunk::default();
-                let appended = received.as_ref().ok().and_then(|e| e.appended);
-                let mut next = received;
-                loop {
-                    match next {
-                        Ok(event) => {
-                            self.learn_owner(&event).await;
-                            self.push(&mut chunk, &event);
-                        }
-                        Err(RecvError::Lagged(missed)) => {
-                            tracing::debug!(missed, "stream fell behind the hub; catching up from the table");
-                            self.replaying = true;
-                            break;
-                        }
-                        Err(RecvError::Closed) => {
-                            self.finished = true;
-                            break;
-                        }
-                    }
-                    if self.finished || chunk.len() > 64 * 1024 {
-                        break;
-                    }
-                    next = match self.rx.try_recv() {
-                        Ok(e) => Ok(e),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(_) => break,
-                    };
-                }
-                if let (Some(appended), false) = (appended, chunk.is_empty()) {
-                    // Once per write, not per event: from append to this write, for its first event.
-                    self.lag.record(appended.elapsed().as_secs_f64());
-                }
-                if chunk.is_empty() && self.finished { None } else { Some(chunk.freeze()) }
-            }
-            () = self.timer.as_mut() => {
-                let now = Instant::now();
-                if now >= self.deadline {
-                    return None;
-                }
-                let beat_at = self.last_write + self.heartbeat;
-                if now >= beat_at {
-                    // Silent for a whole interval: the keepalive counts as a write.
-                    self.timer.as_mut().reset((now + self.heartbeat).min(self.deadline));
-                    Some(Bytes::from_static(b": keepalive\n\n"))
-                } else {
-                    self.timer.as_mut().reset(beat_at.min(self.deadline));
-                    Some(Bytes::new())
-                }
-            }
-        }
-    }
-
-    /// Adds an event's frame if this stream wants it and has not sent it yet.
-    fn push(&mut self, chunk: &mut Chunk, event: &StoredEvent) {
-        if event.id <= self.last_sent || !self.wants(event) {
-            return;
-        }
-        chunk.push(&event.frame);
-        self.last_sent = event.id;
-        self.delivered.increment(1);
-        if self.ends_with_job && event.is_terminal() {
-            self.finished = true;
-        }
-    }
-
-    fn wants(&self, event: &StoredEvent) -> bool {
-        match &self.filter {
-            EventFilter::All => true,
-            EventFilter::Jobs(ids) => ids.contains(&event.job_id),
-            EventFilter::Owner(name) => match &event.owner {
-                Some(owner) => **owner == **name,
-                None => self.owned_jobs.get(&event.job_id).copied().unwrap_or(false),
-            },
-        }
-    }
-}
-
-/// Owner filtering on the live path (security). Events this process appended carry their
-/// owner, so the check is a string comparison; a row read back from the table (another
-/// process's append) costs one lookup per job, cached for the stream's life.
-impl Subscriber {
-    /// Most jobs whose owner a stream remembers before it starts over.
-    const OWNED_JOBS_CAP: usize = 10_000;
-
-    /// Replayed pages were filtered by owner in SQL: every job in them is the owner's.
-    fn learn_replayed_owners(&mut self, page: &[StoredEvent]) {
-        if matches!(self.filter, EventFilter::Owner(_)) {
-            for event in page {
-                self.remember_owner(event.job_id, true);
-            }
-        }
-    }
-
-    async fn learn_owner(&mut self, event: &StoredEvent) {
-        let EventFilter::Owner(name) = &self.filter else { return };
-        if event.owner.is_some() || self.owned_jobs.contains_key(&event.job_id) {
-            return;
-        }
-        let owned = match self.store.job(event.job_id).await {
-            Ok(job) => job.is_some_and(|job| job.owner == *name),
-            Err(e) => {
-                // End the response instead of skipping: the client resumes from the table.
-                tracing::warn!(error = %e, "looking up a job's owner failed; ending the stream");
-                self.finished = true;
-                return;
-            }
-        };
-        self.remember_owner(event.job_id, owned);
-    }
-
-    fn remember_owner(&mut self, job_id: uuid::Uuid, owned: bool) {
-        if self.owned_jobs.len() >= Self::OWNED_JOBS_CAP {
-            self.owned_jobs.clear();
-        }
-        self.owned_jobs.insert(job_id, owned);
+        delivered.increment(count);
+        replayed.increment(count);
+        Some((chunk.freeze(), more))
     }
 }
 

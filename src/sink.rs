@@ -1,0 +1,219 @@
+//! Where an open stream's bytes go, and the one operation the fan-out needs from it: take these
+//! frames now, without waiting, or say how much was taken.
+//!
+//! A stream requested as the first request of a connection owns that connection's socket
+//! (`server` hands it over): frames go straight into the kernel with one vectored `write`, wrapped
+//! in HTTP/1.1 chunked framing. A stream requested on a connection hyper already serves (a
+//! keep-alive connection reused by a browser) writes into a small channel that hyper's response
+//! body reads. Either way the fan-out never waits on a slow client: a sink that cannot take a
+//! write whole hands its stream back to the stream's own task, which finishes the write and
+//! catches up from the table.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// What became of a non-blocking write.
+#[derive(Debug)]
+pub enum Push {
+    /// Everything was taken.
+    Done,
+    /// Part was taken; these wire bytes (already framed) must go out before anything else.
+    Partial(Bytes),
+    /// Nothing was taken: the client is not reading fast enough.
+    Full,
+    /// The client is gone.
+    Closed,
+}
+
+pub enum Sink {
+    /// The client's socket; the response head has been written, the body is chunked.
+    Socket(TcpStream),
+    /// hyper's response body, one chunk per message.
+    Channel(mpsc::Sender<Bytes>),
+}
+
+/// Most frames written with one vectored write before they are copied into one buffer.
+const MAX_SLICES: usize = 14;
+
+impl Sink {
+    /// Writes `frames` as one chunk if the sink can take it without waiting.
+    pub fn try_push(&self, frames: &[&Bytes]) -> Push {
+        match self {
+            Sink::Socket(socket) => try_push_socket(socket, frames),
+            Sink::Channel(tx) => match tx.try_send(concat(frames)) {
+                Ok(()) => Push::Done,
+                Err(mpsc::error::TrySendError::Full(bytes)) => Push::Partial(bytes),
+                Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+            },
+        }
+    }
+
+    /// Writes `data` as one chunk, waiting for the client as long as it takes.
+    pub async fn push(&self, data: Bytes) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Socket(_) => {
+                let (header, len) = chunk_header(data.len());
+                let mut wire = BytesMut::with_capacity(len + data.len() + 2);
+                wire.extend_from_slice(&header[..len]);
+                wire.extend_from_slice(&data);
+                wire.extend_from_slice(b"\r\n");
+                self.push_wire(wire.freeze()).await
+            }
+            Sink::Channel(_) => self.push_wire(data).await,
+        }
+    }
+
+    /// Writes bytes that are already framed for this sink (what a [`Push::Partial`] left).
+    pub async fn push_wire(&self, mut wire: Bytes) -> io::Result<()> {
+        match self {
+            Sink::Socket(socket) => {
+                while !wire.is_empty() {
+                    socket.writable().await?;
+                    match socket.try_write(&wire) {
+                        Ok(n) => drop(wire.split_to(n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Sink::Channel(tx) => tx.send(wire).await.map_err(|_| io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Ends the response cleanly: the last chunk, so the client knows nothing was cut off.
+    pub async fn finish(&self) {
+        if let Sink::Socket(_) = self {
+            let _ = self.push_wire(Bytes::from_static(b"0\r\n\r\n")).await;
+        }
+        // A channel ends when its sender is dropped.
+    }
+
+    /// Resolves once the client has gone away (closed its connection or dropped the body).
+    pub async fn closed(&self) {
+        match self {
+            Sink::Socket(socket) => {
+                let mut scratch = [0u8; 64];
+                loop {
+                    if socket.readable().await.is_err() {
+                        return;
+                    }
+                    match socket.try_read(&mut scratch) {
+                        Ok(0) => return,
+                        Ok(_) => {} // Bytes a stream's client has no reason to send: dropped.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+            Sink::Channel(tx) => tx.closed().await,
+        }
+    }
+}
+
+fn try_push_socket(socket: &TcpStream, frames: &[&Bytes]) -> Push {
+    let len: usize = frames.iter().map(|f| f.len()).sum();
+    if len == 0 {
+        return Push::Done;
+    }
+    let (header, header_len) = chunk_header(len);
+    let joined;
+    let joined_ref;
+    let body: &[&Bytes] = if frames.len() > MAX_SLICES {
+        joined = concat(frames);
+        joined_ref = &joined;
+        std::slice::from_ref(&joined_ref)
+    } else {
+        frames
+    };
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES + 2];
+    slices[0] = IoSlice::new(&header[..header_len]);
+    for (slot, frame) in slices[1..].iter_mut().zip(body) {
+        *slot = IoSlice::new(frame);
+    }
+    slices[body.len() + 1] = IoSlice::new(b"\r\n");
+    let slices = &slices[..body.len() + 2];
+    let total = header_len + len + 2;
+    match socket.try_write_vectored(slices) {
+        Ok(n) if n == total => Push::Done,
+        Ok(n) => Push::Partial(rest_after(slices, n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Push::Full,
+        Err(_) => Push::Closed,
+    }
+}
+
+/// The bytes of `slices` after the first `written`.
+fn rest_after(slices: &[IoSlice<'_>], mut written: usize) -> Bytes {
+    let mut rest = BytesMut::new();
+    for slice in slices {
+        if written >= slice.len() {
+            written -= slice.len();
+        } else {
+            rest.extend_from_slice(&slice[written..]);
+            written = 0;
+        }
+    }
+    rest.freeze()
+}
+
+fn concat(frames: &[&Bytes]) -> Bytes {
+    match frames {
+        [one] => (*one).clone(),
+        _ => {
+            let mut all = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for frame in frames {
+                all.extend_from_slice(frame);
+            }
+            all.freeze()
+        }
+    }
+}
+
+/// `<len in hex>\r\n`, the start of one HTTP/1.1 chunk.
+fn chunk_header(len: usize) -> ([u8; 20], usize) {
+    let mut digits = [0u8; 16];
+    let (mut n, mut start) = (len, digits.len());
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let width = digits.len() - start;
+    let mut out = [0u8; 20];
+    out[..width].copy_from_slice(&digits[start..]);
+    out[width..width + 2].copy_from_slice(b"\r\n");
+    (out, width + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_headers_are_hex_lengths() {
+        let (h, n) = chunk_header(255);
+        assert_eq!(&h[..n], b"ff\r\n");
+        let (h, n) = chunk_header(1);
+        assert_eq!(&h[..n], b"1\r\n");
+        let (h, n) = chunk_header(0x10000);
+        assert_eq!(&h[..n], b"10000\r\n");
+    }
+
+    #[test]
+    fn the_rest_of_a_partial_write_starts_where_the_kernel_stopped() {
+        let slices =
+            [IoSlice::new(b"5\r\n"), IoSlice::new(b"ab"), IoSlice::new(b"cde"), IoSlice::new(b"\r\n")];
+        assert_eq!(&rest_after(&slices, 4)[..], b"bcde\r\n");
+        assert_eq!(&rest_after(&slices, 0)[..], b"5\r\nabcde\r\n");
+        assert_eq!(&rest_after(&slices, 9)[..], b"\n");
+    }
+}

@@ -46,8 +46,9 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_MAX_STREAM_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_secs: u64,
 
-    /// Events a stream may fall behind the live fan-out before it catches up from the table.
-    #[arg(long, env = "AURA_STREAM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Recent events kept in memory, so that a stream resuming among them (or catching up on
+    /// them) does not read SQLite; also the chunks a stream served through hyper may queue.
+    #[arg(long, env = "AURA_STREAM_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_buffer: u64,
 
     /// The `retry:` hint sent at the start of every stream, in milliseconds.

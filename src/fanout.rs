@@ -1,10 +1,10 @@
 //! The live half of every stream: one registry of caught-up streams, written to by one task.
 //!
-//! The hub's tail calls [`Fanout::deliver`] once per committed group. It walks the registry and
-//! writes each stream's share of the group into its sink without waiting (one vectored write of
-//! the shared, pre-rendered frames), so an event costs each subscriber one `write` and no task
-//! wake-up, no lock of its own, no allocation. Heartbeats and stream deadlines are checked by the
-//! same task on its regular tick.
+//! The hub's tail calls [`Fanout::deliver`] once per committed group, which wakes one task per
+//! shard (one shard per core). Each walks its registry and writes each stream's share of the
+//! group into its sink without waiting (one vectored write of the shared, pre-rendered frames),
+//! so an event costs each subscriber one `write` and no task wake-up, no lock of its own, no
+//! allocation. Heartbeats and stream deadlines are checked by the same tasks on the tail's tick.
 //!
 //! A stream that cannot take a write whole (its client reads slowly), ends (a job's terminal
 //! event, its deadline, shutdown) or whose client is gone leaves the registry, and its state is
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -41,12 +41,16 @@ pub struct Live {
 
 impl Live {
     fn wants(&self, event: &StoredEvent) -> bool {
-        event.id > self.last_sent
-            && match &self.filter {
-                EventFilter::All => true,
-                EventFilter::Jobs(ids) => ids.contains(&event.job_id),
-                EventFilter::Owner(name) => event.owner.as_deref() == Some(name.as_str()),
-            }
+        event.id > self.last_sent && wants(&self.filter, event)
+    }
+}
+
+/// Whether a stream with `filter` carries `event`.
+pub fn wants(filter: &EventFilter, event: &StoredEvent) -> bool {
+    match filter {
+        EventFilter::All => true,
+        EventFilter::Jobs(ids) => ids.contains(&event.job_id),
+        EventFilter::Owner(name) => event.owner.as_deref() == Some(name.as_str()),
     }
 }
 
@@ -128,41 +132,147 @@ impl Registry {
     }
 }
 
+/// The registries, one per shard, each written by its own task so that one event reaches
+/// thousands of sockets from every core at once (each `write` is mostly the kernel's work).
 pub struct Fanout {
-    registry: Mutex<Registry>,
+    shards: Vec<Arc<Shard>>,
+    /// The highest id handed to the shards.
     last_published: AtomicI64,
+    next_shard: AtomicU64,
+}
+
+/// What the tail asks of a shard's task.
+enum Work {
+    Deliver(Arc<[Arc<StoredEvent>]>),
+    Tick,
+    Close,
+}
+
+struct Shard {
+    registry: Mutex<Registry>,
+    /// The highest id this shard has delivered (mirrors `Registry::last_published`).
+    last_published: AtomicI64,
+    work: mpsc::UnboundedSender<Work>,
     next_id: AtomicU64,
     heartbeat: Duration,
     delivered: metrics::Counter,
     lag: metrics::Histogram,
 }
 
+/// Which registry a stream lives in; fixed for the stream's life.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardId(usize);
+
 impl Fanout {
-    /// A registry whose streams have seen everything up to `last_published`.
-    pub fn new(last_published: i64, heartbeat: Duration) -> Self {
-        Fanout {
-            registry: Mutex::new(Registry { last_published, ..Registry::default() }),
-            last_published: AtomicI64::new(last_published),
-            next_id: AtomicU64::new(1),
-            heartbeat,
-            delivered: metrics::counter!("aura_events_delivered_total"),
-            lag: metrics::histogram!("aura_delivery_lag_seconds"),
-        }
+    /// `shards` registries whose streams have seen everything up to `last_published`; each
+    /// shard's task is spawned here.
+    pub fn start(last_published: i64, heartbeat: Duration, shards: usize) -> Self {
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (work, rx) = mpsc::unbounded_channel();
+                let shard = Arc::new(Shard {
+                    registry: Mutex::new(Registry { last_published, ..Registry::default() }),
+                    last_published: AtomicI64::new(last_published),
+                    work,
+                    next_id: AtomicU64::new(1),
+                    heartbeat,
+                    delivered: metrics::counter!("aura_events_delivered_total"),
+                    lag: metrics::histogram!("aura_delivery_lag_seconds"),
+                });
+                tokio::spawn(shard.clone().run(rx));
+                shard
+            })
+            .collect();
+        Fanout { shards, last_published: AtomicI64::new(last_published), next_shard: AtomicU64::new(0) }
     }
 
-    /// The highest id published so far. Read it *before* reading the table, and pass it to
-    /// [`Fanout::join`].
+    /// The highest id handed to the fan-out so far.
     pub fn last_published(&self) -> i64 {
         self.last_published.load(Ordering::Acquire)
     }
 
+    /// A shard for a new stream (round robin).
+    pub fn pick_shard(&self) -> ShardId {
+        ShardId(self.next_shard.fetch_add(1, Ordering::Relaxed) as usize % self.shards.len())
+    }
+
+    fn shard(&self, id: ShardId) -> &Shard {
+        &self.shards[id.0 % self.shards.len()]
+    }
+
+    /// The highest id `shard` has delivered. Read it *before* reading the table, and pass it to
+    /// [`Fanout::join`].
+    pub fn seen_by(&self, shard: ShardId) -> i64 {
+        self.shard(shard).last_published.load(Ordering::Acquire)
+    }
+
+    /// Makes a stream live in `shard` if the shard delivered nothing after `seen`.
+    pub fn join(&self, shard: ShardId, seen: i64, live: Live) -> Join {
+        self.shard(shard).join(seen, live)
+    }
+
+    /// Takes a stream whose client has gone out of its registry.
+    pub fn leave(&self, shard: ShardId, id: u64) {
+        self.shard(shard).lock().remove(id);
+    }
+
+    /// Streams live now.
+    pub fn live_streams(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let reg = s.lock();
+                reg.wide.len() + reg.narrow.len()
+            })
+            .sum()
+    }
+
+    /// Hands a committed group, in id order, to every shard to write to its streams.
+    pub fn deliver(&self, events: Vec<Arc<StoredEvent>>) {
+        let Some(last) = events.last() else { return };
+        self.last_published.fetch_max(last.id, Ordering::AcqRel);
+        let events: Arc<[Arc<StoredEvent>]> = events.into();
+        self.send(|| Work::Deliver(events.clone()));
+    }
+
+    /// Heartbeats for streams silent for a whole interval; ends streams past their deadline.
+    pub fn tick(&self) {
+        self.send(|| Work::Tick);
+    }
+
+    /// Hands every stream back to end it, and refuses new ones.
+    pub fn close(&self) {
+        self.send(|| Work::Close);
+    }
+
+    fn send(&self, work: impl Fn() -> Work) {
+        for shard in &self.shards {
+            // A shard's task only ends after `Close`.
+            let _ = shard.work.send(work());
+        }
+    }
+}
+
+impl Shard {
     fn lock(&self) -> MutexGuard<'_, Registry> {
         // The registry holds no invariant a panicking writer could leave half-made.
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes a stream live if nothing was published after `seen`.
-    pub fn join(&self, seen: i64, live: Live) -> Join {
+    async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>) {
+        while let Some(item) = work.recv().await {
+            match item {
+                Work::Deliver(events) => self.deliver(&events),
+                Work::Tick => self.tick(),
+                Work::Close => {
+                    self.close();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn join(&self, seen: i64, live: Live) -> Join {
         let mut reg = self.lock();
         if reg.closed {
             return Join::Closed(live);
@@ -184,19 +294,7 @@ impl Fanout {
         Joined(id, rx)
     }
 
-    /// Takes a stream whose client has gone out of the registry.
-    pub fn leave(&self, id: u64) {
-        self.lock().remove(id);
-    }
-
-    /// Streams live now.
-    pub fn live_streams(&self) -> usize {
-        let reg = self.lock();
-        reg.wide.len() + reg.narrow.len()
-    }
-
-    /// Writes a committed group, in id order, to every live stream that wants some of it.
-    pub fn deliver(&self, events: &[Arc<StoredEvent>]) {
+    fn deliver(&self, events: &[Arc<StoredEvent>]) {
         let Some(last) = events.last() else { return };
         let now = Instant::now();
         let mut reg = self.lock();
@@ -233,8 +331,7 @@ impl Fanout {
         }
     }
 
-    /// Heartbeats for streams silent for a whole interval; ends streams past their deadline.
-    pub fn tick(&self) {
+    fn tick(&self) {
         let now = Instant::now();
         let keepalive = Bytes::from_static(b": keepalive\n\n");
         let mut reg = self.lock();
@@ -255,8 +352,7 @@ impl Fanout {
         reg.end(ended);
     }
 
-    /// Hands every stream back to end it, and refuses new ones.
-    pub fn close(&self) {
+    fn close(&self) {
         let mut reg = self.lock();
         reg.closed = true;
         let ids: Vec<u64> = reg.wide.keys().chain(reg.narrow.keys()).copied().collect();

@@ -7,16 +7,21 @@
 //! order, so "every id up to the highest committed one is visible" holds for any reader: the tail
 //! fills a gap before a group from the table, then publishes the group.
 //!
+//! The newest events (`AURA_STREAM_BUFFER` of them) are also kept in memory, in order, so that a
+//! stream resuming among them, or catching up on them before it joins the fan-out, does not read
+//! SQLite at all.
+//!
 //! Rows read back from the table do not know their job's owner; the tail looks it up once per
 //! job (cached) so that owner-filtered streams are decided by a string comparison in the fan-out.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::event::StoredEvent;
 use crate::fanout::Fanout;
 use crate::store::{CommitFeed, EventFilter, Store};
 
@@ -30,19 +35,35 @@ const OWNERS_CAP: usize = 10_000;
 
 pub struct Hub {
     fanout: Fanout,
+    recent: Mutex<Recent>,
+}
+
+/// The newest events, in id order, with the point below which they are complete.
+struct Recent {
+    events: VecDeque<Arc<StoredEvent>>,
+    capacity: usize,
+    /// Every event after `floor` is in `events` (the id of the last one evicted, or where the
+    /// tail started).
+    floor: i64,
 }
 
 impl Hub {
     /// Starts the tail task; it publishes events committed after `store`'s current end.
     /// `heartbeat` is the longest a live stream stays silent.
+    /// `recent` is how many of the newest events are kept in memory for resumes.
     pub async fn start(
         store: Store,
         feed: CommitFeed,
         heartbeat: Duration,
+        recent: usize,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Hub>> {
         let start = store.max_event_id().await?;
-        let hub = Arc::new(Hub { fanout: Fanout::new(start, heartbeat) });
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let recent =
+            Recent { events: VecDeque::with_capacity(recent.min(4096)), capacity: recent, floor: start };
+        let hub =
+            Arc::new(Hub { fanout: Fanout::start(start, heartbeat, shards), recent: Mutex::new(recent) });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));
         Ok(hub)
     }
@@ -54,6 +75,35 @@ impl Hub {
     /// The highest id published so far.
     pub fn last_published(&self) -> i64 {
         self.fanout.last_published()
+    }
+
+    /// Every event after `after`, and the id they run through, if memory still holds them all.
+    pub fn recent_after(&self, after: i64) -> Option<(Vec<Arc<StoredEvent>>, i64)> {
+        let recent = self.recent.lock().ok()?;
+        if after < recent.floor {
+            return None;
+        }
+        let through = recent.events.back().map_or(recent.floor, |e| e.id);
+        let start = recent.events.partition_point(|e| e.id <= after);
+        Some((recent.events.range(start..).cloned().collect(), through))
+    }
+
+    /// Keeps `events` among the recent ones, then has the fan-out write them.
+    fn publish(&self, events: Vec<Arc<StoredEvent>>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            for event in &events {
+                if recent.events.len() >= recent.capacity
+                    && let Some(old) = recent.events.pop_front()
+                {
+                    recent.floor = old.id;
+                }
+                recent.events.push_back(event.clone());
+            }
+        }
+        self.fanout.deliver(events);
     }
 }
 
@@ -71,7 +121,7 @@ async fn tail(hub: Arc<Hub>, store: Store, mut feed: CommitFeed, shutdown: Cance
                 }
                 let after = hub.last_published();
                 group.retain(|e| e.id > after);
-                hub.fanout.deliver(&group);
+                hub.publish(group);
             }
             _ = poll.tick() => {
                 catch_up(&hub, &store, i64::MAX, &mut owners).await;
@@ -103,7 +153,7 @@ async fn catch_up(hub: &Hub, store: &Store, until: i64, owners: &mut HashMap<Uui
             batch.push(Arc::new(event));
         }
         let complete = batch.len() == read;
-        hub.fanout.deliver(&batch);
+        hub.publish(batch);
         if read < PAGE as usize || !complete {
             return;
         }

@@ -86,7 +86,7 @@ async fn connection(mut socket: TcpStream, router: Router, closing: watch::Recei
     let _ = socket.set_nodelay(true);
     let mut head = BytesMut::with_capacity(1024);
     match sniff(&mut socket, &mut head).await {
-        Sniffed::Stream(request) => serve_stream(socket, request, router).await,
+        Sniffed::Stream(request) => serve_stream(socket, *request, router).await,
         Sniffed::Other => serve_hyper(Prefixed { prefix: head.freeze(), io: socket }, router, closing).await,
         Sniffed::Gone => {}
     }
@@ -94,7 +94,7 @@ async fn connection(mut socket: TcpStream, router: Router, closing: watch::Recei
 
 enum Sniffed {
     /// The first request is a stream's, complete, and nothing follows it.
-    Stream(Request<Body>),
+    Stream(Box<Request<Body>>),
     /// Anything else: hyper's.
     Other,
     Gone,
@@ -121,7 +121,7 @@ async fn sniff(socket: &mut TcpStream, head: &mut BytesMut) -> Sniffed {
 enum Class {
     NeedMore,
     Other,
-    Stream(Request<Body>),
+    Stream(Box<Request<Body>>),
 }
 
 const STREAM_PREFIXES: [&[u8]; 2] = [b"GET /api/events", b"GET /api/jobs/"];
@@ -140,7 +140,7 @@ fn classify(buf: &[u8]) -> Class {
         Ok(httparse::Status::Partial) => Class::NeedMore,
         // Pipelined bytes after the head belong to a later request: hyper's business.
         Ok(httparse::Status::Complete(len)) if len == n => {
-            to_request(&parsed).map_or(Class::Other, Class::Stream)
+            to_request(&parsed).map_or(Class::Other, |r| Class::Stream(Box::new(r)))
         }
         _ => Class::Other,
     }
@@ -190,6 +190,7 @@ async fn serve_stream(socket: TcpStream, request: Request<Body>, router: Router)
     }
     push_header(&mut head, "transfer-encoding", b"chunked");
     head.extend_from_slice(b"\r\n");
+    metrics::counter!("aura_streams_served_total", "via" => "socket").increment(1);
     let sink = Arc::new(Sink::Socket(socket));
     if sink.push_wire(head.freeze()).await.is_ok() {
         subscriber.run(sink).await;

@@ -80,10 +80,15 @@ impl Application {
         let (store, feed) = Store::open(&settings.database(), settings.synchronous)
             .await
             .with_context(|| format!("opening the database {}", settings.database()))?;
-        let hub =
-            Hub::start(store.clone(), feed, Duration::from_secs(settings.heartbeat_secs), shutdown.clone())
-                .await
-                .context("starting the event tail")?;
+        let hub = Hub::start(
+            store.clone(),
+            feed,
+            Duration::from_secs(settings.heartbeat_secs),
+            settings.stream_buffer as usize,
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the event tail")?;
         let listener =
             TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();

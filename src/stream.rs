@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::fanout::{Handoff, Join, Live, Reason};
+use crate::event::StoredEvent;
+use crate::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::jobs::{load_job, parse_job_id};
 use crate::limits::StreamGuard;
 use crate::sink::Sink;
@@ -204,6 +205,7 @@ fn open_stream(
         finished: false,
         deadline: Instant::now() + Duration::from_secs(settings.max_stream_secs),
         replayed_pages: 0,
+        shard: app.hub().fanout().pick_shard(),
         _slot: slot,
         _owner_slot: owner_slot,
         _gauge: OpenGauge::new(kind),
@@ -249,6 +251,7 @@ impl futures_util::Stream for HyperBody {
         if self.rx.is_none() {
             let Some(sub) = self.start.take().and_then(|s| s.take()) else { return Poll::Ready(None) };
             let (tx, rx) = mpsc::channel(self.capacity.clamp(1, 1 << 16) as usize);
+            metrics::counter!("aura_streams_served_total", "via" => "hyper").increment(1);
             tokio::spawn(sub.run(Arc::new(Sink::Channel(tx))));
             self.rx = Some(rx);
         }
@@ -287,6 +290,8 @@ pub struct Subscriber {
     finished: bool,
     deadline: Instant,
     replayed_pages: u32,
+    /// The fan-out registry this stream joins whenever it is caught up.
+    shard: ShardId,
     _slot: StreamSlot,
     /// The per-owner stream slot (`limits`).
     _owner_slot: StreamGuard,
@@ -302,15 +307,17 @@ impl Subscriber {
         }
         let shutdown = self.app.shutdown_token();
         let app = self.app.clone();
-        let fanout = app.hub().fanout();
+        let (hub, fanout) = (app.hub(), app.hub().fanout());
+        // Every event this stream wants up to here has been sent: the resume point at first.
+        let mut covered = self.last_sent;
         loop {
-            // Catch up from the table, page by page, until a page comes back short.
-            let seen = fanout.last_published();
-            loop {
-                if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
-                    sink.finish().await;
-                    return;
-                }
+            if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                sink.finish().await;
+                return;
+            }
+            let Some((recent, through)) = hub.recent_after(covered) else {
+                // Older than memory holds: one page from the table, then look again.
+                let seen = hub.last_published();
                 let Some((page, more)) = self.replay_page().await else {
                     // A failed read ends the response; the client resumes from its last id.
                     sink.finish().await;
@@ -319,13 +326,18 @@ impl Subscriber {
                 if sink.push(page).await.is_err() {
                     return;
                 }
-                if !more || self.finished {
-                    break;
+                if !more {
+                    covered = seen;
                 }
+                continue;
+            };
+            if sink.push(self.frames_of(&recent)).await.is_err() {
+                return;
             }
             if self.finished {
                 continue;
             }
+            covered = through;
             let live = Live {
                 sink: sink.clone(),
                 filter: std::mem::replace(&mut self.filter, EventFilter::All),
@@ -333,7 +345,7 @@ impl Subscriber {
                 deadline: self.deadline,
                 ends_with_job: self.ends_with_job,
             };
-            let (id, back) = match fanout.join(seen, live) {
+            let (id, back) = match fanout.join(self.shard, through, live) {
                 Join::Joined(id, back) => (id, back),
                 Join::Moved(live) => {
                     self.restore(live);
@@ -348,19 +360,21 @@ impl Subscriber {
             let handoff = tokio::select! {
                 handoff = back => handoff,
                 () = sink.closed() => {
-                    fanout.leave(id);
+                    fanout.leave(self.shard, id);
                     return;
                 }
             };
             let Ok(Handoff { live, reason, pending }) = handoff else { return };
             self.restore(live);
+            // Everything the stream wants up to its last sent event went out (or is pending).
+            covered = self.last_sent;
             if let Some(pending) = pending
                 && sink.push_wire(pending).await.is_err()
             {
                 return;
             }
             match reason {
-                Reason::Behind => {}
+                Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
                 Reason::Finished => self.finished = true,
                 Reason::Expired | Reason::ShuttingDown => {
                     sink.finish().await;
@@ -369,6 +383,27 @@ impl Subscriber {
                 Reason::Closed => return,
             }
         }
+    }
+
+    /// The frames of the events this stream wants among `events`, up to a job's terminal one.
+    fn frames_of(&mut self, events: &[Arc<StoredEvent>]) -> Bytes {
+        let mut out = BytesMut::new();
+        let mut count = 0;
+        for event in events {
+            if event.id <= self.last_sent || !fanout::wants(&self.filter, event) {
+                continue;
+            }
+            out.extend_from_slice(&event.frame);
+            count += 1;
+            self.last_sent = event.id;
+            if self.ends_with_job && event.is_terminal() {
+                self.finished = true;
+                break;
+            }
+        }
+        metrics::counter!("aura_events_delivered_total").increment(count);
+        metrics::counter!("aura_events_replayed_total").increment(count);
+        out.freeze()
     }
 
     fn restore(&mut self, live: Live) {

@@ -13,6 +13,8 @@ use crate::helpers::{TestResult, spawn_app_with};
 async fn hundreds_of_subscribers_each_get_their_exact_ids_while_jobs_append_concurrently() -> TestResult {
     // A tiny live buffer so that slow subscribers really fall behind and catch up from the table.
     let app = spawn_app_with(|c| c.stream_buffer = 16).await?;
+    let via_hyper = r#"aura_streams_served_total{via="hyper"}"#;
+    let hyper_before = app.metric(via_hyper).await?;
     let mut jobs = Vec::new();
     for i in 0..5 {
         jobs.push(app.create_job(&format!("fan-out {i}")).await?);
@@ -33,7 +35,12 @@ async fn hundreds_of_subscribers_each_get_their_exact_ids_while_jobs_append_conc
                 tokio::time::sleep(Duration::from_millis((n % 7) as u64 * 20)).await;
             }
             let path = if n < 200 { format!("/api/jobs/{job}/events") } else { "/api/events".to_owned() };
-            let mut stream = app.stream(&path, &[]).await?;
+            // Every fourth through hyper (a reused connection), the rest on their own socket.
+            let mut stream = if n % 4 == 1 {
+                app.stream_on_reused_connection(&path).await?
+            } else {
+                app.stream(&path, &[]).await?
+            };
             let mut got: Vec<(i64, Uuid)> = Vec::new();
             let mut terminals = 0;
             loop {
@@ -94,5 +101,10 @@ async fn hundreds_of_subscribers_each_get_their_exact_ids_while_jobs_append_conc
             assert_eq!(got, everything, "all-jobs subscriber {n}");
         }
     }
+    // Both ways of serving a stream were exercised: 63 subscribers through hyper.
+    assert!(
+        app.metric(via_hyper).await? - hyper_before >= 63.0,
+        "streams on reused connections went through hyper"
+    );
     Ok(())
 }

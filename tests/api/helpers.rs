@@ -122,6 +122,23 @@ impl TestApp {
         Ok(SseStream::new(res))
     }
 
+    /// Opens an event stream on a connection that has already served a request, so that hyper
+    /// serves the stream (the server only takes over a connection whose first request is one).
+    pub async fn stream_on_reused_connection(&self, path: &str) -> TestResult<SseStream> {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        client.get(self.url("/api/health")).send().await?.bytes().await?;
+        Ok(SseStream::new(client.get(self.url(path)).send().await?))
+    }
+
+    /// The value of one Prometheus sample (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> TestResult<f64> {
+        let text = self.client.get(self.url("/metrics")).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .map_or(Ok(0.0), |v| v.trim().parse())?)
+    }
+
     /// `(events rows, jobs rows)` counted with plain SQL.
     pub async fn table_counts(&self) -> TestResult<(i64, i64)> {
         let mut conn = self.sql().await?;

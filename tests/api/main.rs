@@ -16,4 +16,5 @@ mod properties;
 mod recovery;
 mod restart;
 mod security;
+mod sockets;
 mod streams;

@@ -1,0 +1,115 @@
+//! Streams that own their socket (a connection whose first request is the stream): a client
+//! that stops reading is caught up from the table without a gap, and the bytes on the wire are
+//! plain HTTP/1.1 chunked framing any client can read.
+
+use std::net::SocketAddr;
+
+use aura::job::Stage;
+use aura::lifecycle::{self, JobHandle};
+use aura::store::Durability;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::helpers::{TestResult, WAIT, spawn_app_with};
+
+/// An HTTP/1.1 response read by hand: the head, then the chunked body's SSE ids.
+struct RawResponse {
+    conn: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawResponse {
+    async fn fill(&mut self) -> TestResult<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(WAIT, self.conn.read(&mut chunk)).await??;
+        if n == 0 {
+            return Err("the server closed the connection mid-response".into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads up to `needle` (inclusive) and returns it.
+    async fn until(&mut self, needle: &[u8]) -> TestResult<Vec<u8>> {
+        loop {
+            if let Some(pos) = self.buf.windows(needle.len()).position(|w| w == needle) {
+                return Ok(self.buf.drain(..pos + needle.len()).collect());
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn head(&mut self) -> TestResult<String> {
+        Ok(String::from_utf8(self.until(b"\r\n\r\n").await?)?)
+    }
+
+    /// The next chunk's data; `None` for the last (zero-length) chunk.
+    async fn chunk(&mut self) -> TestResult<Option<Vec<u8>>> {
+        let size = self.until(b"\r\n").await?;
+        let size = usize::from_str_radix(std::str::from_utf8(&size[..size.len() - 2])?, 16)?;
+        while self.buf.len() < size + 2 {
+            self.fill().await?;
+        }
+        let data: Vec<u8> = self.buf.drain(..size).collect();
+        assert_eq!(self.buf.drain(..2).collect::<Vec<u8>>(), b"\r\n", "a chunk ends with CRLF");
+        Ok((size > 0).then_some(data))
+    }
+
+    /// Every `id:` of the body, in order, until the response ends.
+    async fn ids_until_end(&mut self) -> TestResult<Vec<i64>> {
+        let mut body = Vec::new();
+        while let Some(data) = self.chunk().await? {
+            body.extend_from_slice(&data);
+        }
+        let text = String::from_utf8(body)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|id| id.parse())
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing() -> TestResult {
+    // A small memory of recent events, so that catching up reads SQLite too; no fsync per commit,
+    // so that thousands of events append in a moment.
+    let app = spawn_app_with(|c| {
+        c.stream_buffer = 16;
+        c.synchronous = Durability::Normal;
+    })
+    .await?;
+    let job = app.create_job("a reader that stalls").await?;
+    let addr: SocketAddr = app.base.trim_start_matches("http://").parse()?;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut conn = socket.connect(addr).await?;
+    conn.write_all(format!("GET /api/jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut res = RawResponse { conn, buf: Vec::new() };
+    let head = res.head().await?.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(head.contains("connection: keep-alive\r\n"), "{head}");
+    assert_eq!(res.chunk().await?.as_deref(), Some(&b"retry: 3000\n\n"[..]));
+
+    let catch_ups = app.metric("aura_stream_catch_ups_total").await?;
+    // About 6.5 MB of events while the client reads nothing: more than the largest send buffer
+    // the kernel grants a socket (tcp_wmem max, 4 MiB by default), so the stream must fall behind.
+    lifecycle::claim(app.state.store(), job).await??;
+    let handle = JobHandle::new(app.state.store().clone(), job);
+    for i in 0..4000 {
+        let message = format!("step {i} {}", "x".repeat(1600));
+        handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await??;
+    }
+    handle.cancelled(Some(Stage::Render)).await??;
+
+    let ids = res.ids_until_end().await?;
+    assert_eq!(ids, app.sql_event_ids(job).await?, "every event once, in order");
+    assert!(
+        app.metric("aura_stream_catch_ups_total").await? > catch_ups,
+        "the stream fell behind and caught up (otherwise this test proves nothing)"
+    );
+    Ok(())
+}

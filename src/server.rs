@@ -86,8 +86,15 @@ async fn connection(mut socket: TcpStream, router: Router, closing: watch::Recei
     let _ = socket.set_nodelay(true);
     let mut head = BytesMut::with_capacity(1024);
     match sniff(&mut socket, &mut head).await {
-        Sniffed::Stream(request) => serve_stream(socket, *request, router).await,
-        Sniffed::Other => serve_hyper(Prefixed { prefix: head.freeze(), io: socket }, router, closing).await,
+        Sniffed::Stream(request) => {
+            // Kept for hours from here on: nothing the request needed stays allocated.
+            drop(head);
+            serve_stream(socket, *request, router).await;
+        }
+        // Boxed so that hyper's connection state is not part of every stream's task.
+        Sniffed::Other => {
+            Box::pin(serve_hyper(Prefixed { prefix: head.freeze(), io: socket }, router, closing)).await;
+        }
         Sniffed::Gone => {}
     }
 }
@@ -190,6 +197,7 @@ async fn serve_stream(socket: TcpStream, request: Request<Body>, router: Router)
     }
     push_header(&mut head, "transfer-encoding", b"chunked");
     head.extend_from_slice(b"\r\n");
+    drop(response);
     metrics::counter!("aura_streams_served_total", "via" => "socket").increment(1);
     let sink = Arc::new(Sink::Socket(socket));
     if sink.push_wire(head.freeze()).await.is_ok() {

@@ -57,32 +57,19 @@ impl Sink {
             return Ok(());
         }
         match self {
-            Sink::Socket(_) => {
+            Sink::Socket(socket) => {
+                // Header, data and CRLF in vectored writes: a replay page is not copied again.
                 let (header, len) = chunk_header(data.len());
-                let mut wire = BytesMut::with_capacity(len + data.len() + 2);
-                wire.extend_from_slice(&header[..len]);
-                wire.extend_from_slice(&data);
-                wire.extend_from_slice(b"\r\n");
-                self.push_wire(wire.freeze()).await
+                write_all(socket, vec![&header[..len], &data, b"\r\n"]).await
             }
             Sink::Channel(_) => self.push_wire(data).await,
         }
     }
 
     /// Writes bytes that are already framed for this sink (what a [`Push::Partial`] left).
-    pub async fn push_wire(&self, mut wire: Bytes) -> io::Result<()> {
+    pub async fn push_wire(&self, wire: Bytes) -> io::Result<()> {
         match self {
-            Sink::Socket(socket) => {
-                while !wire.is_empty() {
-                    socket.writable().await?;
-                    match socket.try_write(&wire) {
-                        Ok(n) => drop(wire.split_to(n)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
-            }
+            Sink::Socket(socket) => write_all(socket, vec![&wire]).await,
             Sink::Channel(tx) => tx.send(wire).await.map_err(|_| io::ErrorKind::BrokenPipe.into()),
         }
     }
@@ -115,6 +102,33 @@ impl Sink {
             Sink::Channel(tx) => tx.closed().await,
         }
     }
+}
+
+/// Writes every byte of `parts`, in order, waiting for the socket as needed.
+async fn write_all(socket: &TcpStream, mut parts: Vec<&[u8]>) -> io::Result<()> {
+    parts.retain(|p| !p.is_empty());
+    let mut first = 0;
+    while first < parts.len() {
+        socket.writable().await?;
+        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+        match socket.try_write_vectored(&slices) {
+            Ok(mut n) => {
+                while n > 0 && first < parts.len() {
+                    let part = parts[first];
+                    if n >= part.len() {
+                        n -= part.len();
+                        first += 1;
+                    } else {
+                        parts[first] = &part[n..];
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn try_push_socket(socket: &TcpStream, frames: &[&Bytes]) -> Push {

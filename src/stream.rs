@@ -32,7 +32,7 @@ use crate::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::jobs::{load_job, parse_job_id};
 use crate::limits::StreamGuard;
 use crate::sink::Sink;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, Store};
 
 /// Events per replay query; the first page is small so the first event goes out at once.
 const REPLAY_PAGE: u32 = 2000;
@@ -316,18 +316,39 @@ impl Subscriber {
                 return;
             }
             let Some((recent, through)) = hub.recent_after(covered) else {
-                // Older than memory holds: one page from the table, then look again.
+                // Older than memory holds: the table, until a page comes back short. The next
+                // page is read while the current one is written.
                 let seen = hub.last_published();
-                let Some((page, more)) = self.replay_page().await else {
-                    // A failed read ends the response; the client resumes from its last id.
-                    sink.finish().await;
-                    return;
-                };
-                if sink.push(page).await.is_err() {
-                    return;
-                }
-                if !more {
-                    covered = seen;
+                let store = app.store();
+                let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+                let mut page =
+                    read_page(store, &self.filter, self.last_sent, first, self.ends_with_job).await;
+                loop {
+                    let Some(current) = page else {
+                        // A failed read ends the response; the client resumes from its last id.
+                        sink.finish().await;
+                        return;
+                    };
+                    self.account(&current);
+                    if !current.more || self.finished {
+                        if sink.push(current.frames).await.is_err() {
+                            return;
+                        }
+                        if !current.more {
+                            covered = seen;
+                        }
+                        break;
+                    }
+                    let next =
+                        read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.ends_with_job);
+                    let (written, next) = tokio::join!(sink.push(current.frames), next);
+                    if written.is_err() {
+                        return;
+                    }
+                    if shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                        break;
+                    }
+                    page = next;
                 }
                 continue;
             };
@@ -411,57 +432,80 @@ impl Subscriber {
         self.last_sent = live.last_sent;
     }
 
-    /// One page from the table, and whether there may be more.
-    async fn replay_page(&mut self) -> Option<(Bytes, bool)> {
-        let limit = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+    /// Takes note of a page about to be written.
+    fn account(&mut self, page: &Page) {
         self.replayed_pages = self.replayed_pages.saturating_add(1);
-        let store = self.app.store();
-        let delivered = metrics::counter!("aura_events_delivered_total");
-        let replayed = metrics::counter!("aura_events_replayed_total");
-        match store.framed_after(&self.filter, self.last_sent, limit).await {
-            Ok(Some(page)) => {
-                if let Some(last) = page.last_id {
-                    self.last_sent = last;
-                }
-                if self.ends_with_job && page.terminal_id.is_some() {
-                    self.finished = true;
-                }
-                delivered.increment(page.count as u64);
-                replayed.increment(page.count as u64);
-                return Some((page.frames, page.count == limit as usize));
-            }
-            Ok(None) => {} // A page that needs row-by-row normalization: read it below.
-            Err(e) => {
-                tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
-                return None;
-            }
+        if let Some(last) = page.last_id {
+            self.last_sent = last;
         }
-        let page = match store.events_after(&self.filter, self.last_sent, limit).await {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
-                return None;
-            }
-        };
-        let more = page.len() == limit as usize;
-        let mut chunk = BytesMut::new();
-        let mut count = 0;
-        for event in &page {
-            if event.id <= self.last_sent {
-                continue;
-            }
-            chunk.extend_from_slice(&event.frame);
-            count += 1;
-            self.last_sent = event.id;
-            if self.ends_with_job && event.is_terminal() {
-                self.finished = true;
-                break;
-            }
-        }
-        delivered.increment(count);
-        replayed.increment(count);
-        Some((chunk.freeze(), more))
+        self.finished |= page.finished;
+        metrics::counter!("aura_events_delivered_total").increment(page.count);
+        metrics::counter!("aura_events_replayed_total").increment(page.count);
     }
+}
+
+/// A page of replayed events, framed.
+struct Page {
+    frames: Bytes,
+    count: u64,
+    last_id: Option<i64>,
+    /// It ends with the job's terminal event (per-job streams).
+    finished: bool,
+    /// It was full: there may be more.
+    more: bool,
+}
+
+/// Up to `limit` events of `filter` after `after`, framed by SQLite when it can, else row by
+/// row; `None` when the read failed.
+async fn read_page(
+    store: &Store,
+    filter: &EventFilter,
+    after: i64,
+    limit: u32,
+    ends_with_job: bool,
+) -> Option<Page> {
+    match store.framed_after(filter, after, limit).await {
+        Ok(Some(page)) => {
+            return Some(Page {
+                frames: page.frames,
+                count: page.count as u64,
+                last_id: page.last_id,
+                finished: ends_with_job && page.terminal_id.is_some(),
+                more: page.count == limit as usize,
+            });
+        }
+        Ok(None) => {} // A page that needs row-by-row normalization: read it below.
+        Err(e) => {
+            tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+            return None;
+        }
+    }
+    let rows = match store.events_after(filter, after, limit).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+            return None;
+        }
+    };
+    let mut page = Page {
+        frames: Bytes::new(),
+        count: 0,
+        last_id: None,
+        finished: false,
+        more: rows.len() == limit as usize,
+    };
+    let mut frames = BytesMut::new();
+    for event in rows.iter().filter(|e| e.id > after) {
+        frames.extend_from_slice(&event.frame);
+        page.count += 1;
+        page.last_id = Some(event.id);
+        if ends_with_job && event.is_terminal() {
+            page.finished = true;
+            break;
+        }
+    }
+    page.frames = frames.freeze();
+    Some(page)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -35,6 +35,44 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 fn rss_kib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The events of an Aura stream (`id:`, `event:`, `data:` lines and a blank line each), read
+/// without a general parser's per-event allocations: the load client must cost less than the
+/// server it measures. Comments and `retry:` are skipped.
+struct Frames {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn new(res: reqwest::Response) -> Self {
+        Frames { body: Box::pin(res.bytes_stream()), buf: BytesMut::new() }
+    }
+
+    /// The next event's id and `data`, or `None` when the stream ends, fails or `until` passes.
+    async fn next(&mut self, until: Instant) -> Option<(i64, Bytes)> {
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let frame = self.buf.split_to(end + 2).freeze();
+                let mut id = None;
+                let mut data = Bytes::new();
+                for line in frame[..end].split(|&b| b == b'\n') {
+                    if let Some(v) = line.strip_prefix(b"id: ") {
+                        id = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                    } else if let Some(v) = line.strip_prefix(b"data: ") {
+                        data = frame.slice_ref(v);
+                    }
+                }
+                if let Some(id) = id {
+                    return Some((id, data));
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(chunk))) = tokio::time::timeout(left, self.body.next()).await else { return None };
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
 }
 
 fn http() -> anyhow::Result<reqwest::Client> {
@@ -74,18 +112,17 @@ async fn subscriber(
         }
     };
     ready.wait().await;
-    let mut events = res.bytes_stream().eventsource();
+    let mut events = Frames::new(res);
     let mut last_id = 0i64;
     while seen.count < expect {
-        let left = until.saturating_duration_since(Instant::now());
-        let Ok(Some(Ok(event))) = tokio::time::timeout(left, events.next()).await else { break };
+        let Some((id, data)) = events.next(until).await else { break };
         let now = OffsetDateTime::now_utc();
-        let id: i64 = event.id.parse().unwrap_or(-1);
         if id <= last_id {
             seen.problems.push(format!("id {id} after {last_id}"));
         }
         last_id = id;
-        let at = event.data.find("\"at\":\"").and_then(|i| event.data.get(i + 6..i + 33));
+        let data = std::str::from_utf8(&data).unwrap_or("");
+        let at = data.find("\"at\":\"").and_then(|i| data.get(i + 6..i + 33));
         let Some(at) = at.and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()) else { continue };
         if at < started {
             continue; // history, not live
@@ -236,14 +273,12 @@ pub async fn resume(
     let http = http()?;
     let started = Instant::now();
     let res = http.get(format!("{}/api/events", target.base)).header("Last-Event-ID", "0").send().await?;
-    let mut events = res.bytes_stream().eventsource();
+    let mut events = Frames::new(res);
     let mut got = 0usize;
     let mut last = 0i64;
     let until = Instant::now() + Duration::from_secs(120);
     while got < backlog {
-        let left = until.saturating_duration_since(Instant::now());
-        let Ok(Some(Ok(event))) = tokio::time::timeout(left, events.next()).await else { break };
-        let id: i64 = event.id.parse().unwrap_or(-1);
+        let Some((id, _)) = events.next(until).await else { break };
         if id != last + 1 {
             checks.0.push(format!("{case}: id {id} after {last}"));
         }

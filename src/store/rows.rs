@@ -149,17 +149,55 @@ pub(super) struct FramedRow {
     pub frames: Option<String>,
 }
 
+/// Whether the frames of a page (`id: N\n…\n\n` each) carry strictly ascending ids.
+fn ids_ascend(frames: &str) -> bool {
+    let mut last = i64::MIN;
+    for frame in frames.split_terminator("\n\n") {
+        let Some(id) = frame.strip_prefix("id: ").and_then(|rest| rest.split('\n').next()) else {
+            return false;
+        };
+        match id.parse::<i64>() {
+            Ok(id) if id > last => last = id,
+            _ => return false,
+        }
+    }
+    true
+}
+
 impl FramedRow {
     /// The page, or `None` when a row needs normalization (or a terminal event is not last).
     pub fn into_page(self) -> Option<super::FramedPage> {
         if self.dirty.unwrap_or(0) > 0 || self.terminal_id.is_some_and(|t| Some(t) != self.last_id) {
             return None;
         }
+        let frames = self.frames.unwrap_or_default();
+        // `id: …\nevent: …\ndata: …\n\n`: any other line break came from a `type` or `data`.
+        let line_feeds = frames.bytes().filter(|&b| b == b'\n').count();
+        if line_feeds != 4 * usize::try_from(self.count).unwrap_or(0) || frames.contains('\r') {
+            return None;
+        }
+        if !ids_ascend(&frames) {
+            return None;
+        }
         Some(super::FramedPage {
-            frames: bytes::Bytes::from(self.frames.unwrap_or_default()),
+            frames: bytes::Bytes::from(frames),
             count: usize::try_from(self.count).unwrap_or(0),
             last_id: self.last_id,
             terminal_id: self.terminal_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ids_ascend;
+
+    #[test]
+    fn a_page_is_accepted_only_with_ascending_ids() {
+        assert!(ids_ascend("id: 1\nevent: a\ndata: {}\n\nid: 5\nevent: b\ndata: {}\n\n"));
+        assert!(ids_ascend(""));
+        assert!(!ids_ascend("id: 5\nevent: a\ndata: {}\n\nid: 1\nevent: b\ndata: {}\n\n"));
+        assert!(!ids_ascend("id: 5\nevent: a\ndata: {}\n\nid: 5\nevent: b\ndata: {}\n\n"));
+        assert!(!ids_ascend("event: a\ndata: {}\n\n"));
     }
 }

@@ -10,7 +10,8 @@
 //! other connection goes to hyper with the bytes already read put back in front.
 //!
 //! Shutdown: no new connections, hyper's connections close gracefully, streams end (the
-//! fan-out closes them), and this returns once every connection task has finished.
+//! fan-out closes them), and this returns once every connection task has finished, or after a
+//! grace period (a client that stopped reading must not hold the server up).
 
 use std::future::Future;
 use std::io;
@@ -40,6 +41,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const HEAD_WAIT: Duration = Duration::from_secs(10);
 /// Most request headers parsed here.
 const MAX_HEADERS: usize = 64;
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The largest non-stream answer (an error) written here.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -70,7 +73,13 @@ pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Outp
     // Tells every hyper connection to finish its current request and close.
     drop(closing);
     connections.close();
-    connections.wait().await;
+    // A client that stopped reading could hold its stream's last write forever.
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
     Ok(())
 }
 

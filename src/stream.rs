@@ -37,6 +37,8 @@ use crate::store::{EventFilter, Store};
 /// Events per replay query; the first page is small so the first event goes out at once.
 const REPLAY_PAGE: u32 = 2000;
 const FIRST_REPLAY_PAGE: u32 = 100;
+/// Events in the first write of a catch-up from memory.
+const FIRST_RECENT: usize = 16;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/jobs/{job_id}/events", get(job_events)).route("/api/events", get(all_events))
@@ -352,7 +354,12 @@ impl Subscriber {
                 }
                 continue;
             };
-            if sink.push(self.frames_of(&recent)).await.is_err() {
+            // A few events first, so that the first one leaves at once, then the rest in one write.
+            let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
+            if sink.push(self.frames_of(first)).await.is_err() {
+                return;
+            }
+            if !self.finished && sink.push(self.frames_of(rest)).await.is_err() {
                 return;
             }
             if self.finished {

@@ -3,6 +3,7 @@
 //! plain HTTP/1.1 chunked framing any client can read.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use aura::job::Stage;
 use aura::lifecycle::{self, JobHandle};
@@ -10,7 +11,7 @@ use aura::store::Durability;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
 
 /// An HTTP/1.1 response read by hand: the head, then the chunked body's SSE ids.
 struct RawResponse {
@@ -70,16 +71,8 @@ impl RawResponse {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing() -> TestResult {
-    // A small memory of recent events, so that catching up reads SQLite too; no fsync per commit,
-    // so that thousands of events append in a moment.
-    let app = spawn_app_with(|c| {
-        c.stream_buffer = 16;
-        c.synchronous = Durability::Normal;
-    })
-    .await?;
-    let job = app.create_job("a reader that stalls").await?;
+/// Opens a job's stream on a socket with a 4 KiB receive buffer and reads its head and `retry:`.
+async fn open_small_window_stream(app: &TestApp, job: uuid::Uuid) -> TestResult<RawResponse> {
     let addr: SocketAddr = app.base.trim_start_matches("http://").parse()?;
     let socket = TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
@@ -93,10 +86,12 @@ async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert!(head.contains("connection: keep-alive\r\n"), "{head}");
     assert_eq!(res.chunk().await?.as_deref(), Some(&b"retry: 3000\n\n"[..]));
+    Ok(res)
+}
 
-    let catch_ups = app.metric("aura_stream_catch_ups_total").await?;
-    // About 6.5 MB of events while the client reads nothing: more than the largest send buffer
-    // the kernel grants a socket (tcp_wmem max, 4 MiB by default), so the stream must fall behind.
+/// About 6.5 MB of events: more than the largest send buffer the kernel grants a socket
+/// (tcp_wmem max, 4 MiB by default), so a stream whose client does not read must fall behind.
+async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
     lifecycle::claim(app.state.store(), job).await??;
     let handle = JobHandle::new(app.state.store().clone(), job);
     for i in 0..4000 {
@@ -104,12 +99,46 @@ async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing
         handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await??;
     }
     handle.cancelled(Some(Stage::Render)).await??;
+    Ok(())
+}
+
+/// A small memory of recent events, so that catching up reads SQLite too; no fsync per commit,
+/// so that thousands of events append in a moment.
+async fn app_for_slow_readers() -> TestResult<TestApp> {
+    spawn_app_with(|c| {
+        c.stream_buffer = 16;
+        c.synchronous = Durability::Normal;
+    })
+    .await
+}
+
+const CATCH_UPS: &str = "aura_stream_catch_ups_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing() -> TestResult {
+    let app = app_for_slow_readers().await?;
+    let job = app.create_job("a reader that stalls").await?;
+    let mut res = open_small_window_stream(&app, job).await?;
+    let catch_ups = app.metric(CATCH_UPS).await?;
+    append_a_lot(&app, job).await?;
 
     let ids = res.ids_until_end().await?;
     assert_eq!(ids, app.sql_event_ids(job).await?, "every event once, in order");
     assert!(
-        app.metric("aura_stream_catch_ups_total").await? > catch_ups,
+        app.metric(CATCH_UPS).await? > catch_ups,
         "the stream fell behind and caught up (otherwise this test proves nothing)"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_up_shutdown() -> TestResult {
+    let app = app_for_slow_readers().await?;
+    let job = app.create_job("a reader that never reads again").await?;
+    let _res = open_small_window_stream(&app, job).await?;
+    append_a_lot(&app, job).await?;
+    let started = std::time::Instant::now();
+    app.stop().await?;
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped in {:?}", started.elapsed());
     Ok(())
 }

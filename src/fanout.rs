@@ -216,17 +216,6 @@ impl Fanout {
         self.shard(shard).lock().remove(id);
     }
 
-    /// Streams live now.
-    pub fn live_streams(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let reg = s.lock();
-                reg.wide.len() + reg.narrow.len()
-            })
-            .sum()
-    }
-
     /// Hands a committed group, in id order, to every shard to write to its streams.
     pub fn deliver(&self, events: Vec<Arc<StoredEvent>>) {
         let Some(last) = events.last() else { return };

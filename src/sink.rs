@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 pub enum Push {
     /// Everything was taken.
     Done,
-    /// Part was taken; these wire bytes (already framed) must go out before anything else.
+    /// Not all was taken: these wire bytes (already framed), the rest, must go out before
+    /// anything else.
     Partial(Bytes),
     /// Nothing was taken: the client is not reading fast enough.
     Full,

@@ -415,23 +415,10 @@ impl Subscriber {
 
     /// The frames of the events this stream wants among `events`, up to a job's terminal one.
     fn frames_of(&mut self, events: &[Arc<StoredEvent>]) -> Bytes {
-        let mut out = BytesMut::new();
-        let mut count = 0;
-        for event in events {
-            if event.id <= self.last_sent || !fanout::wants(&self.filter, event) {
-                continue;
-            }
-            out.extend_from_slice(&event.frame);
-            count += 1;
-            self.last_sent = event.id;
-            if self.ends_with_job && event.is_terminal() {
-                self.finished = true;
-                break;
-            }
-        }
-        metrics::counter!("aura_events_delivered_total").increment(count);
-        metrics::counter!("aura_events_replayed_total").increment(count);
-        out.freeze()
+        let wanted = events.iter().map(|e| &**e).filter(|e| fanout::wants(&self.filter, e));
+        let page = frame(wanted, self.last_sent, self.ends_with_job);
+        self.account(&page);
+        page.frames
     }
 
     fn restore(&mut self, live: Live) {
@@ -449,6 +436,24 @@ impl Subscriber {
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
     }
+}
+
+/// The frames of `events` after `after`, in order, up to a job's terminal event when
+/// `ends_with_job`.
+fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, ends_with_job: bool) -> Page {
+    let mut page = Page { frames: Bytes::new(), count: 0, last_id: None, finished: false, more: false };
+    let mut frames = BytesMut::new();
+    for event in events.into_iter().filter(|e| e.id > after) {
+        frames.extend_from_slice(&event.frame);
+        page.count += 1;
+        page.last_id = Some(event.id);
+        if ends_with_job && event.is_terminal() {
+            page.finished = true;
+            break;
+        }
+    }
+    page.frames = frames.freeze();
+    page
 }
 
 /// A page of replayed events, framed.
@@ -494,24 +499,9 @@ async fn read_page(
             return None;
         }
     };
-    let mut page = Page {
-        frames: Bytes::new(),
-        count: 0,
-        last_id: None,
-        finished: false,
-        more: rows.len() == limit as usize,
-    };
-    let mut frames = BytesMut::new();
-    for event in rows.iter().filter(|e| e.id > after) {
-        frames.extend_from_slice(&event.frame);
-        page.count += 1;
-        page.last_id = Some(event.id);
-        if ends_with_job && event.is_terminal() {
-            page.finished = true;
-            break;
-        }
-    }
-    page.frames = frames.freeze();
+    // The query already applied the filter (by owner, too: rows read back do not carry it).
+    let mut page = frame(&rows, after, ends_with_job);
+    page.more = rows.len() == limit as usize;
     Some(page)
 }
 

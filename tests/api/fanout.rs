@@ -11,7 +11,8 @@ use crate::helpers::{TestResult, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundreds_of_subscribers_each_get_their_exact_ids_while_jobs_append_concurrently() -> TestResult {
-    // A tiny live buffer so that slow subscribers really fall behind and catch up from the table.
+    // A tiny memory of recent events and tiny hyper channels, so that slow subscribers really
+    // fall behind and catch up from the table.
     let app = spawn_app_with(|c| c.stream_buffer = 16).await?;
     let via_hyper = r#"aura_streams_served_total{via="hyper"}"#;
     let hyper_before = app.metric(via_hyper).await?;

@@ -1,4 +1,4 @@
-//! The live half of every stream: one registry of caught-up streams, written to by one task.
+//! The live half of every stream: registries of caught-up streams, each written to by one task.
 //!
 //! The hub's tail calls [`Fanout::deliver`] once per committed group, which wakes one task per
 //! shard (one shard per core). Each walks its registry and writes each stream's share of the
@@ -9,10 +9,10 @@
 //! A stream that cannot take a write whole (its client reads slowly), ends (a job's terminal
 //! event, its deadline, shutdown) or whose client is gone leaves the registry, and its state is
 //! handed back to the stream's own task through a oneshot: that task finishes the write, catches
-//! up from the table and joins again. Joining is gapless because it happens under the lock the
-//! fan-out holds while it publishes: a stream joins only if nothing was published after the
-//! point its last read of the table started from (otherwise it reads again), and the fan-out
-//! skips every event at or below the stream's last sent id.
+//! up from memory or the table and joins again. Joining is gapless because it happens under the
+//! lock a shard holds while it delivers: a stream joins only if the shard has delivered nothing
+//! after the newest event the stream has caught up to (otherwise it catches up again), and the
+//! shard skips every event at or below the stream's last sent id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -94,6 +94,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Registry {
+    /// The highest id this shard has delivered.
     last_published: i64,
     closed: bool,
     /// Streams of all jobs, or of all of one owner's jobs.
@@ -150,8 +151,6 @@ enum Work {
 
 struct Shard {
     registry: Mutex<Registry>,
-    /// The highest id this shard has delivered (mirrors `Registry::last_published`).
-    last_published: AtomicI64,
     work: mpsc::UnboundedSender<Work>,
     next_id: AtomicU64,
     heartbeat: Duration,
@@ -172,7 +171,6 @@ impl Fanout {
                 let (work, rx) = mpsc::unbounded_channel();
                 let shard = Arc::new(Shard {
                     registry: Mutex::new(Registry { last_published, ..Registry::default() }),
-                    last_published: AtomicI64::new(last_published),
                     work,
                     next_id: AtomicU64::new(1),
                     heartbeat,
@@ -198,12 +196,6 @@ impl Fanout {
 
     fn shard(&self, id: ShardId) -> &Shard {
         &self.shards[id.0 % self.shards.len()]
-    }
-
-    /// The highest id `shard` has delivered. Read it *before* reading the table, and pass it to
-    /// [`Fanout::join`].
-    pub fn seen_by(&self, shard: ShardId) -> i64 {
-        self.shard(shard).last_published.load(Ordering::Acquire)
     }
 
     /// Makes a stream live in `shard` if the shard delivered nothing after `seen`.
@@ -288,7 +280,6 @@ impl Shard {
         let now = Instant::now();
         let mut reg = self.lock();
         reg.last_published = reg.last_published.max(last.id);
-        self.last_published.store(reg.last_published, Ordering::Release);
         let mut frames = Vec::with_capacity(events.len());
         let mut ended = Vec::new();
         let mut delivered = 0u64;

@@ -8,6 +8,24 @@ use std::path::PathBuf;
 
 use crate::store::Durability;
 
+/// `AURA_SYNCHRONOUS`: how durable a commit is (the store's [`Durability`], as a setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// fsync on every commit: a committed event survives power loss. The default.
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the newest commits on power loss.
+    Normal,
+}
+
+impl From<Synchronous> for Durability {
+    fn from(s: Synchronous) -> Self {
+        match s {
+            Synchronous::Full => Durability::Full,
+            Synchronous::Normal => Durability::Normal,
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -24,7 +42,7 @@ pub struct ServeConfig {
 
     /// `full` (fsync every commit; survives power loss) or `normal` (survives a process crash).
     #[arg(long, env = "AURA_SYNCHRONOUS", value_enum, default_value = "full")]
-    pub synchronous: Durability,
+    pub synchronous: Synchronous,
 
     /// Seconds of silence on a stream before a `: keepalive` comment.
     #[arg(long, env = "AURA_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]

@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::spec::FieldError;
+use crate::domain::spec::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -61,6 +61,13 @@ impl AppError {
 
 impl From<crate::store::StoreError> for AppError {
     fn from(e: crate::store::StoreError) -> Self {
+        AppError::Internal(anyhow::Error::new(e))
+    }
+}
+
+/// A poisoned lock on a request's path fails closed: a 500, whose cause goes to the log.
+impl From<crate::sync::Poisoned> for AppError {
+    fn from(e: crate::sync::Poisoned) -> Self {
         AppError::Internal(anyhow::Error::new(e))
     }
 }

@@ -7,24 +7,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::AppState;
-use crate::auth::{self, Auth};
+use crate::access::auth::Auth;
+use crate::access::limits::Limits;
 use crate::config::ServeConfig;
-use crate::error::AppError;
-use crate::hub::Hub;
-use crate::limits::Limits;
+use crate::engine::worker::{self, Pool};
+use crate::engine::{Engine, recovery};
+use crate::http::router::cors_layer;
+use crate::http::state::{AppState, Parts};
 use crate::lock::DataDirLock;
 use crate::store::Store;
-use crate::worker::{self, Pool};
-use crate::{health, jobs, openapi, recovery, stream, ui};
+use crate::streaming::{self, hub::Hub};
 
 /// How long shutdown waits for the workers after killing their children.
 const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
@@ -77,7 +73,7 @@ impl Application {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let metrics = metrics_handle()?;
         let shutdown = CancellationToken::new();
-        let (store, feed) = Store::open(&settings.database(), settings.synchronous)
+        let (store, feed) = Store::open(&settings.database(), settings.synchronous.into())
             .await
             .with_context(|| format!("opening the database {}", settings.database()))?;
         let hub = Hub::start(
@@ -92,15 +88,32 @@ impl Application {
         let listener =
             TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
-        let state = AppState::new(settings, store, hub, shutdown, metrics, auth, limits);
-        let router = router(state.clone()).layer(cors);
+        let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
+        let streaming = streaming::Context::new(
+            store.clone(),
+            hub,
+            shutdown.clone(),
+            settings.retry_ms,
+            settings.max_stream_secs,
+            settings.stream_buffer,
+        );
+        let state = AppState::new(Parts {
+            settings,
+            store,
+            engine: engine.clone(),
+            streaming,
+            metrics,
+            auth,
+            limits,
+        });
+        let router = crate::http::router(state.clone()).layer(cors);
         // Before serving and before any worker looks for work: put right what a dead run left.
         let recovered =
             recovery::recover(state.store(), &state.settings().data_dir, state.settings().max_attempts)
                 .await
                 .context("recovering jobs left by the previous run")?;
-        state.queue_resumed(recovered.resumed);
-        let workers = worker::spawn_pool(state.clone());
+        engine.queue_resumed(recovered.resumed);
+        let workers = worker::spawn_pool(engine);
         Ok(Application { lock, listener, router, state, port, workers })
     }
 
@@ -115,7 +128,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then ends every stream, stops the workers and closes
     /// the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let token = self.state.shutdown_token();
+        let token = self.state.engine().shutdown_token();
         let signal_token = token.clone();
         tracing::info!(addr = %self.listener.local_addr()?, "aura is listening");
         let stop = async move {
@@ -125,7 +138,7 @@ impl Application {
             }
             signal_token.cancel();
         };
-        let result = crate::server::serve(self.listener, self.router, stop).await.context("serving HTTP");
+        let result = streaming::server::serve(self.listener, self.router, stop).await.context("serving HTTP");
         token.cancel();
         tracing::info!("HTTP server stopped");
         // Cancelling the token killed every running child; the workers leave their jobs Running.
@@ -137,56 +150,4 @@ impl Application {
         drop(self.lock);
         result
     }
-}
-
-/// The whole HTTP surface: each module owns its routes, the root only merges them.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(jobs::router())
-        .merge(stream::router())
-        .merge(health::router())
-        .merge(auth::router())
-        .merge(openapi::router())
-        .merge(ui::router())
-        .fallback(fallback)
-        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_credentials))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-/// CORS for the exact origins of `AURA_CORS_ORIGINS` only, with credentials; none by default.
-/// It is the outermost layer, so preflights are answered before credentials are asked for.
-fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let mut allowed = Vec::new();
-    for origin in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        anyhow::ensure!(
-            origin != "*" && origin.contains("://"),
-            "AURA_CORS_ORIGINS lists exact origins such as https://app.example.com, not {origin:?}"
-        );
-        allowed.push(
-            HeaderValue::from_str(origin)
-                .with_context(|| format!("AURA_CORS_ORIGINS: {origin:?} is not an origin"))?,
-        );
-    }
-    Ok(CorsLayer::new()
-        .allow_origin(AllowOrigin::list(allowed))
-        .allow_credentials(true)
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("last-event-id"),
-        ])
-        .allow_methods([Method::GET, Method::POST, Method::DELETE]))
-}
-
-async fn fallback() -> impl IntoResponse {
-    crate::error::problem(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "there is no resource at this path",
-        None,
-    )
 }

@@ -1,8 +1,8 @@
 //! The job-list cursor decoder (`before=`): a positive event position or nothing.
 #![no_main]
 
-use aura::jobs::parse_cursor;
-use aura::stream::parse_event_id;
+use aura::http::jobs::parse_cursor;
+use aura::domain::event::parse_event_id;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {

@@ -2,7 +2,7 @@
 //! is exactly one `id:`, one `event:` and one `data:` line and a blank line, with no CR.
 #![no_main]
 
-use aura::event::StoredEvent;
+use aura::domain::event::StoredEvent;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (i64, String, String)| {

@@ -2,7 +2,7 @@
 //! an i64 are accepted.
 #![no_main]
 
-use aura::stream::parse_event_id;
+use aura::domain::event::parse_event_id;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {

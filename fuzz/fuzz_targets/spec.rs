@@ -2,7 +2,7 @@
 //! never panics; an accepted spec reads back as itself.
 #![no_main]
 
-use aura::spec::{JobSpec, SpecError};
+use aura::domain::spec::{JobSpec, SpecError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

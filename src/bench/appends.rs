@@ -7,8 +7,8 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::{Samples, Scenario};
-use crate::job::Stage;
-use crate::lifecycle::{self, JobHandle};
+use crate::domain::job::Stage;
+use crate::engine::lifecycle::{self, JobHandle};
 use crate::store::{Durability, Store};
 
 pub async fn run(producers: usize, events: usize, samples: &mut Samples) -> anyhow::Result<()> {
@@ -27,12 +27,12 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let case = format!("{producers} producers");
     let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
-    let spec = crate::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
+    let spec = crate::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut jobs = Vec::with_capacity(producers);
     for _ in 0..producers {
         let id = Uuid::now_v7();
-        lifecycle::create(&store, id, spec.clone(), crate::job::LOCAL_OWNER.into())
+        lifecycle::create(&store, id, spec.clone(), crate::domain::job::LOCAL_OWNER.into())
             .await?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         lifecycle::claim(&store, id).await?.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -11,8 +11,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::server::Target;
 use super::{Samples, Scenario};
-use crate::process::Process;
-use crate::spec::{Aspect, JobSpec};
+use crate::domain::spec::{Aspect, JobSpec};
+use crate::engine::process::Process;
 
 pub async fn run(duration: &str, res: &str, samples: &mut Samples) -> anyhow::Result<()> {
     let request = json!({

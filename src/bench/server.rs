@@ -49,7 +49,7 @@ impl Target {
             ("AURA_JOB_RATE", "1000000".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
-        let child = crate::process::spawn_background(&exe, &args, &env)?;
+        let child = crate::engine::process::spawn_background(&exe, &args, &env)?;
         let pid = child.id();
         let base = format!("http://127.0.0.1:{port}");
         let target = Target { base, pid, child: Some(child), dir: Some(dir) };
@@ -92,11 +92,16 @@ impl Target {
 /// Writes `n` job creations (one event each) straight into a fresh store, 64 at a time.
 async fn prefill(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
     let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
-    let spec = crate::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
+    let spec = crate::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let results: Vec<_> = futures_util::stream::iter(0..n)
         .map(|_| {
-            crate::lifecycle::create(&store, Uuid::now_v7(), spec.clone(), crate::job::LOCAL_OWNER.into())
+            crate::engine::lifecycle::create(
+                &store,
+                Uuid::now_v7(),
+                spec.clone(),
+                crate::domain::job::LOCAL_OWNER.into(),
+            )
         })
         .buffer_unordered(64)
         .collect()

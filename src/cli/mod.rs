@@ -1,6 +1,7 @@
 //! The `aura` command line: `aura serve` runs the server; the other commands talk to a running
 //! server over HTTP (`--server`, `AURA_SERVER`).
 
+pub mod check;
 mod client;
 mod commands;
 pub mod watch;
@@ -154,7 +155,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Check { data_dir, database_url, repair } => {
-            return crate::check::run_cli(&data_dir, database_url, repair).await;
+            return crate::cli::check::run_cli(&data_dir, database_url, repair).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
         Command::Token { command, file } => return Ok(token(command, &file)),
@@ -186,18 +187,20 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
     let path = file.tokens_file.clone().unwrap_or_else(|| file.data_dir.join("tokens"));
     let result = match command {
-        TokenCommand::Create { name, admin } => crate::auth::create_token(&path, &name, admin).map(|token| {
-            println!("{token}");
-            eprintln!("aura: token {name:?} created; it is shown only this once");
-            true
-        }),
-        TokenCommand::List => crate::auth::list_tokens(&path).map(|tokens| {
+        TokenCommand::Create { name, admin } => {
+            crate::access::auth::create_token(&path, &name, admin).map(|token| {
+                println!("{token}");
+                eprintln!("aura: token {name:?} created; it is shown only this once");
+                true
+            })
+        }
+        TokenCommand::List => crate::access::auth::list_tokens(&path).map(|tokens| {
             for t in tokens {
                 println!("{}\t{}", t.name, if t.admin { "admin" } else { "user" });
             }
             true
         }),
-        TokenCommand::Revoke { name } => crate::auth::revoke_token(&path, &name).inspect(|&found| {
+        TokenCommand::Revoke { name } => crate::access::auth::revoke_token(&path, &name).inspect(|&found| {
             if found {
                 eprintln!("aura: token {name:?} revoked");
             } else {

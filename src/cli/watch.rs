@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::client::{CliError, Client, problem};
-use crate::job::Stage;
+use crate::domain::job::Stage;
 
 /// Exit codes of `aura watch` (and `aura submit --watch`).
 pub const EXIT_COMPLETED: u8 = 0;

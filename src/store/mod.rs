@@ -22,12 +22,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::event::StoredEvent;
-use crate::job::{JobState, JobStatus};
+use crate::domain::event::StoredEvent;
+use crate::domain::job::{JobState, JobStatus};
 pub use writer::{Applied, Decide, Refusal};
 
 /// How `synchronous` is set on the write connection (`AURA_SYNCHRONOUS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// fsync on every commit: a committed event survives power loss. The default.
     Full,
@@ -35,16 +35,22 @@ pub enum Durability {
     Normal,
 }
 
+/// What went wrong in the store. The message says what failed and carries its source, for the
+/// log; the HTTP edge never sends it (it answers a fixed 500).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error")]
+    #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
-    #[error("database migration failed")]
+    #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shut down")]
     Closed,
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// The group commit this request was part of failed; every request of the group gets the
+    /// same cause.
+    #[error("the write group failed: {0}")]
+    GroupFailed(#[source] Arc<StoreError>),
 }
 
 /// Which jobs' events a reader wants.

@@ -7,8 +7,8 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::event::{StoredEvent, format_at};
-use crate::job::{JobState, JobStatus, Stage};
+use crate::domain::event::{StoredEvent, format_at};
+use crate::domain::job::{JobState, JobStatus, Stage};
 
 /// A `jobs` row, column for column.
 #[derive(Debug, Clone)]

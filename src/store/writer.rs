@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::rows::{JobChanges, JobColumns, JobRow};
 use super::{StoreError, StoredEvent};
-use crate::event::{EventBody, format_at, now_micros};
-use crate::job::{JobState, JobStatus};
+use crate::domain::event::{EventBody, format_at, now_micros};
+use crate::domain::job::{JobState, JobStatus};
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -129,9 +129,10 @@ async fn run(
             Err(e) => {
                 // The cache may hold states of the rolled-back group: start over from the table.
                 cache.clear();
-                tracing::error!(error = ?e, "group commit failed; every request in it is refused");
+                tracing::error!(error = %e, "group commit failed; every request in it is refused");
+                let cause = Arc::new(e);
                 for req in group.drain(..) {
-                    let _ = req.reply.send(Err(StoreError::Sqlx(sqlx::Error::WorkerCrashed)));
+                    let _ = req.reply.send(Err(StoreError::GroupFailed(cause.clone())));
                 }
             }
         }

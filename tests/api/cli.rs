@@ -3,8 +3,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use aura::job::Stage;
-use aura::lifecycle::{self, JobHandle};
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -211,7 +211,7 @@ async fn watch_in_a_terminal_draws_a_bar_per_stage_and_finishes_them() -> TestRe
     }
     crate::log::run_through_stages(&app, id, 2).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
-    job.complete(aura::event::JobOutput {
+    job.complete(aura::domain::event::JobOutput {
         video_path: format!("jobs/{id}/output.mp4"),
         video_url: format!("/api/jobs/{id}/output"),
         size_bytes: 1,

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aura::job::Stage;
-use aura::lifecycle::{self, JobHandle};
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
 use uuid::Uuid;
 
 use crate::helpers::{TestResult, spawn_app_with};

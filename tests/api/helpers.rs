@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use aura::app::AppState;
 use aura::config::ServeConfig;
+use aura::http::state::AppState;
 use aura::startup::Application;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -33,8 +33,16 @@ pub async fn spawn_app() -> TestResult<TestApp> {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestResult<TestApp> {
+    spawn_app_in(tempfile::tempdir()?, tweak).await
+}
+
+/// Starts the app on a folder an earlier app used (see [`TestApp::keep_dir`]), to see what a
+/// restart finds.
+pub async fn spawn_app_in(
+    dir: tempfile::TempDir,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> TestResult<TestApp> {
     init_logs();
-    let dir = tempfile::tempdir()?;
     let mut cfg = ServeConfig::for_data_dir(dir.path().join("data"));
     cfg.workers = Some(0);
     tweak(&mut cfg);
@@ -69,7 +77,12 @@ impl TestApp {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("data").join("aura.db")
+        self.data_path("aura.db")
+    }
+
+    /// A path inside the data folder.
+    pub fn data_path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join("data").join(relative)
     }
 
     /// Moves the data folder's ownership out, so it outlives `stop`.
@@ -98,6 +111,67 @@ impl TestApp {
         assert_eq!(res.status(), 201, "creating a job");
         let body: Value = res.json().await?;
         Ok(body["jobId"].as_str().ok_or("no jobId")?.parse()?)
+    }
+
+    /// Creates a job from a full request body and returns its id.
+    pub async fn create(&self, body: &Value) -> TestResult<Uuid> {
+        let res = self.post_job(body).await?;
+        if res.status() != 201 {
+            return Err(format!("create answered {}", res.status()).into());
+        }
+        let body: Value = res.json().await?;
+        Ok(body["jobId"].as_str().ok_or("no jobId")?.parse()?)
+    }
+
+    /// The job's snapshot.
+    pub async fn job(&self, job_id: Uuid) -> TestResult<Value> {
+        Ok(self.get_json(&format!("/api/jobs/{job_id}")).await?.1)
+    }
+
+    /// Asks for a cancel; returns the status code.
+    pub async fn cancel(&self, job_id: Uuid) -> TestResult<u16> {
+        Ok(self.client.post(self.url(&format!("/api/jobs/{job_id}/cancel"))).send().await?.status().as_u16())
+    }
+
+    /// The job's output, whole or the `Range` given.
+    pub async fn output(&self, job_id: Uuid, range: Option<&str>) -> TestResult<reqwest::Response> {
+        let mut req = self.client.get(self.url(&format!("/api/jobs/{job_id}/output")));
+        if let Some(range) = range {
+            req = req.header("Range", range);
+        }
+        Ok(req.send().await?)
+    }
+
+    /// Follows the job's event stream until `stop` says so or the stream ends (after the
+    /// terminal event); returns the events seen. Callers bound it with a timeout.
+    pub async fn follow(&self, job_id: Uuid, mut stop: impl FnMut(&Sse) -> bool) -> TestResult<Vec<Sse>> {
+        let mut stream = self.stream(&format!("/api/jobs/{job_id}/events"), &[]).await?;
+        if stream.status != 200 {
+            return Err(format!("events answered {}", stream.status).into());
+        }
+        let mut seen = Vec::new();
+        while let Some((id, kind, data)) = stream.next_event().await? {
+            if let Some(last) = seen.last().map(|e: &Sse| e.id)
+                && id <= last
+            {
+                return Err(format!("event id {id} came after {last}").into());
+            }
+            let event = Sse { id, kind, data };
+            let done = stop(&event);
+            seen.push(event);
+            if done {
+                break;
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Waits up to `bound` for the job to end and returns its snapshot.
+    pub async fn finished(&self, job_id: Uuid, bound: Duration) -> TestResult<Value> {
+        tokio::time::timeout(bound, self.follow(job_id, |_| false))
+            .await
+            .map_err(|_| format!("job {job_id} did not end within {bound:?}"))??;
+        self.job(job_id).await
     }
 
     pub async fn get_json(&self, path: &str) -> TestResult<(u16, Value)> {
@@ -164,6 +238,14 @@ impl TestApp {
             .fetch_all(&mut conn)
             .await?)
     }
+}
+
+/// One event of a stream, its data parsed.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: i64,
+    pub kind: String,
+    pub data: Value,
 }
 
 /// One item of an SSE response, parsed as the WHATWG EventSource algorithm does.

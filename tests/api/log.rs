@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use aura::event::EventBody;
-use aura::job::{JobState, Stage};
-use aura::lifecycle::{self, JobHandle};
+use aura::domain::event::EventBody;
+use aura::domain::job::{JobState, Stage};
+use aura::engine::lifecycle::{self, JobHandle};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -168,7 +168,7 @@ async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestRe
     let store = app.state.store();
     // Created and cancelled in the same group: the new row is written with its final state.
     let id = Uuid::now_v7();
-    let spec = aura::spec::JobSpec::from_value(&json!({"brief": {"topic": "one group"}}))
+    let spec = aura::domain::spec::JobSpec::from_value(&json!({"brief": {"topic": "one group"}}))
         .map_err(|e| e.to_string())?;
     let (created, cancelled) =
         tokio::join!(lifecycle::create(store, id, spec, "local".into()), lifecycle::cancel(store, id));

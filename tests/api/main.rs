@@ -9,6 +9,7 @@ mod cli;
 mod fanout;
 mod helpers;
 mod jobs_api;
+mod layers;
 mod log;
 mod openapi;
 mod pipeline;

@@ -80,8 +80,8 @@ async fn the_openapi_document_is_3_1_and_real_responses_validate_against_it() ->
     crate::log::run_through_stages(&app, id.parse()?, 1).await?;
     let (status, cancelled) = call(&app, "post", &format!("/api/jobs/{id}/cancel"), None).await?;
     check(&doc, "post", "/api/jobs/{job_id}/cancel", status, &cancelled)?;
-    let job = aura::lifecycle::JobHandle::new(app.state.store().clone(), id.parse()?);
-    job.cancelled(Some(aura::job::Stage::Render)).await??;
+    let job = aura::engine::lifecycle::JobHandle::new(app.state.store().clone(), id.parse()?);
+    job.cancelled(Some(aura::domain::job::Stage::Render)).await??;
     let (status, conflict) = call(&app, "post", &format!("/api/jobs/{id}/cancel"), None).await?;
     assert_eq!(status, 409);
     check(&doc, "post", "/api/jobs/{job_id}/cancel", status, &conflict)?;
@@ -91,7 +91,7 @@ async fn the_openapi_document_is_3_1_and_real_responses_validate_against_it() ->
     let mut types = std::collections::BTreeSet::new();
     for item in history.as_array().ok_or("not an array")? {
         let kind = item["type"].as_str().ok_or("no type")?;
-        let name = aura::openapi::event_schema_name(kind).ok_or("undocumented event type")?;
+        let name = aura::http::openapi::event_schema_name(kind).ok_or("undocumented event type")?;
         validate(&doc, &json!({"$ref": format!("#/components/schemas/{name}")}), &item["data"])?;
         types.insert(kind.to_owned());
     }

@@ -1,63 +1,48 @@
 //! End-to-end tests of the render pipeline: the real app on a free port, a fresh SQLite file,
 //! real ffmpeg and ffprobe, real HTTP. No mocks and no sleeps: tests follow the job's SSE
 //! stream (which ends after the terminal event) under `tokio::time::timeout`.
-//! It keeps its own small app helper (written beside the pipeline, before the two merged).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
-use futures_util::StreamExt;
+use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use aura::config::ServeConfig;
-use aura::startup::Application;
+use crate::helpers::{Sse, TestApp, TestResult, spawn_app_in, spawn_app_with};
 
 /// A rendering job at test size should be done well within this, even on a busy 2-core box.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    data_dir: Arc<tempfile::TempDir>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+/// `anyhow::ensure!` for functions that return [`TestResult`].
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        let holds: bool = $cond;
+        if !holds {
+            return Err(format!($($msg)+).into());
         }
-    }
+    };
 }
 
-async fn spawn_app() -> Result<TestApp> {
-    spawn_app_with(|_| {}).await
+/// The app with one render worker.
+async fn spawn_app() -> TestResult<TestApp> {
+    spawn_renderer(|_| {}).await
 }
 
-async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> Result<TestApp> {
-    spawn_app_in(Arc::new(tempfile::tempdir()?), configure).await
+/// The app with one render worker and settings of the test's own.
+async fn spawn_renderer(tweak: impl FnOnce(&mut aura::config::ServeConfig)) -> TestResult<TestApp> {
+    spawn_app_with(|cfg| {
+        cfg.workers = Some(1);
+        tweak(cfg);
+    })
+    .await
 }
 
-/// Starts the app on an existing data folder (to see what a restart finds).
-async fn spawn_app_in(
-    data_dir: Arc<tempfile::TempDir>,
-    configure: impl FnOnce(&mut ServeConfig),
-) -> Result<TestApp> {
-    let mut cfg = ServeConfig::for_data_dir(data_dir.path().to_path_buf());
-    cfg.workers = Some(1);
-    configure(&mut cfg);
-    let app = Application::build(cfg).await?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let (stop, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        rx.await.ok();
-    }));
-    Ok(TestApp { base, client: reqwest::Client::new(), data_dir, stop: Some(stop), server: Some(server) })
+/// Waits for the job to end; fails unless it completed.
+async fn completed(app: &TestApp, id: Uuid) -> TestResult<Value> {
+    let job = app.finished(id, JOB_TIMEOUT).await?;
+    ensure!(job["status"] == "Completed", "job ended {}: {}", job["status"], job["error"]);
+    Ok(job)
 }
 
 /// A small, fast job: 480p at 10 fps, 3 s, the fastest encoder settings.
@@ -71,99 +56,8 @@ fn small_job(topic: &str, aspect: &str, container: &str, codec: &str) -> Value {
     })
 }
 
-/// One SSE event.
-#[derive(Debug, Clone)]
-struct Sse {
-    kind: String,
-    data: Value,
-}
-
-impl TestApp {
-    async fn create(&self, body: &Value) -> Result<Uuid> {
-        let res = self.client.post(format!("{}/api/jobs", self.base)).json(body).send().await?;
-        ensure!(res.status() == 201, "create answered {}", res.status());
-        let v: Value = res.json().await?;
-        Ok(v["jobId"].as_str().context("jobId")?.parse()?)
-    }
-
-    async fn job(&self, id: Uuid) -> Result<Value> {
-        Ok(self.client.get(format!("{}/api/jobs/{id}", self.base)).send().await?.json().await?)
-    }
-
-    async fn history(&self, id: Uuid) -> Result<Vec<Value>> {
-        Ok(self.client.get(format!("{}/api/jobs/{id}/history", self.base)).send().await?.json().await?)
-    }
-
-    async fn cancel(&self, id: Uuid) -> Result<reqwest::StatusCode> {
-        Ok(self.client.post(format!("{}/api/jobs/{id}/cancel", self.base)).send().await?.status())
-    }
-
-    async fn output(&self, id: Uuid, range: Option<&str>) -> Result<reqwest::Response> {
-        let mut req = self.client.get(format!("{}/api/jobs/{id}/output", self.base));
-        if let Some(range) = range {
-            req = req.header("Range", range);
-        }
-        Ok(req.send().await?)
-    }
-
-    /// Follows the job's event stream until `stop` says so or the stream ends (after the
-    /// terminal event); returns the events seen.
-    async fn follow(&self, id: Uuid, mut stop: impl FnMut(&Sse) -> bool) -> Result<Vec<Sse>> {
-        let res = self.client.get(format!("{}/api/jobs/{id}/events", self.base)).send().await?;
-        ensure!(res.status() == 200, "events answered {}", res.status());
-        let mut body = res.bytes_stream();
-        let mut buf = String::new();
-        let mut seen = Vec::new();
-        while let Some(chunk) = body.next().await {
-            buf.push_str(std::str::from_utf8(&chunk?)?);
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let kind = frame.lines().find_map(|l| l.strip_prefix("event: "));
-                let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
-                if let (Some(kind), Some(data)) = (kind, data) {
-                    let event = Sse { kind: kind.to_owned(), data: serde_json::from_str(data)? };
-                    let done = stop(&event);
-                    seen.push(event);
-                    if done {
-                        return Ok(seen);
-                    }
-                }
-            }
-        }
-        Ok(seen)
-    }
-
-    /// Waits for the job to end and returns its snapshot.
-    async fn finished(&self, id: Uuid) -> Result<Value> {
-        tokio::time::timeout(JOB_TIMEOUT, self.follow(id, |_| false))
-            .await
-            .map_err(|_| anyhow!("job {id} did not end within {JOB_TIMEOUT:?}"))??;
-        self.job(id).await
-    }
-
-    async fn completed(&self, id: Uuid) -> Result<Value> {
-        let job = self.finished(id).await?;
-        ensure!(job["status"] == "Completed", "job ended {}: {}", job["status"], job["error"]);
-        Ok(job)
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.data_dir.path().join(relative)
-    }
-
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await??;
-        }
-        Ok(())
-    }
-}
-
 /// What ffprobe says about a file.
-fn ffprobe(path: &Path) -> Result<Value> {
+fn ffprobe(path: &Path) -> TestResult<Value> {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-of", "json", "-show_format", "-show_streams"])
         .arg(path)
@@ -195,7 +89,7 @@ fn band(stage: &str) -> (f64, f64) {
 
 /// The history tells the whole story in order: every stage started then completed, percent
 /// never down and inside each stage's band, progress in Audio, Visuals and Render.
-fn check_history(history: &[Value]) -> Result<()> {
+fn check_history(history: &[Value]) -> TestResult {
     let steps: Vec<(String, String)> = history
         .iter()
         .filter(|e| e["type"] == "step-status")
@@ -238,15 +132,15 @@ fn check_history(history: &[Value]) -> Result<()> {
     Ok(())
 }
 
-async fn renders(body: Value, expect: Expect) -> Result<()> {
+async fn renders(body: Value, expect: Expect) -> TestResult {
     let app = spawn_app().await?;
     let id = app.create(&body).await?;
-    let job = app.completed(id).await?;
+    let job = completed(&app, id).await?;
     let output = &job["output"];
     let video_path = output["videoPath"].as_str().context("videoPath")?;
     assert_eq!(video_path, format!("jobs/{id}/output.{}", expect.ext));
     assert_eq!(output["videoUrl"], format!("/api/jobs/{id}/output"));
-    let file = app.path(video_path);
+    let file = app.data_path(video_path);
     assert_eq!(output["sizeBytes"].as_u64(), Some(std::fs::metadata(&file)?.len()));
 
     let probe = ffprobe(&file)?;
@@ -270,49 +164,49 @@ async fn renders(body: Value, expect: Expect) -> Result<()> {
 
     check_history(&app.history(id).await?)?;
     // Intermediate files are gone; the output stays.
-    assert!(!app.path(&format!("jobs/{id}/work")).exists(), "work files left behind");
-    app.shutdown().await
+    assert!(!app.data_path(&format!("jobs/{id}/work")).exists(), "work files left behind");
+    app.stop().await
 }
 
 #[tokio::test]
-async fn a_widescreen_mp4_h264_job_renders_with_the_requested_format() -> Result<()> {
+async fn a_widescreen_mp4_h264_job_renders_with_the_requested_format() -> TestResult {
     let body = small_job("Widescreen test", "Widescreen16x9", "mp4", "h264");
     renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (854, 480), ext: "mp4" }).await
 }
 
 #[tokio::test]
-async fn a_vertical_mp4_h264_job_renders_with_the_requested_format() -> Result<()> {
+async fn a_vertical_mp4_h264_job_renders_with_the_requested_format() -> TestResult {
     let body = small_job("Vertical test", "Vertical9x16", "mp4", "h264");
     renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (480, 854), ext: "mp4" }).await
 }
 
 #[tokio::test]
-async fn a_square_mkv_hevc_job_renders_with_the_requested_format() -> Result<()> {
+async fn a_square_mkv_hevc_job_renders_with_the_requested_format() -> TestResult {
     let body = small_job("Square test", "Square1x1", "mkv", "hevc");
     renders(body, Expect { codec: "hevc", tag: None, audio: "aac", size: (480, 480), ext: "mkv" }).await
 }
 
 #[tokio::test]
-async fn a_webm_vp9_job_renders_with_the_requested_format() -> Result<()> {
+async fn a_webm_vp9_job_renders_with_the_requested_format() -> TestResult {
     let body = small_job("WebM test", "Widescreen16x9", "webm", "vp9");
     renders(body, Expect { codec: "vp9", tag: None, audio: "opus", size: (854, 480), ext: "webm" }).await
 }
 
 #[tokio::test]
-async fn an_mp4_hevc_job_renders_tagged_hvc1() -> Result<()> {
+async fn an_mp4_hevc_job_renders_tagged_hvc1() -> TestResult {
     let body = small_job("HEVC test", "Widescreen16x9", "mp4", "hevc");
     renders(body, Expect { codec: "hevc", tag: Some("hvc1"), audio: "aac", size: (854, 480), ext: "mp4" })
         .await
 }
 
 #[tokio::test]
-async fn a_webm_av1_job_renders_with_the_requested_format() -> Result<()> {
+async fn a_webm_av1_job_renders_with_the_requested_format() -> TestResult {
     let body = small_job("AV1 test", "Vertical9x16", "webm", "av1");
     renders(body, Expect { codec: "av1", tag: None, audio: "opus", size: (480, 854), ext: "webm" }).await
 }
 
 #[tokio::test]
-async fn a_topic_full_of_quotes_percent_backslashes_shell_and_emoji_renders() -> Result<()> {
+async fn a_topic_full_of_quotes_percent_backslashes_shell_and_emoji_renders() -> TestResult {
     let app = spawn_app().await?;
     let mut body =
         small_job("It's 100% \"quoted\": a\\b; $(rm -rf ~) 👋 שלום", "Widescreen16x9", "mp4", "h264");
@@ -320,7 +214,7 @@ async fn a_topic_full_of_quotes_percent_backslashes_shell_and_emoji_renders() ->
     body["planSpec"]["targetDuration"] = json!("00:00:08");
     body["voiceSpec"]["voiceName"] = json!("Klingon Commander");
     let id = app.create(&body).await?;
-    let job = app.completed(id).await?;
+    let job = completed(&app, id).await?;
     let duration = job["output"]["durationSec"].as_f64().context("durationSec")?;
     assert!((duration - 8.0).abs() <= 0.4, "duration {duration}");
     let history = app.history(id).await?;
@@ -328,7 +222,7 @@ async fn a_topic_full_of_quotes_percent_backslashes_shell_and_emoji_renders() ->
     let warning = history.iter().find(|e| e["type"] == "warning").context("no voice warning")?;
     assert_eq!(warning["data"]["code"], "voice-substituted");
     assert_eq!(warning["data"]["step"], "Audio");
-    app.shutdown().await
+    app.stop().await
 }
 
 /// Processes whose command line mentions `needle`.
@@ -353,7 +247,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 /// Starts a job long and large enough that Visuals is still running minutes later, and waits
 /// until its Visuals stage has started and one of its ffmpeg processes is visible. Returns the
 /// job id and the job folder's path, which every ffmpeg of the job has on its command line.
-async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> Result<(Uuid, String)> {
+async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> TestResult<(Uuid, String)> {
     let mut body = small_job("A long job", "Widescreen16x9", "mp4", "h264");
     body["planSpec"]["targetDuration"] = json!("00:01:00");
     body["renderSpec"]["res"] = json!("1080p");
@@ -364,7 +258,7 @@ async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> Result<(Uuid, S
         |e: &Sse| e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started";
     let seen = tokio::time::timeout(JOB_TIMEOUT, app.follow(id, visuals_started)).await??;
     ensure!(seen.last().is_some_and(visuals_started), "the job ended before Visuals");
-    let needle = app.path(&format!("jobs/{id}")).to_string_lossy().into_owned();
+    let needle = app.data_path(&format!("jobs/{id}")).to_string_lossy().into_owned();
     tokio::time::timeout(Duration::from_secs(30), async {
         while processes_mentioning(&needle).is_empty() {
             tokio::task::yield_now().await;
@@ -376,11 +270,12 @@ async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> Result<(Uuid, S
 }
 
 #[tokio::test]
-async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> Result<()> {
+async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> TestResult {
     let app = spawn_app().await?;
     let (id, needle) = start_a_long_job_and_wait_for_visuals(&app).await?;
-    let data_dir = app.data_dir.clone();
-    tokio::time::timeout(Duration::from_secs(10), app.shutdown())
+    let mut app = app;
+    let data_dir = app.keep_dir()?;
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .map_err(|_| anyhow!("shutdown took over 10 s"))??;
     let survivors = processes_mentioning(&needle);
@@ -402,11 +297,11 @@ async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> 
         })
         .collect();
     assert!(odd.is_empty(), "the shutdown appended {odd:?}");
-    again.shutdown().await
+    again.stop().await
 }
 
 #[tokio::test]
-async fn cancelling_during_visuals_kills_ffmpeg_removes_files_and_ends_within_three_seconds() -> Result<()> {
+async fn cancelling_during_visuals_kills_ffmpeg_removes_files_and_ends_within_three_seconds() -> TestResult {
     let app = spawn_app().await?;
     // Long and large enough that Visuals is still running when the cancel arrives.
     let mut body = small_job("Cancel me", "Widescreen16x9", "mp4", "h264");
@@ -421,7 +316,7 @@ async fn cancelling_during_visuals_kills_ffmpeg_removes_files_and_ends_within_th
     ensure!(seen.last().is_some_and(visuals_started), "the job ended before Visuals");
 
     // The scene's ffmpeg is running with the job's folder on its command line.
-    let job_dir = app.path(&format!("jobs/{id}"));
+    let job_dir = app.data_path(&format!("jobs/{id}"));
     let needle = job_dir.to_string_lossy().into_owned();
     tokio::time::timeout(Duration::from_secs(30), async {
         while processes_mentioning(&needle).is_empty() {
@@ -448,52 +343,56 @@ async fn cancelling_during_visuals_kills_ffmpeg_removes_files_and_ends_within_th
     assert_eq!(app.job(id).await?["status"], "Cancelled");
     assert_eq!(app.cancel(id).await?, 409);
     assert_eq!(app.output(id, None).await?.status(), 404);
-    app.shutdown().await
+    app.stop().await
 }
 
 #[tokio::test]
-async fn a_failing_ffmpeg_fails_the_job_without_leaking_paths() -> Result<()> {
+async fn a_failing_ffmpeg_fails_the_job_without_leaking_paths() -> TestResult {
     let scripts = tempfile::tempdir()?;
     let fake = scripts.path().join("ffmpeg-broken");
     std::fs::write(&fake, "#!/bin/sh\necho \"cannot open /very/secret/path\" >&2\nexit 1\n")?;
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let fake_for_cfg = fake.clone();
-    let app = spawn_app_with(move |cfg| cfg.ffmpeg = fake_for_cfg).await?;
+    let app = spawn_renderer(move |cfg| cfg.ffmpeg = fake_for_cfg).await?;
     let id = app.create(&small_job("Broken", "Widescreen16x9", "mp4", "h264")).await?;
-    let job = app.finished(id).await?;
+    let job = app.finished(id, JOB_TIMEOUT).await?;
     assert_eq!(job["status"], "Failed");
     let history = app.history(id).await?;
     let failed = history.iter().find(|e| e["type"] == "job-failed").context("no job-failed")?;
     assert_eq!(failed["data"]["error"]["code"], "ffmpeg-failed");
     assert_eq!(failed["data"]["step"], "Audio");
     let text = failed["data"].to_string();
-    for leak in
-        ["/very/secret", "flite", "-i ", &scripts.path().to_string_lossy(), &app.path("").to_string_lossy()]
-    {
+    for leak in [
+        "/very/secret",
+        "flite",
+        "-i ",
+        &scripts.path().to_string_lossy(),
+        &app.data_path("").to_string_lossy(),
+    ] {
         assert!(!text.contains(leak), "job-failed leaks {leak:?}: {text}");
     }
-    assert!(!app.path(&format!("jobs/{id}")).exists(), "the failed job's files were not removed");
-    app.shutdown().await
+    assert!(!app.data_path(&format!("jobs/{id}")).exists(), "the failed job's files were not removed");
+    app.stop().await
 }
 
 #[tokio::test]
-async fn a_missing_ffmpeg_makes_health_503_and_jobs_fail_ffmpeg_missing() -> Result<()> {
-    let app = spawn_app_with(|cfg| cfg.ffmpeg = PathBuf::from("/nonexistent/aura-test/ffmpeg")).await?;
-    let health = app.client.get(format!("{}/api/health", app.base)).send().await?;
+async fn a_missing_ffmpeg_makes_health_503_and_jobs_fail_ffmpeg_missing() -> TestResult {
+    let app = spawn_renderer(|cfg| cfg.ffmpeg = PathBuf::from("/nonexistent/aura-test/ffmpeg")).await?;
+    let health = app.client.get(app.url("/api/health")).send().await?;
     assert_eq!(health.status(), 503);
     let id = app.create(&small_job("No ffmpeg", "Widescreen16x9", "mp4", "h264")).await?;
-    let job = app.finished(id).await?;
+    let job = app.finished(id, JOB_TIMEOUT).await?;
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["error"]["code"], "ffmpeg-missing");
     let message = job["error"]["message"].as_str().context("message")?;
     assert!(!message.contains("/nonexistent"), "message leaks the path: {message}");
-    app.shutdown().await
+    app.stop().await
 }
 
 #[tokio::test]
-async fn the_output_is_served_whole_and_by_range() -> Result<()> {
+async fn the_output_is_served_whole_and_by_range() -> TestResult {
     let app = spawn_app().await?;
-    let bad = app.client.get(format!("{}/api/jobs/not-a-uuid/output", app.base)).send().await?;
+    let bad = app.client.get(app.url("/api/jobs/not-a-uuid/output")).send().await?;
     assert_eq!(bad.status(), 400);
     let unknown = app.output(Uuid::new_v4(), None).await?;
     assert_eq!(unknown.status(), 404);
@@ -503,9 +402,9 @@ async fn the_output_is_served_whole_and_by_range() -> Result<()> {
     let early = app.output(id, None).await?;
     assert_eq!(early.status(), 404, "served before completion");
     assert_eq!(early.headers()["content-type"], "application/problem+json");
-    let job = app.completed(id).await?;
+    let job = completed(&app, id).await?;
     let size = job["output"]["sizeBytes"].as_u64().context("sizeBytes")?;
-    let file = std::fs::read(app.path(job["output"]["videoPath"].as_str().context("videoPath")?))?;
+    let file = std::fs::read(app.data_path(job["output"]["videoPath"].as_str().context("videoPath")?))?;
 
     let whole = app.output(id, None).await?;
     assert_eq!(whole.status(), 200);
@@ -522,5 +421,5 @@ async fn the_output_is_served_whole_and_by_range() -> Result<()> {
 
     let beyond = app.output(id, Some(&format!("bytes={}-", size + 10))).await?;
     assert_eq!(beyond.status(), 416);
-    app.shutdown().await
+    app.stop().await
 }

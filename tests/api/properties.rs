@@ -3,10 +3,10 @@
 //! cursor decoder and the event encoder. They never panic, and they accept exactly what they
 //! document. (`fuzz/` runs the same functions under libFuzzer for longer.)
 
-use aura::event::StoredEvent;
-use aura::jobs::parse_cursor;
-use aura::spec::{JobSpec, SpecError};
-use aura::stream::parse_event_id;
+use aura::domain::event::StoredEvent;
+use aura::domain::event::parse_event_id;
+use aura::domain::spec::{JobSpec, SpecError};
+use aura::http::jobs::parse_cursor;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;

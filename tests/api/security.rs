@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aura::job::Stage;
-use aura::lifecycle::{self, JobHandle};
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -28,9 +28,9 @@ async fn spawn_secured(tweak: impl FnOnce(&mut aura::config::ServeConfig)) -> Te
         let path = cfg.data_dir.join("tokens");
         made = Some((|| {
             Ok::<_, anyhow::Error>((
-                aura::auth::create_token(&path, "alice", false)?,
-                aura::auth::create_token(&path, "bob", false)?,
-                aura::auth::create_token(&path, "root", true)?,
+                aura::access::auth::create_token(&path, "alice", false)?,
+                aura::access::auth::create_token(&path, "bob", false)?,
+                aura::access::auth::create_token(&path, "root", true)?,
                 path.clone(),
             ))
         })());
@@ -178,7 +178,7 @@ async fn a_session_survives_a_restart_and_ends_with_its_token() -> TestResult {
     let app = spawn_app_with(|cfg| cfg.data_dir = data_dir.clone()).await?;
     let res = app.client.get(app.url("/api/jobs")).header("cookie", &cookie).send().await?;
     assert_eq!(res.status(), 200, "the session outlived the restart");
-    assert!(aura::auth::revoke_token(&data_dir.join("tokens"), "bob")?);
+    assert!(aura::access::auth::revoke_token(&data_dir.join("tokens"), "bob")?);
     let res = app.client.get(app.url("/api/jobs")).header("cookie", &cookie).send().await?;
     assert_unauthorized(&res, "a revoked token's session");
     app.stop().await?;
@@ -190,9 +190,9 @@ async fn a_session_survives_a_restart_and_ends_with_its_token() -> TestResult {
 async fn changes_to_the_tokens_file_apply_without_a_restart() -> TestResult {
     let s = spawn_secured(|_| {}).await?;
     assert_eq!(s.req(Method::GET, "/api/jobs", &s.bob).send().await?.status(), 200);
-    assert!(aura::auth::revoke_token(&s.tokens_file, "bob")?);
+    assert!(aura::access::auth::revoke_token(&s.tokens_file, "bob")?);
     assert_unauthorized(&s.req(Method::GET, "/api/jobs", &s.bob).send().await?, "a revoked token");
-    let carol = aura::auth::create_token(&s.tokens_file, "carol", false)?;
+    let carol = aura::access::auth::create_token(&s.tokens_file, "carol", false)?;
     assert_eq!(s.req(Method::GET, "/api/jobs", &carol).send().await?.status(), 200);
     Ok(())
 }

@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aura::job::Stage;
-use aura::lifecycle::{self, JobHandle};
-use aura::store::Durability;
+use aura::config::Synchronous;
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -107,7 +107,7 @@ async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
 async fn app_for_slow_readers() -> TestResult<TestApp> {
     spawn_app_with(|c| {
         c.stream_buffer = 16;
-        c.synchronous = Durability::Normal;
+        c.synchronous = Synchronous::Normal;
     })
     .await
 }

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use aura::job::Stage;
-use aura::lifecycle::{self, JobHandle};
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
 use uuid::Uuid;
 
 use crate::helpers::{SseItem, TestApp, TestResult, WAIT, spawn_app, spawn_app_with};

@@ -1,0 +1,488 @@
+//! Who is calling: bearer tokens, browser sessions and the credentials middleware.
+//!
+//! Tokens are optional. With none configured Aura stays the open, single-user loopback tool and
+//! every caller is the owner `local`. Once the tokens file (`AURA_TOKENS_FILE`, default
+//! `<data-dir>/tokens`) holds a token, every `/api` route but health and the session routes
+//! needs `Authorization: Bearer <token>` or the `aura_session` cookie, and `/metrics` needs an
+//! admin token. Credentials are only ever read from headers, never from the query string.
+//!
+//! The tokens file holds one line per token, `NAME ROLE SHA256-HEX` (`ROLE` is `user` or
+//! `admin`; `#` starts a comment): only a hash, never the token. It is re-read whenever its size,
+//! modification time or inode changes (one `stat` per authenticated request), so `aura token
+//! create`/`revoke` take effect without a restart.
+//!
+//! A browser signs in with `POST /api/session`: the cookie holds a random session id, and the
+//! server keeps only the id's SHA-256 and the token's name in `<tokens-file>.sessions`, so
+//! sessions survive a restart and `DELETE /api/session` really ends one. A session is as good as
+//! its token: revoking the token ends its sessions.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::http::{HeaderMap, HeaderValue, header};
+use sha2::{Digest, Sha256};
+
+use crate::domain::job::{JobState, LOCAL_OWNER};
+use crate::error::AppError;
+use crate::sync::{Poisoned, lock};
+
+/// The session cookie's name (API.md).
+pub const SESSION_COOKIE: &str = "aura_session";
+/// How long a browser session lasts.
+pub const SESSION_SECS: u64 = 30 * 24 * 3600;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// No tokens are configured: the single local user, who may do everything.
+    Open,
+    /// A token's owner: sees and acts on its own jobs.
+    User,
+    /// An admin token: sees and may cancel every job, reads `/metrics`.
+    Admin,
+}
+
+/// The authenticated caller of an `/api` request, put in the request's extensions by the
+/// credentials middleware (`http::router`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The owner name jobs created by this caller get.
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    fn open() -> Self {
+        Caller { name: LOCAL_OWNER.to_owned(), role: Role::Open }
+    }
+
+    /// Whether this caller sees every job (admin, or open mode).
+    pub fn sees_all(&self) -> bool {
+        matches!(self.role, Role::Open | Role::Admin)
+    }
+
+    /// Whether per-owner limits apply (only with tokens).
+    pub fn is_limited(&self) -> bool {
+        self.role != Role::Open
+    }
+
+    /// The label of the open-streams gauge: `open`, `user` or `admin`.
+    pub fn class(&self) -> &'static str {
+        match self.role {
+            Role::Open => "open",
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// `403` unless this caller may see and act on `job`. Callers check this right after
+    /// loading the job, before answering anything else about it.
+    pub fn check_owns(&self, job: &JobState) -> Result<(), AppError> {
+        if self.sees_all() || job.owner == self.name {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("this job belongs to another owner".into()))
+        }
+    }
+}
+
+/// One line of the tokens file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub name: String,
+    pub admin: bool,
+    hash: [u8; 32],
+}
+
+/// What identifies one version of the tokens file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// The tokens file and its parsed contents, re-read when the file changes.
+struct Tokens {
+    path: PathBuf,
+    cache: Mutex<(Option<Stamp>, Arc<Vec<TokenEntry>>)>,
+}
+
+impl Tokens {
+    fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(Stamp { len: m.len(), modified: m.modified().ok(), inode: m.ino() })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current tokens; re-reads the file when it changed since the last call. A file that
+    /// cannot be read keeps the last good set (logged), so a bad edit never opens the server.
+    ///
+    /// A poisoned lock is an error, never an empty set: no tokens would mean "let everyone in".
+    fn current(&self) -> Result<Arc<Vec<TokenEntry>>, Poisoned> {
+        let mut cache = lock(&self.cache, "tokens")?;
+        let stamp = match Self::stamp(&self.path) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot stat the tokens file; keeping the tokens already loaded");
+                return Ok(cache.1.clone());
+            }
+        };
+        if cache.0 != stamp {
+            match read_tokens(&self.path) {
+                Ok(entries) => {
+                    tracing::info!(tokens = entries.len(), "tokens file loaded");
+                    *cache = (stamp, Arc::new(entries));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the tokens file; keeping the tokens already loaded")
+                }
+            }
+        }
+        Ok(cache.1.clone())
+    }
+}
+
+/// The SHA-256 of a secret (a token or a session id).
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Compares two digests in constant time.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// 256 random bits from the operating system's CSPRNG, as hex.
+fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("reading the system random source: {e}"))?;
+    Ok(to_hex(&bytes))
+}
+
+/// Token names are what jobs record as their owner: short, plain, unambiguous.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Parses the tokens file; a line that does not parse is skipped with a warning.
+fn parse_tokens(text: &str) -> Vec<TokenEntry> {
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let entry = match fields.as_slice() {
+            [name, role @ ("user" | "admin"), hash] if valid_name(name) => from_hex(hash)
+                .map(|hash| TokenEntry { name: (*name).to_owned(), admin: *role == "admin", hash }),
+            _ => None,
+        };
+        match entry {
+            Some(e) => entries.push(e),
+            None => tracing::warn!(line = n + 1, "skipping a malformed line of the tokens file"),
+        }
+    }
+    entries
+}
+
+fn read_tokens(path: &Path) -> std::io::Result<Vec<TokenEntry>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse_tokens(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `text` to `path` readable by its owner only, atomically (temporary file, rename).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// `aura token create`: stores the hash of a new token and returns the token.
+pub fn create_token(path: &Path, name: &str, admin: bool) -> anyhow::Result<String> {
+    anyhow::ensure!(valid_name(name), "a token name is 1 to 64 letters, digits, '-', '_' or '.'");
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "# Aura tokens: NAME ROLE SHA256(token). Managed with `aura token`.\n".to_owned()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    anyhow::ensure!(
+        !parse_tokens(&text).iter().any(|e| e.name == name),
+        "a token named {name:?} exists already; revoke it first"
+    );
+    let token = format!("aura_{}", random_hex()?);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let role = if admin { "admin" } else { "user" };
+    text.push_str(&format!("{name} {role} {}\n", to_hex(&digest(&token))));
+    write_private(path, &text)?;
+    Ok(token)
+}
+
+/// `aura token list`: every token's name and role.
+pub fn list_tokens(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+    read_tokens(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `aura token revoke`: removes the named token; `false` when there was none.
+pub fn revoke_token(path: &Path, name: &str) -> anyhow::Result<bool> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut found = false;
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            let hit = line.split_whitespace().next() == Some(name) && !line.trim_start().starts_with('#');
+            found |= hit;
+            !hit
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if found {
+        write_private(path, &kept)?;
+    }
+    Ok(found)
+}
+
+/// Browser sessions: SHA-256 of the session id → (token name, expiry in Unix seconds), kept in
+/// memory and in a file beside the tokens file.
+struct Sessions {
+    path: PathBuf,
+    map: Mutex<HashMap<[u8; 32], (String, u64)>>,
+    /// Serializes file writes, so the file always ends with the newest snapshot.
+    write: tokio::sync::Mutex<()>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Sessions {
+    fn load(path: PathBuf) -> anyhow::Result<Sessions> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let now = now_secs();
+        let map = text
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split_whitespace();
+                let (hash, name, expires) = (from_hex(f.next()?)?, f.next()?, f.next()?.parse::<u64>().ok()?);
+                (expires > now && valid_name(name)).then(|| (hash, (name.to_owned(), expires)))
+            })
+            .collect();
+        Ok(Sessions { path, map: Mutex::new(map), write: tokio::sync::Mutex::new(()) })
+    }
+
+    fn lookup(&self, id: &str) -> Result<Option<String>, Poisoned> {
+        let key = digest(id);
+        let map = lock(&self.map, "sessions")?;
+        Ok(map.get(&key).filter(|(_, expires)| *expires > now_secs()).map(|(name, _)| name.clone()))
+    }
+
+    async fn persist(&self) -> Result<(), AppError> {
+        let _guard = self.write.lock().await;
+        let now = now_secs();
+        let text: String = {
+            let mut map = lock(&self.map, "sessions")?;
+            map.retain(|_, (_, expires)| *expires > now);
+            map.iter().map(|(hash, (name, expires))| format!("{} {name} {expires}\n", to_hex(hash))).collect()
+        };
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_private(&path, &text))
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the sessions file: {e}"))??;
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<String, AppError> {
+        let id = random_hex()?;
+        lock(&self.map, "sessions")?.insert(digest(&id), (name.to_owned(), now_secs() + SESSION_SECS));
+        self.persist().await?;
+        Ok(id)
+    }
+
+    async fn end(&self, id: &str) -> Result<(), AppError> {
+        let removed = lock(&self.map, "sessions")?.remove(&digest(id)).is_some();
+        if removed {
+            self.persist().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Tokens, sessions and whether the server may run open; part of the HTTP state.
+pub struct Auth {
+    tokens: Tokens,
+    sessions: Sessions,
+    /// Loopback, or `--insecure-open`: with no tokens, requests are let in as `local`.
+    open_allowed: bool,
+    /// `Secure` on the session cookie: everywhere but plain HTTP on loopback.
+    secure_cookie: bool,
+}
+
+impl Auth {
+    pub fn load(settings: &crate::config::ServeConfig) -> anyhow::Result<Auth> {
+        let path = settings.tokens_path();
+        let mut sessions_path = path.clone().into_os_string();
+        sessions_path.push(".sessions");
+        let tokens = Tokens { path, cache: Mutex::new((None, Arc::default())) };
+        Ok(Auth {
+            tokens,
+            sessions: Sessions::load(PathBuf::from(sessions_path))?,
+            open_allowed: settings.is_loopback() || settings.insecure_open,
+            secure_cookie: !settings.is_loopback(),
+        })
+    }
+
+    /// Whether any token is configured right now; a poisoned lock counts as "yes" (closed).
+    pub fn has_tokens(&self) -> bool {
+        self.tokens.current().map_or(true, |t| !t.is_empty())
+    }
+
+    /// The caller a request's headers prove, or 401; a poisoned lock is a 500, never open.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
+        let tokens = self.tokens.current()?;
+        if tokens.is_empty() {
+            // Fail closed: a non-loopback server whose tokens file was emptied does not open up.
+            return if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) };
+        }
+        let as_caller = |e: &TokenEntry| Caller {
+            name: e.name.clone(),
+            role: if e.admin { Role::Admin } else { Role::User },
+        };
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = bearer(value).ok_or(AppError::Unauthorized)?;
+            let presented = digest(token);
+            // Every entry is compared, so the time taken does not say which one matched.
+            let found = tokens
+                .iter()
+                .fold(None, |found, e| if same_digest(&e.hash, &presented) { Some(e) } else { found });
+            return found.map(as_caller).ok_or(AppError::Unauthorized);
+        }
+        let id = session_cookie(headers).ok_or(AppError::Unauthorized)?;
+        let name = self.sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
+        tokens.iter().find(|e| e.name == name).map(as_caller).ok_or(AppError::Unauthorized)
+    }
+
+    /// The name of the token `token`, if it is one.
+    pub fn token_name(&self, token: &str) -> Result<Option<String>, Poisoned> {
+        let presented = digest(token);
+        let tokens = self.tokens.current()?;
+        Ok(tokens.iter().fold(None, |found, e| {
+            if same_digest(&e.hash, &presented) { Some(e.name.clone()) } else { found }
+        }))
+    }
+
+    /// Starts a browser session for the token named `name`; returns its id (the cookie's value).
+    pub async fn start_session(&self, name: &str) -> Result<String, AppError> {
+        self.sessions.start(name).await
+    }
+
+    /// Ends the session `id` on the server.
+    pub async fn end_session(&self, id: &str) -> Result<(), AppError> {
+        self.sessions.end(id).await
+    }
+
+    /// Whether the session cookie carries `Secure` (everywhere but plain HTTP on loopback).
+    pub fn secure_cookie(&self) -> bool {
+        self.secure_cookie
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The `aura_session` cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tokens_file_keeps_only_hashes_and_skips_bad_lines() {
+        let hash = to_hex(&digest("secret"));
+        let text = format!("# comment\nalice user {hash}\nroot admin {hash}\nbad line\nbob owner {hash}\n");
+        let entries = parse_tokens(&text);
+        assert_eq!(
+            entries.iter().map(|e| (e.name.as_str(), e.admin)).collect::<Vec<_>>(),
+            [("alice", false), ("root", true)]
+        );
+        assert!(!text.contains("secret"));
+    }
+
+    #[test]
+    fn bearer_needs_the_scheme_and_a_token() {
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&HeaderValue::from_static("bearer abc")), Some("abc"));
+        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer ")), None);
+    }
+}

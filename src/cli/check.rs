@@ -1,0 +1,187 @@
+//! `aura check`: verifies the store against its own log, and `--repair` rebuilds `jobs` from it.
+//!
+//! The events are the truth. The check folds every job's events with the same
+//! [`JobState::apply`] the writer uses and compares the result with the stored row; it also
+//! looks for what the fold alone cannot see: events that do not decode, time going backwards,
+//! two terminal events, rows without events, and videos that are missing or of the wrong size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::event::EventBody;
+use crate::domain::job::{JobState, JobStatus};
+use crate::store::{EventFilter, Store, StoreError};
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub jobs: usize,
+    pub events: usize,
+    pub problems: Vec<String>,
+    /// Each job's fold with its first event id: what `--repair` writes.
+    pub folded: Vec<(i64, JobState)>,
+}
+
+impl Report {
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Fold {
+    state: Option<JobState>,
+    last_at: Option<OffsetDateTime>,
+    terminal_id: Option<i64>,
+    broken: bool,
+}
+
+pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    let mut folds: BTreeMap<i64, (Uuid, Fold)> = BTreeMap::new();
+    let mut by_job: HashMap<Uuid, i64> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(&EventFilter::All, after, 1000).await?;
+        for e in &page {
+            report.events += 1;
+            after = e.id;
+            let key = *by_job.entry(e.job_id).or_insert(e.id);
+            let (_, fold) = folds.entry(key).or_insert_with(|| (e.job_id, Fold::default()));
+            let Some(decoded) = EventBody::decode(&e.kind, e.data()) else {
+                report.problems.push(format!(
+                    "event {} of job {}: unknown type or payload ({})",
+                    e.id, e.job_id, e.kind
+                ));
+                fold.broken = true;
+                continue;
+            };
+            if decoded.job_id != e.job_id {
+                report.problems.push(format!("event {}: data.jobId differs from its job_id column", e.id));
+            }
+            if fold.last_at.is_some_and(|t| decoded.at < t) {
+                report.problems.push(format!(
+                    "event {} of job {}: its time is earlier than the event before",
+                    e.id, e.job_id
+                ));
+            }
+            fold.last_at = Some(decoded.at);
+            if let Some(first) = fold.terminal_id {
+                report
+                    .problems
+                    .push(format!("job {}: event {} comes after its terminal event {first}", e.job_id, e.id));
+            }
+            if decoded.body.is_terminal() && fold.terminal_id.is_none() {
+                fold.terminal_id = Some(e.id);
+            }
+            match JobState::apply(fold.state.take(), e.job_id, e.id, decoded.at, &decoded.body) {
+                Ok(s) => fold.state = Some(s),
+                Err(err) => {
+                    report.problems.push(format!("event {} of job {}: {err}", e.id, e.job_id));
+                    fold.broken = true;
+                }
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+
+    for (first_id, (job_id, fold)) in folds {
+        report.jobs += 1;
+        let Some(state) = fold.state else { continue };
+        match store.job(job_id).await {
+            Ok(Some(row)) if row == state => {}
+            Ok(Some(row)) => report.problems.push(format!(
+                "job {job_id}: the jobs row differs from its events in {}",
+                differing_fields(&row, &state).join(", ")
+            )),
+            Ok(None) => report.problems.push(format!("job {job_id}: has events but no jobs row")),
+            Err(StoreError::Corrupt(what)) => {
+                report.problems.push(format!("job {job_id}: unreadable row ({what})"))
+            }
+            Err(e) => return Err(e),
+        }
+        if let (JobStatus::Completed, Some(out)) = (state.status, &state.output) {
+            match std::fs::metadata(data_dir.join(&out.video_path)) {
+                Ok(m) if m.len() == out.size_bytes => {}
+                Ok(m) => report.problems.push(format!(
+                    "job {job_id}: {} has {} bytes, the job-completed event says {}",
+                    out.video_path,
+                    m.len(),
+                    out.size_bytes
+                )),
+                Err(_) => {
+                    report.problems.push(format!("job {job_id}: the video {} is missing", out.video_path))
+                }
+            }
+        }
+        if !fold.broken {
+            report.folded.push((first_id, state));
+        }
+    }
+    let known: std::collections::HashSet<String> = by_job.keys().map(Uuid::to_string).collect();
+    for id in store.job_ids().await? {
+        if !known.contains(&id) {
+            report.problems.push(format!("job {id}: has a jobs row but no events"));
+        }
+    }
+    Ok(report)
+}
+
+/// Names the snapshot fields where two states differ.
+fn differing_fields(a: &JobState, b: &JobState) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["(unreadable)".into()];
+    };
+    a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+}
+
+/// `aura check [--repair]`: prints a readable report; exit 0 when healthy.
+pub async fn run_cli(
+    data_dir: &Path,
+    database_url: Option<String>,
+    repair: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    use std::process::ExitCode;
+
+    let database = database_url.unwrap_or_else(|| data_dir.join("aura.db").to_string_lossy().into_owned());
+    if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
+        anyhow::bail!("there is no database at {database}");
+    }
+    // A repair rewrites `jobs`: only with no server writing to the same folder.
+    let _lock = if repair { Some(crate::lock::DataDirLock::acquire(data_dir)?) } else { None };
+    let (store, _feed) = Store::open(&database, crate::store::Durability::Full)
+        .await
+        .with_context(|| format!("opening {database}"))?;
+    let report = check(&store, data_dir).await.context("reading the store")?;
+    print_report(&report);
+    if !repair || report.is_healthy() {
+        return Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    store.rebuild_jobs(&report.folded).await.context("rebuilding the jobs table")?;
+    println!("repaired: rebuilt {} jobs rows from the events", report.folded.len());
+    let after = check(&store, data_dir).await.context("reading the store again")?;
+    print_report(&after);
+    Ok(if after.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_report(report: &Report) {
+    if report.is_healthy() {
+        println!(
+            "ok: {} jobs, {} events; every jobs row equals the fold of its events",
+            report.jobs, report.events
+        );
+    } else {
+        println!("{} problem(s) in {} jobs, {} events:", report.problems.len(), report.jobs, report.events);
+        for p in &report.problems {
+            println!("  - {p}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The only ways a job changes: each function here is one decision run by the store's writer
+//! against the job's current state, appending its events through the single append path.
+//!
+//! The API handlers use [`create`] and [`cancel`]; the pipeline holds a [`JobHandle`] and calls
+//! `start_stage`, `progress`, `complete_stage`, `warn`, `fail`, `complete` and `cancelled`.
+//! Overall percent is clamped here so it never goes down within one attempt.
+
+use uuid::Uuid;
+
+use crate::domain::event::{
+    EventBody, JobCancelledData, JobCompletedData, JobError, JobFailedData, JobOutput, JobStatusData,
+    NoticeData, StepProgressData, StepState, StepStatusData,
+};
+use crate::domain::job::{JobState, JobStatus, Stage, round1};
+use crate::domain::spec::JobSpec;
+use crate::store::{Applied, Refusal, Store, StoreError};
+
+/// What a lifecycle call returns: the store may fail, or the decision may be refused.
+pub type Outcome = Result<Result<Applied, Refusal>, StoreError>;
+
+/// Creates a Queued job whose first event carries its request and owner.
+pub async fn create(store: &Store, job_id: Uuid, spec: JobSpec, owner: String) -> Outcome {
+    store
+        .apply(
+            job_id,
+            Box::new(move |state| match state {
+                Some(_) => Err(Refusal::Conflict("a job with this id exists".into())),
+                None => Ok(vec![EventBody::JobStatus(JobStatusData {
+                    status: JobStatus::Queued,
+                    stage: None,
+                    percent: 0.0,
+                    attempt: Some(0),
+                    owner: Some(owner),
+                    request: Some(Box::new(spec)),
+                })]),
+            }),
+        )
+        .await
+}
+
+/// Asks a job to stop: a Queued job is cancelled at once, a Running one becomes Cancelling (the
+/// worker then stops it and appends `job-cancelled`), a Cancelling one is left as it is.
+pub async fn cancel(store: &Store, job_id: Uuid) -> Outcome {
+    store
+        .apply(
+            job_id,
+            Box::new(|state| {
+                let s = state.ok_or(Refusal::NotFound)?;
+                match s.status {
+                    JobStatus::Queued => Ok(vec![EventBody::JobCancelled(JobCancelledData { step: None })]),
+                    JobStatus::Running => Ok(vec![EventBody::JobStatus(JobStatusData {
+                        status: JobStatus::Cancelling,
+                        stage: s.stage,
+                        percent: s.percent,
+                        attempt: Some(s.attempt),
+                        owner: None,
+                        request: None,
+                    })]),
+                    JobStatus::Cancelling => Ok(Vec::new()),
+                    done => Err(Refusal::Conflict(format!("the job is already {}", done.name()))),
+                }
+            }),
+        )
+        .await
+}
+
+/// Claims a Queued job for a worker: Running, the next attempt, at the start of `stage`.
+pub async fn claim(store: &Store, job_id: Uuid) -> Outcome {
+    store
+        .apply(
+            job_id,
+            Box::new(|state| {
+                let s = state.ok_or(Refusal::NotFound)?;
+                if s.status != JobStatus::Queued {
+                    return Err(Refusal::Conflict(format!("the job is {}", s.status.name())));
+                }
+                Ok(vec![new_attempt(s)])
+            }),
+        )
+        .await
+}
+
+/// The event that starts a job's next attempt: Running, at the start of Script.
+fn new_attempt(s: &JobState) -> EventBody {
+    EventBody::JobStatus(JobStatusData {
+        status: JobStatus::Running,
+        stage: Some(Stage::Script),
+        percent: 0.0,
+        attempt: Some(s.attempt + 1),
+        owner: None,
+        request: None,
+    })
+}
+
+/// Refuses changes to a job that has ended or does not exist.
+fn live(state: Option<&JobState>) -> Result<&JobState, Refusal> {
+    let s = state.ok_or(Refusal::NotFound)?;
+    if s.status.is_terminal() {
+        return Err(Refusal::Conflict(format!("the job is already {}", s.status.name())));
+    }
+    Ok(s)
+}
+
+/// A worker's handle on the job it runs.
+#[derive(Clone)]
+pub struct JobHandle {
+    store: Store,
+    job_id: Uuid,
+}
+
+impl JobHandle {
+    pub fn new(store: Store, job_id: Uuid) -> Self {
+        JobHandle { store, job_id }
+    }
+
+    pub fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    async fn decide(
+        &self,
+        f: impl FnOnce(&JobState) -> Result<Vec<EventBody>, Refusal> + Send + 'static,
+    ) -> Outcome {
+        self.store.apply(self.job_id, Box::new(move |state| f(live(state)?))).await
+    }
+
+    pub async fn start_stage(&self, step: Stage) -> Outcome {
+        self.decide(move |_| {
+            Ok(vec![EventBody::StepStatus(StepStatusData { step, state: StepState::Started })])
+        })
+        .await
+    }
+
+    pub async fn skip_stage(&self, step: Stage) -> Outcome {
+        self.decide(move |s| {
+            let percent = round1(s.percent.max(step.band().1));
+            Ok(vec![
+                EventBody::StepStatus(StepStatusData { step, state: StepState::Skipped }),
+                EventBody::StepProgress(StepProgressData {
+                    step,
+                    progress_pct: 100.0,
+                    percent,
+                    message: format!("{} kept from an earlier attempt", step.name()),
+                }),
+            ])
+        })
+        .await
+    }
+
+    /// `pct` percent through `step`; overall percent never goes below what was reported.
+    pub async fn progress(&self, step: Stage, pct: f64, message: String) -> Outcome {
+        self.decide(move |s| Ok(vec![progress_event(s, step, pct, message)])).await
+    }
+
+    /// The stage's 100 % (always sent) and its `Completed`.
+    pub async fn complete_stage(&self, step: Stage, message: String) -> Outcome {
+        self.decide(move |s| {
+            Ok(vec![
+                progress_event(s, step, 100.0, message),
+                EventBody::StepStatus(StepStatusData { step, state: StepState::Completed }),
+            ])
+        })
+        .await
+    }
+
+    pub async fn warn(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
+        let code = code.to_owned();
+        self.decide(move |_| Ok(vec![EventBody::Warning(NoticeData { code, message, step })])).await
+    }
+
+    pub async fn error(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
+        let code = code.to_owned();
+        self.decide(move |_| Ok(vec![EventBody::Error(NoticeData { code, message, step })])).await
+    }
+
+    pub async fn fail(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
+        let code = code.to_owned();
+        self.decide(move |_| {
+            Ok(vec![EventBody::JobFailed(JobFailedData { step, error: JobError { code, message } })])
+        })
+        .await
+    }
+
+    pub async fn complete(&self, output: JobOutput) -> Outcome {
+        self.decide(move |_| Ok(vec![EventBody::JobCompleted(JobCompletedData { output })])).await
+    }
+
+    pub async fn cancelled(&self, step: Option<Stage>) -> Outcome {
+        self.decide(move |_| Ok(vec![EventBody::JobCancelled(JobCancelledData { step })])).await
+    }
+}
+
+fn progress_event(s: &JobState, step: Stage, pct: f64, message: String) -> EventBody {
+    let pct = round1(pct.clamp(0.0, 100.0));
+    EventBody::StepProgress(StepProgressData {
+        step,
+        progress_pct: pct,
+        percent: step.overall(pct).max(s.percent),
+        message,
+    })
+}
+
+/// What [`recover`] did with a job left behind by a dead server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// A new attempt is Running and must be handed to a worker.
+    Resumed,
+    /// It was Cancelling: now Cancelled.
+    Cancelled,
+    /// It has used up its attempts: now Failed with `too-many-attempts`.
+    GaveUp,
+}
+
+/// After a restart: a Running job gets a `warning` (`engine-restarted`, naming its step) and a
+/// new attempt, or fails with `too-many-attempts` once `max_attempts` are used up; a Cancelling
+/// job ends Cancelled.
+pub async fn recover(
+    store: &Store,
+    job_id: Uuid,
+    max_attempts: u32,
+) -> Result<Result<Recovered, Refusal>, StoreError> {
+    let outcome = store
+        .apply(
+            job_id,
+            Box::new(move |state| {
+                let s = live(state)?;
+                let step = s.stage;
+                let where_ =
+                    step.map_or("before its first stage".to_owned(), |st| format!("in {}", st.name()));
+                match s.status {
+                    JobStatus::Cancelling => Ok(vec![EventBody::JobCancelled(JobCancelledData { step })]),
+                    JobStatus::Running => {
+                        let warning = EventBody::Warning(NoticeData {
+                            code: "engine-restarted".into(),
+                            message: format!(
+                                "the server restarted while the job was {where_} (attempt {})",
+                                s.attempt
+                            ),
+                            step,
+                        });
+                        let next = if s.attempt >= max_attempts {
+                            EventBody::JobFailed(JobFailedData {
+                                step,
+                                error: JobError {
+                                    code: "too-many-attempts".into(),
+                                    message: format!(
+                                        "the job was interrupted {} times; giving up",
+                                        s.attempt
+                                    ),
+                                },
+                            })
+                        } else {
+                            new_attempt(s)
+                        };
+                        Ok(vec![warning, next])
+                    }
+                    other => Err(Refusal::Conflict(format!("the job is {}", other.name()))),
+                }
+            }),
+        )
+        .await?;
+    Ok(outcome.map(|applied| match applied.state.status {
+        JobStatus::Cancelled => Recovered::Cancelled,
+        JobStatus::Failed => Recovered::GaveUp,
+        _ => Recovered::Resumed,
+    }))
+}

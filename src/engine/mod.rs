@@ -1,0 +1,16 @@
+//! The engine: everything that changes a job. Its decisions (`lifecycle`), the worker pool that
+//! claims and runs jobs (`worker`), the five stages (`pipeline`), the only way to start a child
+//! process (`process`) and startup recovery (`recovery`).
+//!
+//! [`Engine`] owns what is shared between them while the server runs: the registry of running
+//! jobs (so a cancel reaches their processes), the queue of recovered jobs and the wake-up of
+//! idle workers. The HTTP edge calls it; it never calls the edge.
+
+pub mod lifecycle;
+pub mod pipeline;
+pub mod process;
+pub mod recovery;
+pub mod worker;
+
+mod registry;
+pub use registry::Engine;

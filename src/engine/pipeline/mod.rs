@@ -1,0 +1,378 @@
+//! The render pipeline: one job's five stages, Script → Audio → Visuals → Timeline → Render.
+//!
+//! The worker hands [`run`] a [`Job`]: the request, the job's folders, the ffmpeg binaries and a
+//! cancellation token. Each stage announces itself, reports progress and completes through the
+//! [`JobHandle`], so every step reaches the event log through the store's single append path.
+//!
+//! **Encode once.** Visuals renders each scene clip directly in the final codec settings (codec,
+//! size, fps, yuv420p, bitrate, a GOP that starts at the clip's first frame); Timeline encodes the
+//! narration once to the final audio codec and checks durations; Render only joins the clips
+//! with the concat demuxer and `-c copy` and muxes the audio into the final container. Nothing is
+//! decoded and re-encoded twice, so the whole job costs about one hand-written ffmpeg command.
+//!
+//! **Time budgets.** Every stage gets a deadline proportional to the video's duration and its
+//! pixel rate (see [`Job::stage_budget`]); each child gets what remains of it as its timeout, and
+//! one that runs past it is killed and fails the job with `stage-timeout`.
+
+pub mod artifacts;
+pub mod audio;
+pub mod probe;
+pub mod progress;
+pub mod render;
+pub mod script;
+pub mod visuals;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::event::JobOutput;
+use crate::domain::job::Stage;
+use crate::domain::spec::JobSpec;
+use crate::engine::lifecycle::JobHandle;
+use crate::engine::process::{Process, ProcessError};
+use progress::Reporter;
+use script::{Script, ScriptWriter, TemplateWriter};
+
+/// Everything one run of the pipeline needs.
+pub struct Job {
+    pub id: Uuid,
+    pub spec: JobSpec,
+    pub handle: JobHandle,
+    pub reporter: Reporter,
+    /// `<data_dir>/jobs/<id>`: holds the output once rendered.
+    pub job_dir: PathBuf,
+    /// `<job_dir>/work`: intermediate files, removed when the job ends.
+    pub work_dir: PathBuf,
+    /// The output's path relative to the data folder, as reported in `videoPath`.
+    pub relative_output: String,
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+    pub cancel: CancellationToken,
+    /// When the running stage started, for the `aura_stage_seconds` histogram.
+    pub stage_started: std::sync::Mutex<Instant>,
+}
+
+/// How a stage ended other than by success.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{message}")]
+    Failed {
+        /// `ffmpeg-missing`, `ffmpeg-failed`, `stage-timeout` or `internal`.
+        code: &'static str,
+        /// Safe to show: no paths, command lines or stderr.
+        message: String,
+        #[source]
+        cause: Option<anyhow::Error>,
+    },
+}
+
+impl StageError {
+    pub fn internal(cause: anyhow::Error) -> Self {
+        StageError::Failed {
+            code: "internal",
+            message: "an internal error stopped the job; the cause is in the server log".into(),
+            cause: Some(cause),
+        }
+    }
+
+    /// Maps a child's failure while doing `what` (e.g. "rendering scene 2") to a client-safe error.
+    pub fn process(what: &str, e: ProcessError) -> Self {
+        match e {
+            ProcessError::Cancelled { .. } => StageError::Cancelled,
+            ProcessError::NotFound(program) => StageError::Failed {
+                code: "ffmpeg-missing",
+                message: format!("{program} is not installed or not executable on the server"),
+                cause: None,
+            },
+            ProcessError::Timeout { program, secs } => StageError::Failed {
+                code: "stage-timeout",
+                message: format!("{program} ran past the stage's time budget while {what} and was stopped"),
+                cause: Some(anyhow::anyhow!("timed out after {secs} s")),
+            },
+            ProcessError::Failed { program, status, .. } => StageError::Failed {
+                code: "ffmpeg-failed",
+                message: format!("{program} failed while {what} ({status})"),
+                cause: None,
+            },
+            e @ ProcessError::Io { .. } => StageError::Failed {
+                code: "ffmpeg-failed",
+                message: format!("{} could not be started while {what}", program_of(&e)),
+                cause: Some(e.into()),
+            },
+        }
+    }
+}
+
+fn program_of(e: &ProcessError) -> String {
+    match e {
+        ProcessError::Io { program, .. } => program.clone(),
+        _ => "ffmpeg".into(),
+    }
+}
+
+impl From<anyhow::Error> for StageError {
+    fn from(e: anyhow::Error) -> Self {
+        StageError::internal(e)
+    }
+}
+
+/// A stage's failure with the stage it happened in.
+#[derive(Debug)]
+pub struct PipelineError {
+    pub step: Stage,
+    pub error: StageError,
+}
+
+/// A stage's deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+}
+
+impl Job {
+    /// A generous time budget for one stage: a minute plus ten times real time at 1080p30,
+    /// scaled by the job's pixel rate (never below a quarter of it).
+    pub fn stage_budget(&self) -> Duration {
+        let r = &self.spec.render_spec;
+        let (w, h) = r.frame_size(self.spec.brief.aspect);
+        let rate = f64::from(w) * f64::from(h) * f64::from(r.fps) / (1920.0 * 1080.0 * 30.0);
+        let secs = 60.0 + 10.0 * f64::from(self.spec.plan_spec.target_duration) * rate.max(0.25);
+        Duration::from_secs_f64(secs)
+    }
+
+    /// An ffmpeg child for this job: in the work folder, under the stage's deadline, stopped by
+    /// the job's cancel token.
+    pub fn ffmpeg(&self, deadline: Deadline) -> Process {
+        self.child(&self.ffmpeg, deadline).args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
+    }
+
+    pub fn ffprobe(&self, deadline: Deadline) -> Process {
+        self.child(&self.ffprobe, deadline).args(["-v", "error", "-of", "json"])
+    }
+
+    fn child(&self, program: &Path, deadline: Deadline) -> Process {
+        Process::new(program)
+            .job(self.id)
+            .current_dir(&self.work_dir)
+            .timeout(deadline.remaining())
+            .cancel_on(self.cancel.clone())
+    }
+
+    pub fn work(&self, name: &str) -> PathBuf {
+        self.work_dir.join(name)
+    }
+
+    fn check_cancelled(&self) -> Result<(), StageError> {
+        if self.cancel.is_cancelled() { Err(StageError::Cancelled) } else { Ok(()) }
+    }
+
+    /// Starts `step`: appends its `Started` and returns its deadline.
+    async fn start(&self, step: Stage) -> Result<Deadline, StageError> {
+        self.check_cancelled()?;
+        self.handle.start_stage(step).await.context("storing a stage start")?.map_err(refused)?;
+        if let Ok(mut started) = self.stage_started.lock() {
+            *started = Instant::now();
+        }
+        Ok(Deadline(Instant::now() + self.stage_budget()))
+    }
+
+    /// Records the stage's artifacts (so a later attempt may skip it), then appends its end.
+    async fn finish_recorded<T: serde::Serialize>(
+        &self,
+        step: Stage,
+        message: String,
+        output: &T,
+        files: Vec<String>,
+    ) -> Result<(), StageError> {
+        self.check_cancelled()?;
+        artifacts::record(self, step, output, &files).await?;
+        if let Ok(started) = self.stage_started.lock() {
+            metrics::histogram!("aura_stage_seconds", "stage" => step.name())
+                .record(started.elapsed().as_secs_f64());
+        }
+        self.handle.complete_stage(step, message).await.context("storing a stage end")?.map_err(refused)?;
+        Ok(())
+    }
+}
+
+/// A refused append means the job ended under us (it was cancelled): stop.
+fn refused(r: crate::store::Refusal) -> StageError {
+    tracing::info!(refusal = %r, "the job changed under the worker; stopping");
+    StageError::Cancelled
+}
+
+/// Skips stages whose artifacts survived an earlier attempt, until the first one that did not.
+struct Resume {
+    possible: bool,
+}
+
+impl Resume {
+    /// The recorded output of `step` if it and every stage before it can be skipped.
+    async fn skip<T: serde::de::DeserializeOwned>(
+        &mut self,
+        job: &Job,
+        step: Stage,
+    ) -> Result<Option<T>, StageError> {
+        if self.possible {
+            if let Some(output) = artifacts::verified(job, step).await {
+                job.check_cancelled()?;
+                job.handle.skip_stage(step).await.context("storing a skipped stage")?.map_err(refused)?;
+                return Ok(Some(output));
+            }
+            self.possible = false;
+        }
+        Ok(None)
+    }
+}
+
+/// `work/<name>` for each name: artifact paths are relative to the job's folder.
+fn in_work<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    names.into_iter().map(|n| format!("work/{n}")).collect()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Runs the five stages and returns the output to report in `job-completed`. A stage whose
+/// verified artifacts survived an earlier attempt is reported `Skipped` instead of run again.
+#[tracing::instrument(skip_all, fields(job_id = %job.id))]
+pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
+    let at = |step: Stage| move |error: StageError| PipelineError { step, error };
+    tokio::fs::create_dir_all(&job.work_dir)
+        .await
+        .context("creating the work folder")
+        .map_err(|e| at(Stage::Script)(e.into()))?;
+    let mut resume = Resume { possible: true };
+
+    let step = Stage::Script;
+    let script: Script = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(script) => script,
+        None => {
+            job.start(step).await.map_err(at(step))?;
+            let script = TemplateWriter.write(&job.spec).map_err(|e| at(step)(e.into()))?;
+            let json = serde_json::to_vec_pretty(&script)
+                .context("encoding the script")
+                .map_err(|e| at(step)(e.into()))?;
+            tokio::fs::write(job.work("script.json"), json)
+                .await
+                .context("writing script.json")
+                .map_err(|e| at(step)(e.into()))?;
+            let n = script.scenes.len();
+            job.finish_recorded(
+                step,
+                format!("Script ready: {n} scene{}", plural(n)),
+                &script,
+                in_work([&"script.json".to_owned()]),
+            )
+            .await
+            .map_err(at(step))?;
+            script
+        }
+    };
+    let n = script.scenes.len();
+
+    let step = Stage::Audio;
+    let narration: audio::Narration = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(narration) => narration,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let narration = audio::narrate(job, &script, deadline).await.map_err(at(step))?;
+            job.finish_recorded(
+                step,
+                format!("Narrated {n} scene{}", plural(n)),
+                &narration,
+                in_work(&narration.files),
+            )
+            .await
+            .map_err(at(step))?;
+            narration
+        }
+    };
+
+    let step = Stage::Visuals;
+    let clips: Vec<visuals::Clip> = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(clips) => clips,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let clips = visuals::render_scenes(job, &script, deadline).await.map_err(at(step))?;
+            let files: Vec<String> = clips.iter().map(|c| c.file.clone()).collect();
+            job.finish_recorded(
+                step,
+                format!("Rendered {n} scene clip{}", plural(n)),
+                &clips,
+                in_work(&files),
+            )
+            .await
+            .map_err(at(step))?;
+            clips
+        }
+    };
+
+    let step = Stage::Timeline;
+    let timeline: render::Timeline = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(timeline) => timeline,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let timeline =
+                render::assemble(job, &script, &clips, &narration, deadline).await.map_err(at(step))?;
+            let files = [timeline.clip_list.clone(), "narration.txt".to_owned(), timeline.audio.clone()];
+            job.finish_recorded(step, "Timeline assembled".into(), &timeline, in_work(&files))
+                .await
+                .map_err(at(step))?;
+            timeline
+        }
+    };
+
+    let step = Stage::Render;
+    let output: JobOutput = match resume.skip(job, step).await.map_err(at(step))? {
+        Some(output) => output,
+        None => {
+            let deadline = job.start(step).await.map_err(at(step))?;
+            let output = render::render(job, &timeline, deadline).await.map_err(at(step))?;
+            let file = Path::new(&output.video_path).file_name().map(|f| f.to_string_lossy().into_owned());
+            job.finish_recorded(step, "Video rendered".into(), &output, file.into_iter().collect())
+                .await
+                .map_err(at(step))?;
+            output
+        }
+    };
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: ProcessError) -> (Option<&'static str>, String) {
+        match StageError::process("rendering scene 2", e) {
+            StageError::Cancelled => (None, String::new()),
+            StageError::Failed { code, message, .. } => (Some(code), message),
+        }
+    }
+
+    #[test]
+    fn child_failures_map_to_client_codes_without_paths_or_stderr() {
+        let p = || "ffmpeg".to_owned();
+        assert_eq!(code(ProcessError::NotFound(p())).0, Some("ffmpeg-missing"));
+        assert_eq!(code(ProcessError::Timeout { program: p(), secs: 60 }).0, Some("stage-timeout"));
+        assert_eq!(code(ProcessError::Cancelled { program: p() }).0, None);
+        let (c, message) = code(ProcessError::Failed {
+            program: p(),
+            status: "exit status: 1".into(),
+            stderr_tail: "/secret/work/clip02.mp4: Invalid argument".into(),
+        });
+        assert_eq!(c, Some("ffmpeg-failed"));
+        assert_eq!(message, "ffmpeg failed while rendering scene 2 (exit status: 1)");
+    }
+}

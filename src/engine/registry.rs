@@ -1,0 +1,144 @@
+//! [`Engine`]: the worker side's shared state while the server runs, and the calls the HTTP edge
+//! makes into it (create, cancel).
+//!
+//! It owns the registry of running jobs (job id → the token that cancels its processes), the
+//! queue of jobs startup recovery resumed, and the notification that wakes idle workers. Locks
+//! here guard plain bookkeeping; a poisoned one is logged and the step skipped (the fallback
+//! poll and the pipeline's own checks of the job's status still stop a cancelled job).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::ServeConfig;
+use crate::domain::spec::JobSpec;
+use crate::engine::lifecycle;
+use crate::store::{Applied, Refusal, Store, StoreError};
+use crate::sync::lock;
+
+/// Cheap to clone: everything is behind one `Arc`.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ServeConfig,
+    store: Store,
+    shutdown: CancellationToken,
+    jobs_created: Notify,
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    resumed: Mutex<VecDeque<Uuid>>,
+}
+
+impl Engine {
+    pub fn new(settings: ServeConfig, store: Store, shutdown: CancellationToken) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                shutdown,
+                jobs_created: Notify::new(),
+                running: Mutex::default(),
+                resumed: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ServeConfig {
+        &self.inner.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Cancelled when the server begins to shut down: workers stop, children are killed.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Signalled whenever a job is created, so idle workers wake without polling.
+    pub fn jobs_created(&self) -> &Notify {
+        &self.inner.jobs_created
+    }
+
+    /// Creates a job (one `job-status Queued` event) and wakes an idle worker.
+    pub async fn create(
+        &self,
+        job_id: Uuid,
+        spec: JobSpec,
+        owner: String,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let applied = lifecycle::create(self.store(), job_id, spec, owner).await?;
+        if applied.is_ok() {
+            self.inner.jobs_created.notify_waiters();
+        }
+        Ok(applied)
+    }
+
+    /// Cancels a job: Queued ends at once, Running becomes Cancelling and the worker running it,
+    /// if any, has its processes killed.
+    pub async fn cancel(&self, job_id: Uuid) -> Result<Result<Applied, Refusal>, StoreError> {
+        let applied = lifecycle::cancel(self.store(), job_id).await?;
+        if applied.is_ok() {
+            self.cancel_running(job_id);
+        }
+        Ok(applied)
+    }
+
+    /// Registers a job a worker is running; its token is cancelled by [`Engine::cancel`].
+    pub fn register_running(&self, job_id: Uuid) -> CancellationToken {
+        let token = self.inner.shutdown.child_token();
+        match lock(&self.inner.running, "running jobs") {
+            Ok(mut running) => {
+                running.insert(job_id, token.clone());
+            }
+            Err(e) => tracing::error!(error = %e, %job_id, "cannot register a running job"),
+        }
+        token
+    }
+
+    pub fn unregister_running(&self, job_id: Uuid) {
+        match lock(&self.inner.running, "running jobs") {
+            Ok(mut running) => {
+                running.remove(&job_id);
+            }
+            Err(e) => tracing::error!(error = %e, %job_id, "cannot unregister a running job"),
+        }
+    }
+
+    /// Tells the worker running `job_id`, if any, to stop it.
+    fn cancel_running(&self, job_id: Uuid) {
+        match lock(&self.inner.running, "running jobs") {
+            Ok(running) => {
+                if let Some(token) = running.get(&job_id) {
+                    token.cancel();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, %job_id, "cannot reach the running job to cancel it"),
+        }
+    }
+
+    /// Queues jobs that startup recovery gave a new attempt; workers take them first.
+    pub fn queue_resumed(&self, jobs: impl IntoIterator<Item = Uuid>) {
+        match lock(&self.inner.resumed, "resumed jobs") {
+            Ok(mut q) => q.extend(jobs),
+            Err(e) => tracing::error!(error = %e, "cannot queue recovered jobs"),
+        }
+    }
+
+    /// The next recovered job to run, if any.
+    pub fn next_resumed(&self) -> Option<Uuid> {
+        match lock(&self.inner.resumed, "resumed jobs") {
+            Ok(mut q) => q.pop_front(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the recovered jobs");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The worker pool: `AURA_WORKERS` loops that claim Queued jobs and run the pipeline on them.
+//!
+//! An idle worker sleeps until `POST /api/jobs` signals [`Engine::jobs_created`]; it arms the
+//! notification *before* looking for work, so a job created between the look and the wait still
+//! wakes it. A slow poll ([`FALLBACK_POLL`]) is only a safety net. Claiming is
+//! `lifecycle::claim`, one decision on the store's writer, so two workers never run one job.
+//!
+//! Jobs that startup recovery resumed (see `recovery`) come first and need no claim.
+//!
+//! Each job runs in its own task: a panic there fails that job with code `internal` and the
+//! worker carries on. A cancelled job has its processes killed (by the pipeline's `Process`
+//! children), its files removed and `job-cancelled` appended. On shutdown the running children
+//! are killed the same way but nothing is appended: the job stays `Running` for a later attempt.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::domain::job::{JobStatus, Stage};
+use crate::engine::Engine;
+use crate::engine::lifecycle::{self, JobHandle};
+use crate::engine::pipeline::progress::Reporter;
+use crate::engine::pipeline::{self, Job, PipelineError, StageError};
+
+/// How often an idle worker looks for work even without a notification.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
+/// The running workers.
+pub struct Pool {
+    workers: JoinSet<()>,
+}
+
+/// Starts `settings().worker_count()` workers (none on an API-only node).
+pub fn spawn_pool(engine: Engine) -> Pool {
+    let mut workers = JoinSet::new();
+    for n in 0..engine.settings().worker_count() {
+        workers.spawn(work(engine.clone(), n));
+    }
+    Pool { workers }
+}
+
+impl Pool {
+    /// Waits up to `bound` for the workers to stop (after the shutdown token was cancelled),
+    /// then aborts whatever is left.
+    pub async fn join(mut self, bound: Duration) {
+        let all = async { while self.workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!("workers did not stop in time; aborting them");
+            self.workers.abort_all();
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(worker = n))]
+async fn work(engine: Engine, n: usize) {
+    let shutdown = engine.shutdown_token();
+    tracing::debug!("worker started");
+    while !shutdown.is_cancelled() {
+        let notified = engine.jobs_created().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Jobs that startup recovery gave a new attempt are already Running: no claim.
+        if let Some(job_id) = engine.next_resumed() {
+            match engine.store().job(job_id).await {
+                Ok(Some(job)) if job.status == JobStatus::Running => {
+                    run_job(&engine, job_id, job.request).await
+                }
+                Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
+                Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
+            }
+            continue;
+        }
+        match engine.store().next_queued().await {
+            Ok(Some(job_id)) => {
+                match lifecycle::claim(engine.store(), job_id).await {
+                    Ok(Ok(applied)) => run_job(&engine, job_id, applied.state.request).await,
+                    Ok(Err(refusal)) => tracing::debug!(%job_id, %refusal, "another worker took the job"),
+                    Err(e) => {
+                        tracing::error!(%job_id, error = %e, "claiming a job failed");
+                        idle(&shutdown, notified).await;
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "looking for queued jobs failed"),
+        }
+        idle(&shutdown, notified).await;
+    }
+    tracing::debug!("worker stopped");
+}
+
+async fn idle(
+    shutdown: &tokio_util::sync::CancellationToken,
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) {
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep(FALLBACK_POLL) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// The data folder as an absolute path, so children started elsewhere find the files.
+fn absolute(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| {
+        std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+    })
+}
+
+/// Runs one claimed job to its end (or to shutdown) and records how it ended.
+#[tracing::instrument(skip_all, fields(job_id = %job_id))]
+async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSpec) {
+    let cancel = engine.register_running(job_id);
+    let handle = JobHandle::new(engine.store().clone(), job_id);
+    let settings = engine.settings();
+    let job_dir = absolute(&settings.data_dir).join("jobs").join(job_id.to_string());
+    let ext = spec.render_spec.container.extension();
+    let job = Job {
+        id: job_id,
+        spec,
+        handle: handle.clone(),
+        reporter: Reporter::new(handle.clone()),
+        work_dir: job_dir.join("work"),
+        job_dir: job_dir.clone(),
+        relative_output: format!("jobs/{job_id}/output.{ext}"),
+        ffmpeg: settings.ffmpeg.clone(),
+        ffprobe: settings.ffprobe.clone(),
+        cancel: cancel.clone(),
+        stage_started: std::sync::Mutex::new(std::time::Instant::now()),
+    };
+    // A cancel that came between the claim and the registration found no token to cancel.
+    if matches!(engine.store().job(job_id).await, Ok(Some(s)) if s.status == JobStatus::Cancelling) {
+        cancel.cancel();
+    }
+    let task = tokio::spawn(async move {
+        let result = pipeline::run(&job).await;
+        (job, result)
+    });
+    let outcome = task.await;
+    engine.unregister_running(job_id);
+    let shutting_down = engine.shutdown_token().is_cancelled();
+    match outcome {
+        Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
+            // Cancelled just as the last stage ended: the client asked to stop, so honour it.
+            remove_dir(&job.job_dir).await;
+            log_append(handle.cancelled(Some(Stage::Render)).await, "job-cancelled");
+            tracing::info!("job cancelled after its last stage");
+        }
+        Ok((job, Ok(output))) => {
+            remove_dir(&job.work_dir).await;
+            log_append(handle.complete(output).await, "job-completed");
+            tracing::info!("job completed");
+        }
+        Ok((_, Err(PipelineError { error: StageError::Cancelled, .. }))) if shutting_down => {
+            tracing::info!("shutdown: the job stays Running for a later attempt");
+        }
+        Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
+            remove_dir(&job.job_dir).await;
+            log_append(handle.cancelled(Some(step)).await, "job-cancelled");
+            tracing::info!(step = step.name(), "job cancelled");
+        }
+        Ok((job, Err(PipelineError { step, error: StageError::Failed { code, message, cause } }))) => {
+            tracing::warn!(step = step.name(), code, %message, cause = ?cause, "job failed");
+            remove_dir(&job.job_dir).await;
+            log_append(handle.fail(Some(step), code, message).await, "job-failed");
+        }
+        Err(join_error) => {
+            let step = engine
+                .store()
+                .job(job_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.stage)
+                .unwrap_or(Stage::Script);
+            if join_error.is_panic() {
+                tracing::error!(step = step.name(), "the job's task panicked");
+            } else {
+                tracing::error!(error = %join_error, "the job's task ended abnormally");
+            }
+            remove_dir(&job_dir).await;
+            if !shutting_down {
+                let message = "an internal error stopped the job; the cause is in the server log".to_owned();
+                log_append(handle.fail(Some(step), "internal", message).await, "job-failed");
+            }
+        }
+    }
+}
+
+fn log_append(outcome: lifecycle::Outcome, what: &str) {
+    match outcome {
+        Ok(Ok(_)) => {}
+        Ok(Err(refusal)) => tracing::warn!(%refusal, "{what} was refused"),
+        Err(e) => tracing::error!(error = %e, "storing {what} failed"),
+    }
+}
+
+async fn remove_dir(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "removing job files failed"),
+    }
+}

@@ -1,0 +1,17 @@
+//! The stream machinery: the accept loop that lets a stream own its socket (`server`), the tail
+//! of committed events and the recent ones kept in memory (`hub`), the registries that write
+//! live events into sockets (`fanout`), where a stream's bytes go (`sink`), and a stream's own
+//! task (`stream`).
+//!
+//! It knows nothing of HTTP handlers: the edge checks a request, then hands [`stream::open`] a
+//! filter, a resume point and the slots the request holds. The stream paths are named once, in
+//! [`paths`], for the router and the accept loop's sniffer alike.
+
+pub mod fanout;
+pub mod hub;
+pub mod paths;
+pub mod server;
+pub mod sink;
+pub mod stream;
+
+pub use stream::Context;

@@ -1,0 +1,398 @@
+//! One event stream's life, after the HTTP edge has checked its request: [`open`] builds the
+//! response, and the stream's own task ([`Subscriber::run`]) writes it.
+//!
+//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages
+//! (framed by SQLite), then joins the fan-out, which writes live events into it (see `fanout`
+//! for why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
+//! comes back to its own task, which catches up from the table from its last sent id and joins
+//! again: nobody is disconnected for being slow, and nothing is buffered per stream beyond what
+//! the kernel holds.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::limits::{StreamGuard, StreamSlot};
+use crate::domain::event::StoredEvent;
+use crate::store::{EventFilter, Store};
+use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
+use crate::streaming::hub::Hub;
+use crate::streaming::sink::Sink;
+
+/// Events per replay query; the first page is small so the first event goes out at once.
+const REPLAY_PAGE: u32 = 2000;
+const FIRST_REPLAY_PAGE: u32 = 100;
+/// Events in the first write of a catch-up from memory.
+const FIRST_RECENT: usize = 16;
+
+/// What a stream needs of the server while it runs: cheap to clone (one `Arc`), so that an
+/// idle stream costs a pointer, not a copy of the application's state.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    store: Store,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    retry_ms: u64,
+    max_stream_secs: u64,
+    /// The chunks a stream served through hyper may queue.
+    hyper_buffer: u64,
+}
+
+impl Context {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+        retry_ms: u64,
+        max_stream_secs: u64,
+        hyper_buffer: u64,
+    ) -> Self {
+        Context {
+            inner: Arc::new(ContextInner { store, hub, shutdown, retry_ms, max_stream_secs, hyper_buffer }),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// Starts a stream after every check has passed: no byte is sent before this point.
+///
+/// The response carries the stream twice: as a [`StreamStart`] extension, which `server` takes
+/// to write the stream straight onto the socket when the stream is its connection's first
+/// request, and as a body that starts the same stream through hyper otherwise. Whichever comes
+/// first takes it.
+pub fn open(
+    ctx: &Context,
+    slot: StreamSlot,
+    owner_slot: StreamGuard,
+    filter: EventFilter,
+    resume: i64,
+    ends_with_job: bool,
+) -> Response {
+    let kind = if ends_with_job { "job" } else { "all" };
+    metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
+    let sub = Subscriber {
+        ctx: ctx.clone(),
+        filter,
+        last_sent: resume,
+        ends_with_job,
+        finished: false,
+        deadline: Instant::now() + Duration::from_secs(ctx.inner.max_stream_secs),
+        replayed_pages: 0,
+        shard: ctx.hub().fanout().pick_shard(),
+        _slot: slot,
+        _owner_slot: owner_slot,
+        _gauge: OpenGauge::new(kind),
+    };
+    let start = StreamStart(Arc::new(Mutex::new(Some(sub))));
+    let body = Body::from_stream(HyperBody {
+        start: Some(start.clone()),
+        rx: None,
+        capacity: ctx.inner.hyper_buffer,
+    });
+    let mut res = Response::new(body);
+    res.extensions_mut().insert(start);
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    res
+}
+
+/// A stream ready to run, in a response: taken once, by `server` or by the response body.
+#[derive(Clone)]
+pub struct StreamStart(Arc<Mutex<Option<Subscriber>>>);
+
+impl StreamStart {
+    pub fn take(&self) -> Option<Subscriber> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// The response body of a stream hyper serves: starts the stream on first poll, then reads
+/// what it writes from a bounded channel.
+struct HyperBody {
+    start: Option<StreamStart>,
+    rx: Option<mpsc::Receiver<Bytes>>,
+    capacity: u64,
+}
+
+impl futures_util::Stream for HyperBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.rx.is_none() {
+            let Some(sub) = self.start.take().and_then(|s| s.take()) else { return Poll::Ready(None) };
+            let (tx, rx) = mpsc::channel(self.capacity.clamp(1, 1 << 16) as usize);
+            metrics::counter!("aura_streams_served_total", "via" => "hyper").increment(1);
+            tokio::spawn(sub.run(Arc::new(Sink::Channel(tx))));
+            self.rx = Some(rx);
+        }
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(Ok)),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Keeps the open-streams gauge of one kind true while a stream lives.
+struct OpenGauge(&'static str);
+
+impl OpenGauge {
+    fn new(kind: &'static str) -> Self {
+        metrics::gauge!("aura_open_streams", "kind" => kind).increment(1.0);
+        OpenGauge(kind)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("aura_open_streams", "kind" => self.0).decrement(1.0);
+    }
+}
+
+/// One open stream while its own task drives it: the preamble, the replay, every catch-up.
+/// While it is live the fan-out holds its state instead, and this task only waits for it back
+/// (or for its client to go away).
+pub struct Subscriber {
+    ctx: Context,
+    filter: EventFilter,
+    last_sent: i64,
+    /// A per-job stream ends after the job's terminal event.
+    ends_with_job: bool,
+    finished: bool,
+    deadline: Instant,
+    replayed_pages: u32,
+    /// The fan-out registry this stream joins whenever it is caught up.
+    shard: ShardId,
+    _slot: StreamSlot,
+    /// The per-owner stream slot (`limits`).
+    _owner_slot: StreamGuard,
+    _gauge: OpenGauge,
+}
+
+impl Subscriber {
+    /// Runs the stream to its end, writing into `sink`.
+    pub async fn run(mut self, sink: Arc<Sink>) {
+        let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.inner.retry_ms));
+        if sink.push(preamble).await.is_err() {
+            return;
+        }
+        let shutdown = self.ctx.inner.shutdown.clone();
+        let ctx = self.ctx.clone();
+        let (hub, fanout) = (ctx.hub(), ctx.hub().fanout());
+        // Every event this stream wants up to here has been sent: the resume point at first.
+        let mut covered = self.last_sent;
+        loop {
+            if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                sink.finish().await;
+                return;
+            }
+            let Some((recent, through)) = hub.recent_after(covered) else {
+                // Older than memory holds: the table, until a page comes back short. The next
+                // page is read while the current one is written.
+                let seen = hub.last_published();
+                let store = ctx.store();
+                let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+                let mut page =
+                    read_page(store, &self.filter, self.last_sent, first, self.ends_with_job).await;
+                loop {
+                    let Some(current) = page else {
+                        // A failed read ends the response; the client resumes from its last id.
+                        sink.finish().await;
+                        return;
+                    };
+                    self.account(&current);
+                    if !current.more || self.finished {
+                        if sink.push(current.frames).await.is_err() {
+                            return;
+                        }
+                        if !current.more {
+                            covered = seen;
+                        }
+                        break;
+                    }
+                    let next =
+                        read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.ends_with_job);
+                    let (written, next) = tokio::join!(sink.push(current.frames), next);
+                    if written.is_err() {
+                        return;
+                    }
+                    if shutdown.is_cancelled() || Instant::now() >= self.deadline {
+                        break;
+                    }
+                    page = next;
+                }
+                continue;
+            };
+            // A few events first, so that the first one leaves at once, then the rest in one write.
+            let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
+            if sink.push(self.frames_of(first)).await.is_err() {
+                return;
+            }
+            if !self.finished && sink.push(self.frames_of(rest)).await.is_err() {
+                return;
+            }
+            if self.finished {
+                continue;
+            }
+            covered = through;
+            let live = Live {
+                sink: sink.clone(),
+                filter: std::mem::replace(&mut self.filter, EventFilter::All),
+                last_sent: self.last_sent,
+                deadline: self.deadline,
+                ends_with_job: self.ends_with_job,
+            };
+            let (id, back) = match fanout.join(self.shard, through, live) {
+                Join::Joined(id, back) => (id, back),
+                Join::Moved(live) => {
+                    self.restore(live);
+                    continue;
+                }
+                Join::Closed(live) => {
+                    self.restore(live);
+                    sink.finish().await;
+                    return;
+                }
+            };
+            let handoff = tokio::select! {
+                handoff = back => handoff,
+                () = sink.closed() => {
+                    fanout.leave(self.shard, id);
+                    return;
+                }
+            };
+            let Ok(Handoff { live, reason, pending }) = handoff else { return };
+            self.restore(live);
+            // Everything the stream wants up to its last sent event went out (or is pending).
+            covered = self.last_sent;
+            if let Some(pending) = pending
+                && sink.push_wire(pending).await.is_err()
+            {
+                return;
+            }
+            match reason {
+                Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
+                Reason::Finished => self.finished = true,
+                Reason::Expired | Reason::ShuttingDown => {
+                    sink.finish().await;
+                    return;
+                }
+                Reason::Closed => return,
+            }
+        }
+    }
+
+    /// The frames of the events this stream wants among `events`, up to a job's terminal one.
+    fn frames_of(&mut self, events: &[Arc<StoredEvent>]) -> Bytes {
+        let wanted = events.iter().map(|e| &**e).filter(|e| fanout::wants(&self.filter, e));
+        let page = frame(wanted, self.last_sent, self.ends_with_job);
+        self.account(&page);
+        page.frames
+    }
+
+    fn restore(&mut self, live: Live) {
+        self.filter = live.filter;
+        self.last_sent = live.last_sent;
+    }
+
+    /// Takes note of a page about to be written.
+    fn account(&mut self, page: &Page) {
+        self.replayed_pages = self.replayed_pages.saturating_add(1);
+        if let Some(last) = page.last_id {
+            self.last_sent = last;
+        }
+        self.finished |= page.finished;
+        metrics::counter!("aura_events_delivered_total").increment(page.count);
+        metrics::counter!("aura_events_replayed_total").increment(page.count);
+    }
+}
+
+/// The frames of `events` after `after`, in order, up to a job's terminal event when
+/// `ends_with_job`.
+fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, ends_with_job: bool) -> Page {
+    let mut page = Page { frames: Bytes::new(), count: 0, last_id: None, finished: false, more: false };
+    let mut frames = BytesMut::new();
+    for event in events.into_iter().filter(|e| e.id > after) {
+        frames.extend_from_slice(&event.frame);
+        page.count += 1;
+        page.last_id = Some(event.id);
+        if ends_with_job && event.is_terminal() {
+            page.finished = true;
+            break;
+        }
+    }
+    page.frames = frames.freeze();
+    page
+}
+
+/// A page of replayed events, framed.
+struct Page {
+    frames: Bytes,
+    count: u64,
+    last_id: Option<i64>,
+    /// It ends with the job's terminal event (per-job streams).
+    finished: bool,
+    /// It was full: there may be more.
+    more: bool,
+}
+
+/// Up to `limit` events of `filter` after `after`, framed by SQLite when it can, else row by
+/// row; `None` when the read failed.
+async fn read_page(
+    store: &Store,
+    filter: &EventFilter,
+    after: i64,
+    limit: u32,
+    ends_with_job: bool,
+) -> Option<Page> {
+    match store.framed_after(filter, after, limit).await {
+        Ok(Some(page)) => {
+            return Some(Page {
+                frames: page.frames,
+                count: page.count as u64,
+                last_id: page.last_id,
+                finished: ends_with_job && page.terminal_id.is_some(),
+                more: page.count == limit as usize,
+            });
+        }
+        Ok(None) => {} // A page that needs row-by-row normalization: read it below.
+        Err(e) => {
+            tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+            return None;
+        }
+    }
+    let rows = match store.events_after(filter, after, limit).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "replay read failed; ending the stream so the client resumes");
+            return None;
+        }
+    };
+    // The query already applied the filter (by owner, too: rows read back do not carry it).
+    let mut page = frame(&rows, after, ends_with_job);
+    page.more = rows.len() == limit as usize;
+    Some(page)
+}

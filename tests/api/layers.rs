@@ -1,0 +1,178 @@
+//! The layers of `src/`, checked: imports point one way, and no two top-level modules import
+//! each other, directly or around a circle.
+//!
+//! Reads every `.rs` file under `src/`, takes the top-level module it belongs to (its folder, or
+//! its file name at the root) and every `crate::<module>` it names, and compares them with the
+//! table below. A module may use modules of a lower layer, and of its own layer as long as no
+//! circle forms; never one of a higher layer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::helpers::TestResult;
+
+/// Each top-level module and its layer; lower numbers sit lower. `domain` uses nothing.
+const LAYERS: &[(&str, u8)] = &[
+    ("domain", 0),
+    ("sync", 0),
+    ("store", 1),
+    ("config", 2),
+    ("error", 2),
+    ("lock", 2),
+    ("telemetry", 2),
+    ("access", 3),
+    ("engine", 4),
+    ("streaming", 4),
+    ("http", 5),
+    ("startup", 6),
+    ("bench", 7),
+    ("cli", 8),
+];
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The top-level modules `text` names as `crate::<name>` (in `use` lines and in paths), plus
+/// those inside a grouped `use crate::{a, b::c}`.
+fn crate_references(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
+    for (i, _) in text.match_indices("crate::") {
+        // `$crate::` in macros names our crate too; `xcrate::` would not.
+        if text[..i].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &text[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name = ident(item.trim());
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+/// Every top-level module and the top-level modules it references.
+fn import_graph(src: &Path) -> TestResult<BTreeMap<String, BTreeSet<String>>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files)?;
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let relative = file.strip_prefix(src)?;
+        let first = relative.components().next().ok_or("empty path")?.as_os_str().to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file)?;
+        let refs = graph.entry(module.clone()).or_default();
+        for target in crate_references(&text) {
+            if target != module {
+                refs.insert(target);
+            }
+        }
+    }
+    Ok(graph)
+}
+
+/// What is wrong with `graph`: a module outside the table, an import that goes up a layer, a
+/// circle between top-level modules.
+fn violations(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (module, refs) in graph {
+        let Some(own) = layer(module) else {
+            problems.push(format!("src/{module} is not in the LAYERS table of tests/api/layers.rs"));
+            continue;
+        };
+        for target in refs {
+            match layer(target) {
+                None => problems.push(format!("{module} uses crate::{target}, which is not in LAYERS")),
+                Some(l) if l > own => problems
+                    .push(format!("{module} (layer {own}) imports {target} (layer {l}), a higher layer")),
+                Some(_) => {}
+            }
+        }
+    }
+    // Circles: a depth-first search that reports any edge back to a module on the current path.
+    fn visit<'a>(
+        node: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        problems: &mut Vec<String>,
+    ) {
+        if done.contains(node) {
+            return;
+        }
+        if let Some(start) = path.iter().position(|n| *n == node) {
+            let mut circle = path[start..].to_vec();
+            circle.push(node);
+            problems.push(format!("import circle: {}", circle.join(" → ")));
+            return;
+        }
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done, problems);
+        }
+        path.pop();
+        done.insert(node);
+    }
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        visit(module, graph, &mut Vec::new(), &mut done, &mut problems);
+    }
+    problems
+}
+
+#[test]
+fn imports_point_down_the_layers_and_no_modules_import_each_other_in_a_circle() -> TestResult {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = import_graph(&src)?;
+    assert!(graph.contains_key("domain") && graph.contains_key("http"), "the walk found the tree");
+    let problems = violations(&graph);
+    assert!(problems.is_empty(), "layering broken:\n{}", problems.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn the_check_sees_a_back_import_and_a_circle() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (from, to) in edges {
+            g.entry((*from).to_owned()).or_default().insert((*to).to_owned());
+            g.entry((*to).to_owned()).or_default();
+        }
+        g
+    };
+    assert!(violations(&graph(&[("http", "store"), ("store", "domain")])).is_empty());
+    let up = violations(&graph(&[("domain", "http")]));
+    assert!(up.iter().any(|p| p.contains("higher layer")), "{up:?}");
+    let circle = violations(&graph(&[("engine", "streaming"), ("streaming", "engine")]));
+    assert!(circle.iter().any(|p| p.contains("import circle")), "{circle:?}");
+    assert_eq!(
+        crate_references("use crate::{domain::job, store};\nlet x = crate::http::router();\n$crate::sync"),
+        ["domain", "http", "store", "sync"].into_iter().map(String::from).collect()
+    );
+}

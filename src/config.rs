@@ -108,11 +108,20 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The database location: `--database-url`, else `<data-dir>/aura.db`.
+    /// The database location: `--database-url`, else `<data-dir>/aura.db`. Call
+    /// [`ServeConfig::check_database_url`] first: this does not judge the value.
     pub fn database(&self) -> String {
         self.database_url
             .clone()
             .unwrap_or_else(|| self.data_dir.join("aura.db").to_string_lossy().into_owned())
+    }
+
+    /// Refuses a database URL this build cannot serve, with one line that says what to do.
+    pub fn check_database_url(&self) -> anyhow::Result<()> {
+        match &self.database_url {
+            Some(url) => check_database_url(url),
+            None => Ok(()),
+        }
     }
 
     /// The tokens file: `--tokens-file`, else `<data-dir>/tokens`.
@@ -147,5 +156,45 @@ impl ServeConfig {
         cfg.data_dir = data_dir;
         cfg.database_url = None;
         cfg
+    }
+}
+
+/// A SQLite file path or a `sqlite:` URL passes; a URL of any other scheme is refused rather
+/// than taken for a relative file path (`postgres://user@host/db` would otherwise become the
+/// folder `./postgres:` and several "nodes" would share one local file without noticing).
+pub fn check_database_url(value: &str) -> anyhow::Result<()> {
+    let scheme = value
+        .split_once(':')
+        .map(|(s, _)| s)
+        .filter(|s| s.len() > 1 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)));
+    match scheme.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("sqlite") => Ok(()),
+        Some("postgres" | "postgresql") => anyhow::bail!(
+            "AURA_DATABASE_URL: PostgreSQL is not supported by this build yet; use a SQLite file \
+             path or a sqlite: URL"
+        ),
+        // A path that merely contains a colon (`data:2026/aura.db`) is still a path.
+        Some(_) if !value.contains("://") => Ok(()),
+        Some(other) => anyhow::bail!(
+            "AURA_DATABASE_URL: unknown scheme {other:?}; use a SQLite file path or a sqlite: URL"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_of_unknown_schemes_are_refused_not_taken_for_paths() {
+        for ok in
+            ["data/aura.db", "/var/lib/aura/aura.db", "sqlite:data/aura.db", "sqlite:///tmp/a.db", "a:b/c.db"]
+        {
+            assert!(check_database_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["postgres://user@host/db", "postgresql://h/db", "mysql://h/db", "redis://h", "s3://b/p"] {
+            let e = check_database_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("AURA_DATABASE_URL:"), "{bad}: {e}");
+        }
     }
 }

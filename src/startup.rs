@@ -57,6 +57,7 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 
 impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
+        settings.check_database_url()?;
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data folder {}", settings.data_dir.display()))?;
         let auth = Auth::load(&settings).context("loading the sessions file")?;

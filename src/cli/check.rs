@@ -151,6 +151,9 @@ pub async fn run_cli(
     use anyhow::Context;
     use std::process::ExitCode;
 
+    if let Some(url) = &database_url {
+        crate::config::check_database_url(url)?;
+    }
     let database = database_url.unwrap_or_else(|| data_dir.join("aura.db").to_string_lossy().into_owned());
     if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
         anyhow::bail!("there is no database at {database}");

@@ -7,8 +7,9 @@
 // older than the list) is fetched once for its topic.
 //
 // Each job's item carries `data-job-id` and `data-status`; the element carries
-// `data-connection`. Every change of a job is also announced on `document` as a
-// `job-updated` event (detail: the job), so a page can keep its own list without a stream.
+// `data-connection`. Every job it lists and every change of a job is also announced on
+// `document` as a `job-updated` event (detail: the job), so a page can keep its own list
+// without a stream of its own.
 
 import { SseClient } from './sse-client.js';
 import {
@@ -113,8 +114,9 @@ export class JobProgressDrawer extends HTMLElement {
     }
     let resume = 0;
     for (const snapshot of listed.jobs ?? []) {
-      this.upsert(snapshot.jobId, this.fromSnapshot(snapshot));
+      const job = this.upsert(snapshot.jobId, this.fromSnapshot(snapshot));
       resume = Math.max(resume, Number(snapshot.lastEventId) || 0);
+      this.announce(job);
     }
     this.render();
     const client = new SseClient('/api/events', { lastEventId: resume });
@@ -186,6 +188,11 @@ export class JobProgressDrawer extends HTMLElement {
     if (!job.topic) this.lookup(jobId);
     this.addLog(jobId, type, d);
     this.render();
+    this.announce(job);
+  }
+
+  /** Tells the page (`job-updated` on `document`) what is now known of a job. */
+  announce(job) {
     document.dispatchEvent(new CustomEvent('job-updated', { detail: { ...job } }));
   }
 
@@ -203,6 +210,7 @@ export class JobProgressDrawer extends HTMLElement {
       if (!Number.isFinite(job.startedAt)) job.startedAt = parseTime(snapshot.startedAt);
       if (!Number.isFinite(job.createdAt)) job.createdAt = parseTime(snapshot.createdAt);
       this.render();
+      this.announce(job);
     } catch {
       // The topic is a nicety; the job is shown by its id meanwhile.
     }

@@ -4,7 +4,12 @@
 // opened before, during or after the render. Dispatches `job-complete` (detail: videoUrl,
 // videoPath), `job-failed` (detail: the error with its step) and `job-cancelled` (detail: step).
 // For tests it exposes `data-handled-ids` (comma-separated), `data-connection`, `data-status`
-// and `data-percent`; each stage's item carries `data-state`.
+// and `data-percent`; each stage's item carries `data-state`. `states` holds what it showed
+// after each event (`renderedState()`), so a replay can be compared with the live run.
+//
+// Replay: `beginReplay()` stops the stream and forgets everything; the caller then feeds stored
+// events through `apply()` and moves the clock the elapsed time and ETA are computed from with
+// `setReplayClock()` (see job-replay.js). The same code renders a live event and a replayed one.
 
 import { SseClient } from './sse-client.js';
 import {
@@ -27,7 +32,11 @@ const CONNECTION_TEXT = {
   reconnecting: 'Reconnecting…',
   disconnected: 'Disconnected',
   done: 'Stream finished',
+  replay: 'Replay',
 };
+
+/** The most rendered states kept for comparison. */
+const MAX_STATES = 20000;
 
 const STEP_TEXT = {
   pending: 'Pending',
@@ -145,17 +154,68 @@ export class VideoGenerationProgress extends HTMLElement {
     const client = new SseClient(`/api/jobs/${jobId}/events`, { snapshotUrl: jobUrl(jobId) });
     this.client = client;
     client.onState((state, detail) => this.showConnection(state, detail));
-    client.onAny((_type, _data, id) => this.handled(id));
-    client.on('job-status', (d, id) => this.onJobStatus(d, id));
-    client.on('step-status', (d, id) => this.onStepStatus(d, id));
-    client.on('step-progress', (d, id) => this.onStepProgress(d, id));
-    client.on('job-completed', (d, id) => this.onCompleted(d, id));
-    client.on('job-failed', (d, id) => this.onFailed(d, id));
-    client.on('job-cancelled', (d, id) => this.onCancelled(d, id));
-    client.on('warning', (d, id) => this.onNotice('warning', d, id));
-    client.on('error', (d, id) => this.onNotice('error', d, id));
+    client.onAny((type, data, id) => (data ? this.apply(type, data, id) : this.handled(id)));
     client.start();
     this.ticker = setInterval(() => this.tick(), 1000);
+  }
+
+  /** Handles one event, live or replayed, and records what is shown after it. */
+  apply(type, d, id) {
+    this.handled(id);
+    const handlers = {
+      'job-status': () => this.onJobStatus(d, id),
+      'step-status': () => this.onStepStatus(d, id),
+      'step-progress': () => this.onStepProgress(d, id),
+      'job-completed': () => this.onCompleted(d, id),
+      'job-failed': () => this.onFailed(d, id),
+      'job-cancelled': () => this.onCancelled(d, id),
+      warning: () => this.onNotice('warning', d, id),
+      error: () => this.onNotice('error', d, id),
+    };
+    handlers[type]?.();
+    if (this.states.length < MAX_STATES) this.states.push(this.renderedState(id, type));
+  }
+
+  /** What the element shows, without the clock-dependent times: equal live and in a replay. */
+  renderedState(id, type) {
+    const u = this.ui;
+    return JSON.stringify({
+      id,
+      type,
+      title: u.title.textContent,
+      status: u.status.textContent,
+      percent: u.percent.textContent,
+      message: u.message.textContent,
+      steps: [...u.steps.values()].map((s) => `${s.item.dataset.state}:${s.bar.getAttribute('aria-valuenow')}`),
+      notices: [...u.notices.children].map((n) => n.textContent),
+      failure: u.failure.hidden ? '' : u.failure.textContent,
+      result: u.result.hidden ? '' : u.result.querySelector('p')?.textContent ?? '',
+    });
+  }
+
+  /** Leaves the live view: no stream; events come from `apply()`, time from the replay clock. */
+  beginReplay() {
+    this.stop();
+    this.reset();
+    this.replaying = true;
+    this.ui.cancel.hidden = true;
+    this.showConnection('replay');
+  }
+
+  /** The moment the replay shows, in milliseconds since the epoch. */
+  setReplayClock(ms) {
+    this.replayNow = ms;
+    this.tick();
+  }
+
+  /** Back to the live view of the job (its stream from the first event). */
+  endReplay() {
+    this.replaying = false;
+    this.restart();
+  }
+
+  now() {
+    return this.replaying && Number.isFinite(this.replayNow) ? this.replayNow : Date.now();
   }
 
   stop() {
@@ -167,6 +227,9 @@ export class VideoGenerationProgress extends HTMLElement {
 
   reset() {
     const u = this.ui;
+    this.replaying = false;
+    this.replayNow = NaN;
+    this.states = [];
     this.status = null;
     this.stage = null;
     this.percent = 0;
@@ -330,13 +393,15 @@ export class VideoGenerationProgress extends HTMLElement {
       u.remaining.textContent = '–';
       return;
     }
-    const end = this.terminal && Number.isFinite(this.finishedAt) ? this.finishedAt : Date.now();
+    const end = this.terminal && Number.isFinite(this.finishedAt) ? this.finishedAt : this.now();
     const elapsed = Math.max(0, (end - this.startedAt) / 1000);
     u.elapsed.textContent = formatDuration(elapsed);
     if (this.terminal) {
       u.remaining.textContent = this.status === 'Completed' ? 'Done' : '–';
-      clearInterval(this.ticker);
-      this.ticker = null;
+      if (!this.replaying) {
+        clearInterval(this.ticker);
+        this.ticker = null;
+      }
       return;
     }
     const left = estimateRemaining(elapsed, this.percent);
@@ -386,6 +451,7 @@ export class VideoGenerationProgress extends HTMLElement {
   }
 
   emit(name, detail) {
+    if (this.replaying) return;
     this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true }));
   }
 }

@@ -5,14 +5,14 @@
 #
 # Renders a 60 s 1080p30 H.264/AAC MP4 job through a fresh `aura serve` (one worker), timing
 # claim to job-completed from the job's own startedAt/finishedAt, then runs the reference
-# command /work/shared/bench/ffmpeg/slideshow.sh (6 scenes of 10 s, 1920x1080, 30 fps, 5000 kb/s,
+# command benches/ffmpeg/slideshow.sh (6 scenes of 10 s, 1920x1080, 30 fps, 5000 kb/s,
 # flite narration, AAC 192 kb/s, +faststart) with hard cuts (XFADE=0, like Aura's timeline) and
 # the same x264 preset, and prints wall and CPU times and their ratios (target: <= 1.25). CPU
 # time (Aura's, including every ffmpeg it ran) is the fair measure when other work shares the box.
 set -euo pipefail
 preset=${1:-faster}
 here=$(cd "$(dirname "$0")/.." && pwd)
-slideshow=${SLIDESHOW:-$here/../shared/bench/ffmpeg/slideshow.sh}
+slideshow=${SLIDESHOW:-$here/benches/ffmpeg/slideshow.sh}
 aura=${AURA_BIN:-$here/target/release/aura}
 [ -x "$aura" ] || aura=$here/target/debug/aura
 [ -x "$aura" ] || { echo "build aura first (cargo build --release)" >&2; exit 2; }

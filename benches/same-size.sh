@@ -2,14 +2,14 @@
 # Delivery latency and CPU at 1,000 subscribers, Nchan beside Aura, with Nchan's messages padded
 # to the size of the event Aura sends for each job creation (about 700 bytes of frame), so that
 # both sides move the same bytes. Interleaved runs, same sseload client, 127.0.0.1 only, every
-# run bounded by --duration. Complements ../shared/bench/compare/run.sh (150-byte Nchan bodies).
+# run bounded by --duration. Complements benches/compare/run.sh (150-byte Nchan bodies).
 #
 #   AURA_BIN=target/release/aura RUNS=5 SECS=10 benches/same-size.sh
 set -euo pipefail
 : "${AURA_BIN:?set AURA_BIN}"
 AURA_BIN=$(realpath "$AURA_BIN")
 HERE=$(cd "$(dirname "$0")" && pwd)
-BENCH=${BENCH:-$HERE/../../shared/bench}
+BENCH=${BENCH:-$HERE}
 SSELOAD=${SSELOAD:-${TMPDIR:-/tmp}/aura-bench-target/release/sseload}
 RUNS=${RUNS:-5}; SECS=${SECS:-10}; RATE=${RATE:-10}; SUBS=${SUBS:-1000}; SIZE=${SIZE:-640}
 PREFIX=${PREFIX:-/tmp/same-size}

@@ -6,7 +6,7 @@
 #   AURA_BIN=target/release/aura benches/stalled-client.sh        (RUNS=3 EVENTS=10000 RATE=500 SUBS=50)
 #
 # Each run starts a fresh API-only server on 127.0.0.1, connects SUBS subscribers with the
-# shared load client (../shared/bench/sseload), optionally the stalled client, and publishes
+# load client (benches/sseload), optionally the stalled client, and publishes
 # EVENTS jobs at RATE/s. It prints, with and without the stalled client: the server's RSS growth
 # over the run (KiB) and the other subscribers' delivery p50 (µs). Bounded: every run has a
 # --duration; servers are stopped by PID.
@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 aura=${AURA_BIN:-$here/target/release/aura}
 target=${SSELOAD_TARGET:-${TMPDIR:-/tmp}/aura-bench-target}
 sseload=$target/release/sseload
-[ -x "$sseload" ] || cargo build --release --locked -q --manifest-path "$here/../shared/bench/sseload/Cargo.toml" --target-dir "$target"
+[ -x "$sseload" ] || cargo build --release --locked -q --manifest-path "$here/benches/sseload/Cargo.toml" --target-dir "$target"
 RUNS=${RUNS:-3} EVENTS=${EVENTS:-10000} RATE=${RATE:-500} SUBS=${SUBS:-50}
 secs=$((EVENTS / RATE + 30))
 

@@ -219,7 +219,19 @@ pub async fn history(
 }
 
 /// The rendered video, with `Range` support (206/416) from `tower_http`'s `ServeFile`.
-async fn output(
+#[utoipa::path(get, path = "/api/jobs/{job_id}/output", tag = "jobs",
+    params(
+        ("job_id" = Uuid, Path, description = "The job's id"),
+        ("Range" = Option<String>, Header, description = "A byte range, e.g. `bytes=0-1023`"),
+    ),
+    responses(
+        (status = 200, description = "The rendered video; its media type follows the job's container", content_type = "video/mp4", body = String),
+        (status = 206, description = "The requested byte range of the video", content_type = "video/mp4", body = String),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no output until the job has completed", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "The range lies outside the video"),
+    ))]
+pub async fn output(
     State(app): State<AppState>,
     OwnedJob { job, .. }: OwnedJob,
     request: axum::extract::Request,

@@ -21,7 +21,7 @@ use crate::http::state::AppState;
     info(title = "Aura", description = "Briefs in, rendered videos out; every step of every job streamed over lossless Server-Sent Events."),
     paths(
         crate::http::jobs::create, crate::http::jobs::list, crate::http::jobs::show, crate::http::jobs::cancel, crate::http::jobs::history,
-        crate::http::events::job_events, crate::http::events::all_events, crate::http::health::health, crate::http::health::metrics,
+        crate::http::jobs::output, crate::http::events::job_events, crate::http::events::all_events, crate::http::health::health, crate::http::health::metrics,
     ),
     components(schemas(
         crate::domain::event::JobStatusData, crate::domain::event::StepStatusData, crate::domain::event::StepProgressData,
@@ -58,6 +58,7 @@ pub fn document() -> &'static Value {
     DOC.get_or_init(|| {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
         add_request_schemas(&mut doc);
+        add_video_content(&mut doc);
         add_event_schemas(&mut doc);
         add_access(&mut doc);
         doc
@@ -99,6 +100,21 @@ fn add_request_schemas(doc: &mut Value) {
         doc.pointer_mut("/paths/~1api~1jobs/post/requestBody/content/application~1json/schema")
     {
         *body = json!({"$ref": "#/components/schemas/JobRequest"});
+    }
+}
+
+/// The output route answers with the video itself, in whichever container the job asked for:
+/// its body is binary in each of the three media types, which the annotation cannot say.
+fn add_video_content(doc: &mut Value) {
+    let video: serde_json::Map<String, Value> = crate::domain::spec::Container::ALL
+        .iter()
+        .map(|c| (c.mime().to_owned(), json!({"schema": {"type": "string", "contentMediaType": c.mime()}})))
+        .collect();
+    for status in ["200", "206"] {
+        let pointer = format!("/paths/~1api~1jobs~1{{job_id}}~1output/get/responses/{status}/content");
+        if let Some(content) = doc.pointer_mut(&pointer) {
+            *content = Value::Object(video.clone());
+        }
     }
 }
 

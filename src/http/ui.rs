@@ -52,6 +52,7 @@ const ASSETS: &[Asset] = &[
     asset!("video-generation-progress.js", JS),
     asset!("job-progress-drawer.js", JS),
     asset!("page-index.js", JS),
+    asset!("job-replay.js", JS),
     asset!("page-job.js", JS),
     asset!("page-example.js", JS),
 ];

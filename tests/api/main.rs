@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod docs;
 mod fanout;
 mod helpers;
 mod jobs_api;

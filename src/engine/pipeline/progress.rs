@@ -8,7 +8,7 @@
 //! `JobHandle::complete_stage`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -94,6 +94,17 @@ pub async fn run_with_progress(
     message: &str,
     pct_at: impl Fn(u64) -> f64,
 ) -> Result<(), ProcessError> {
+    run_with_progress_say(process, reporter, step, |us| (pct_at(us), message.to_owned())).await
+}
+
+/// [`run_with_progress`] whose message is worked out with each report, for runs in parallel
+/// whose message says what all of them are doing ([`Shares::message`]).
+pub async fn run_with_progress_say(
+    process: Process,
+    reporter: &Reporter,
+    step: Stage,
+    report_at: impl Fn(u64) -> (f64, String),
+) -> Result<(), ProcessError> {
     let (tx, mut rx) = watch::channel(None::<u64>);
     let mut on_line = move |line: &str| {
         if let Some(us) = parse_out_time_us(line) {
@@ -105,7 +116,8 @@ pub async fn run_with_progress(
         while rx.changed().await.is_ok() {
             let latest = *rx.borrow_and_update();
             if let Some(us) = latest {
-                reporter.report(step, pct_at(us), message.to_owned()).await;
+                let (pct, message) = report_at(us);
+                reporter.report(step, pct, message).await;
             }
         }
         // The sender went away with the child's stdout: wait for the run to finish.
@@ -117,24 +129,76 @@ pub async fn run_with_progress(
     }
 }
 
-/// The media time each of several parallel runs has written, for their combined percent.
+/// The media time each of several parallel runs has written, for their combined percent, and
+/// which runs are in flight, so that one message can say what all of them are doing.
 pub struct Shares {
     done_us: Vec<AtomicU64>,
+    /// Per run: 0 not started, 1 running, 2 finished.
+    state: Vec<AtomicU8>,
     total_us: u64,
 }
 
+const RUNNING: u8 = 1;
+const FINISHED: u8 = 2;
+
 impl Shares {
     pub fn new(runs: usize, total_us: u64) -> Self {
-        Shares { done_us: (0..runs).map(|_| AtomicU64::new(0)).collect(), total_us }
+        Shares {
+            done_us: (0..runs).map(|_| AtomicU64::new(0)).collect(),
+            state: (0..runs).map(|_| AtomicU8::new(0)).collect(),
+            total_us,
+        }
     }
 
-    /// Records that run `i` has written `us`, and returns percent done over all runs.
+    /// Records that run `i` has written `us`, and returns percent done over all runs. A run's
+    /// media time only grows, so the combined percent never goes down.
     pub fn record(&self, i: usize, us: u64) -> f64 {
         if let Some(slot) = self.done_us.get(i) {
-            slot.store(us, Ordering::Relaxed);
+            slot.fetch_max(us, Ordering::Relaxed);
         }
+        self.percent()
+    }
+
+    /// Percent done over all runs.
+    pub fn percent(&self) -> f64 {
         let done: u64 = self.done_us.iter().map(|s| s.load(Ordering::Relaxed)).sum();
         if self.total_us == 0 { 100.0 } else { (done as f64 / self.total_us as f64 * 100.0).min(100.0) }
+    }
+
+    /// Marks run `i` as started.
+    pub fn start(&self, i: usize) {
+        if let Some(s) = self.state.get(i) {
+            s.store(RUNNING, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks run `i` as finished, with all of its `us` written.
+    pub fn finish(&self, i: usize, us: u64) {
+        self.record(i, us);
+        if let Some(s) = self.state.get(i) {
+            s.store(FINISHED, Ordering::Relaxed);
+        }
+    }
+
+    /// What the runs are doing, as the drawer's log shows it: "Rendering scenes 1–2 of 5",
+    /// "Rendering scene 5 of 5 (4 done)", "5 of 5 scenes done". Runs are numbered from 1;
+    /// `noun` is singular.
+    pub fn message(&self, verb: &str, noun: &str) -> String {
+        let n = self.state.len();
+        let running: Vec<usize> =
+            (0..n).filter(|&i| self.state[i].load(Ordering::Relaxed) == RUNNING).map(|i| i + 1).collect();
+        let finished = self.state.iter().filter(|s| s.load(Ordering::Relaxed) == FINISHED).count();
+        let which = match running.as_slice() {
+            [] => return format!("{finished} of {n} {noun}s done"),
+            [one] => format!("{noun} {one}"),
+            [first, .., last] if last - first + 1 == running.len() => format!("{noun}s {first}–{last}"),
+            [init @ .., last] => {
+                let init: Vec<String> = init.iter().map(usize::to_string).collect();
+                format!("{noun}s {} and {last}", init.join(", "))
+            }
+        };
+        let done = if finished > 0 { format!(" ({finished} done)") } else { String::new() };
+        format!("{verb} {which} of {n}{done}")
     }
 }
 
@@ -165,5 +229,32 @@ mod tests {
         assert_eq!(s.pct(0), 50.0);
         assert_eq!(s.pct(1_000_000), 75.0);
         assert_eq!(s.pct(9_000_000), 100.0);
+    }
+
+    #[test]
+    fn shares_never_go_back_when_a_run_reports_an_older_time() {
+        let shares = Shares::new(2, 4_000_000);
+        assert_eq!(shares.record(0, 2_000_000), 50.0);
+        assert_eq!(shares.record(0, 1_000_000), 50.0);
+    }
+
+    #[test]
+    fn the_message_names_every_scene_in_flight_at_once() {
+        let shares = Shares::new(5, 5_000_000);
+        shares.start(0);
+        assert_eq!(shares.message("Rendering", "scene"), "Rendering scene 1 of 5");
+        shares.start(1);
+        assert_eq!(shares.message("Rendering", "scene"), "Rendering scenes 1–2 of 5");
+        shares.finish(0, 1_000_000);
+        shares.start(2);
+        assert_eq!(shares.message("Rendering", "scene"), "Rendering scenes 2–3 of 5 (1 done)");
+        shares.finish(2, 1_000_000);
+        shares.start(3);
+        assert_eq!(shares.message("Rendering", "scene"), "Rendering scenes 2 and 4 of 5 (2 done)");
+        for i in 0..5 {
+            shares.finish(i, 1_000_000);
+        }
+        assert_eq!(shares.message("Rendering", "scene"), "5 of 5 scenes done");
+        assert_eq!(shares.percent(), 100.0);
     }
 }

@@ -12,7 +12,7 @@
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use super::progress::{Shares, run_with_progress};
+use super::progress::{Shares, run_with_progress_say};
 use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
 use crate::domain::job::Stage;
@@ -172,7 +172,7 @@ pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Re
     // Collected first: a lazy `map` closure here trips the compiler's `Send` proof for the task.
     let mut runs = Vec::with_capacity(n);
     for (i, scene) in script.scenes.iter().enumerate() {
-        runs.push(render_scene(job, deadline, &shares, i, n, scene));
+        runs.push(render_scene(job, deadline, &shares, i, scene));
     }
     stream::iter(runs).buffered(PARALLEL_SCENES).try_collect().await
 }
@@ -182,7 +182,6 @@ async fn render_scene(
     deadline: Deadline,
     shares: &Shares,
     i: usize,
-    n: usize,
     scene: &Scene,
 ) -> Result<Clip, StageError> {
     let r = &job.spec.render_spec;
@@ -217,11 +216,15 @@ async fn render_scene(
         .args(video_codec_args(r))
         .args(["-progress", "pipe:1", "-nostats"])
         .arg(job.work(&file));
-    let message = format!("Rendering scene {k} of {n}");
-    run_with_progress(process, &job.reporter, Stage::Visuals, &message, |us| shares.record(i, us))
-        .await
-        .map_err(|e| StageError::process(&format!("rendering scene {k}"), e))?;
-    shares.record(i, u64::from(d) * 1_000_000);
+    // Two scenes encode at once: each report says which are in flight, so the log reads
+    // "Rendering scenes 1–2 of 5", not "scene 1", "scene 2", "scene 1" in turn.
+    shares.start(i);
+    run_with_progress_say(process, &job.reporter, Stage::Visuals, |us| {
+        (shares.record(i, us), shares.message("Rendering", "scene"))
+    })
+    .await
+    .map_err(|e| StageError::process(&format!("rendering scene {k}"), e))?;
+    shares.finish(i, u64::from(d) * 1_000_000);
     Ok(Clip { file, duration_sec: d })
 }
 

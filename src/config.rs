@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::store::Durability;
 
@@ -105,6 +106,43 @@ pub struct ServeConfig {
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "AURA_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Free space (MiB) the data folder's disk keeps: below it no job is claimed, job creation
+    /// answers 507 and health 503, and a job that ran out of space waits for it.
+    #[arg(long, env = "AURA_MIN_FREE_MB", default_value_t = 1024)]
+    pub min_free_mb: u64,
+
+    /// How long a finished job's video is kept after its terminal event (`7d`, `12h`, `30m`,
+    /// `90s`), or `off` (the default) to keep videos for ever.
+    #[arg(long, env = "AURA_OUTPUT_RETENTION", default_value = "off", value_parser = parse_retention)]
+    pub output_retention: Retention,
+}
+
+/// `AURA_OUTPUT_RETENTION`: how long a finished job's video is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// Parses `off`, or a positive whole number with one unit: `d`, `h`, `m` or `s`.
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Retention(None));
+    }
+    let unit_secs = match text.chars().last() {
+        Some('d') => 86_400,
+        Some('h') => 3_600,
+        Some('m') => 60,
+        Some('s') => 1,
+        _ => return Err("expected `off` or a number with a unit: d, h, m or s (e.g. 7d)".into()),
+    };
+    let number: u64 = text[..text.len() - 1]
+        .parse()
+        .map_err(|_| "expected `off` or a whole number with a unit: d, h, m or s (e.g. 7d)".to_owned())?;
+    match number.checked_mul(unit_secs) {
+        Some(secs) if secs > 0 => Ok(Retention(Some(Duration::from_secs(secs)))),
+        Some(_) => Err("a retention must be longer than zero; use `off` to keep videos".into()),
+        None => Err("that retention is too long".into()),
+    }
 }
 
 impl ServeConfig {
@@ -140,6 +178,11 @@ impl ServeConfig {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cores / 2).max(1)
         })
+    }
+
+    /// The free-space floor in bytes (`AURA_MIN_FREE_MB`).
+    pub fn min_free_bytes(&self) -> u64 {
+        self.min_free_mb.saturating_mul(1024 * 1024)
     }
 
     /// Settings for a test or benchmark: loopback on a free port, everything under `data_dir`.
@@ -195,6 +238,18 @@ mod tests {
         for bad in ["postgres://user@host/db", "postgresql://h/db", "mysql://h/db", "redis://h", "s3://b/p"] {
             let e = check_database_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.starts_with("AURA_DATABASE_URL:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn retention_takes_off_or_a_number_with_a_unit() {
+        assert_eq!(parse_retention("off"), Ok(Retention(None)));
+        assert_eq!(parse_retention("7d"), Ok(Retention(Some(Duration::from_secs(7 * 86_400)))));
+        assert_eq!(parse_retention("12h"), Ok(Retention(Some(Duration::from_secs(12 * 3_600)))));
+        assert_eq!(parse_retention("30m"), Ok(Retention(Some(Duration::from_secs(1_800)))));
+        assert_eq!(parse_retention("1s"), Ok(Retention(Some(Duration::from_secs(1)))));
+        for bad in ["", "7", "d", "0s", "-1h", "1.5h", "7w"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

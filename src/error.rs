@@ -33,6 +33,12 @@ pub enum AppError {
     Unavailable { detail: String, retry_after_secs: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The data folder's disk is below `AURA_MIN_FREE_MB`: 507.
+    #[error("not enough free disk space")]
+    InsufficientStorage,
+    /// A completed job's video was deleted by `AURA_OUTPUT_RETENTION`: 410.
+    #[error("the output has expired")]
+    OutputExpired,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -54,6 +60,8 @@ impl AppError {
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            AppError::OutputExpired => StatusCode::GONE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -184,6 +192,25 @@ impl IntoResponse for AppError {
                 "method-not-allowed",
                 "Method not allowed",
                 "this resource does not answer that method",
+                none,
+            ),
+            AppError::InsufficientStorage => {
+                rejected("insufficient-storage");
+                let mut res = problem(
+                    status,
+                    "insufficient-storage",
+                    "Insufficient storage",
+                    "the server is low on disk space and accepts no new job until space is freed",
+                    none,
+                );
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(60u32));
+                res
+            }
+            AppError::OutputExpired => problem(
+                status,
+                "output-expired",
+                "Output expired",
+                "the job's video was deleted after the server's output retention period",
                 none,
             ),
             AppError::Internal(e) => {

@@ -15,11 +15,12 @@ use crate::access::auth::Auth;
 use crate::access::limits::Limits;
 use crate::config::ServeConfig;
 use crate::engine::worker::{self, Pool};
-use crate::engine::{Engine, recovery};
+use crate::engine::{Engine, recovery, retention};
 use crate::http::router::cors_layer;
 use crate::http::state::{AppState, Parts};
 use crate::lock::DataDirLock;
 use crate::store::Store;
+use crate::store::preflight::{self, Unusable};
 use crate::streaming::{self, hub::Hub};
 
 /// How long shutdown waits for the workers after killing their children.
@@ -33,6 +34,7 @@ pub struct Application {
     state: AppState,
     port: u16,
     workers: Pool,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process). The
@@ -55,12 +57,31 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Creates the data folder if needed and proves it writable (by creating and removing a probe
+/// file), or says in one line what to do.
+fn writable_data_dir(dir: &std::path::Path) -> Result<(), Unusable> {
+    let shown = dir.display();
+    let refuse = |e: std::io::Error| {
+        Unusable(format!(
+            "the data folder {shown} is not writable ({e}): make it writable by this user, or choose \
+             another with --data-dir (AURA_DATA_DIR)"
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(refuse)?;
+    let probe = dir.join(format!(".aura-write-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe).map_err(refuse)?;
+    std::fs::remove_file(&probe).map_err(refuse)?;
+    Ok(())
+}
+
 impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
         settings.check_database_url()?;
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating the data folder {}", settings.data_dir.display()))?;
-        let auth = Auth::load(&settings).context("loading the sessions file")?;
+        // Before anything is written: a folder or a database Aura must not use stops the start
+        // with an `Unusable` (exit code 2), leaving every file as it was.
+        writable_data_dir(&settings.data_dir)?;
+        preflight::inspect(&settings.database()).await?;
+        let auth = Auth::load(&settings).context("loading the tokens and sessions files")?;
         if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens() {
             anyhow::bail!(
                 "refusing to serve {} without tokens: anyone who can reach it could use it. Create a \
@@ -114,8 +135,16 @@ impl Application {
                 .await
                 .context("recovering jobs left by the previous run")?;
         engine.queue_resumed(recovered.resumed);
-        let workers = worker::spawn_pool(engine);
-        Ok(Application { lock, listener, router, state, port, workers })
+        let workers = worker::spawn_pool(engine.clone());
+        let sweeper = state.settings().output_retention.0.map(|keep| {
+            retention::spawn(
+                state.store().clone(),
+                state.settings().data_dir.clone(),
+                keep,
+                engine.shutdown_token(),
+            )
+        });
+        Ok(Application { lock, listener, router, state, port, workers, sweeper })
     }
 
     pub fn port(&self) -> u16 {
@@ -144,6 +173,12 @@ impl Application {
         tracing::info!("HTTP server stopped");
         // Cancelling the token killed every running child; the workers leave their jobs Running.
         self.workers.join(WORKER_STOP_BOUND).await;
+        if let Some(sweeper) = self.sweeper {
+            // It stops at the token between two deletions; a sweep in flight is cut short.
+            if tokio::time::timeout(WORKER_STOP_BOUND, sweeper).await.is_err() {
+                tracing::warn!("the retention sweeper did not stop in time");
+            }
+        }
         let store = self.state.store().clone();
         drop(self.state);
         store.close().await;

@@ -109,7 +109,35 @@ struct Stamp {
 /// The tokens file and its parsed contents, re-read when the file changes.
 struct Tokens {
     path: PathBuf,
-    cache: Mutex<(Option<Stamp>, Arc<Vec<TokenEntry>>)>,
+    /// `None` until the file has been read once: there is no "last good set" to fall back on.
+    cache: Mutex<Option<Loaded>>,
+}
+
+/// A version of the tokens file and what it held.
+type Loaded = (Option<Stamp>, Arc<Vec<TokenEntry>>);
+
+/// The tokens file has never been read successfully: nobody can be told apart, so every
+/// request is refused (a 500) rather than let in as the open-mode caller.
+#[derive(Debug, thiserror::Error)]
+#[error("the tokens file {path} cannot be read: {cause}")]
+pub struct TokensUnreadable {
+    path: String,
+    cause: String,
+}
+
+/// Why the current tokens are not known.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+    #[error(transparent)]
+    Unreadable(#[from] TokensUnreadable),
+}
+
+impl From<TokensError> for AppError {
+    fn from(e: TokensError) -> Self {
+        AppError::Internal(anyhow::Error::new(e))
+    }
 }
 
 impl Tokens {
@@ -123,30 +151,40 @@ impl Tokens {
     }
 
     /// The current tokens; re-reads the file when it changed since the last call. A file that
-    /// cannot be read keeps the last good set (logged), so a bad edit never opens the server.
+    /// cannot be read keeps the last good set (logged), so a bad edit never opens the server;
+    /// with no good set yet, it is an error.
     ///
-    /// A poisoned lock is an error, never an empty set: no tokens would mean "let everyone in".
-    fn current(&self) -> Result<Arc<Vec<TokenEntry>>, Poisoned> {
+    /// A poisoned lock or an unreadable file is an error, never an empty set: no tokens would
+    /// mean "let everyone in".
+    fn current(&self) -> Result<Arc<Vec<TokenEntry>>, TokensError> {
         let mut cache = lock(&self.cache, "tokens")?;
-        let stamp = match Self::stamp(&self.path) {
-            Ok(stamp) => stamp,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot stat the tokens file; keeping the tokens already loaded");
-                return Ok(cache.1.clone());
-            }
+        let unreadable = |e: std::io::Error| TokensUnreadable {
+            path: self.path.display().to_string(),
+            cause: e.to_string(),
         };
-        if cache.0 != stamp {
-            match read_tokens(&self.path) {
-                Ok(entries) => {
+        let stamp = match (Self::stamp(&self.path), cache.as_ref()) {
+            (Ok(stamp), _) => stamp,
+            (Err(e), Some((_, last))) => {
+                tracing::warn!(error = %e, "cannot stat the tokens file; keeping the tokens already loaded");
+                return Ok(last.clone());
+            }
+            (Err(e), None) => return Err(unreadable(e).into()),
+        };
+        if cache.as_ref().is_none_or(|(last, _)| *last != stamp) {
+            match (read_tokens(&self.path), cache.as_ref()) {
+                (Ok(entries), _) => {
                     tracing::info!(tokens = entries.len(), "tokens file loaded");
-                    *cache = (stamp, Arc::new(entries));
+                    *cache = Some((stamp, Arc::new(entries)));
                 }
-                Err(e) => {
+                (Err(e), Some(_)) => {
                     tracing::warn!(error = %e, "cannot read the tokens file; keeping the tokens already loaded")
                 }
+                (Err(e), None) => return Err(unreadable(e).into()),
             }
         }
-        Ok(cache.1.clone())
+        cache.as_ref().map(|(_, tokens)| tokens.clone()).ok_or_else(|| {
+            TokensUnreadable { path: self.path.display().to_string(), cause: "not loaded".into() }.into()
+        })
     }
 }
 
@@ -377,7 +415,9 @@ impl Auth {
         let path = settings.tokens_path();
         let mut sessions_path = path.clone().into_os_string();
         sessions_path.push(".sessions");
-        let tokens = Tokens { path, cache: Mutex::new((None, Arc::default())) };
+        let tokens = Tokens { path, cache: Mutex::new(None) };
+        // Read now, so that a tokens file that exists but cannot be read stops the start.
+        tokens.current()?;
         Ok(Auth {
             tokens,
             sessions: Sessions::load(PathBuf::from(sessions_path))?,
@@ -417,7 +457,7 @@ impl Auth {
     }
 
     /// The name of the token `token`, if it is one.
-    pub fn token_name(&self, token: &str) -> Result<Option<String>, Poisoned> {
+    pub fn token_name(&self, token: &str) -> Result<Option<String>, TokensError> {
         let presented = digest(token);
         let tokens = self.tokens.current()?;
         Ok(tokens.iter().fold(None, |found, e| {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::event::EventBody;
 use crate::domain::job::{JobState, JobStatus};
-use crate::store::{EventFilter, Store, StoreError};
+use crate::store::{EventFilter, Store, StoreError, preflight};
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -69,7 +69,10 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
                 ));
             }
             fold.last_at = Some(decoded.at);
-            if let Some(first) = fold.terminal_id {
+            // Only a warning may follow a terminal event (`output-expired`, after retention).
+            if let Some(first) = fold.terminal_id
+                && !matches!(decoded.body, EventBody::Warning(_))
+            {
                 report
                     .problems
                     .push(format!("job {}: event {} comes after its terminal event {first}", e.job_id, e.id));
@@ -154,9 +157,22 @@ pub async fn run_cli(
     if let Some(url) = &database_url {
         crate::config::check_database_url(url)?;
     }
-    let database = database_url.unwrap_or_else(|| data_dir.join("aura.db").to_string_lossy().into_owned());
+    let database = database_of(data_dir, database_url);
     if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
         anyhow::bail!("there is no database at {database}");
+    }
+    // SQLite's own check first, read-only: a damaged file is reported, never opened for writing.
+    if let Err(unusable) = crate::store::preflight::inspect(&database).await {
+        println!("{unusable}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let integrity = preflight::integrity_check(&database).await.context("running integrity_check")?;
+    if integrity.first().map(String::as_str) != Some("ok") {
+        println!("integrity_check found {} problem(s) in {database}:", integrity.len());
+        for p in &integrity {
+            println!("  - {p}");
+        }
+        return Ok(ExitCode::FAILURE);
     }
     // A repair rewrites `jobs`: only with no server writing to the same folder.
     let _lock = if repair { Some(crate::lock::DataDirLock::acquire(data_dir)?) } else { None };
@@ -173,6 +189,34 @@ pub async fn run_cli(
     let after = check(&store, data_dir).await.context("reading the store again")?;
     print_report(&after);
     Ok(if after.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn database_of(data_dir: &Path, database_url: Option<String>) -> String {
+    database_url.unwrap_or_else(|| data_dir.join("aura.db").to_string_lossy().into_owned())
+}
+
+/// `aura backup FILE`: a consistent copy of the database, taken while the server may run.
+pub async fn backup_cli(
+    data_dir: &Path,
+    database_url: Option<String>,
+    file: &Path,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    let database = database_of(data_dir, database_url);
+    if file.exists() {
+        anyhow::bail!("{} exists already; choose a new file for the backup", file.display());
+    }
+    if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
+        anyhow::bail!("there is no database at {database}");
+    }
+    preflight::backup(&database, file).await.with_context(|| format!("copying {database}"))?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup written to {} ({size} bytes); check it with `aura check --database-url {}`",
+        file.display(),
+        file.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn print_report(report: &Report) {

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::ServeConfig;
 use crate::startup::Application;
+use crate::store::preflight::Unusable;
 use crate::telemetry;
 use client::{CliError, Client};
 
@@ -66,8 +67,9 @@ pub enum TokenCommand {
 pub enum Command {
     /// Run the server (HTTP API, event streams and render workers).
     Serve(ServeConfig),
-    /// Verify the store: every jobs row equals the fold of its events, no job has two terminal
-    /// events, completed videos exist with their recorded size. Exit 0 healthy, 1 not.
+    /// Verify the store: SQLite's full integrity check, every jobs row equals the fold of its
+    /// events, no job has two terminal events, completed videos exist with their recorded size.
+    /// Exit 0 healthy, 1 not.
     Check {
         #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
@@ -76,6 +78,15 @@ pub enum Command {
         /// Rebuild the jobs table from the events (the log is the truth). Needs the server stopped.
         #[arg(long)]
         repair: bool,
+    },
+    /// Write a consistent copy of the database to FILE (which must not exist), also while the
+    /// server runs; `aura check --database-url FILE` verifies the copy.
+    Backup {
+        file: PathBuf,
+        #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "AURA_DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// Measure this machine: fan-out, idle memory, resume, durable appends, render.
     Bench(crate::bench::BenchArgs),
@@ -150,12 +161,24 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Serve(config) => {
             telemetry::init(&config.log_format);
-            let app = Application::build(config).await?;
+            let app = match Application::build(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    if let Some(unusable) = e.downcast_ref::<Unusable>() {
+                        eprintln!("aura: {unusable}");
+                        return Ok(ExitCode::from(2));
+                    }
+                    return Err(e);
+                }
+            };
             app.run_until(telemetry::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Check { data_dir, database_url, repair } => {
             return crate::cli::check::run_cli(&data_dir, database_url, repair).await;
+        }
+        Command::Backup { file, data_dir, database_url } => {
+            return crate::cli::check::backup_cli(&data_dir, database_url, &file).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
         Command::Token { command, file } => return Ok(token(command, &file)),

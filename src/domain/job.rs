@@ -12,6 +12,14 @@ use super::event::{EventBody, JobError, JobOutput, StepState};
 use super::spec::JobSpec;
 pub use super::status::{JobStatus, Stage, round1};
 
+/// The `warning` code appended when `AURA_OUTPUT_RETENTION` deleted a finished job's video: from
+/// then on the job has no output (its output route answers 410).
+pub const OUTPUT_EXPIRED: &str = "output-expired";
+
+/// The `warning` code of a job parked because the disk is full; it continues as a new attempt
+/// once there is room again.
+pub const WAITING_FOR_DISK: &str = "waiting-for-disk";
+
 /// The owner of every job while Aura runs without tokens.
 pub const LOCAL_OWNER: &str = "local";
 
@@ -121,6 +129,8 @@ impl JobState {
                 s.status = JobStatus::Cancelled;
                 s.finished_at = Some(at);
             }
+            // The only event that may follow a terminal one: the video is gone, the job stays.
+            EventBody::Warning(w) if w.code == OUTPUT_EXPIRED => s.output = None,
             EventBody::Warning(_) | EventBody::Error(_) => {}
         }
         Ok(s)

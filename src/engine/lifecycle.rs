@@ -11,7 +11,7 @@ use crate::domain::event::{
     EventBody, JobCancelledData, JobCompletedData, JobError, JobFailedData, JobOutput, JobStatusData,
     NoticeData, StepProgressData, StepState, StepStatusData,
 };
-use crate::domain::job::{JobState, JobStatus, Stage, round1};
+use crate::domain::job::{JobState, JobStatus, OUTPUT_EXPIRED, Stage, round1};
 use crate::domain::spec::JobSpec;
 use crate::store::{Applied, Refusal, Store, StoreError};
 
@@ -90,6 +90,45 @@ fn new_attempt(s: &JobState) -> EventBody {
         owner: None,
         request: None,
     })
+}
+
+/// Continues a job parked for lack of disk space as a new attempt (it stays Running; the new
+/// attempt skips the stages whose artifacts are verified). Refused unless the job is Running.
+pub async fn resume_parked(store: &Store, job_id: Uuid) -> Outcome {
+    store
+        .apply(
+            job_id,
+            Box::new(|state| {
+                let s = live(state)?;
+                if s.status != JobStatus::Running {
+                    return Err(Refusal::Conflict(format!("the job is {}", s.status.name())));
+                }
+                Ok(vec![new_attempt(s)])
+            }),
+        )
+        .await
+}
+
+/// Records that a completed job's video was deleted (`AURA_OUTPUT_RETENTION`): a `warning`
+/// `output-expired` after its terminal event, which folds into "no output". Refused unless the
+/// job is Completed and still has its output, so the warning is appended once.
+pub async fn expire_output(store: &Store, job_id: Uuid) -> Outcome {
+    store
+        .apply(
+            job_id,
+            Box::new(|state| {
+                let s = state.ok_or(Refusal::NotFound)?;
+                if s.status != JobStatus::Completed || s.output.is_none() {
+                    return Err(Refusal::Conflict("the job has no output to expire".into()));
+                }
+                Ok(vec![EventBody::Warning(NoticeData {
+                    code: OUTPUT_EXPIRED.into(),
+                    message: "the video was deleted after the output retention period".into(),
+                    step: None,
+                })])
+            }),
+        )
+        .await
 }
 
 /// Refuses changes to a job that has ended or does not exist.

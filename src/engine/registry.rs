@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::ServeConfig;
 use crate::domain::spec::JobSpec;
+use crate::engine::disk::Disk;
 use crate::engine::lifecycle;
 use crate::store::{Applied, Refusal, Store, StoreError};
 use crate::sync::lock;
@@ -32,12 +33,14 @@ struct Inner {
     jobs_created: Notify,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     resumed: Mutex<VecDeque<Uuid>>,
+    disk: Disk,
 }
 
 impl Engine {
     pub fn new(settings: ServeConfig, store: Store, shutdown: CancellationToken) -> Self {
         Engine {
             inner: Arc::new(Inner {
+                disk: Disk::new(&settings.data_dir, settings.min_free_bytes()),
                 settings,
                 store,
                 shutdown,
@@ -54,6 +57,11 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The data folder's disk and its free-space floor.
+    pub fn disk(&self) -> &Disk {
+        &self.inner.disk
     }
 
     /// Cancelled when the server begins to shut down: workers stop, children are killed.

@@ -5,7 +5,9 @@
 //! wakes it. A slow poll ([`FALLBACK_POLL`]) is only a safety net. Claiming is
 //! `lifecycle::claim`, one decision on the store's writer, so two workers never run one job.
 //!
-//! Jobs that startup recovery resumed (see `recovery`) come first and need no claim.
+//! Jobs that startup recovery resumed (see `recovery`) come first and need no claim. While the
+//! data folder's disk is below `AURA_MIN_FREE_MB`, no worker starts anything; a job whose stage
+//! runs out of space is parked (see [`park`]) rather than failed.
 //!
 //! Each job runs in its own task: a panic there fails that job with code `internal` and the
 //! worker carries on. A cancelled job has its processes killed (by the pipeline's `Process`
@@ -18,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::domain::job::{JobStatus, Stage};
+use crate::domain::job::{JobStatus, Stage, WAITING_FOR_DISK};
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::pipeline::progress::Reporter;
@@ -26,6 +28,9 @@ use crate::engine::pipeline::{self, Job, PipelineError, StageError};
 
 /// How often an idle worker looks for work even without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
+/// How often a worker looks at the free space while it is below the floor.
+const DISK_POLL: Duration = Duration::from_secs(1);
 
 /// The running workers.
 pub struct Pool {
@@ -61,6 +66,11 @@ async fn work(engine: Engine, n: usize) {
         let notified = engine.jobs_created().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Below the free-space floor nothing new starts; the jobs wait in the queue.
+        if engine.disk().is_low() {
+            idle(&shutdown, notified, DISK_POLL).await;
+            continue;
+        }
         // Jobs that startup recovery gave a new attempt are already Running: no claim.
         if let Some(job_id) = engine.next_resumed() {
             match engine.store().job(job_id).await {
@@ -79,7 +89,7 @@ async fn work(engine: Engine, n: usize) {
                     Ok(Err(refusal)) => tracing::debug!(%job_id, %refusal, "another worker took the job"),
                     Err(e) => {
                         tracing::error!(%job_id, error = %e, "claiming a job failed");
-                        idle(&shutdown, notified).await;
+                        idle(&shutdown, notified, FALLBACK_POLL).await;
                     }
                 }
                 continue;
@@ -87,7 +97,7 @@ async fn work(engine: Engine, n: usize) {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "looking for queued jobs failed"),
         }
-        idle(&shutdown, notified).await;
+        idle(&shutdown, notified, FALLBACK_POLL).await;
     }
     tracing::debug!("worker stopped");
 }
@@ -95,10 +105,11 @@ async fn work(engine: Engine, n: usize) {
 async fn idle(
     shutdown: &tokio_util::sync::CancellationToken,
     notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    poll: Duration,
 ) {
     tokio::select! {
         () = notified => {}
-        () = tokio::time::sleep(FALLBACK_POLL) => {}
+        () = tokio::time::sleep(poll) => {}
         () = shutdown.cancelled() => {}
     }
 }
@@ -135,11 +146,25 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
     if matches!(engine.store().job(job_id).await, Ok(Some(s)) if s.status == JobStatus::Cancelling) {
         cancel.cancel();
     }
-    let task = tokio::spawn(async move {
-        let result = pipeline::run(&job).await;
-        (job, result)
-    });
-    let outcome = task.await;
+    let mut job = job;
+    let mut parked = 0u32;
+    let outcome = loop {
+        let task = tokio::spawn(async move {
+            let result = pipeline::run(&job).await;
+            (job, result)
+        });
+        match task.await {
+            Ok((back, Err(PipelineError { step, error: StageError::DiskFull(cause) }))) => {
+                tracing::warn!(step = step.name(), cause = ?cause, "the disk is full; the job waits for space");
+                parked += 1;
+                match park(engine, &back, step, parked).await {
+                    Parked::Resumed => job = back,
+                    Parked::Stopped(error) => break Ok((back, Err(PipelineError { step, error }))),
+                }
+            }
+            other => break other,
+        }
+    };
     engine.unregister_running(job_id);
     let shutting_down = engine.shutdown_token().is_cancelled();
     match outcome {
@@ -156,6 +181,10 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((_, Err(PipelineError { error: StageError::Cancelled, .. }))) if shutting_down => {
             tracing::info!("shutdown: the job stays Running for a later attempt");
+        }
+        Ok((_, Err(PipelineError { step, error: StageError::DiskFull(_) }))) => {
+            // `park` handles every full disk; the job stays Running for a later attempt.
+            tracing::error!(step = step.name(), "a full disk reached the end of a job; it stays Running");
         }
         Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
             remove_dir(&job.job_dir).await;
@@ -186,6 +215,65 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
                 let message = "an internal error stopped the job; the cause is in the server log".to_owned();
                 log_append(handle.fail(Some(step), "internal", message).await, "job-failed");
             }
+        }
+    }
+}
+
+/// How a parked job's wait ended.
+enum Parked {
+    /// There is room again and the job has its new attempt: run the pipeline again.
+    Resumed,
+    /// Cancelled, or the server is shutting down (then the job stays Running for the next
+    /// start, whose recovery gives it a new attempt).
+    Stopped(StageError),
+}
+
+/// The longest a parked job waits before it may continue, however often it was parked.
+const PARK_POLL_MAX: Duration = Duration::from_secs(10);
+
+/// Parks a job whose stage ran out of disk space: appends `warning` `waiting-for-disk` (naming
+/// the step), waits until the free space is back above `AURA_MIN_FREE_MB`, and gives the job a
+/// new attempt, which reuses every verified stage. The job stays Running throughout: nothing is
+/// lost and nothing fails. The `parked`-th wait in a row waits at least `parked` seconds (up
+/// to [`PARK_POLL_MAX`]), so a disk that fills again at once does not spin.
+///
+/// When the database shares the full disk, the warning may not be storable yet: it is tried
+/// again on every look, and the new attempt follows it.
+async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
+    let message =
+        format!("the disk is full: {} waits for free space, then continues where it stopped", step.name());
+    let mut warned = false;
+    let at_least = tokio::time::Instant::now() + Duration::from_secs(u64::from(parked)).min(PARK_POLL_MAX);
+    loop {
+        if !warned {
+            match job.handle.warn(Some(step), WAITING_FOR_DISK, message.clone()).await {
+                Ok(Ok(_)) => warned = true,
+                Ok(Err(refusal)) => {
+                    tracing::info!(%refusal, "a parked job changed under the worker");
+                    return Parked::Stopped(StageError::Cancelled);
+                }
+                Err(e) => tracing::warn!(error = %e, "storing waiting-for-disk failed; trying again"),
+            }
+        }
+        if warned && tokio::time::Instant::now() >= at_least {
+            engine.disk().refresh();
+            if !engine.disk().is_low() {
+                match lifecycle::resume_parked(engine.store(), job.id).await {
+                    Ok(Ok(_)) => {
+                        tracing::info!(step = step.name(), "there is room again; the job continues");
+                        return Parked::Resumed;
+                    }
+                    Ok(Err(refusal)) => {
+                        tracing::info!(%refusal, "a parked job changed under the worker");
+                        return Parked::Stopped(StageError::Cancelled);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "storing the new attempt failed; trying again"),
+                }
+            }
+        }
+        tokio::select! {
+            () = job.cancel.cancelled() => return Parked::Stopped(StageError::Cancelled),
+            () = tokio::time::sleep(DISK_POLL) => {}
         }
     }
 }

@@ -42,10 +42,17 @@ pub async fn job_events(
 ) -> Result<Response, AppError> {
     let query = parse_query(query.as_deref())?;
     let resume = resume_point(&headers, &query)?;
-    if job.status.is_terminal() && resume >= job.last_event_id {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    open(&app, &caller, EventFilter::Jobs(vec![job.job_id]), resume, true)
+    // A job that has ended has all its events but `output-expired` (see `retention`): replay
+    // them and end, whether or not the terminal event is among them.
+    let last = if job.status.is_terminal() {
+        if resume >= job.last_event_id {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        Some(job.last_event_id)
+    } else {
+        None
+    };
+    open(&app, &caller, EventFilter::Jobs(vec![job.job_id]), resume, true, last)
 }
 
 /// Events of all jobs, or of those named by repeated `jobId=`; never ends on its own.
@@ -85,7 +92,7 @@ pub async fn all_events(
         true if caller.sees_all() => EventFilter::All,
         true => EventFilter::Owner(caller.name.clone()),
     };
-    open(&app, &caller, filter, resume, false)
+    open(&app, &caller, filter, resume, false, None)
 }
 
 /// Takes a slot under the global cap, then one under the caller's own, and opens the stream.
@@ -95,6 +102,7 @@ fn open(
     filter: EventFilter,
     resume: i64,
     ends_with_job: bool,
+    last: Option<i64>,
 ) -> Result<Response, AppError> {
     let slot =
         app.streams().try_acquire(app.settings().max_streams).ok_or_else(|| AppError::Unavailable {
@@ -103,5 +111,5 @@ fn open(
         })?;
     // Checked after the global cap, so that when both are exceeded the 503 wins.
     let owner_slot = app.limits().acquire_stream(caller)?;
-    Ok(stream::open(app.streaming(), slot, owner_slot, filter, resume, ends_with_job))
+    Ok(stream::open_until(app.streaming(), slot, owner_slot, filter, resume, ends_with_job, last))
 }

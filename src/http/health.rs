@@ -23,9 +23,11 @@ pub struct Health {
     database: String,
     /// ffmpeg's version, or why it is unavailable.
     ffmpeg: String,
+    /// `ok`, or `low` while the data folder's disk is below `AURA_MIN_FREE_MB`.
+    disk: &'static str,
 }
 
-/// Whether this node can work: the database answers and ffmpeg runs.
+/// Whether this node can work: the database answers, ffmpeg runs and the disk has room.
 #[utoipa::path(get, path = "/api/health", tag = "operations",
     responses(
         (status = 200, description = "Everything works", body = Health),
@@ -40,10 +42,11 @@ pub async fn health(State(app): State<AppState>) -> Response {
         }
     };
     let ffmpeg = process::ffmpeg_version(&app.settings().ffmpeg).await;
-    let ok = database == "ok" && ffmpeg.is_ok();
+    let disk = if app.engine().disk().is_low() { "low" } else { "ok" };
+    let ok = database == "ok" && ffmpeg.is_ok() && disk == "ok";
     let ffmpeg = ffmpeg.unwrap_or_else(|e| format!("unavailable: {e}"));
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Health { status: if ok { "ok" } else { "unavailable" }, database, ffmpeg };
+    let body = Health { status: if ok { "ok" } else { "unavailable" }, database, ffmpeg, disk };
     (status, axum::Json(body)).into_response()
 }
 

@@ -52,6 +52,7 @@ pub struct Created {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid values, each named by its JSON path", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The data folder's disk is below AURA_MIN_FREE_MB", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(app): State<AppState>,
@@ -63,6 +64,10 @@ pub async fn create(
         SpecError::Malformed(detail) => AppError::bad_request("Malformed JSON", detail),
         SpecError::Invalid(errors) => AppError::Invalid(errors),
     })?;
+    // A job accepted now could not be rendered: refuse it rather than let it wait for space.
+    if app.engine().disk().is_low() {
+        return Err(AppError::InsufficientStorage);
+    }
     let job_id = Uuid::now_v7();
     let applied = app
         .engine()
@@ -218,7 +223,8 @@ pub async fn history(
     Ok(axum::Json(items).into_response())
 }
 
-/// The rendered video, with `Range` support (206/416) from `tower_http`'s `ServeFile`.
+/// The rendered video, with `Range` support (206/416) from `tower_http`'s `ServeFile`; 410 once
+/// `AURA_OUTPUT_RETENTION` deleted it.
 #[utoipa::path(get, path = "/api/jobs/{job_id}/output", tag = "jobs",
     params(
         ("job_id" = Uuid, Path, description = "The job's id"),
@@ -229,6 +235,7 @@ pub async fn history(
         (status = 206, description = "The requested byte range of the video", content_type = "video/mp4", body = String),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job, or no output until the job has completed", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The video was deleted after AURA_OUTPUT_RETENTION", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "The range lies outside the video"),
     ))]
 pub async fn output(
@@ -238,6 +245,8 @@ pub async fn output(
 ) -> Result<Response, AppError> {
     let output = match (&job.status, &job.output) {
         (JobStatus::Completed, Some(output)) => output,
+        // Only `output-expired` takes a completed job's output away (see `JobState::apply`).
+        (JobStatus::Completed, None) => return Err(AppError::OutputExpired),
         _ => return Err(AppError::NotFound("the job has no output until it has completed".into())),
     };
     // `videoPath` is Aura's own `jobs/<id>/output.<ext>`; refuse anything else rather than serve it.

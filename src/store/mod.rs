@@ -5,6 +5,7 @@
 //! Writes go through one writer task that owns the single write connection and commits in
 //! groups (see [`writer`]); reads use a small pool of connections that WAL lets run beside it.
 
+pub mod preflight;
 mod rows;
 pub mod writer;
 
@@ -155,6 +156,29 @@ impl Store {
             .fetch_optional(&self.inner.pool)
             .await?;
         row.map(JobState::try_from).transpose()
+    }
+
+    /// Completed jobs that still have their output and finished before `before`, oldest first:
+    /// the videos `AURA_OUTPUT_RETENTION` deletes.
+    pub async fn outputs_finished_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<JobState>, StoreError> {
+        // `finished_at` is fixed-width RFC 3339 UTC text, so text order is time order.
+        let before = crate::domain::time::format_at(before);
+        let limit = i64::from(limit);
+        let rows = sqlx::query_as!(
+            rows::JobRow,
+            "SELECT * FROM jobs
+             WHERE status = 'Completed' AND output IS NOT NULL AND finished_at < ?1
+             ORDER BY finished_at LIMIT ?2",
+            before,
+            limit
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.into_iter().map(JobState::try_from).collect()
     }
 
     /// Jobs newest first, optionally of one status and owner, older than the cursor `before`.

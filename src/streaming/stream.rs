@@ -89,6 +89,22 @@ pub fn open(
     resume: i64,
     ends_with_job: bool,
 ) -> Response {
+    open_until(ctx, slot, owner_slot, filter, resume, ends_with_job, None)
+}
+
+/// [`open`] for a stream that ends once it has sent the event `last` (if it has not ended
+/// before): a job that has ended may still get a `warning` after its terminal event
+/// (`output-expired`), and a client resuming past the terminal event gets those and the end,
+/// not a stream that waits for a terminal event that was already sent.
+pub fn open_until(
+    ctx: &Context,
+    slot: StreamSlot,
+    owner_slot: StreamGuard,
+    filter: EventFilter,
+    resume: i64,
+    ends_with_job: bool,
+    last: Option<i64>,
+) -> Response {
     let kind = if ends_with_job { "job" } else { "all" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
     let sub = Subscriber {
@@ -96,6 +112,7 @@ pub fn open(
         filter,
         last_sent: resume,
         ends_with_job,
+        ends_after: last,
         finished: false,
         deadline: Instant::now() + Duration::from_secs(ctx.inner.max_stream_secs),
         replayed_pages: 0,
@@ -181,6 +198,8 @@ pub struct Subscriber {
     last_sent: i64,
     /// A per-job stream ends after the job's terminal event.
     ends_with_job: bool,
+    /// The stream ends once it has sent this event (see [`open_until`]).
+    ends_after: Option<i64>,
     finished: bool,
     deadline: Instant,
     replayed_pages: u32,
@@ -324,7 +343,7 @@ impl Subscriber {
         if let Some(last) = page.last_id {
             self.last_sent = last;
         }
-        self.finished |= page.finished;
+        self.finished |= page.finished || self.ends_after.is_some_and(|last| self.last_sent >= last);
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
     }

@@ -70,10 +70,36 @@ pub enum StageError {
         #[source]
         cause: Option<anyhow::Error>,
     },
+    /// The disk filled up: not the job's fault, and not final. The worker parks the job until
+    /// there is room again (see `worker`), then gives it a new attempt.
+    #[error("the disk is full")]
+    DiskFull(#[source] anyhow::Error),
+}
+
+/// What ffmpeg (and every other program using `strerror`) says when a write hits `ENOSPC`.
+const NO_SPACE: &str = "No space left on device";
+
+/// Whether `cause` comes from a full disk: `ENOSPC` from one of our own writes, `SQLITE_FULL`
+/// from the database, or a child that said so.
+pub fn is_disk_full(cause: &anyhow::Error) -> bool {
+    cause.chain().any(|e| {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)
+                || io.kind() == std::io::ErrorKind::StorageFull;
+        }
+        if let Some(db) = e.downcast_ref::<sqlx::Error>().and_then(sqlx::Error::as_database_error) {
+            // SQLITE_FULL, and its extended codes (the low byte is the primary code).
+            return db.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| c & 0xff == 13);
+        }
+        e.to_string().contains(NO_SPACE)
+    })
 }
 
 impl StageError {
     pub fn internal(cause: anyhow::Error) -> Self {
+        if is_disk_full(&cause) {
+            return StageError::DiskFull(cause);
+        }
         StageError::Failed {
             code: "internal",
             message: "an internal error stopped the job; the cause is in the server log".into(),
@@ -95,11 +121,21 @@ impl StageError {
                 message: format!("{program} ran past the stage's time budget while {what} and was stopped"),
                 cause: Some(anyhow::anyhow!("timed out after {secs} s")),
             },
+            ProcessError::Failed { program, status, stderr_tail } if stderr_tail.contains(NO_SPACE) => {
+                StageError::DiskFull(anyhow::anyhow!(
+                    "{program} ran out of disk space while {what} ({status})"
+                ))
+            }
             ProcessError::Failed { program, status, .. } => StageError::Failed {
                 code: "ffmpeg-failed",
                 message: format!("{program} failed while {what} ({status})"),
                 cause: None,
             },
+            ProcessError::Io { ref source, .. }
+                if source.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) =>
+            {
+                StageError::DiskFull(e.into())
+            }
             e @ ProcessError::Io { .. } => StageError::Failed {
                 code: "ffmpeg-failed",
                 message: format!("{} could not be started while {what}", program_of(&e)),
@@ -357,6 +393,7 @@ mod tests {
     fn code(e: ProcessError) -> (Option<&'static str>, String) {
         match StageError::process("rendering scene 2", e) {
             StageError::Cancelled => (None, String::new()),
+            StageError::DiskFull(_) => (Some("waiting-for-disk"), String::new()),
             StageError::Failed { code, message, .. } => (Some(code), message),
         }
     }
@@ -374,5 +411,21 @@ mod tests {
         });
         assert_eq!(c, Some("ffmpeg-failed"));
         assert_eq!(message, "ffmpeg failed while rendering scene 2 (exit status: 1)");
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_a_failing_ffmpeg() {
+        let (c, _) = code(ProcessError::Failed {
+            program: "ffmpeg".into(),
+            status: "exit status: 1".into(),
+            stderr_tail: "[out#0/mp4] Error writing trailer: No space left on device".into(),
+        });
+        assert_eq!(c, Some("waiting-for-disk"));
+        let enospc = std::io::Error::from_raw_os_error(nix::errno::Errno::ENOSPC as i32);
+        let ours = StageError::internal(anyhow::Error::new(enospc).context("writing script.json"));
+        assert!(matches!(ours, StageError::DiskFull(_)));
+        let other = std::io::Error::from_raw_os_error(nix::errno::Errno::EACCES as i32);
+        let ours = StageError::internal(anyhow::Error::new(other).context("writing script.json"));
+        assert!(matches!(ours, StageError::Failed { code: "internal", .. }));
     }
 }

@@ -242,6 +242,8 @@ const PARK_POLL_MAX: Duration = Duration::from_secs(10);
 async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
     let message =
         format!("the disk is full: {} waits for free space, then continues where it stopped", step.name());
+    // A full disk is news: nobody should go on trusting an older measurement.
+    engine.disk().refresh();
     let mut warned = false;
     let at_least = tokio::time::Instant::now() + Duration::from_secs(u64::from(parked)).min(PARK_POLL_MAX);
     loop {

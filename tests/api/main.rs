@@ -6,6 +6,8 @@
 
 mod bench;
 mod cli;
+mod damaged;
+mod disk;
 mod docs;
 mod fanout;
 mod helpers;

@@ -199,3 +199,18 @@ async fn a_backup_taken_during_100_appends_a_second_passes_check_and_holds_a_pre
     assert_eq!(copied[..], original[..copied.len()], "the copy holds a prefix of the log");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tokens_file_that_cannot_be_read_stops_the_start_instead_of_opening_the_server() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // A folder where the tokens file should be: it exists, and reading it fails (even for root).
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let started = crate::helpers::spawn_app_with(|cfg| cfg.tokens_file = Some(tokens.clone())).await;
+    let error = match started {
+        Ok(_) => return Err("the server started open with an unreadable tokens file".into()),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("tokens"), "{error}");
+    Ok(())
+}

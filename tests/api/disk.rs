@@ -135,6 +135,25 @@ fn slow_ffmpeg(dir: &Path) -> TestResult<PathBuf> {
 
 #[tokio::test]
 async fn a_full_disk_mid_render_parks_the_job_and_freeing_space_completes_it_exactly_once() -> TestResult {
+    // Filled as Audio starts: its first ffmpeg waits half a second, and Aura's own write of the
+    // narration text comes first, so `ENOSPC` reaches one of our writes.
+    full_disk_parks(|e| e.kind == "step-status" && e.data["step"] == "Audio" && e.data["state"] == "Started")
+        .await
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_under_ffmpeg_parks_the_job_instead_of_failing_it_with_ffmpeg_failed() -> TestResult
+{
+    // Filled as Render starts: its ffmpeg (after half a second) is the first to write, and
+    // says "No space left on device" itself.
+    full_disk_parks(|e| e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started")
+        .await
+}
+
+/// Fills the data folder's disk when `fill_when` sees an event, checks that the job parks
+/// (warning `waiting-for-disk`, still Running, 507 and 503), frees the space, and checks that
+/// it completes with every event exactly once.
+async fn full_disk_parks(fill_when: impl Fn(&Sse) -> bool) -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let Some(_mount) = Tmpfs::mount(&data, "64m", false)? else { return Ok(()) };
@@ -160,13 +179,12 @@ async fn a_full_disk_mid_render_parks_the_job_and_freeing_space_completes_it_exa
             .ok_or("stream ended")?;
         Ok(Sse { id, kind, data })
     };
-    // Fill the disk as soon as Audio starts (its first ffmpeg waits half a second).
     loop {
         let e = next(&mut stream).await?;
-        let audio_started =
-            e.kind == "step-status" && e.data["step"] == "Audio" && e.data["state"] == "Started";
+        let fill = fill_when(&e);
+        assert_ne!(e.kind, "job-completed", "the job ended before the disk was filled");
         seen.push(e);
-        if audio_started {
+        if fill {
             fill_disk(&filler)?;
             break;
         }

@@ -74,6 +74,31 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_RETRY_MS", default_value_t = 3000)]
     pub retry_ms: u64,
 
+    /// Seconds a connection may take to send a complete request head; then it is closed.
+    #[arg(long, env = "AURA_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a keep-alive connection may wait with no request in flight; then it is closed.
+    /// An open event stream is never idle.
+    #[arg(long, env = "AURA_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a client may take no byte of a response; then the connection is closed (a
+    /// stream's client resumes from its Last-Event-ID).
+    #[arg(long, env = "AURA_WRITE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub write_timeout_secs: u64,
+
+    /// Most open connections; past it a new connection is closed at once. Default: 90 % of the
+    /// open-file limit (raised to its hard limit at start), less a reserve for the database,
+    /// files and ffmpeg.
+    #[arg(long, env = "AURA_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// `true`: a stream asked for as a connection's first request writes straight onto its
+    /// socket (the accept loop hands it over). `false`: every stream is served through hyper.
+    #[arg(long, env = "AURA_STREAM_TAKEOVER", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub stream_takeover: bool,
+
     /// The ffmpeg binary.
     #[arg(long, env = "AURA_FFMPEG", default_value = "ffmpeg")]
     pub ffmpeg: PathBuf,

@@ -25,6 +25,9 @@ use crate::streaming::{self, hub::Hub};
 
 /// How long shutdown waits for the workers after killing their children.
 const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
+/// Descriptors never given to connections: the database, the tokens file, stage files, ffmpeg's
+/// pipes. At least this many, and at least a tenth of the limit.
+const FD_RESERVE: u64 = 64;
 
 /// A built application: listening, not yet serving.
 pub struct Application {
@@ -35,6 +38,41 @@ pub struct Application {
     port: u16,
     workers: Pool,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    connections: streaming::server::Settings,
+}
+
+/// Raises the soft open-file limit to the hard one and returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit"),
+        }
+    }
+    soft
+}
+
+/// `AURA_MAX_CONNECTIONS`, or 90 % of the open-file limit; never more than the limit less its
+/// reserve.
+fn connection_cap(asked: Option<u64>, limit: u64) -> usize {
+    let room = limit.saturating_sub(FD_RESERVE.max(limit / 10)).max(1);
+    let cap = match asked {
+        Some(asked) if asked > room => {
+            tracing::warn!(
+                asked,
+                room,
+                "AURA_MAX_CONNECTIONS is past the open-file limit less its reserve; using the latter"
+            );
+            room
+        }
+        Some(asked) => asked,
+        None => room,
+    };
+    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process). The
@@ -77,6 +115,14 @@ fn writable_data_dir(dir: &std::path::Path) -> Result<(), Unusable> {
 impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
         settings.check_database_url()?;
+        let fd_limit = raise_open_file_limit();
+        let connections = streaming::server::Settings {
+            header_timeout: Duration::from_secs(settings.header_timeout_secs),
+            idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
+            write_timeout: Duration::from_secs(settings.write_timeout_secs),
+            max_connections: connection_cap(settings.max_connections, fd_limit),
+            takeover: settings.stream_takeover,
+        };
         // Before anything is written: a folder or a database Aura must not use stops the start
         // with an `Unusable` (exit code 2), leaving every file as it was.
         writable_data_dir(&settings.data_dir)?;
@@ -118,6 +164,7 @@ impl Application {
             settings.retry_ms,
             settings.max_stream_secs,
             settings.stream_buffer,
+            connections.write_timeout,
         );
         let state = AppState::new(Parts {
             settings,
@@ -144,7 +191,7 @@ impl Application {
                 engine.shutdown_token(),
             )
         });
-        Ok(Application { lock, listener, router, state, port, workers, sweeper })
+        Ok(Application { lock, listener, router, state, port, workers, sweeper, connections })
     }
 
     pub fn port(&self) -> u16 {
@@ -160,7 +207,11 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.engine().shutdown_token();
         let signal_token = token.clone();
-        tracing::info!(addr = %self.listener.local_addr()?, "aura is listening");
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            max_connections = self.connections.max_connections,
+            "aura is listening"
+        );
         let stop = async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutdown requested: no new connections, ending streams"),
@@ -168,7 +219,9 @@ impl Application {
             }
             signal_token.cancel();
         };
-        let result = streaming::server::serve(self.listener, self.router, stop).await.context("serving HTTP");
+        let result = streaming::server::serve(self.listener, self.router, self.connections, stop)
+            .await
+            .context("serving HTTP");
         token.cancel();
         tracing::info!("HTTP server stopped");
         // Cancelling the token killed every running child; the workers leave their jobs Running.

@@ -9,14 +9,31 @@
 //! but a stream it opens is written straight onto the socket by the fan-out (see `sink`). Any
 //! other connection goes to hyper with the bytes already read put back in front.
 //!
+//! The accept loop keeps every protection hyper would give a connection, and adds the ones
+//! hyper lacks (API.md "Connections"; `tests/api/connections.rs` has a test for each):
+//! - a head not complete within the header timeout closes the connection, whoever reads it —
+//!   the sniffer here for a connection's first request, hyper (with a timer) and the idle
+//!   watch below for every later one;
+//! - a head over 16 KiB is answered `431` and the connection closed;
+//! - a keep-alive connection with no request in flight for the idle timeout is closed (an open
+//!   stream is a request in flight);
+//! - a client that takes no byte of a response for the write timeout is dropped (`sink` for a
+//!   stream that owns its socket, [`Watched`] for hyper);
+//! - past the connection cap (a semaphore sized from the open-file limit) a new connection is
+//!   closed at once, so the process never runs out of descriptors; an accept error that is
+//!   not about one connection (`EMFILE`) pauses the loop with a bounded back-off.
+//!
+//! `AURA_STREAM_TAKEOVER=false` skips the sniffer: hyper serves every connection and stream.
+//!
 //! Shutdown: no new connections, hyper's connections close gracefully, streams end (the
-//! fan-out closes them), and this returns once every connection task has finished, or after a
-//! grace period (a client that stopped reading must not hold the server up).
+//! fan-out closes them; a stream blocked on a client that stopped reading gives up within a
+//! second), and this returns once every connection task has finished, or after a grace period.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,11 +41,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -36,10 +54,14 @@ use crate::streaming::paths;
 use crate::streaming::sink::Sink;
 use crate::streaming::stream::StreamStart;
 
-/// The longest request head read here; a longer one goes to hyper, which answers it.
-const MAX_HEAD: usize = 8 * 1024;
-/// How long a connection may take to send its first request head before hyper gets it as is.
-const HEAD_WAIT: Duration = Duration::from_secs(10);
+/// The longest request head, here and in hyper; a longer one is answered `431`.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// How long a connection answered `431` may keep sending before it is closed (so that the
+/// client reads the answer rather than a reset).
+const LINGER: Duration = Duration::from_secs(2);
+/// The shortest and longest pause after an accept error that is not about one connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Most request headers parsed here.
 const MAX_HEADERS: usize = 64;
 /// How long shutdown waits for open connections to finish.
@@ -47,10 +69,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The largest non-stream answer (an error) written here.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// What the accept loop allows a connection (API.md "Connections").
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The longest a request head may take to arrive whole.
+    pub header_timeout: Duration,
+    /// The longest a keep-alive connection may wait with no request in flight.
+    pub idle_timeout: Duration,
+    /// The longest a client may take no byte of a response.
+    pub write_timeout: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Whether a stream asked for as a connection's first request gets the socket.
+    pub takeover: bool,
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then shuts down gracefully.
-pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
     let connections = TaskTracker::new();
     let (closing, closing_rx) = watch::channel(());
+    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let settings = Arc::new(settings);
+    let mut backoff = MIN_BACKOFF;
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -59,12 +104,29 @@ pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Outp
         };
         match accepted {
             Ok((socket, _)) => {
-                connections.spawn(connection(socket, router.clone(), closing_rx.clone()));
+                backoff = MIN_BACKOFF;
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Past the cap: closed at once, so that the cap bounds descriptors.
+                    metrics::counter!("aura_connections_refused_total").increment(1);
+                    drop(socket);
+                    continue;
+                };
+                connections.spawn(connection(
+                    socket,
+                    permit,
+                    router.clone(),
+                    settings.clone(),
+                    closing_rx.clone(),
+                ));
             }
             // Out of file descriptors and the like: accepting again at once would spin.
             Err(e) if !is_per_connection(&e) => {
-                tracing::error!(error = %e, "accepting a connection failed; pausing for a second");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::error!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a connection failed; pausing");
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) => {}
         }
@@ -91,20 +153,34 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-async fn connection(mut socket: TcpStream, router: Router, closing: watch::Receiver<()>) {
+async fn connection(
+    mut socket: TcpStream,
+    permit: OwnedSemaphorePermit,
+    router: Router,
+    settings: Arc<Settings>,
+    closing: watch::Receiver<()>,
+) {
+    // Held for the connection's life: the cap counts open connections.
+    let _permit = permit;
+    let accepted = Instant::now();
     // Small frames must leave at once: an event stream is latency, not throughput.
     let _ = socket.set_nodelay(true);
+    if !settings.takeover {
+        Box::pin(serve_hyper(socket, Bytes::new(), accepted, router, &settings, closing)).await;
+        return;
+    }
     let mut head = BytesMut::with_capacity(1024);
-    match sniff(&mut socket, &mut head).await {
+    match sniff(&mut socket, &mut head, accepted + settings.header_timeout).await {
         Sniffed::Stream(request) => {
             // Kept for hours from here on: nothing the request needed stays allocated.
             drop(head);
-            serve_stream(socket, *request, router).await;
+            serve_stream(socket, *request, router, settings.write_timeout).await;
         }
         // Boxed so that hyper's connection state is not part of every stream's task.
         Sniffed::Other => {
-            Box::pin(serve_hyper(Prefixed { prefix: head.freeze(), io: socket }, router, closing)).await;
+            Box::pin(serve_hyper(socket, head.freeze(), accepted, router, &settings, closing)).await;
         }
+        Sniffed::TooLarge => too_large(socket, settings.write_timeout).await,
         Sniffed::Gone => {}
     }
 }
@@ -114,25 +190,55 @@ enum Sniffed {
     Stream(Box<Request<Body>>),
     /// Anything else: hyper's.
     Other,
+    /// A stream request's head past [`MAX_HEAD`].
+    TooLarge,
+    /// Closed, failed, or no whole head within the header timeout: nothing to answer.
     Gone,
 }
 
 /// Reads the start of the connection until it is clear whether it opens with a stream request.
-async fn sniff(socket: &mut TcpStream, head: &mut BytesMut) -> Sniffed {
-    let deadline = tokio::time::Instant::now() + HEAD_WAIT;
+async fn sniff(socket: &mut TcpStream, head: &mut BytesMut, deadline: Instant) -> Sniffed {
     loop {
         match tokio::time::timeout_at(deadline, socket.read_buf(head)).await {
             Ok(Ok(0)) if head.is_empty() => return Sniffed::Gone,
-            Ok(Ok(0)) | Err(_) => return Sniffed::Other,
+            // A client that ended its side mid-head: hyper answers what it can.
+            Ok(Ok(0)) => return Sniffed::Other,
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Sniffed::Gone,
+            // The head did not arrive in time: closed here, never handed on.
+            Err(_) => {
+                metrics::counter!("aura_header_timeouts_total").increment(1);
+                return Sniffed::Gone;
+            }
         }
         match classify(head) {
-            Class::NeedMore if head.len() < MAX_HEAD => {}
-            Class::NeedMore | Class::Other => return Sniffed::Other,
+            Class::NeedMore | Class::Stream(_) if head.len() > MAX_HEAD => return Sniffed::TooLarge,
+            Class::NeedMore => {}
+            Class::Other => return Sniffed::Other,
             Class::Stream(request) => return Sniffed::Stream(request),
         }
     }
+}
+
+/// Answers `431` to a head that is too long, then reads (and drops) what the client still
+/// sends for a moment before closing, so that the client sees the answer, not a reset.
+async fn too_large(mut socket: TcpStream, write_timeout: Duration) {
+    let mut answer = status_line(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    push_header(&mut answer, "content-length", b"0");
+    push_header(&mut answer, "connection", b"close");
+    answer.extend_from_slice(b"\r\n");
+    let written = tokio::time::timeout(write_timeout, socket.write_all(&answer)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = socket.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = socket.read(&mut scratch).await
+            && n > 0
+        {}
+    })
+    .await;
 }
 
 enum Class {
@@ -189,11 +295,11 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
 }
 
 /// Runs the router on a stream request read here; a stream it opens gets the socket.
-async fn serve_stream(socket: TcpStream, request: Request<Body>, router: Router) {
+async fn serve_stream(socket: TcpStream, request: Request<Body>, router: Router, write_timeout: Duration) {
     let Ok(response) = router.oneshot(request).await;
     let start = response.extensions().get::<StreamStart>().and_then(StreamStart::take);
     let Some(subscriber) = start else {
-        answer(socket, response).await;
+        answer(socket, response, write_timeout).await;
         return;
     };
     let mut head = status_line(response.status());
@@ -206,14 +312,14 @@ async fn serve_stream(socket: TcpStream, request: Request<Body>, router: Router)
     head.extend_from_slice(b"\r\n");
     drop(response);
     metrics::counter!("aura_streams_served_total", "via" => "socket").increment(1);
-    let sink = Arc::new(Sink::Socket(socket));
+    let sink = Arc::new(Sink::socket(socket, write_timeout));
     if sink.push_wire(head.freeze()).await.is_ok() {
         subscriber.run(sink).await;
     }
 }
 
 /// Writes a whole (small) response that is not a stream, then closes the connection.
-async fn answer(socket: TcpStream, response: Response<Body>) {
+async fn answer(socket: TcpStream, response: Response<Body>, write_timeout: Duration) {
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, MAX_ANSWER).await.unwrap_or_default();
     let mut head = status_line(parts.status);
@@ -228,7 +334,7 @@ async fn answer(socket: TcpStream, response: Response<Body>) {
     push_header(&mut head, "connection", b"close");
     head.extend_from_slice(b"\r\n");
     head.extend_from_slice(&body);
-    let sink = Sink::Socket(socket);
+    let sink = Sink::socket(socket, write_timeout);
     let _ = sink.push_wire(head.freeze()).await;
 }
 
@@ -258,16 +364,38 @@ fn http_date() -> String {
     time::OffsetDateTime::now_utc().format(format).unwrap_or_default()
 }
 
-/// hyper serves the connection, reading first the bytes `sniff` took.
-async fn serve_hyper(io: Prefixed, router: Router, mut closing: watch::Receiver<()>) {
-    let service =
-        TowerToHyperService::new(router.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)));
+/// hyper serves the connection, reading first the bytes `sniff` took (`prefix`), until it
+/// ends, a head is late, it has been idle too long, or shutdown has closed it.
+async fn serve_hyper(
+    socket: TcpStream,
+    prefix: Bytes,
+    accepted: Instant,
+    router: Router,
+    settings: &Settings,
+    mut closing: watch::Receiver<()>,
+) {
+    let activity = Arc::new(Activity::new(accepted));
+    let io = Watched {
+        prefix,
+        io: socket,
+        activity: activity.clone(),
+        write_timeout: settings.write_timeout,
+        stall: None,
+    };
+    let service = Tracked { router, activity: activity.clone() };
     let conn = hyper::server::conn::http1::Builder::new()
+        // Without a timer hyper's header timeout is silently off. Its timer starts as soon as
+        // a response is done, so on its own it would close idle connections after the header
+        // timeout; the watch below applies both timeouts exactly, and hyper's is a backstop.
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout + settings.idle_timeout)
+        .max_header_size(MAX_HEAD)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let mut asked = false;
     loop {
+        let due = activity.due(settings.header_timeout, settings.idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -279,17 +407,182 @@ async fn serve_hyper(io: Prefixed, router: Router, mut closing: watch::Receiver<
                 asked = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = activity.changed.notified() => {}
+            () = tokio::time::sleep_until(due.unwrap_or(accepted)), if due.is_some() => {
+                if activity.due(settings.header_timeout, settings.idle_timeout).is_some_and(|d| d <= Instant::now()) {
+                    if activity.reading_head() {
+                        metrics::counter!("aura_header_timeouts_total").increment(1);
+                    }
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+            }
         }
     }
 }
 
-/// A socket with some of its input already read: those bytes are read again first.
-struct Prefixed {
-    prefix: Bytes,
-    io: TcpStream,
+/// What a hyper connection is doing, for its header and idle timeouts.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Woken when a request starts or ends, or the first byte of a head arrives.
+    changed: Notify,
 }
 
-impl AsyncRead for Prefixed {
+struct ActivityState {
+    /// Requests whose response is not finished (an open stream is one).
+    in_flight: usize,
+    /// When the last response finished (or the connection was accepted).
+    idle_since: Instant,
+    /// When the first byte of the next head arrived, while no request is in flight.
+    head_since: Option<Instant>,
+}
+
+impl Activity {
+    fn new(accepted: Instant) -> Self {
+        // The first head is awaited from the moment the connection was accepted.
+        let state = ActivityState { in_flight: 0, idle_since: accepted, head_since: Some(accepted) };
+        Activity { state: Mutex::new(state), changed: Notify::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ActivityState> {
+        // Three plain fields: nothing a panicking holder could leave half-made.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// When the connection must close unless something happens first; `None` while a request
+    /// is in flight.
+    fn due(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+        let state = self.lock();
+        if state.in_flight > 0 {
+            return None;
+        }
+        Some(match state.head_since {
+            Some(since) => since + header_timeout,
+            None => state.idle_since + idle_timeout,
+        })
+    }
+
+    fn reading_head(&self) -> bool {
+        self.lock().head_since.is_some()
+    }
+
+    /// Bytes arrived: while no request is in flight, they start a head.
+    fn read(&self) {
+        let mut state = self.lock();
+        if state.in_flight == 0 && state.head_since.is_none() {
+            state.head_since = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// hyper has parsed a whole head and calls the router.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.head_since = None;
+        drop(state);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight: from its head to the end of its response body.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+            state.head_since = None;
+        }
+        drop(state);
+        self.0.changed.notify_one();
+    }
+}
+
+/// The router as hyper's service, counting requests in flight until their bodies end.
+struct Tracked {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Tracked {
+    type Response = Response<Guarded>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Guarded>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let router = self.router.clone();
+        Box::pin(async move {
+            let Ok(response) = router.oneshot(request.map(Body::new)).await;
+            Ok(response.map(|body| Guarded { body, _in_flight: in_flight }))
+        })
+    }
+}
+
+/// A response body that keeps its request in flight until hyper drops it.
+struct Guarded {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket served by hyper: the bytes the sniffer took are read again first, reads are
+/// reported to the connection's [`Activity`], and a write that takes no byte for the write
+/// timeout fails.
+struct Watched {
+    prefix: Bytes,
+    io: TcpStream,
+    activity: Arc<Activity>,
+    write_timeout: Duration,
+    /// Armed when a write could take nothing; cleared by any write that takes bytes.
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl Watched {
+    fn watch_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if poll.is_ready() {
+            self.stall = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.stall = None;
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -301,13 +594,19 @@ impl AsyncRead for Prefixed {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        poll
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -315,7 +614,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -8,8 +8,13 @@
 //! body reads. Either way the fan-out never waits on a slow client: a sink that cannot take a
 //! write whole hands its stream back to the stream's own task, which finishes the write and
 //! catches up from the table.
+//!
+//! Every write that waits has a deadline: a client that takes no byte for the write timeout
+//! (`AURA_WRITE_TIMEOUT_SECS`) gets an error, and its stream ends (it resumes from its
+//! `Last-Event-ID` when it reads again).
 
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -29,7 +34,13 @@ pub enum Push {
     Closed,
 }
 
-pub enum Sink {
+pub struct Sink {
+    target: Target,
+    /// The longest a write may wait with no byte taken by the client.
+    write_timeout: Duration,
+}
+
+enum Target {
     /// The client's socket; the response head has been written, the body is chunked.
     Socket(TcpStream),
     /// hyper's response body, one chunk per message.
@@ -40,11 +51,21 @@ pub enum Sink {
 const MAX_SLICES: usize = 14;
 
 impl Sink {
+    /// A stream's own socket, whose response head the caller writes with [`Sink::push_wire`].
+    pub fn socket(socket: TcpStream, write_timeout: Duration) -> Self {
+        Sink { target: Target::Socket(socket), write_timeout }
+    }
+
+    /// The sending end of a hyper response body's channel.
+    pub fn channel(tx: mpsc::Sender<Bytes>, write_timeout: Duration) -> Self {
+        Sink { target: Target::Channel(tx), write_timeout }
+    }
+
     /// Writes `frames` as one chunk if the sink can take it without waiting.
     pub fn try_push(&self, frames: &[&Bytes]) -> Push {
-        match self {
-            Sink::Socket(socket) => try_push_socket(socket, frames),
-            Sink::Channel(tx) => match tx.try_send(concat(frames)) {
+        match &self.target {
+            Target::Socket(socket) => try_push_socket(socket, frames),
+            Target::Channel(tx) => match tx.try_send(concat(frames)) {
                 Ok(()) => Push::Done,
                 Err(mpsc::error::TrySendError::Full(bytes)) => Push::Partial(bytes),
                 Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
@@ -52,32 +73,51 @@ impl Sink {
         }
     }
 
-    /// Writes `data` as one chunk, waiting for the client as long as it takes.
+    /// Writes `data` as one chunk, waiting for the client while it keeps taking bytes; an error
+    /// once it has taken none for the write timeout.
     pub async fn push(&self, data: Bytes) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        match self {
-            Sink::Socket(socket) => {
+        match &self.target {
+            Target::Socket(socket) => {
                 // Header, data and CRLF in vectored writes: a replay page is not copied again.
                 let (header, len) = chunk_header(data.len());
-                write_all(socket, vec![&header[..len], &data, b"\r\n"]).await
+                write_all(socket, vec![&header[..len], &data, b"\r\n"], self.write_timeout).await
             }
-            Sink::Channel(_) => self.push_wire(data).await,
+            Target::Channel(_) => self.push_wire(data).await,
         }
     }
 
     /// Writes bytes that are already framed for this sink (what a [`Push::Partial`] left).
     pub async fn push_wire(&self, wire: Bytes) -> io::Result<()> {
-        match self {
-            Sink::Socket(socket) => write_all(socket, vec![&wire]).await,
-            Sink::Channel(tx) => tx.send(wire).await.map_err(|_| io::ErrorKind::BrokenPipe.into()),
+        match &self.target {
+            Target::Socket(socket) => write_all(socket, vec![&wire], self.write_timeout).await,
+            Target::Channel(tx) => match tokio::time::timeout(self.write_timeout, tx.send(wire)).await {
+                Ok(sent) => sent.map_err(|_| io::ErrorKind::BrokenPipe.into()),
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            },
         }
+    }
+
+    /// Waits until the sink can take bytes again after a write that took nothing; an error
+    /// once the client has taken none for the write timeout.
+    pub async fn writable(&self) -> io::Result<()> {
+        let ready = async {
+            match &self.target {
+                Target::Socket(socket) => socket.writable().await,
+                // A reserved slot is given back when the permit is dropped.
+                Target::Channel(tx) => {
+                    tx.reserve().await.map(drop).map_err(|_| io::ErrorKind::BrokenPipe.into())
+                }
+            }
+        };
+        tokio::time::timeout(self.write_timeout, ready).await.unwrap_or(Err(io::ErrorKind::TimedOut.into()))
     }
 
     /// Ends the response cleanly: the last chunk, so the client knows nothing was cut off.
     pub async fn finish(&self) {
-        if let Sink::Socket(_) = self {
+        if let Target::Socket(_) = &self.target {
             let _ = self.push_wire(Bytes::from_static(b"0\r\n\r\n")).await;
         }
         // A channel ends when its sender is dropped.
@@ -85,8 +125,8 @@ impl Sink {
 
     /// Resolves once the client has gone away (closed its connection or dropped the body).
     pub async fn closed(&self) {
-        match self {
-            Sink::Socket(socket) => {
+        match &self.target {
+            Target::Socket(socket) => {
                 let mut scratch = [0u8; 64];
                 loop {
                     if socket.readable().await.is_err() {
@@ -100,17 +140,21 @@ impl Sink {
                     }
                 }
             }
-            Sink::Channel(tx) => tx.closed().await,
+            Target::Channel(tx) => tx.closed().await,
         }
     }
 }
 
-/// Writes every byte of `parts`, in order, waiting for the socket as needed.
-async fn write_all(socket: &TcpStream, mut parts: Vec<&[u8]>) -> io::Result<()> {
+/// Writes every byte of `parts`, in order, waiting for the socket as needed, but never longer
+/// than `stall` without the client taking a byte.
+async fn write_all(socket: &TcpStream, mut parts: Vec<&[u8]>, stall: Duration) -> io::Result<()> {
     parts.retain(|p| !p.is_empty());
     let mut first = 0;
     while first < parts.len() {
-        socket.writable().await?;
+        match tokio::time::timeout(stall, socket.writable()).await {
+            Ok(ready) => ready?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
         let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
         match socket.try_write_vectored(&slices) {
             Ok(mut n) => {

@@ -7,8 +7,15 @@
 //! comes back to its own task, which catches up from the table from its last sent id and joins
 //! again: nobody is disconnected for being slow, and nothing is buffered per stream beyond what
 //! the kernel holds.
+//!
+//! A client that takes no byte at all is another matter: every write this task waits on ends
+//! with an error after the write timeout without progress, at shutdown, or at the stream's
+//! deadline, whichever comes first, and the stream ends (freeing its slots). The client resumes
+//! from its `Last-Event-ID` when it reads again.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -50,7 +57,12 @@ struct ContextInner {
     max_stream_secs: u64,
     /// The chunks a stream served through hyper may queue.
     hyper_buffer: u64,
+    /// The longest a write may wait with no byte taken by the client.
+    write_timeout: Duration,
 }
+
+/// How long a stream's writes may still wait after shutdown or the stream's deadline.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
 
 impl Context {
     pub fn new(
@@ -60,10 +72,24 @@ impl Context {
         retry_ms: u64,
         max_stream_secs: u64,
         hyper_buffer: u64,
+        write_timeout: Duration,
     ) -> Self {
         Context {
-            inner: Arc::new(ContextInner { store, hub, shutdown, retry_ms, max_stream_secs, hyper_buffer }),
+            inner: Arc::new(ContextInner {
+                store,
+                hub,
+                shutdown,
+                retry_ms,
+                max_stream_secs,
+                hyper_buffer,
+                write_timeout,
+            }),
         }
+    }
+
+    /// The longest a write may wait with no byte taken by the client.
+    pub fn write_timeout(&self) -> Duration {
+        self.inner.write_timeout
     }
 
     pub fn hub(&self) -> &Hub {
@@ -126,6 +152,7 @@ pub fn open_until(
         start: Some(start.clone()),
         rx: None,
         capacity: ctx.inner.hyper_buffer,
+        write_timeout: ctx.inner.write_timeout,
     });
     let mut res = Response::new(body);
     res.extensions_mut().insert(start);
@@ -153,6 +180,7 @@ struct HyperBody {
     start: Option<StreamStart>,
     rx: Option<mpsc::Receiver<Bytes>>,
     capacity: u64,
+    write_timeout: Duration,
 }
 
 impl futures_util::Stream for HyperBody {
@@ -163,7 +191,7 @@ impl futures_util::Stream for HyperBody {
             let Some(sub) = self.start.take().and_then(|s| s.take()) else { return Poll::Ready(None) };
             let (tx, rx) = mpsc::channel(self.capacity.clamp(1, 1 << 16) as usize);
             metrics::counter!("aura_streams_served_total", "via" => "hyper").increment(1);
-            tokio::spawn(sub.run(Arc::new(Sink::Channel(tx))));
+            tokio::spawn(sub.run(Arc::new(Sink::channel(tx, self.write_timeout))));
             self.rx = Some(rx);
         }
         match self.rx.as_mut() {
@@ -214,18 +242,19 @@ pub struct Subscriber {
 impl Subscriber {
     /// Runs the stream to its end, writing into `sink`.
     pub async fn run(mut self, sink: Arc<Sink>) {
+        let shutdown = self.ctx.inner.shutdown.clone();
+        let bounds = Bounds { shutdown: shutdown.clone(), deadline: self.deadline };
         let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.inner.retry_ms));
-        if sink.push(preamble).await.is_err() {
+        if bounds.write(sink.push(preamble)).await.is_err() {
             return;
         }
-        let shutdown = self.ctx.inner.shutdown.clone();
         let ctx = self.ctx.clone();
         let (hub, fanout) = (ctx.hub(), ctx.hub().fanout());
         // Every event this stream wants up to here has been sent: the resume point at first.
         let mut covered = self.last_sent;
         loop {
             if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
-                sink.finish().await;
+                bounds.finish(&sink).await;
                 return;
             }
             let Some((recent, through)) = hub.recent_after(covered) else {
@@ -239,12 +268,12 @@ impl Subscriber {
                 loop {
                     let Some(current) = page else {
                         // A failed read ends the response; the client resumes from its last id.
-                        sink.finish().await;
+                        bounds.finish(&sink).await;
                         return;
                     };
                     self.account(&current);
                     if !current.more || self.finished {
-                        if sink.push(current.frames).await.is_err() {
+                        if bounds.write(sink.push(current.frames)).await.is_err() {
                             return;
                         }
                         if !current.more {
@@ -254,7 +283,7 @@ impl Subscriber {
                     }
                     let next =
                         read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.ends_with_job);
-                    let (written, next) = tokio::join!(sink.push(current.frames), next);
+                    let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
                     if written.is_err() {
                         return;
                     }
@@ -267,11 +296,15 @@ impl Subscriber {
             };
             // A few events first, so that the first one leaves at once, then the rest in one write.
             let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
-            if sink.push(self.frames_of(first)).await.is_err() {
+            let frames = self.frames_of(first);
+            if bounds.write(sink.push(frames)).await.is_err() {
                 return;
             }
-            if !self.finished && sink.push(self.frames_of(rest)).await.is_err() {
-                return;
+            if !self.finished {
+                let frames = self.frames_of(rest);
+                if bounds.write(sink.push(frames)).await.is_err() {
+                    return;
+                }
             }
             if self.finished {
                 continue;
@@ -292,7 +325,7 @@ impl Subscriber {
                 }
                 Join::Closed(live) => {
                     self.restore(live);
-                    sink.finish().await;
+                    bounds.finish(&sink).await;
                     return;
                 }
             };
@@ -307,16 +340,21 @@ impl Subscriber {
             self.restore(live);
             // Everything the stream wants up to its last sent event went out (or is pending).
             covered = self.last_sent;
-            if let Some(pending) = pending
-                && sink.push_wire(pending).await.is_err()
-            {
+            let written = match pending {
+                Some(pending) => bounds.write(sink.push_wire(pending)).await,
+                // The client took nothing: wait until it takes bytes again before catching up.
+                None if reason == Reason::Behind => bounds.write(sink.writable()).await,
+                None => Ok(()),
+            };
+            if written.is_err() {
+                metrics::counter!("aura_streams_stalled_total").increment(1);
                 return;
             }
             match reason {
                 Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
                 Reason::Finished => self.finished = true,
                 Reason::Expired | Reason::ShuttingDown => {
-                    sink.finish().await;
+                    bounds.finish(&sink).await;
                     return;
                 }
                 Reason::Closed => return,
@@ -346,6 +384,41 @@ impl Subscriber {
         self.finished |= page.finished || self.ends_after.is_some_and(|last| self.last_sent >= last);
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
+    }
+}
+
+/// What bounds every wait of a stream's task besides the write timeout: shutdown and the
+/// stream's deadline.
+struct Bounds {
+    shutdown: CancellationToken,
+    deadline: Instant,
+}
+
+impl Bounds {
+    /// Runs a write to its end (the sink fails it after the write timeout without progress),
+    /// or fails it [`FINISH_GRACE`] after shutdown or the stream's deadline.
+    async fn write(&self, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+        tokio::select! {
+            written = write => written,
+            () = self.cutoff() => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Ends the response, within the same bounds as any write.
+    async fn finish(&self, sink: &Sink) {
+        let finish = async {
+            sink.finish().await;
+            Ok(())
+        };
+        let _ = self.write(finish).await;
+    }
+
+    async fn cutoff(&self) {
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep_until(self.deadline) => {}
+        }
+        tokio::time::sleep(FINISH_GRACE).await;
     }
 }
 

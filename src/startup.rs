@@ -56,6 +56,19 @@ fn raise_open_file_limit() -> u64 {
     soft
 }
 
+/// Connections the kernel queues before the accept loop takes them (capped by
+/// `net.core.somaxconn`): a burst of connections must not push a health check's SYN out of
+/// the queue, which would cost it a second of retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// `AURA_MAX_CONNECTIONS`, or 90 % of the open-file limit; never more than the limit less its
 /// reserve.
 fn connection_cap(asked: Option<u64>, limit: u64) -> usize {
@@ -153,8 +166,7 @@ impl Application {
         )
         .await
         .context("starting the event tail")?;
-        let listener =
-            TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
+        let listener = listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
         let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
         let streaming = streaming::Context::new(

@@ -59,6 +59,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// How long a connection answered `431` may keep sending before it is closed (so that the
 /// client reads the answer rather than a reset).
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a hyper connection whose client takes nothing may stay once shutdown has begun.
+const SHUTDOWN_STALL: Duration = Duration::from_secs(1);
 /// The shortest and longest pause after an accept error that is not about one connection.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -408,6 +410,12 @@ async fn serve_hyper(
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.changed.notified() => {}
+            // A client that stopped reading must not hold shutdown for the whole write timeout.
+            () = tokio::time::sleep(SHUTDOWN_STALL), if asked => {
+                if activity.lock().write_stalled {
+                    return;
+                }
+            }
             () = tokio::time::sleep_until(due.unwrap_or(accepted)), if due.is_some() => {
                 if activity.due(settings.header_timeout, settings.idle_timeout).is_some_and(|d| d <= Instant::now()) {
                     if activity.reading_head() {
@@ -435,12 +443,19 @@ struct ActivityState {
     idle_since: Instant,
     /// When the first byte of the next head arrived, while no request is in flight.
     head_since: Option<Instant>,
+    /// The last write took nothing: the client is not reading.
+    write_stalled: bool,
 }
 
 impl Activity {
     fn new(accepted: Instant) -> Self {
         // The first head is awaited from the moment the connection was accepted.
-        let state = ActivityState { in_flight: 0, idle_since: accepted, head_since: Some(accepted) };
+        let state = ActivityState {
+            in_flight: 0,
+            idle_since: accepted,
+            head_since: Some(accepted),
+            write_stalled: false,
+        };
         Activity { state: Mutex::new(state), changed: Notify::new() }
     }
 
@@ -569,8 +584,13 @@ impl Watched {
         poll: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         if poll.is_ready() {
-            self.stall = None;
+            if self.stall.take().is_some() {
+                self.activity.lock().write_stalled = false;
+            }
             return poll;
+        }
+        if self.stall.is_none() {
+            self.activity.lock().write_stalled = true;
         }
         let timeout = self.write_timeout;
         let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod connections;
 mod damaged;
 mod disk;
 mod docs;

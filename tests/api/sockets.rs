@@ -1,6 +1,7 @@
 //! Streams that own their socket (a connection whose first request is the stream): a client
 //! that stops reading is caught up from the table without a gap, and the bytes on the wire are
-//! plain HTTP/1.1 chunked framing any client can read.
+//! plain HTTP/1.1 chunked framing any client can read. The same holds for a stream hyper
+//! serves (a reused connection, or `AURA_STREAM_TAKEOVER=false`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,15 +72,31 @@ impl RawResponse {
     }
 }
 
-/// Opens a job's stream on a socket with a 4 KiB receive buffer and reads its head and `retry:`.
-async fn open_small_window_stream(app: &TestApp, job: uuid::Uuid) -> TestResult<RawResponse> {
+/// Opens a job's stream on a socket with a 4 KiB receive buffer and reads its head and `retry:`;
+/// `reuse` sends a health request first, so that hyper serves the stream.
+async fn open_small_window_stream(app: &TestApp, job: uuid::Uuid, reuse: bool) -> TestResult<RawResponse> {
     let addr: SocketAddr = app.base.trim_start_matches("http://").parse()?;
     let socket = TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
-    let mut conn = socket.connect(addr).await?;
-    conn.write_all(format!("GET /api/jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
+    let conn = socket.connect(addr).await?;
     let mut res = RawResponse { conn, buf: Vec::new() };
+    if reuse {
+        res.conn.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await?;
+        let head = res.head().await?.to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .ok_or("no content-length")?
+            .trim()
+            .parse()?;
+        while res.buf.len() < length {
+            res.fill().await?;
+        }
+        res.buf.drain(..length);
+    }
+    res.conn
+        .write_all(format!("GET /api/jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
     let head = res.head().await?.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
@@ -104,41 +121,51 @@ async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
 
 /// A small memory of recent events, so that catching up reads SQLite too; no fsync per commit,
 /// so that thousands of events append in a moment.
-async fn app_for_slow_readers() -> TestResult<TestApp> {
+async fn app_for_slow_readers(takeover: bool) -> TestResult<TestApp> {
     spawn_app_with(|c| {
         c.stream_buffer = 16;
         c.synchronous = Synchronous::Normal;
+        c.stream_takeover = takeover;
     })
     .await
 }
+
+/// Both ways a stream is served: on its own socket, or by hyper (`reuse` the connection with
+/// the takeover on, or every connection with it off).
+const WAYS: [(bool, bool); 3] = [(true, false), (true, true), (false, false)];
 
 const CATCH_UPS: &str = "aura_stream_catch_ups_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_caught_up_from_the_table_missing_nothing() -> TestResult {
-    let app = app_for_slow_readers().await?;
-    let job = app.create_job("a reader that stalls").await?;
-    let mut res = open_small_window_stream(&app, job).await?;
-    let catch_ups = app.metric(CATCH_UPS).await?;
-    append_a_lot(&app, job).await?;
+    for (takeover, reuse) in WAYS {
+        let app = app_for_slow_readers(takeover).await?;
+        let job = app.create_job("a reader that stalls").await?;
+        let mut res = open_small_window_stream(&app, job, reuse).await?;
+        let catch_ups = app.metric(CATCH_UPS).await?;
+        append_a_lot(&app, job).await?;
 
-    let ids = res.ids_until_end().await?;
-    assert_eq!(ids, app.sql_event_ids(job).await?, "every event once, in order");
-    assert!(
-        app.metric(CATCH_UPS).await? > catch_ups,
-        "the stream fell behind and caught up (otherwise this test proves nothing)"
-    );
+        let ids = res.ids_until_end().await?;
+        assert_eq!(ids, app.sql_event_ids(job).await?, "every event once, in order ({takeover}, {reuse})");
+        assert!(
+            app.metric(CATCH_UPS).await? > catch_ups,
+            "the stream fell behind and caught up (otherwise this test proves nothing)"
+        );
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_does_not_hold_up_shutdown() -> TestResult {
-    let app = app_for_slow_readers().await?;
-    let job = app.create_job("a reader that never reads again").await?;
-    let _res = open_small_window_stream(&app, job).await?;
-    append_a_lot(&app, job).await?;
-    let started = std::time::Instant::now();
-    app.stop().await?;
-    assert!(started.elapsed() < Duration::from_secs(10), "stopped in {:?}", started.elapsed());
+    for (takeover, reuse) in WAYS {
+        let app = app_for_slow_readers(takeover).await?;
+        let job = app.create_job("a reader that never reads again").await?;
+        let _res = open_small_window_stream(&app, job, reuse).await?;
+        append_a_lot(&app, job).await?;
+        let started = std::time::Instant::now();
+        app.stop().await?;
+        // Before the 5 s shutdown grace runs out: the stalled stream ends on its own.
+        assert!(started.elapsed() < Duration::from_secs(4), "stopped in {:?}", started.elapsed());
+    }
     Ok(())
 }

@@ -26,7 +26,17 @@ async fn job_with_50_events(app: &TestApp) -> TestResult<(Uuid, Vec<i64>)> {
 
 #[tokio::test]
 async fn stream_history_and_sql_tell_the_same_story() -> TestResult {
-    let app = spawn_app().await?;
+    for takeover in TAKEOVER {
+        stream_history_and_sql_agree(takeover).await?;
+    }
+    Ok(())
+}
+
+/// Both ways a stream is served: on its own socket (the accept loop's takeover) and by hyper.
+const TAKEOVER: [bool; 2] = [true, false];
+
+async fn stream_history_and_sql_agree(takeover: bool) -> TestResult {
+    let app = spawn_app_with(|c| c.stream_takeover = takeover).await?;
     let (id, ids) = job_with_50_events(&app).await?;
     let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
     assert_eq!(stream.status, 200);
@@ -103,7 +113,14 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test]
 async fn a_live_stream_replays_then_follows_and_ends_after_the_terminal_event() -> TestResult {
-    let app = spawn_app().await?;
+    for takeover in TAKEOVER {
+        live_stream_replays_then_follows(takeover).await?;
+    }
+    Ok(())
+}
+
+async fn live_stream_replays_then_follows(takeover: bool) -> TestResult {
+    let app = spawn_app_with(|c| c.stream_takeover = takeover).await?;
     let id = app.create_job("live").await?;
     let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
     let (first, kind, _) = stream.next_event().await?.ok_or("no replay")?;
@@ -191,7 +208,18 @@ async fn past_the_global_stream_cap_new_streams_get_503_before_any_byte() -> Tes
 
 #[tokio::test]
 async fn a_stream_ends_at_its_maximum_age_and_the_client_resumes_missing_nothing() -> TestResult {
-    let app = spawn_app_with(|c| c.max_stream_secs = 1).await?;
+    for takeover in TAKEOVER {
+        stream_ends_at_its_maximum_age(takeover).await?;
+    }
+    Ok(())
+}
+
+async fn stream_ends_at_its_maximum_age(takeover: bool) -> TestResult {
+    let app = spawn_app_with(|c| {
+        c.max_stream_secs = 1;
+        c.stream_takeover = takeover;
+    })
+    .await?;
     let id = app.create_job("aging").await?;
     lifecycle::claim(app.state.store(), id).await??;
     let job = JobHandle::new(app.state.store().clone(), id);
@@ -226,7 +254,14 @@ async fn a_stream_ends_at_its_maximum_age_and_the_client_resumes_missing_nothing
 
 #[tokio::test]
 async fn shutting_down_ends_open_streams_cleanly() -> TestResult {
-    let app = spawn_app().await?;
+    for takeover in TAKEOVER {
+        shutting_down_ends_streams(takeover).await?;
+    }
+    Ok(())
+}
+
+async fn shutting_down_ends_streams(takeover: bool) -> TestResult {
+    let app = spawn_app_with(|c| c.stream_takeover = takeover).await?;
     let id = app.create_job("shutdown").await?;
     let mut job_stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
     let mut all_stream = app.stream("/api/events", &[]).await?;

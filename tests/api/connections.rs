@@ -1,0 +1,476 @@
+//! What a slow, idle or hostile client may hold (API.md "Connections"): late heads are closed
+//! whoever reads them, idle keep-alive connections are closed, long heads get 431, the
+//! connection cap refuses the excess at once, and a client that stops reading loses its stream
+//! (not its events) after the write timeout. Each test runs with the socket takeover and
+//! through hyper only (`AURA_STREAM_TAKEOVER=false`), since those are two different readers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aura::config::Synchronous;
+use aura::domain::job::Stage;
+use aura::engine::lifecycle::{self, JobHandle};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::{ServerProcess, free_port};
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+
+/// Both ways a stream can be served.
+const TAKEOVER: [bool; 2] = [true, false];
+
+/// The start of a request that never ends: what a slowloris client sends.
+const STREAM_HEAD: &[u8] = b"GET /api/events HTTP/1.1\r\nHost: x\r\n";
+const OTHER_HEAD: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: x\r\n";
+
+/// This process opens thousands of sockets: its soft open-file limit goes up to the hard one.
+fn raise_fd_limit() -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(())
+}
+
+fn addr_of(base: &str) -> TestResult<SocketAddr> {
+    Ok(base.trim_start_matches("http://").parse()?)
+}
+
+/// Whether the server closed the connection (end of file or reset) before `deadline`.
+async fn closed_by(mut conn: TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Opens `n` connections that each send an unfinished head (half of them a stream's), 100
+/// every 50 ms, and returns, for each, the moment it was sent and the connection.
+async fn flood(addr: SocketAddr, n: usize) -> TestResult<Vec<(Instant, TcpStream)>> {
+    let mut conns = Vec::with_capacity(n);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for i in 0..n {
+        if i % 100 == 0 {
+            pace.tick().await;
+        }
+        let mut conn = TcpStream::connect(addr).await?;
+        let head = if i % 2 == 0 { STREAM_HEAD } else { OTHER_HEAD };
+        // A connection the server already closed (past the cap) may refuse the write.
+        let _ = conn.write_all(head).await;
+        conns.push((Instant::now(), conn));
+    }
+    Ok(conns)
+}
+
+/// One `GET /api/health` on a fresh connection: how long it took, `None` if it failed.
+async fn health_latency(client: &reqwest::Client, base: &str) -> Option<Duration> {
+    let started = Instant::now();
+    let res = client.get(format!("{base}/api/health")).timeout(Duration::from_secs(5)).send().await.ok()?;
+    res.bytes().await.ok()?;
+    Some(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_unfinished_heads_are_closed_after_the_header_timeout_while_health_answers() -> TestResult
+{
+    raise_fd_limit()?;
+    for takeover in TAKEOVER {
+        let dir = tempfile::tempdir()?;
+        let takeover_arg = takeover.to_string();
+        let server = ServerProcess::start(
+            dir.path(),
+            free_port()?,
+            &["--workers", "0", "--header-timeout-secs", "2", "--stream-takeover", &takeover_arg],
+        )
+        .await?;
+        let addr = addr_of(&server.base)?;
+        let base = server.base.clone();
+        // Health spawns `ffmpeg -version`: on a machine busy with other work it may take long
+        // without any flood. The bound is 1 s, or four times what health takes here unflooded.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+        let mut unflooded = Vec::new();
+        for _ in 0..5 {
+            unflooded.push(health_latency(&client, &base).await.ok_or("no health before the flood")?);
+        }
+        unflooded.sort();
+        let bound = Duration::from_secs(1).max(unflooded[2] * 4);
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+        // Health, every 100 ms on a new connection, for as long as the flood lasts; on a thread
+        // of its own, so that it times the server rather than this test's other tasks.
+        let prober = std::thread::spawn(move || -> TestResult<(Duration, u32)> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+                let mut worst = Duration::ZERO;
+                let mut probes = 0;
+                while !*done_rx.borrow_and_update() {
+                    let took = health_latency(&client, &base).await.unwrap_or(Duration::MAX);
+                    worst = worst.max(took);
+                    probes += 1;
+                    let _ = tokio::time::timeout(Duration::from_millis(100), done_rx.changed()).await;
+                }
+                Ok((worst, probes))
+            })
+        });
+        let conns = flood(addr, 2000).await?;
+        let mut waits = JoinSet::new();
+        for (sent, conn) in conns {
+            waits.spawn(closed_by(conn, sent + Duration::from_secs(5)));
+        }
+        let closed = waits.join_all().await.into_iter().filter(|&c| c).count();
+        done_tx.send(true)?;
+        let (worst, probes) = prober.join().map_err(|_| "the prober panicked")??;
+        assert!(closed >= 1980, "takeover {takeover}: only {closed} of 2000 closed within 5 s");
+        assert!(probes >= 3, "takeover {takeover}: {probes} health probes, worst {worst:?}");
+        assert!(worst < bound, "takeover {takeover}: health took {worst:?} (unflooded {unflooded:?})");
+        server.kill().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_close_at_once_and_an_open_stream_misses_nothing()
+-> TestResult {
+    raise_fd_limit()?;
+    for takeover in TAKEOVER {
+        let app = spawn_app_with(|c| {
+            c.max_connections = Some(500);
+            c.header_timeout_secs = 2;
+            c.stream_takeover = takeover;
+            c.synchronous = Synchronous::Normal;
+        })
+        .await?;
+        let id = app.create_job("through the flood").await?;
+        let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
+        let (first, _, _) = stream.next_event().await?.ok_or("no first event")?;
+        lifecycle::claim(app.state.store(), id).await??;
+        let job = JobHandle::new(app.state.store().clone(), id);
+
+        let conns = flood(addr_of(&app.base)?, 1500).await?;
+        let flooded = Instant::now();
+        // Events while every slot is taken: the stream opened before the flood gets each one.
+        for i in 0..40 {
+            job.progress(Stage::Script, f64::from(i), format!("during the flood {i}")).await??;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut waits = JoinSet::new();
+        for (sent, conn) in conns {
+            // Refused ones close at once, well before the header timeout.
+            waits.spawn(closed_by(conn, sent + Duration::from_millis(1500)));
+        }
+        let refused = waits.join_all().await.into_iter().filter(|&c| c).count();
+        assert!(refused >= 900, "takeover {takeover}: only {refused} of 1500 closed at once past the cap");
+
+        // The heads time out 2 s after they were sent; health answers within 5 s of that.
+        let timed_out = flooded + Duration::from_secs(2);
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+        loop {
+            if health_latency(&client, &app.base).await.is_some() {
+                break;
+            }
+            assert!(Instant::now() < timed_out + Duration::from_secs(5), "takeover {takeover}: no health");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(Instant::now() < timed_out + Duration::from_secs(5), "takeover {takeover}: health too late");
+        job.cancelled(Some(Stage::Script)).await??;
+        let rest = tokio::time::timeout(WAIT, stream.ids_to_end()).await??;
+        assert_eq!([vec![first], rest].concat(), app.sql_event_ids(id).await?, "takeover {takeover}");
+    }
+    Ok(())
+}
+
+/// Sends one request on `conn` and reads its whole (`content-length`) response.
+async fn request(conn: &mut TcpStream, raw: &[u8]) -> TestResult<String> {
+    conn.write_all(raw).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut chunk)).await??;
+        if n == 0 {
+            return Err("closed before the response ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                .map_or(Ok(0), |v| v.trim().parse::<usize>())?;
+            if buf.len() >= end + 4 + length {
+                return Ok(text);
+            }
+        }
+    }
+}
+
+/// How long until the server closes `conn`, which the client leaves silent.
+async fn time_to_close(conn: TcpStream) -> TestResult<Duration> {
+    let started = Instant::now();
+    if !closed_by(conn, started + WAIT).await {
+        return Err("never closed".into());
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_but_a_stream_never_is() -> TestResult
+{
+    for takeover in TAKEOVER {
+        let app = spawn_app_with(|c| {
+            c.header_timeout_secs = 1;
+            c.idle_timeout_secs = 3;
+            c.heartbeat_secs = 1;
+            c.stream_takeover = takeover;
+        })
+        .await?;
+        let addr = addr_of(&app.base)?;
+        let health = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+        // Idle after a response: closed after the idle timeout, not the (shorter) header one.
+        let mut idle = TcpStream::connect(addr).await?;
+        assert!(request(&mut idle, health).await?.starts_with("HTTP/1.1 200"));
+        let took = time_to_close(idle).await?;
+        assert!(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+            "idle closed after {took:?}"
+        );
+
+        // A later head that stops half way: closed after the header timeout.
+        let mut late = TcpStream::connect(addr).await?;
+        assert!(request(&mut late, health).await?.starts_with("HTTP/1.1 200"));
+        late.write_all(b"GET /api/health HTTP/1.1\r\n").await?;
+        let took = time_to_close(late).await?;
+        assert!(took < Duration::from_millis(2500), "a late second head closed after {took:?}");
+
+        // Streams, on a connection of their own and on a reused one, outlive the idle timeout.
+        let mut own = app.stream("/api/events", &[]).await?;
+        let mut reused = app.stream_on_reused_connection("/api/events").await?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let id = app.create_job("still there").await?;
+        let first = *app.sql_event_ids(id).await?.first().ok_or("no event")?;
+        for stream in [&mut own, &mut reused] {
+            let ids = tokio::time::timeout(WAIT, stream.ids_until(first)).await??;
+            assert_eq!(ids.last(), Some(&first), "takeover {takeover}");
+        }
+    }
+    Ok(())
+}
+
+/// Sends `raw` (without waiting for the write to finish: the server may close first) and
+/// returns the status line of the answer.
+async fn status_of(addr: SocketAddr, raw: Vec<u8>) -> TestResult<String> {
+    let conn = TcpStream::connect(addr).await?;
+    let (mut rd, mut wr) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&raw).await;
+        wr
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(WAIT, rd.read(&mut chunk)).await??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    drop(writer.await?);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_request_head_over_16_kib_is_answered_431() -> TestResult {
+    for takeover in TAKEOVER {
+        let app = spawn_app_with(|c| c.stream_takeover = takeover).await?;
+        let addr = addr_of(&app.base)?;
+        for path in ["/api/events", "/api/health"] {
+            for size in [64 * 1024, 200 * 1000] {
+                let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(size));
+                let status = status_of(addr, raw.into_bytes()).await?;
+                assert!(
+                    status.starts_with("HTTP/1.1 431"),
+                    "takeover {takeover}, {path}, {size}: {status:?}"
+                );
+            }
+        }
+        // A large head that stays under the limit is served.
+        let raw = format!("GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(12 * 1024));
+        let status = status_of(addr, raw.into_bytes()).await?;
+        assert!(status.starts_with("HTTP/1.1 200"), "takeover {takeover}: {status:?}");
+    }
+    Ok(())
+}
+
+/// Opens a stream on a socket with a 4 KiB receive buffer that the caller then leaves unread;
+/// `reuse` sends a health request first, so that hyper serves the stream.
+async fn stalled_stream(addr: SocketAddr, path: &str, reuse: bool) -> TestResult<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut conn = socket.connect(addr).await?;
+    if reuse {
+        assert!(
+            request(&mut conn, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await?
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await?;
+    Ok(conn)
+}
+
+/// The ids of the whole events in what a stream's response delivered before it was cut: the
+/// chunked body is read as far as it goes, and an event counts only if its blank line came.
+fn whole_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no response head")? + 4;
+    let mut rest = &raw[start..];
+    let mut body = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol])?, 16)?;
+        let data = &rest[eol + 2..];
+        body.extend_from_slice(&data[..size.min(data.len())]);
+        if data.len() < size + 2 || size == 0 {
+            break;
+        }
+        rest = &data[size + 2..];
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let whole = text.rfind("\n\n").map_or("", |end| &text[..end]);
+    Ok(whole.lines().filter_map(|l| l.strip_prefix("id: ")).map(str::parse).collect::<Result<_, _>>()?)
+}
+
+/// About 6.5 MB of events, far more than the socket buffers of a client that does not read.
+async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
+    lifecycle::claim(app.state.store(), job).await??;
+    let handle = JobHandle::new(app.state.store().clone(), job);
+    for i in 0..4000 {
+        let message = format!("step {i} {}", "x".repeat(1600));
+        handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await??;
+    }
+    handle.cancelled(Some(Stage::Render)).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_loses_its_stream_after_the_write_timeout_and_resumes_missing_nothing() -> TestResult
+{
+    for takeover in TAKEOVER {
+        let app = spawn_app_with(|c| {
+            c.write_timeout_secs = 2;
+            c.stream_buffer = 16;
+            c.synchronous = Synchronous::Normal;
+            c.stream_takeover = takeover;
+        })
+        .await?;
+        let id = app.create_job("a reader that stalls").await?;
+        let path = format!("/api/jobs/{id}/events");
+        let mut conn = stalled_stream(addr_of(&app.base)?, &path, !takeover).await?;
+        tokio::time::timeout(WAIT, async {
+            while app.state.streams().open() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await?;
+        append_a_lot(&app, id).await?;
+        let appended = Instant::now();
+        loop {
+            let open = app.metric("aura_open_streams_total").await?;
+            if open == 0.0 && app.state.streams().open() == 0 {
+                break;
+            }
+            assert!(
+                appended.elapsed() < Duration::from_secs(4),
+                "takeover {takeover}: the stalled stream is still open ({open})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The client reads again: what reached it, then the rest from its last whole event.
+        let mut raw = Vec::new();
+        // (On a reused connection the health response before it was read already.)
+        tokio::time::timeout(WAIT, conn.read_to_end(&mut raw)).await??;
+        let mut seen = whole_event_ids(&raw)?;
+        let all = app.sql_event_ids(id).await?;
+        assert!(seen.len() < all.len(), "takeover {takeover}: the stream was cut");
+        let resume = seen.last().copied().unwrap_or(0).to_string();
+        let mut rest = app.stream(&path, &[("Last-Event-ID", &resume)]).await?;
+        seen.extend(tokio::time::timeout(WAIT, rest.ids_to_end()).await??);
+        assert_eq!(seen, all, "takeover {takeover}: every event once, in order");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_twenty_stalled_readers_exits_within_ten_seconds() -> TestResult {
+    for takeover in TAKEOVER {
+        let dir = tempfile::tempdir()?;
+        let takeover_arg = takeover.to_string();
+        let server = ServerProcess::start(
+            dir.path(),
+            free_port()?,
+            &["--workers", "0", "--synchronous", "normal", "--stream-takeover", &takeover_arg],
+        )
+        .await?;
+        let created: Value = reqwest::Client::new()
+            .post(format!("{}/api/jobs", server.base))
+            .json(&serde_json::json!({"brief": {"topic": "stalled"}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["jobId"].as_str().ok_or("no id")?.to_owned();
+        let addr = addr_of(&server.base)?;
+        let mut readers = Vec::new();
+        for _ in 0..20 {
+            readers.push(stalled_stream(addr, &format!("/api/jobs/{id}/events"), !takeover).await?);
+        }
+        // About 3 MB of events from another connection to the same file (the tail picks them
+        // up): every reader's buffers fill and the server's writes block.
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("aura.db"))
+            .busy_timeout(Duration::from_secs(10));
+        let mut sql = sqlx::ConnectOptions::connect(&opts).await?;
+        let message = "x".repeat(1600);
+        let mut tx = sqlx::Connection::begin(&mut sql).await?;
+        for i in 0..2000 {
+            let data = serde_json::json!({"jobId": id, "at": "2026-01-01T00:00:00.000000Z",
+                                          "code": "filler", "message": format!("{i} {message}"), "step": null});
+            sqlx::query("INSERT INTO events (job_id, type, data, created_at) VALUES (?, 'warning', ?, ?)")
+                .bind(&id)
+                .bind(data.to_string())
+                .bind("2026-01-01T00:00:00.000000Z")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        // Every reader's receive buffer holds data, and the server has megabytes more for each.
+        tokio::time::timeout(WAIT, async {
+            for reader in &readers {
+                let mut peek = [0u8; 2048];
+                while reader.peek(&mut peek).await.unwrap_or(0) < peek.len() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .await?;
+
+        let mut child = server.child;
+        let pid = child.id().ok_or("no pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+        // Within 10 s (API.md), and before the 5 s shutdown grace runs out: stalled readers end
+        // on their own, they are not merely abandoned.
+        assert!(started.elapsed() < Duration::from_secs(4), "takeover {takeover}: {:?}", started.elapsed());
+        assert_eq!(status.code(), Some(0), "takeover {takeover}");
+    }
+    Ok(())
+}

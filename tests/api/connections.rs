@@ -41,7 +41,7 @@ fn addr_of(base: &str) -> TestResult<SocketAddr> {
 }
 
 /// Whether the server closed the connection (end of file or reset) before `deadline`.
-async fn closed_by(mut conn: TcpStream, deadline: Instant) -> bool {
+async fn closed_by(conn: &mut TcpStream, deadline: Instant) -> bool {
     let mut buf = [0u8; 512];
     loop {
         match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
@@ -122,8 +122,8 @@ async fn two_thousand_unfinished_heads_are_closed_after_the_header_timeout_while
         });
         let conns = flood(addr, 2000).await?;
         let mut waits = JoinSet::new();
-        for (sent, conn) in conns {
-            waits.spawn(closed_by(conn, sent + Duration::from_secs(5)));
+        for (sent, mut conn) in conns {
+            waits.spawn(async move { closed_by(&mut conn, sent + Duration::from_secs(5)).await });
         }
         let closed = waits.join_all().await.into_iter().filter(|&c| c).count();
         done_tx.send(true)?;
@@ -162,11 +162,14 @@ async fn past_the_connection_cap_new_connections_close_at_once_and_an_open_strea
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut waits = JoinSet::new();
-        for (sent, conn) in conns {
+        for (sent, mut conn) in conns {
             // Refused ones close at once, well before the header timeout.
-            waits.spawn(closed_by(conn, sent + Duration::from_millis(1500)));
+            waits
+                .spawn(async move { (closed_by(&mut conn, sent + Duration::from_millis(1500)).await, conn) });
         }
-        let refused = waits.join_all().await.into_iter().filter(|&c| c).count();
+        // The connections stay open on this side: only the server may free their slots.
+        let (closed, _flood): (Vec<bool>, Vec<TcpStream>) = waits.join_all().await.into_iter().unzip();
+        let refused = closed.into_iter().filter(|&c| c).count();
         assert!(refused >= 900, "takeover {takeover}: only {refused} of 1500 closed at once past the cap");
 
         // The heads time out 2 s after they were sent; health answers within 5 s of that.
@@ -212,9 +215,9 @@ async fn request(conn: &mut TcpStream, raw: &[u8]) -> TestResult<String> {
 }
 
 /// How long until the server closes `conn`, which the client leaves silent.
-async fn time_to_close(conn: TcpStream) -> TestResult<Duration> {
+async fn time_to_close(mut conn: TcpStream) -> TestResult<Duration> {
     let started = Instant::now();
-    if !closed_by(conn, started + WAIT).await {
+    if !closed_by(&mut conn, started + WAIT).await {
         return Err("never closed".into());
     }
     Ok(started.elapsed())

@@ -77,7 +77,7 @@ async fn flood(addr: SocketAddr, n: usize) -> TestResult<Vec<(Instant, TcpStream
 /// One `GET /api/health` on a fresh connection: how long it took, `None` if it failed.
 async fn health_latency(client: &reqwest::Client, base: &str) -> Option<Duration> {
     let started = Instant::now();
-    let res = client.get(format!("{base}/api/health")).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let res = client.get(format!("{base}/api/health")).timeout(WAIT).send().await.ok()?;
     res.bytes().await.ok()?;
     Some(started.elapsed())
 }
@@ -103,10 +103,13 @@ async fn two_thousand_unfinished_heads_are_closed_after_the_header_timeout_while
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
         let mut unflooded = Vec::new();
         for _ in 0..5 {
-            unflooded.push(health_latency(&client, &base).await.ok_or("no health before the flood")?);
+            unflooded.extend(health_latency(&client, &base).await);
         }
         unflooded.sort();
-        let bound = Duration::from_secs(1).max(unflooded[2] * 4);
+        if unflooded.len() < 3 {
+            return Err(format!("takeover {takeover}: no health before the flood ({unflooded:?})").into());
+        }
+        let bound = Duration::from_secs(1).max(unflooded[unflooded.len() / 2] * 4);
         let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
         // Health, every 100 ms on a new connection, for as long as the flood lasts; on a thread
         // of its own, so that it times the server rather than this test's other tasks.

@@ -22,3 +22,4 @@ mod restart;
 mod security;
 mod sockets;
 mod streams;
+mod webhooks;

@@ -508,3 +508,108 @@ async fn after_a_sigkill_an_unacknowledged_event_is_delivered_once_and_an_acknow
     server.kill().await?;
     Ok(())
 }
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> TestResult<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = stat.rsplit_once(')').ok_or("no command name")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).ok_or("no utime")?.parse::<f64>()?
+        + fields.get(12).ok_or("no stime")?.parse::<f64>()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.ok_or("no CLK_TCK")? as f64;
+    Ok(ticks / per_second)
+}
+
+/// The webhook benchmark of BENCHMARKS.md: a backlog of `N` `job-status` events, held back by
+/// a first attempt that failed with a one-hour backoff, is delivered after a restart to a
+/// receiver that answers at once. Reports events/s delivered and the server's CPU per
+/// delivery. `AURA_BIN` picks the binary (a release build for real numbers); `N` from
+/// `WEBHOOK_BENCH_EVENTS` (default 2000).
+#[tokio::test]
+#[ignore = "a benchmark: cargo test --release --test api webhooks::webhook_delivery_benchmark -- --ignored --nocapture"]
+async fn webhook_delivery_benchmark() -> TestResult {
+    use futures_util::StreamExt;
+    let bin = std::env::var("AURA_BIN").unwrap_or_else(|_| AURA.to_owned());
+    let n: usize = std::env::var("WEBHOOK_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let receiver = Receiver::start(Mode::Always(503)).await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let start = |retry_base: &'static str| {
+        let (bin, dir) = (bin.clone(), dir.path().to_owned());
+        async move {
+            let addr = format!("127.0.0.1:{port}");
+            let child = tokio::process::Command::new(&bin)
+                .args(["serve", "--addr", &addr, "--workers", "0", "--webhook-allow-private"])
+                .args(["--webhook-retry-base-ms", retry_base, "--data-dir"])
+                .arg(&dir)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let base = format!("http://{addr}");
+            let client = reqwest::Client::new();
+            tokio::time::timeout(WAIT, async {
+                while client.get(format!("{base}/api/health")).send().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((child, base))
+        }
+    };
+    let (mut server, base) = start("3600000").await?;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{base}/api/webhooks"))
+        .json(&json!({"url": receiver.url, "events": ["job-status"]}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let creates = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let res = client
+                    .post(format!("{base}/api/jobs"))
+                    .json(&json!({"brief": {"topic": format!("bench {i}")}}))
+                    .send()
+                    .await?;
+                assert_eq!(res.status(), 201);
+                Ok::<_, reqwest::Error>(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for c in creates {
+        c?;
+    }
+    receiver.wait_until(WAIT, |got| !got.is_empty()).await?;
+    server.start_kill()?;
+    server.wait().await?;
+
+    receiver.set_mode(Mode::Always(200));
+    let before = receiver.got().len();
+    let (server, _) = start("10").await?;
+    let pid = server.id().ok_or("no pid")?;
+    let cpu_start = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let got = receiver
+        .wait_until(Duration::from_secs(600), |got| got.iter().filter(|g| g.answered == 200).count() >= n)
+        .await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(pid)? - cpu_start;
+    let delivered = got.len() - before;
+    assert_eq!(delivered, n, "each event of the backlog once");
+    println!(
+        "webhooks: {n} events delivered in {:.2} s = {:.0} events/s; server CPU {:.3} s = {:.1} µs per delivery",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / n as f64
+    );
+    drop(server);
+    Ok(())
+}

@@ -527,7 +527,7 @@ fn cpu_seconds(pid: u32) -> TestResult<f64> {
 /// delivery. `AURA_BIN` picks the binary (a release build for real numbers); `N` from
 /// `WEBHOOK_BENCH_EVENTS` (default 2000).
 #[tokio::test]
-#[ignore = "a benchmark: cargo test --release --test api webhooks::webhook_delivery_benchmark -- --ignored --nocapture"]
+#[ignore = "a benchmark: AURA_BIN=target/release/aura cargo test --test api webhooks::webhook_delivery_benchmark -- --ignored --nocapture"]
 async fn webhook_delivery_benchmark() -> TestResult {
     use futures_util::StreamExt;
     let bin = std::env::var("AURA_BIN").unwrap_or_else(|_| AURA.to_owned());

@@ -19,8 +19,8 @@ pub const KEPT_ATTEMPTS: i64 = 1000;
 const PRUNE_EVERY: i64 = 64;
 
 /// A registered endpoint, secrets included (they sign deliveries; the HTTP edge never sends them
-/// after creation).
-#[derive(Debug, Clone)]
+/// after creation, and its `Debug` leaves them out so no log line can carry one).
+#[derive(Clone)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: String,
@@ -31,6 +31,19 @@ pub struct Endpoint {
     /// The id of the last event given to this endpoint.
     pub position: i64,
     pub created_at: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field("position", &self.position)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One row of the delivery log.
@@ -46,8 +59,7 @@ pub struct Attempt {
     pub at: String,
 }
 
-/// A change to webhook state, run by the writer.
-#[derive(Debug)]
+/// A change to webhook state, run by the writer (no `Debug`: it may carry a secret).
 pub enum Write {
     /// Registers an endpoint at the current end of the log, unless `limit` endpoints exist.
     Create {

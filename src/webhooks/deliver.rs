@@ -149,7 +149,11 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
         tries += 1;
         let at = now_micros();
         let started = Instant::now();
-        let answer = post(task, &endpoint, event, body.clone()).await;
+        // A delete or a shutdown does not wait for an attempt to time out.
+        let answer = tokio::select! {
+            answer = post(task, &endpoint, event, body.clone()) => answer,
+            () = task.stop.cancelled() => return Err(Stop::Done),
+        };
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let ok = matches!(answer, Ok(code) if (200..300).contains(&code));
         let tried_for = time::OffsetDateTime::now_utc() - first;

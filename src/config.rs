@@ -128,6 +128,20 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_INSECURE_OPEN", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub insecure_open: bool,
 
+    /// Let webhook endpoints be on loopback, private or link-local addresses (refused by default:
+    /// a webhook must not reach what only this server can reach).
+    #[arg(long, env = "AURA_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub webhook_allow_private: bool,
+
+    /// The longest one webhook delivery attempt may take, answer included, in seconds.
+    #[arg(long, env = "AURA_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub webhook_timeout_secs: u64,
+
+    /// The wait after a webhook's first failed attempt, in milliseconds; it doubles with each
+    /// further failure (with jitter), up to an hour, for 24 hours.
+    #[arg(long, env = "AURA_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "AURA_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

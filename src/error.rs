@@ -25,6 +25,8 @@ pub enum AppError {
     Conflict(String),
     #[error("invalid job request")]
     Invalid(Vec<FieldError>),
+    #[error("invalid webhook")]
+    InvalidWebhook(Vec<FieldError>),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("{detail}")]
@@ -55,7 +57,7 @@ impl AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Invalid(_) | AppError::InvalidWebhook(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -167,6 +169,11 @@ impl IntoResponse for AppError {
                 let detail =
                     errors.iter().map(|e| format!("{} {}", e.field, e.detail)).collect::<Vec<_>>().join("; ");
                 problem(status, "validation", "Invalid job request", &detail, Some(errors))
+            }
+            AppError::InvalidWebhook(errors) => {
+                let detail =
+                    errors.iter().map(|e| format!("{} {}", e.field, e.detail)).collect::<Vec<_>>().join("; ");
+                problem(status, "validation", "Invalid webhook", &detail, Some(errors))
             }
             AppError::PayloadTooLarge => problem(
                 status,

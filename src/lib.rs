@@ -3,8 +3,8 @@
 //!
 //! The SQLite `events` table is the one source of truth; see `ARCHITECTURE.md` for the map.
 //! The folders are the layers, and imports point one way (a test in `tests/api/layers.rs`
-//! keeps it so): `domain` ← `store` ← `access` ← `engine`, `streaming` ← `http` ← `startup`
-//! ← `cli`, `bench`.
+//! keeps it so): `domain` ← `store` ← `access` ← `engine`, `streaming`, `webhooks` ← `http`
+//! ← `startup` ← `cli`, `bench`.
 
 pub mod access;
 pub mod bench;
@@ -20,3 +20,4 @@ pub mod store;
 pub mod streaming;
 pub mod sync;
 pub mod telemetry;
+pub mod webhooks;

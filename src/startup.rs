@@ -22,6 +22,7 @@ use crate::lock::DataDirLock;
 use crate::store::Store;
 use crate::store::preflight::{self, Unusable};
 use crate::streaming::{self, hub::Hub};
+use crate::webhooks::{self, Webhooks};
 
 /// How long shutdown waits for the workers after killing their children.
 const WORKER_STOP_BOUND: Duration = Duration::from_secs(5);
@@ -166,6 +167,14 @@ impl Application {
         )
         .await
         .context("starting the event tail")?;
+        let webhooks = Webhooks::start(
+            store.clone(),
+            hub.follow_published(),
+            webhooks::Settings::from_config(&settings),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the webhook deliveries")?;
         let listener = listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
         let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
@@ -186,6 +195,7 @@ impl Application {
             metrics,
             auth,
             limits,
+            webhooks,
         });
         let router = crate::http::router(state.clone()).layer(cors);
         // Before serving and before any worker looks for work: put right what a dead run left.

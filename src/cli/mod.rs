@@ -5,6 +5,7 @@ pub mod check;
 mod client;
 mod commands;
 pub mod watch;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +146,13 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Webhook endpoints: add, list, remove, deliveries, rotate; and verify a saved request.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Save a completed job's video.
     Download {
         job: String,
@@ -193,6 +201,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             commands::events(&client(&server)?, &job, after, follow).await
         }
         Command::Cancel { job, server } => commands::cancel(&client(&server)?, &job).await,
+        Command::Webhook { command: webhook::WebhookCommand::Verify { secret, file }, .. } => {
+            webhook::verify(&secret, file)
+        }
+        Command::Webhook { command, server } => webhook::run(&client(&server)?, command).await,
         Command::Download { job, output, server } => {
             commands::download(&client(&server)?, &job, output).await
         }

@@ -15,6 +15,18 @@ use super::spec::JobSpec;
 use super::status::{JobStatus, Stage};
 pub use super::time::{format_at, now_micros, rfc3339_micros};
 
+/// Every event type, in the order API.md lists them.
+pub const EVENT_TYPES: [&str; 8] = [
+    "job-status",
+    "step-status",
+    "step-progress",
+    "job-completed",
+    "job-failed",
+    "job-cancelled",
+    "warning",
+    "error",
+];
+
 /// The terminal event types: after one of these a job's stream ends.
 pub const TERMINAL_TYPES: [&str; 3] = ["job-completed", "job-failed", "job-cancelled"];
 

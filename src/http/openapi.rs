@@ -22,6 +22,8 @@ use crate::http::state::AppState;
     paths(
         crate::http::jobs::create, crate::http::jobs::list, crate::http::jobs::show, crate::http::jobs::cancel, crate::http::jobs::history,
         crate::http::jobs::output, crate::http::events::job_events, crate::http::events::all_events, crate::http::health::health, crate::http::health::metrics,
+        crate::http::webhooks::create, crate::http::webhooks::list, crate::http::webhooks::remove,
+        crate::http::webhooks::deliveries, crate::http::webhooks::rotate,
     ),
     components(schemas(
         crate::domain::event::JobStatusData, crate::domain::event::StepStatusData, crate::domain::event::StepProgressData,
@@ -33,6 +35,7 @@ use crate::http::state::AppState;
         (name = "jobs", description = "Create, read, list and cancel jobs"),
         (name = "events", description = "Server-Sent Events streams"),
         (name = "operations", description = "Health and metrics"),
+        (name = "webhooks", description = "The event log POSTed to your endpoints, signed (Standard Webhooks)"),
     )
 )]
 struct ApiDoc;

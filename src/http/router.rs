@@ -12,7 +12,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::error::AppError;
 use crate::http::extract::MAX_BODY_BYTES;
 use crate::http::state::AppState;
-use crate::http::{events, health, jobs, openapi, session, ui};
+use crate::http::{events, health, jobs, openapi, session, ui, webhooks};
 
 /// The whole HTTP surface: each module owns its routes, the root only merges them.
 pub fn router(state: AppState) -> Router {
@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(health::router())
         .merge(session::router())
+        .merge(webhooks::router())
         .merge(openapi::router())
         .merge(ui::router())
         .fallback(fallback)

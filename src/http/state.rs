@@ -1,5 +1,6 @@
 //! The state every handler shares, built once at start: settings, the store's reads, the
-//! engine (create, cancel), the stream machinery's context, callers' access and limits.
+//! engine (create, cancel), the stream machinery's context, callers' access and limits, and
+//! the webhooks.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::store::Store;
 use crate::streaming;
+use crate::webhooks::Webhooks;
 
 /// Cheap to clone: everything is behind one `Arc`.
 #[derive(Clone)]
@@ -27,6 +29,7 @@ struct Inner {
     metrics: PrometheusHandle,
     auth: Auth,
     limits: Arc<Limits>,
+    webhooks: Webhooks,
 }
 
 /// What [`AppState::new`] is built from.
@@ -38,11 +41,12 @@ pub struct Parts {
     pub metrics: PrometheusHandle,
     pub auth: Auth,
     pub limits: Limits,
+    pub webhooks: Webhooks,
 }
 
 impl AppState {
     pub fn new(parts: Parts) -> Self {
-        let Parts { settings, store, engine, streaming, metrics, auth, limits } = parts;
+        let Parts { settings, store, engine, streaming, metrics, auth, limits, webhooks } = parts;
         AppState {
             inner: Arc::new(Inner {
                 settings,
@@ -53,6 +57,7 @@ impl AppState {
                 metrics,
                 auth,
                 limits: Arc::new(limits),
+                webhooks,
             }),
         }
     }
@@ -88,6 +93,11 @@ impl AppState {
     /// Per-owner stream and job-creation limits.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.inner.limits
+    }
+
+    /// Webhook endpoints: registration and their delivery tasks.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

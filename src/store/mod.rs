@@ -7,6 +7,7 @@
 
 pub mod preflight;
 mod rows;
+pub mod webhooks;
 pub mod writer;
 
 use std::path::Path;
@@ -92,7 +93,7 @@ pub struct Store {
 /// Behind one `Arc`: every stream holds a `Store`, so a clone must cost no allocation.
 struct Inner {
     pool: SqlitePool,
-    writer: mpsc::Sender<writer::Request>,
+    writer: mpsc::Sender<writer::Work>,
     write_options: SqliteConnectOptions,
     close: CancellationToken,
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -138,7 +139,7 @@ impl Store {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.inner
             .writer
-            .send(writer::Request { job_id, decide, reply })
+            .send(writer::Work::Append(writer::Request { job_id, decide, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

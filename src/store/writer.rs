@@ -9,6 +9,10 @@
 //! Only after the commit are the callers answered and the events handed to the fan-out, so no
 //! subscriber ever sees an id that could still be rolled back and handed to another event.
 //!
+//! Webhook bookkeeping (registrations, positions, the delivery log) rides the same queue so that
+//! this task stays the only writer; it is committed in a transaction of its own after each group
+//! of appends (see [`super::webhooks`]).
+//!
 //! Because the decision runs on the writer, against state read inside the write transaction,
 //! check-then-act races between requests (two cancels, cancel versus claim) cannot happen.
 
@@ -64,9 +68,16 @@ pub(super) struct Request {
 
 type Outcome = Result<Applied, Refusal>;
 
+/// What the writer's queue carries: an append decision, or a webhook's bookkeeping (its
+/// registration, position and delivery log), so that this task stays the only writer.
+pub(super) enum Work {
+    Append(Request),
+    Webhook(super::webhooks::WriteRequest),
+}
+
 /// The writer task's handles: its queue, the commit feed for the fan-out, and its end.
 pub(super) struct Spawned {
-    pub queue: mpsc::Sender<Request>,
+    pub queue: mpsc::Sender<Work>,
     pub feed: mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>,
     pub done: oneshot::Receiver<()>,
 }
@@ -86,15 +97,17 @@ pub(super) fn spawn(conn: SqliteConnection, close: CancellationToken) -> Spawned
 
 async fn run(
     mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::Receiver<Work>,
     feed: mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
     close: CancellationToken,
 ) {
+    let mut work = Vec::with_capacity(MAX_GROUP);
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut webhooks = Vec::new();
     let mut cache = Cache::new();
     loop {
         let n = tokio::select! {
-            n = rx.recv_many(&mut group, MAX_GROUP) => n,
+            n = rx.recv_many(&mut work, MAX_GROUP) => n,
             () = close.cancelled(), if !rx.is_closed() => {
                 // Take no new requests; what is already queued is still committed.
                 rx.close();
@@ -103,6 +116,19 @@ async fn run(
         };
         if n == 0 {
             break;
+        }
+        for w in work.drain(..) {
+            match w {
+                Work::Append(r) => group.push(r),
+                Work::Webhook(w) => webhooks.push(w),
+            }
+        }
+        if !webhooks.is_empty() {
+            // Their own transaction: a webhook's bookkeeping never spoils a group of appends.
+            super::webhooks::write_all(&mut conn, webhooks.drain(..)).await;
+        }
+        if group.is_empty() {
+            continue;
         }
         let started = Instant::now();
         let replies: Vec<_> = group.iter_mut().map(|r| (r.job_id, take_decide(r))).collect();

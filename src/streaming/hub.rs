@@ -36,6 +36,9 @@ const OWNERS_CAP: usize = 10_000;
 pub struct Hub {
     fanout: Fanout,
     recent: Mutex<Recent>,
+    /// The highest id published, for followers that are not streams (webhook deliveries): they
+    /// wake on it and read the table themselves, so they cost the fan-out nothing per event.
+    published: tokio::sync::watch::Sender<i64>,
 }
 
 /// The newest events, in id order, with the point below which they are complete.
@@ -62,8 +65,11 @@ impl Hub {
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         let recent =
             Recent { events: VecDeque::with_capacity(recent.min(4096)), capacity: recent, floor: start };
-        let hub =
-            Arc::new(Hub { fanout: Fanout::start(start, heartbeat, shards), recent: Mutex::new(recent) });
+        let hub = Arc::new(Hub {
+            fanout: Fanout::start(start, heartbeat, shards),
+            recent: Mutex::new(recent),
+            published: tokio::sync::watch::Sender::new(start),
+        });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));
         Ok(hub)
     }
@@ -75,6 +81,11 @@ impl Hub {
     /// The highest id published so far.
     pub fn last_published(&self) -> i64 {
         self.fanout.last_published()
+    }
+
+    /// Follows the highest published id: every id up to it is committed and visible to reads.
+    pub fn follow_published(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.published.subscribe()
     }
 
     /// Every event after `after`, and the id they run through, if memory still holds them all.
@@ -103,7 +114,12 @@ impl Hub {
                 recent.events.push_back(event.clone());
             }
         }
+        let last = events.last().map(|e| e.id);
         self.fanout.deliver(events);
+        if let Some(last) = last {
+            // One store and wake-up per group, after the streams have had it.
+            self.published.send_replace(last);
+        }
     }
 }
 

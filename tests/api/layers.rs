@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("access", 3),
     ("engine", 4),
     ("streaming", 4),
+    ("webhooks", 4),
     ("http", 5),
     ("startup", 6),
     ("bench", 7),

@@ -1,0 +1,270 @@
+//! Webhooks: the event log delivered to users' own HTTP endpoints, in order, signed, across
+//! restarts.
+//!
+//! An endpoint is one more subscriber of the log whose `Last-Event-ID` is stored (its
+//! `position`). Each endpoint has its own task ([`deliver`]) that reads the events of its types
+//! after its position from the table, POSTs them one at a time and moves the stored position
+//! only after a 2xx (or after giving up on an event for 24 h). The tasks wake on the tail's
+//! "published up to id N" signal, so the stream fan-out does no work for them, and a slow or
+//! hanging endpoint holds up nobody but itself.
+//!
+//! [`Webhooks`] is what the HTTP edge calls: it checks a new endpoint, registers it through the
+//! store's writer and starts its task; it stops the task of a deleted endpoint.
+
+pub mod deliver;
+pub mod sign;
+pub mod target;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::ServeConfig;
+use crate::domain::event::EVENT_TYPES;
+use crate::domain::spec::FieldError;
+use crate::store::webhooks::{Endpoint, Write, Written};
+use crate::store::{Store, StoreError};
+
+/// Most endpoints one server keeps; a registration past it is refused with 409.
+pub const MAX_ENDPOINTS: i64 = 100;
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// The webhook settings, from `aura serve`'s.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `AURA_WEBHOOK_ALLOW_PRIVATE`: endpoints may be on loopback, private or link-local addresses.
+    pub allow_private: bool,
+    /// `AURA_WEBHOOK_TIMEOUT_SECS`: the longest one attempt may take, answer included.
+    pub timeout: Duration,
+    /// `AURA_WEBHOOK_RETRY_BASE_MS`: the wait after a first failed attempt; it doubles with each
+    /// further one (with jitter), up to an hour.
+    pub retry_base: Duration,
+    /// How long an event is retried before it is recorded `failed` and the endpoint moves on.
+    pub give_up_after: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &ServeConfig) -> Settings {
+        Settings {
+            allow_private: config.webhook_allow_private,
+            timeout: Duration::from_secs(config.webhook_timeout_secs),
+            retry_base: Duration::from_millis(config.webhook_retry_base_ms),
+            give_up_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The webhook machinery: cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    settings: Settings,
+    client: reqwest::Client,
+    head: watch::Receiver<i64>,
+    shutdown: CancellationToken,
+    /// The running delivery task of each endpoint, by the token that stops it.
+    tasks: Mutex<HashMap<Uuid, CancellationToken>>,
+}
+
+/// A registration request that passed every check.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub events: Vec<String>,
+}
+
+impl Webhooks {
+    /// Starts a delivery task for every registered endpoint. `head` follows the highest
+    /// published event id.
+    pub async fn start(
+        store: Store,
+        head: watch::Receiver<i64>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Webhooks> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(target::CheckedResolver { allow_private: settings.allow_private }))
+            .user_agent(concat!("Aura-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the webhook HTTP client: {e}"))?;
+        let endpoints = store.webhooks().await?;
+        let webhooks = Webhooks {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                client,
+                head,
+                shutdown,
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        };
+        for endpoint in endpoints {
+            webhooks.spawn(endpoint.id);
+        }
+        Ok(webhooks)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Checks a registration body (`{"url", "events"}`): every problem, each named by its field.
+    /// `events` may be left out for every type.
+    pub async fn check(&self, body: &Value) -> Result<NewEndpoint, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let field = |name: &str, detail: String| FieldError {
+            field: name.to_owned(),
+            pointer: format!("/{name}"),
+            detail,
+        };
+        let url = match body.get("url") {
+            Some(Value::String(raw)) => match target::parse_url(raw) {
+                Ok(url) => match target::check_addresses(&url, self.inner.settings.allow_private).await {
+                    Ok(()) => Some(url.to_string()),
+                    Err(e) => {
+                        errors.push(field("url", e.to_string()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    errors.push(field("url", e.to_string()));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(field("url", "must be a string".into()));
+                None
+            }
+            None => {
+                errors.push(field("url", "is required".into()));
+                None
+            }
+        };
+        let events = match body.get("events") {
+            None | Some(Value::Null) => Some(EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect()),
+            Some(Value::Array(items)) if items.is_empty() => {
+                errors.push(field("events", "must name at least one event type".into()));
+                None
+            }
+            Some(Value::Array(items)) => {
+                let mut events: Vec<String> = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(t) if EVENT_TYPES.contains(&t) => {
+                            if !events.iter().any(|e| e == t) {
+                                events.push(t.to_owned());
+                            }
+                        }
+                        _ => {
+                            let shown: String = item.to_string().chars().take(40).collect();
+                            errors.push(field(
+                                "events",
+                                format!("{shown} is not an event type; use {}", EVENT_TYPES.join(", ")),
+                            ));
+                        }
+                    }
+                }
+                Some(events)
+            }
+            Some(_) => {
+                errors.push(field("events", "must be an array of event types".into()));
+                None
+            }
+        };
+        match (url, events) {
+            (Some(url), Some(events)) if errors.is_empty() => Ok(NewEndpoint { url, events }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Registers a checked endpoint at the current end of the log and starts its task; the
+    /// answer carries the secret, for the one time it is shown. `Ok(None)` when [`MAX_ENDPOINTS`] are already registered.
+    pub async fn create(&self, new: NewEndpoint) -> Result<Option<Endpoint>, StoreError> {
+        let id = Uuid::now_v7();
+        let secret = sign::new_secret().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let created_at = crate::domain::event::format_at(crate::domain::event::now_micros());
+        let written = self
+            .inner
+            .store
+            .webhook_write(Write::Create {
+                id,
+                url: new.url.clone(),
+                events: new.events.clone(),
+                secret: secret.clone(),
+                created_at: created_at.clone(),
+                limit: MAX_ENDPOINTS,
+            })
+            .await?;
+        let Written::Created { position } = written else { return Ok(None) };
+        self.spawn(id);
+        tracing::info!(webhook_id = %id, "webhook endpoint registered");
+        Ok(Some(Endpoint {
+            id,
+            url: new.url,
+            events: new.events,
+            secret,
+            previous: None,
+            position,
+            created_at,
+        }))
+    }
+
+    /// Deletes an endpoint and stops its task; `false` when there was none.
+    pub async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {
+        let written = self.inner.store.webhook_write(Write::Delete { id }).await?;
+        if let Ok(mut tasks) = self.inner.tasks.lock()
+            && let Some(stop) = tasks.remove(&id)
+        {
+            stop.cancel();
+        }
+        metrics::gauge!("aura_webhook_lag_events", "endpoint" => id.to_string()).set(0.0);
+        Ok(written == Written::Done)
+    }
+
+    /// Issues a new secret; the old one keeps signing for [`ROTATION_OVERLAP`]. Returns the new
+    /// secret and the unix second the old one stops, or `None` for an unknown endpoint.
+    pub async fn rotate(&self, id: Uuid) -> Result<Option<(String, i64)>, StoreError> {
+        let secret = sign::new_secret().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let until = unix_now() + ROTATION_OVERLAP.as_secs() as i64;
+        let written = self
+            .inner
+            .store
+            .webhook_write(Write::Rotate { id, secret: secret.clone(), previous_until: until })
+            .await?;
+        Ok((written == Written::Done).then_some((secret, until)))
+    }
+
+    fn spawn(&self, id: Uuid) {
+        let stop = self.inner.shutdown.child_token();
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.insert(id, stop.clone());
+        }
+        let task = deliver::Task {
+            store: self.inner.store.clone(),
+            client: self.inner.client.clone(),
+            settings: self.inner.settings.clone(),
+            endpoint: id,
+            head: self.inner.head.clone(),
+            stop,
+        };
+        tokio::spawn(deliver::run(task));
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

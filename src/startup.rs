@@ -177,6 +177,7 @@ impl Application {
             settings.max_stream_secs,
             settings.stream_buffer,
             connections.write_timeout,
+            Duration::from_secs(settings.heartbeat_secs),
         );
         let state = AppState::new(Parts {
             settings,

@@ -13,6 +13,7 @@ pub mod router;
 pub mod session;
 pub mod state;
 pub mod ui;
+pub mod ws;
 
 pub use router::router;
 pub use state::AppState;

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,6 +37,9 @@ const OWNERS_CAP: usize = 10_000;
 pub struct Hub {
     fanout: Fanout,
     recent: Mutex<Recent>,
+    /// The highest id kept among the recent ones, for streams that follow the hub on their
+    /// own (batched, compressed, WebSocket) instead of joining the fan-out.
+    published: watch::Sender<i64>,
 }
 
 /// The newest events, in id order, with the point below which they are complete.
@@ -62,8 +66,11 @@ impl Hub {
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         let recent =
             Recent { events: VecDeque::with_capacity(recent.min(4096)), capacity: recent, floor: start };
-        let hub =
-            Arc::new(Hub { fanout: Fanout::start(start, heartbeat, shards), recent: Mutex::new(recent) });
+        let hub = Arc::new(Hub {
+            fanout: Fanout::start(start, heartbeat, shards),
+            recent: Mutex::new(recent),
+            published: watch::channel(start).0,
+        });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));
         Ok(hub)
     }
@@ -75,6 +82,12 @@ impl Hub {
     /// The highest id published so far.
     pub fn last_published(&self) -> i64 {
         self.fanout.last_published()
+    }
+
+    /// Changes whenever new events are among the recent ones (after they are, so a follower
+    /// that marks it seen and then reads [`Hub::recent_after`] misses no wake-up).
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.published.subscribe()
     }
 
     /// Every event after `after`, and the id they run through, if memory still holds them all.
@@ -102,6 +115,9 @@ impl Hub {
                 }
                 recent.events.push_back(event.clone());
             }
+        }
+        if let Some(last) = events.last() {
+            self.published.send_replace(last.id);
         }
         self.fanout.deliver(events);
     }

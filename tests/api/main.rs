@@ -23,3 +23,4 @@ mod restart;
 mod security;
 mod sockets;
 mod streams;
+mod transports;

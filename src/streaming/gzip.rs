@@ -11,6 +11,13 @@
 //! valid, and consecutive events (which mostly repeat each other) compress as well as with a
 //! long-lived compressor. Between writes a stream keeps only that tail and the running CRC-32
 //! and length for the gzip trailer.
+//!
+//! Since every write starts from a reset compressor anyway, the compressors themselves are
+//! shared: one per runtime thread, reset before each use. A write is synchronous (nothing
+//! awaits while it holds the compressor), so no two streams can use one at once, and a burst of
+//! compressed writes allocates nothing.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress};
@@ -37,12 +44,13 @@ impl Gzip {
     pub fn encode(&mut self, data: &[u8]) -> Bytes {
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
         self.header(&mut out);
-        let mut deflate = Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS);
-        if !self.tail.is_empty() && deflate.set_dictionary(&self.tail).is_err() {
-            // Without the dictionary the output is still valid, only larger.
-            deflate = Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS);
-        }
-        run(&mut deflate, data, &mut out, FlushCompress::Sync);
+        with_deflate(|deflate| {
+            if !self.tail.is_empty() && deflate.set_dictionary(&self.tail).is_err() {
+                // Without the dictionary the output is still valid, only larger.
+                deflate.reset();
+            }
+            run(deflate, data, &mut out, FlushCompress::Sync);
+        });
         self.crc.update(data);
         self.remember(data);
         Bytes::from(out)
@@ -52,8 +60,7 @@ impl Gzip {
     pub fn finish(&mut self) -> Bytes {
         let mut out = Vec::with_capacity(32);
         self.header(&mut out);
-        let mut deflate = Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS);
-        run(&mut deflate, &[], &mut out, FlushCompress::Finish);
+        with_deflate(|deflate| run(deflate, &[], &mut out, FlushCompress::Finish));
         out.extend_from_slice(&self.crc.sum().to_le_bytes());
         out.extend_from_slice(&self.crc.amount().to_le_bytes());
         Bytes::from(out)
@@ -77,6 +84,22 @@ impl Gzip {
             self.tail.extend_from_slice(data);
         }
     }
+}
+
+thread_local! {
+    /// This thread's compressor, reset before every use.
+    static DEFLATE: RefCell<Option<Compress>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's compressor, fresh as a new one.
+fn with_deflate<R>(f: impl FnOnce(&mut Compress) -> R) -> R {
+    DEFLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let deflate = slot
+            .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS));
+        deflate.reset();
+        f(deflate)
+    })
 }
 
 /// Compresses all of `input` into `out` with `flush`, growing `out` until the flush is complete.

@@ -95,8 +95,9 @@ thread_local! {
 fn with_deflate<R>(f: impl FnOnce(&mut Compress) -> R) -> R {
     DEFLATE.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let deflate = slot
-            .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS));
+        let deflate = slot.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(LEVEL), false, WINDOW_BITS)
+        });
         deflate.reset();
         f(deflate)
     })

@@ -11,6 +11,11 @@
 //   terminal with no event past ours means "done"; anything else is a failure.
 // - After the job's terminal event the server ends the response; the client then reconnects at
 //   once from its last id, and the server's 204 confirms the end.
+// - When EventSource fails to open three times in a row (a proxy or network that strips
+//   `text/event-stream`, or refuses it), the client falls back to the WebSocket at `/api/ws`
+//   (same events, same ids; `?lastEventId=` resumes) and stays on it. A job socket's normal
+//   close (1000) means the job is over and everything was handled: "done". Any other close is
+//   retried with the same backoff.
 //
 // States: connecting → live → (reconnecting → live)* → done | disconnected.
 
@@ -36,6 +41,7 @@ export class SseClient {
    * @param {number} [options.lastEventId] resume point of the first request (default 0: everything)
    * @param {number} [options.baseDelayMs] first backoff delay (default 3000)
    * @param {number} [options.maxTries] reconnect attempts before "disconnected" (default 5)
+   * @param {number} [options.fallbackAfter] failed opens of EventSource in a row before the WebSocket (default 3)
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -43,6 +49,9 @@ export class SseClient {
     this.lastId = Number(options.lastEventId) || 0;
     this.baseDelayMs = options.baseDelayMs ?? 3000;
     this.maxTries = options.maxTries ?? 5;
+    this.fallbackAfter = options.fallbackAfter ?? 3;
+    this.failedOpens = 0;
+    this.transport = 'sse';
     this.handledIds = [];
     this.state = 'idle';
     this.detail = null;
@@ -102,12 +111,18 @@ export class SseClient {
   open(state) {
     this.source?.close();
     if (state) this.setState(state);
+    if (this.transport === 'ws') {
+      this.openSocket();
+      return;
+    }
     const url = new URL(this.url, location.href);
     if (this.lastId > 0) url.searchParams.set('lastEventId', String(this.lastId));
     const source = new EventSource(url.pathname + url.search);
     this.source = source;
     source.onopen = () => {
       if (source !== this.source) return;
+      source.opened = true;
+      this.failedOpens = 0;
       this.tries = 0;
       if (this.state !== 'live') this.setState('live');
     };
@@ -121,16 +136,68 @@ export class SseClient {
     };
   }
 
+  /** The WebSocket twin of this stream: `/api/ws` with the same jobs, from the last handled id. */
+  socketUrl() {
+    const from = new URL(this.url, location.href);
+    const to = new URL('/api/ws', from);
+    to.protocol = from.protocol === 'https:' ? 'wss:' : 'ws:';
+    const job = from.pathname.match(/^\/api\/jobs\/([^/]+)\/events$/);
+    if (job) to.searchParams.append('jobId', decodeURIComponent(job[1]));
+    for (const [key, value] of from.searchParams) {
+      if (key !== 'lastEventId') to.searchParams.append(key, value);
+    }
+    to.searchParams.set('lastEventId', String(this.lastId));
+    return to.href;
+  }
+
+  /** Opens the WebSocket; each text message with an id is an event. */
+  openSocket() {
+    const socket = new WebSocket(this.socketUrl());
+    // `close()` on the socket is what `close()` on an EventSource is; the rest is the same shape.
+    this.source = socket;
+    socket.onopen = () => {
+      if (socket !== this.source) return;
+      this.tries = 0;
+      if (this.state !== 'live') this.setState('live', { transport: 'websocket' });
+    };
+    socket.onmessage = (message) => {
+      if (socket !== this.source) return;
+      let parsed;
+      try {
+        parsed = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      // Replies to our own messages (`error`, `pong`) carry no id.
+      if (parsed && Number.isSafeInteger(parsed.id) && EVENT_TYPES.includes(parsed.type)) {
+        this.deliver(parsed.type, parsed.id, parsed.data);
+      }
+    };
+    socket.onclose = (event) => {
+      if (socket !== this.source || this.stopped) return;
+      this.source = null;
+      if (event.code === 1000 && this.snapshotUrl) {
+        this.setState('done');
+        return;
+      }
+      this.scheduleRetry();
+    };
+  }
+
   handle(type, event) {
-    const id = Number(event.lastEventId);
-    // Ids only grow, on one job's stream and on the all-jobs stream alike.
-    if (!Number.isSafeInteger(id) || id <= this.lastId) return;
     let data;
     try {
       data = JSON.parse(event.data);
     } catch {
       data = null;
     }
+    this.deliver(type, Number(event.lastEventId), data);
+  }
+
+  /** Hands one event to the listeners, unless its id was handled already. */
+  deliver(type, id, data) {
+    // Ids only grow, on one job's stream and on the all-jobs stream alike.
+    if (!Number.isSafeInteger(id) || id <= this.lastId) return;
     this.lastId = id;
     this.handledIds.push(id);
     if (TERMINAL.has(type)) this.terminalSeen = true;
@@ -176,6 +243,13 @@ export class SseClient {
         this.open('reconnecting');
         return;
       }
+    }
+    if (!source.opened) this.failedOpens += 1;
+    if (this.failedOpens >= this.fallbackAfter && typeof WebSocket === 'function') {
+      // EventSource cannot get through here: the WebSocket carries the same events.
+      this.transport = 'ws';
+      this.open('reconnecting');
+      return;
     }
     this.scheduleRetry();
   }

@@ -27,6 +27,15 @@ impl From<Synchronous> for Durability {
     }
 }
 
+/// `AURA_STREAM_COMPRESSION`: whether event streams may be compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamCompression {
+    /// Streams are never compressed. The default.
+    Off,
+    /// A stream whose request accepts gzip is answered `Content-Encoding: gzip`.
+    Gzip,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -69,6 +78,11 @@ pub struct ServeConfig {
     /// them) does not read SQLite; also the chunks a stream served through hyper may queue.
     #[arg(long, env = "AURA_STREAM_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_buffer: u64,
+
+    /// `gzip`: a stream whose request accepts gzip is compressed, flushed after every event or
+    /// batch; `off` (the default): never.
+    #[arg(long, env = "AURA_STREAM_COMPRESSION", value_enum, default_value = "off")]
+    pub stream_compression: StreamCompression,
 
     /// The `retry:` hint sent at the start of every stream, in milliseconds.
     #[arg(long, env = "AURA_RETRY_MS", default_value_t = 3000)]

@@ -169,7 +169,7 @@ impl Application {
         .context("starting the event tail")?;
         let webhooks = Webhooks::start(
             store.clone(),
-            hub.follow_published(),
+            hub.watch(),
             webhooks::Settings::from_config(&settings),
             shutdown.clone(),
         )
@@ -186,6 +186,7 @@ impl Application {
             settings.max_stream_secs,
             settings.stream_buffer,
             connections.write_timeout,
+            Duration::from_secs(settings.heartbeat_secs),
         );
         let state = AppState::new(Parts {
             settings,

@@ -220,9 +220,23 @@ pub async fn fanout(
 }
 
 /// Memory per idle stream: the server's RSS slope from 0 to `n` open, silent streams.
+/// What kind of idle connection [`idle`] opens.
+#[derive(Debug, Clone, Copy)]
+pub enum IdleKind {
+    /// A plain stream: the zero-copy fan-out path.
+    Plain,
+    /// `?batch=100ms`: a stream that follows the hub on its own.
+    Batched,
+    /// `Accept-Encoding: gzip` (the bench's server enables compression).
+    Gzip,
+    /// A WebSocket at `/api/ws`.
+    WebSocket,
+}
+
 pub async fn idle(
     target: &Target,
     n: usize,
+    kind: IdleKind,
     case: &str,
     samples: &mut Samples,
     checks: &mut Checks,
@@ -233,17 +247,27 @@ pub async fn idle(
     };
     let http = http()?;
     let before = rss_kib(pid).unwrap_or(f64::NAN);
-    let url = format!("{}/api/events", target.base);
-    let opened: Vec<_> = futures_util::stream::iter(0..n)
+    let url = match kind {
+        IdleKind::Batched => format!("{}/api/events?batch=100ms", target.base),
+        _ => format!("{}/api/events", target.base),
+    };
+    let opened: Vec<Option<Box<dyn Send>>> = futures_util::stream::iter(0..n)
         .map(|_| {
             let http = http.clone();
             let url = url.clone();
             async move {
-                let res = http.get(url).send().await.ok()?;
+                if let IdleKind::WebSocket = kind {
+                    return open_websocket(target).await.map(|s| Box::new(s) as Box<dyn Send>);
+                }
+                let mut req = http.get(url);
+                if let IdleKind::Gzip = kind {
+                    req = req.header("accept-encoding", "gzip");
+                }
+                let res = req.send().await.ok()?;
                 let mut body = res.bytes_stream();
                 // The `retry:` preamble: the stream is open on both sides.
                 body.next().await?.ok()?;
-                Some(body)
+                Some(Box::new(body) as Box<dyn Send>)
             }
         })
         .buffer_unordered(256)
@@ -260,6 +284,22 @@ pub async fn idle(
     samples.add(Scenario::Idle, case, "server RSS at 0 streams", "MiB", before / 1024.0);
     drop(opened);
     Ok(())
+}
+
+/// A WebSocket to `/api/ws` whose handshake has been answered `101`; it then sits idle (the
+/// bench reads no frames, so a raw handshake is all it needs).
+async fn open_websocket(target: &Target) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = target.base.strip_prefix("http://")?;
+    let mut socket = tokio::net::TcpStream::connect(authority).await.ok()?;
+    let request = format!(
+        "GET /api/ws?lastEventId=0 HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut head)).await.ok()?.ok()?;
+    head[..n].starts_with(b"HTTP/1.1 101").then_some(socket)
 }
 
 /// Time for one subscriber to receive a `backlog`-event history from the start.

@@ -178,15 +178,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
             Scenario::Idle => {
-                let case = format!("{} idle streams", args.idle_streams);
-                let bar = bar(u64::from(runs), "idle memory", args.json);
-                for _ in 0..runs {
-                    let target = Target::fresh(remote.as_deref(), 0).await?;
-                    client::idle(&target, args.idle_streams, &case, &mut samples, &mut checks).await?;
-                    target.stop().await;
-                    bar.inc(1);
+                let n = args.idle_streams;
+                let kinds = [
+                    (client::IdleKind::Plain, format!("{n} idle streams")),
+                    (client::IdleKind::Batched, format!("{n} idle streams, ?batch=100ms")),
+                    (client::IdleKind::Gzip, format!("{n} idle streams, gzip")),
+                    (client::IdleKind::WebSocket, format!("{n} idle WebSockets")),
+                ];
+                for (kind, case) in kinds {
+                    let bar = bar(u64::from(runs), &format!("idle memory, {case}"), args.json);
+                    for _ in 0..runs {
+                        let target = Target::fresh(remote.as_deref(), 0).await?;
+                        client::idle(&target, n, kind, &case, &mut samples, &mut checks).await?;
+                        target.stop().await;
+                        bar.inc(1);
+                    }
+                    bar.finish_and_clear();
                 }
-                bar.finish_and_clear();
             }
             Scenario::Resume => {
                 for &backlog in &args.backlogs {

@@ -47,6 +47,8 @@ impl Target {
             ("AURA_MAX_STREAMS", "1000000".to_owned()),
             ("AURA_MAX_STREAMS_PER_OWNER", "1000000".to_owned()),
             ("AURA_JOB_RATE", "1000000".to_owned()),
+            // Only the idle cell's gzip case asks for it; every other request is plain.
+            ("AURA_STREAM_COMPRESSION", "gzip".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
         let child = crate::engine::process::spawn_background(&exe, &args, &env)?;

@@ -14,6 +14,7 @@ pub mod session;
 pub mod state;
 pub mod ui;
 pub mod webhooks;
+pub mod ws;
 
 pub use router::router;
 pub use state::AppState;

@@ -21,7 +21,7 @@ use crate::http::state::AppState;
     info(title = "Aura", description = "Briefs in, rendered videos out; every step of every job streamed over lossless Server-Sent Events."),
     paths(
         crate::http::jobs::create, crate::http::jobs::list, crate::http::jobs::show, crate::http::jobs::cancel, crate::http::jobs::history,
-        crate::http::jobs::output, crate::http::events::job_events, crate::http::events::all_events, crate::http::health::health, crate::http::health::metrics,
+        crate::http::jobs::output, crate::http::events::job_events, crate::http::events::all_events, crate::http::ws::websocket, crate::http::health::health, crate::http::health::metrics,
         crate::http::webhooks::create, crate::http::webhooks::list, crate::http::webhooks::remove,
         crate::http::webhooks::deliveries, crate::http::webhooks::rotate,
     ),
@@ -33,7 +33,7 @@ use crate::http::state::AppState;
     )),
     tags(
         (name = "jobs", description = "Create, read, list and cancel jobs"),
-        (name = "events", description = "Server-Sent Events streams"),
+        (name = "events", description = "Server-Sent Events streams (optionally batched with `?batch=` and gzip-compressed with `AURA_STREAM_COMPRESSION=gzip`), and the same events over a WebSocket at `/api/ws`"),
         (name = "operations", description = "Health and metrics"),
         (name = "webhooks", description = "The event log POSTed to your endpoints, signed (Standard Webhooks)"),
     )
@@ -188,7 +188,7 @@ fn add_access(doc: &mut Value) {
             } else if path == "/metrics" {
                 responses.insert("403".into(), problem("Not an admin token"));
             }
-            if path.ends_with("/events") || (path == "/api/jobs" && method == "post") {
+            if path.ends_with("/events") || path == "/api/ws" || (path == "/api/jobs" && method == "post") {
                 responses
                     .insert("429".into(), problem("A per-owner limit; `Retry-After` says when to try again"));
             }

@@ -12,13 +12,14 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::error::AppError;
 use crate::http::extract::MAX_BODY_BYTES;
 use crate::http::state::AppState;
-use crate::http::{events, health, jobs, openapi, session, ui, webhooks};
+use crate::http::{events, health, jobs, openapi, session, ui, webhooks, ws};
 
 /// The whole HTTP surface: each module owns its routes, the root only merges them.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(events::router())
+        .merge(ws::router())
         .merge(health::router())
         .merge(session::router())
         .merge(webhooks::router())

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,9 +37,10 @@ const OWNERS_CAP: usize = 10_000;
 pub struct Hub {
     fanout: Fanout,
     recent: Mutex<Recent>,
-    /// The highest id published, for followers that are not streams (webhook deliveries): they
-    /// wake on it and read the table themselves, so they cost the fan-out nothing per event.
-    published: tokio::sync::watch::Sender<i64>,
+    /// The highest id published: every id up to it is committed, visible to reads and among
+    /// the recent ones. Followers that are not fan-out streams (webhook deliveries; batched,
+    /// compressed and WebSocket streams) wake on it, so they cost the fan-out nothing per event.
+    published: watch::Sender<i64>,
 }
 
 /// The newest events, in id order, with the point below which they are complete.
@@ -68,7 +70,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             fanout: Fanout::start(start, heartbeat, shards),
             recent: Mutex::new(recent),
-            published: tokio::sync::watch::Sender::new(start),
+            published: watch::channel(start).0,
         });
         tokio::spawn(tail(hub.clone(), store, feed, shutdown));
         Ok(hub)
@@ -83,8 +85,9 @@ impl Hub {
         self.fanout.last_published()
     }
 
-    /// Follows the highest published id: every id up to it is committed and visible to reads.
-    pub fn follow_published(&self) -> tokio::sync::watch::Receiver<i64> {
+    /// Changes whenever new events are among the recent ones (after they are, so a follower
+    /// that marks it seen and then reads [`Hub::recent_after`] or the table misses no wake-up).
+    pub fn watch(&self) -> watch::Receiver<i64> {
         self.published.subscribe()
     }
 

@@ -8,6 +8,8 @@
 //! [`paths`], for the router and the accept loop's sniffer alike.
 
 pub mod fanout;
+pub mod follow;
+pub mod gzip;
 pub mod hub;
 pub mod paths;
 pub mod server;

@@ -33,6 +33,7 @@ use crate::access::limits::{StreamGuard, StreamSlot};
 use crate::domain::event::StoredEvent;
 use crate::store::{EventFilter, Store};
 use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
+use crate::streaming::follow::{self, Follower};
 use crate::streaming::hub::Hub;
 use crate::streaming::sink::Sink;
 
@@ -59,12 +60,16 @@ struct ContextInner {
     hyper_buffer: u64,
     /// The longest a write may wait with no byte taken by the client.
     write_timeout: Duration,
+    /// The longest a stream that follows the hub on its own stays silent.
+    heartbeat: Duration,
 }
 
 /// How long a stream's writes may still wait after shutdown or the stream's deadline.
 const FINISH_GRACE: Duration = Duration::from_secs(1);
 
 impl Context {
+    // One argument per setting, read once at start; a struct of them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         hub: Arc<Hub>,
@@ -73,6 +78,7 @@ impl Context {
         max_stream_secs: u64,
         hyper_buffer: u64,
         write_timeout: Duration,
+        heartbeat: Duration,
     ) -> Self {
         Context {
             inner: Arc::new(ContextInner {
@@ -83,6 +89,7 @@ impl Context {
                 max_stream_secs,
                 hyper_buffer,
                 write_timeout,
+                heartbeat,
             }),
         }
     }
@@ -98,6 +105,41 @@ impl Context {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The `retry:` hint every stream opens with, in milliseconds.
+    pub fn retry_ms(&self) -> u64 {
+        self.inner.retry_ms
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.inner.heartbeat
+    }
+
+    /// When a stream opened now must end (`AURA_MAX_STREAM_SECS`).
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.inner.max_stream_secs)
+    }
+}
+
+/// What a client asked of its stream beyond the events themselves. The default (no batch
+/// window, no compression) is the zero-copy path through the fan-out; anything else is a
+/// stream that follows the hub on its own (`follow`), so that it costs nobody else anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// `?batch=`: step-progress events of one job and step within this window collapse.
+    pub batch: Duration,
+    /// `Content-Encoding: gzip`.
+    pub gzip: bool,
+}
+
+impl Shape {
+    pub fn is_plain(&self) -> bool {
+        self.batch.is_zero() && !self.gzip
     }
 }
 
@@ -115,7 +157,7 @@ pub fn open(
     resume: i64,
     ends_with_job: bool,
 ) -> Response {
-    open_until(ctx, slot, owner_slot, filter, resume, ends_with_job, None)
+    open_until(ctx, (slot, owner_slot), filter, resume, ends_with_job, None, Shape::default())
 }
 
 /// [`open`] for a stream that ends once it has sent the event `last` (if it has not ended
@@ -124,12 +166,12 @@ pub fn open(
 /// not a stream that waits for a terminal event that was already sent.
 pub fn open_until(
     ctx: &Context,
-    slot: StreamSlot,
-    owner_slot: StreamGuard,
+    (slot, owner_slot): (StreamSlot, StreamGuard),
     filter: EventFilter,
     resume: i64,
     ends_with_job: bool,
     last: Option<i64>,
+    shape: Shape,
 ) -> Response {
     let kind = if ends_with_job { "job" } else { "all" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
@@ -140,8 +182,9 @@ pub fn open_until(
         ends_with_job,
         ends_after: last,
         finished: false,
-        deadline: Instant::now() + Duration::from_secs(ctx.inner.max_stream_secs),
+        deadline: ctx.deadline(),
         replayed_pages: 0,
+        shaped: (!shape.is_plain()).then(|| Box::new(shape)),
         shard: ctx.hub().fanout().pick_shard(),
         _slot: slot,
         _owner_slot: owner_slot,
@@ -161,6 +204,9 @@ pub fn open_until(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    if shape.gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     res
 }
 
@@ -202,10 +248,10 @@ impl futures_util::Stream for HyperBody {
 }
 
 /// Keeps the open-streams gauge of one kind true while a stream lives.
-struct OpenGauge(&'static str);
+pub struct OpenGauge(&'static str);
 
 impl OpenGauge {
-    fn new(kind: &'static str) -> Self {
+    pub fn new(kind: &'static str) -> Self {
         metrics::gauge!("aura_open_streams", "kind" => kind).increment(1.0);
         OpenGauge(kind)
     }
@@ -233,6 +279,8 @@ pub struct Subscriber {
     replayed_pages: u32,
     /// The fan-out registry this stream joins whenever it is caught up.
     shard: ShardId,
+    /// A batched or compressed stream, which follows the hub on its own (`follow`).
+    shaped: Option<Box<Shape>>,
     _slot: StreamSlot,
     /// The per-owner stream slot (`limits`).
     _owner_slot: StreamGuard,
@@ -242,6 +290,23 @@ pub struct Subscriber {
 impl Subscriber {
     /// Runs the stream to its end, writing into `sink`.
     pub async fn run(mut self, sink: Arc<Sink>) {
+        if let Some(shape) = self.shaped.take() {
+            let Subscriber {
+                ctx,
+                filter,
+                last_sent,
+                ends_with_job,
+                ends_after,
+                _slot,
+                _owner_slot,
+                _gauge,
+                ..
+            } = self;
+            let holds = Box::new((_slot, _owner_slot, _gauge));
+            let mut follower = Follower::new(ctx, filter, last_sent, ends_with_job, shape.batch, holds);
+            follower.end_after(ends_after);
+            return Box::pin(follow::sse(follower, shape.gzip, sink)).await;
+        }
         let shutdown = self.ctx.inner.shutdown.clone();
         let bounds = Bounds { shutdown: shutdown.clone(), deadline: self.deadline };
         let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.inner.retry_ms));

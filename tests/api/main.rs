@@ -23,4 +23,5 @@ mod restart;
 mod security;
 mod sockets;
 mod streams;
+mod transports;
 mod webhooks;

@@ -1,0 +1,305 @@
+//! The WebSocket transport, `GET /api/ws` and `/api/ws?jobId=…`: the same events with the same
+//! ids as the event streams, for clients (or networks) that cannot use Server-Sent Events, and
+//! one thing SSE cannot do, a cancel sent on the same connection.
+//!
+//! Everything is checked at the handshake, as for a stream: credentials (the middleware, as
+//! for every `/api` route), the origin (an `Origin` that is neither this host nor one of
+//! `AURA_CORS_ORIGINS` gets `403`, since a browser sends cookies with a cross-site WebSocket),
+//! the query, ownership, then the global and per-owner stream caps. The socket then follows the
+//! hub on its own (`streaming::follow`), so it costs the zero-copy SSE path nothing.
+//!
+//! Messages: the server sends each event as `{"id": N, "type": "…", "data": {…}}`, answers a
+//! client's `{"cancel": "<jobId>"}` with `{"cancelled": <snapshot>}` or `{"error": <problem>}`
+//! (and keeps the socket open), `{"ping": x}` with `{"pong": x}`, and WebSocket pings with pongs.
+//! A job's socket closes with 1000 after its terminal event; 1001 when the stream's lifetime or
+//! the server ends (resume from the last id).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+
+use crate::access::auth::Caller;
+use crate::domain::event::StoredEvent;
+use crate::error::AppError;
+use crate::http::events::{acquire, batch_window, jobs_filter, named_jobs};
+use crate::http::extract::{not_found, parse_job_id, parse_query, resume_point};
+use crate::http::state::AppState;
+use crate::store::Refusal;
+use crate::streaming::follow::{End, Follower, Next};
+use crate::streaming::stream::OpenGauge;
+
+/// The WebSocket route.
+pub const PATH: &str = "/api/ws";
+/// How long a socket opened without `lastEventId` waits for a first `{"resume": N}` message.
+const RESUME_WAIT: Duration = Duration::from_millis(300);
+/// A client message larger than this closes the socket: clients send only small commands.
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Bytes read from the socket at once; small, since it is allocated for the socket's life.
+const READ_BUFFER: usize = 4 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(PATH, get(websocket))
+}
+
+/// Events over a WebSocket: one text message per event (`{"id", "type", "data"}`) with the
+/// stream's ids; resume with `?lastEventId=N` or a first message `{"resume": N}`; send
+/// `{"cancel": "<jobId>"}` to cancel a job. With one `jobId` the socket closes (1000) after
+/// that job's terminal event.
+#[utoipa::path(get, path = "/api/ws", tag = "events",
+    params(
+        ("jobId" = Option<Vec<Uuid>>, Query, description = "Only these jobs (repeat the parameter); exactly one makes a job socket that closes with 1000 after the job's terminal event"),
+        ("lastEventId" = Option<i64>, Query, description = "Resume after this event id (or send {\"resume\": N} as the first message)"),
+        ("batch" = Option<String>, Query, description = "A batch window, as on the event streams"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol. Each event is one text message {\"id\": N, \"type\": \"…\", \"data\": {…}} with the same id and data as on the event streams. The client may send {\"resume\": N} first, {\"cancel\": \"<jobId>\"} (answered {\"cancelled\": snapshot} or {\"error\": problem}, the socket stays open) and {\"ping\": x} (answered {\"pong\": x}). Closes with 1000 after a job socket's terminal event, 1001 when the stream's lifetime or the server ends."),
+        (status = 400, description = "Not a WebSocket handshake, or a bad id, resume point or batch window", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An origin that is neither this host nor in AURA_CORS_ORIGINS, or another owner's job", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A named job does not exist", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn websocket(
+    State(app): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    if !origin_allowed(&headers, &app.settings().cors_origins) {
+        return Err(AppError::Forbidden("this origin may not open a WebSocket here".into()));
+    }
+    let query = parse_query(query.as_deref())?;
+    let explicit_resume =
+        headers.contains_key("last-event-id") || query.iter().any(|(k, _)| k == "lastEventId");
+    let resume = resume_point(&headers, &query)?;
+    let window = batch_window(&query)?;
+    let jobs = named_jobs(&app, &caller, &query).await?;
+    // A socket for one job ends with it; `ended` is that job's last id if it has ended already.
+    let (ends_with_job, ended) = match jobs.as_slice() {
+        [job] => (true, job.status.is_terminal().then_some(job.last_event_id)),
+        _ => (false, None),
+    };
+    let filter = jobs_filter(&caller, jobs);
+    let upgrade = upgrade.map_err(|_| {
+        AppError::bad_request("Not a WebSocket handshake", "this route answers WebSocket handshakes only")
+    })?;
+    let (slot, owner_slot) = acquire(&app, &caller)?;
+    metrics::counter!("aura_streams_opened_total", "kind" => "ws").increment(1);
+    let holds = Box::new((slot, owner_slot, OpenGauge::new("ws")));
+    let mut follower = Follower::new(app.streaming().clone(), filter, resume, ends_with_job, window, holds);
+    follower.end_after(ended);
+    let session = Session { app, caller, follower, ended, wait_for_resume: !explicit_resume };
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| session.run(socket))
+        .into_response())
+}
+
+/// Whether a handshake's `Origin` may open a socket: none (not a browser), this host's own, or
+/// one of `AURA_CORS_ORIGINS`.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed.iter().any(|o| o.trim() == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+/// One open socket.
+struct Session {
+    app: AppState,
+    caller: Caller,
+    follower: Follower,
+    /// A job socket whose job had ended at the handshake: its last event id.
+    ended: Option<i64>,
+    wait_for_resume: bool,
+}
+
+impl Session {
+    async fn run(mut self, socket: WebSocket) {
+        let (mut tx, mut rx) = socket.split();
+        if self.wait_for_resume
+            && let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await
+        {
+            match first {
+                Some(Ok(Message::Text(text))) => match resume_of(&text) {
+                    Some(resume) => self.follower.resume_from(resume),
+                    None => {
+                        if self.answer(&text, &mut tx).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+        if self.ended.is_some_and(|last| self.follower.last_sent() >= last) {
+            let _ = tx.send(close(1000, "the job has ended")).await;
+            return;
+        }
+        loop {
+            tokio::select! {
+                next = self.follower.next() => {
+                    let sent = match next {
+                        Next::Events(events) => send_events(&mut tx, &events).await,
+                        Next::Idle => tx.send(Message::Ping(bytes::Bytes::new())).await,
+                        Next::End(end) => {
+                            let frame = match end {
+                                End::Finished => close(1000, "the job has ended"),
+                                End::Expired | End::ShuttingDown => close(1001, "resume from the last id"),
+                                End::Failed => close(1011, "resume from the last id"),
+                            };
+                            let _ = tx.send(frame).await;
+                            return;
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                message = rx.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if self.answer(&text, &mut tx).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let problem = problem_of(bad_message()).await;
+                        if tx.send(text_message(&json!({ "error": problem }))).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Pings are answered by the library; pongs need nothing.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                }
+            }
+        }
+    }
+
+    /// Answers one client message; `Err` when the socket is gone.
+    async fn answer(
+        &self,
+        text: &str,
+        tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    ) -> Result<(), axum::Error> {
+        let message: Option<Value> = serde_json::from_str(text).ok();
+        let reply = match message.as_ref() {
+            Some(Value::Object(m)) if m.contains_key("cancel") => match self.cancel(&m["cancel"]).await {
+                Ok(snapshot) => json!({ "cancelled": snapshot }),
+                Err(e) => json!({ "error": problem_of(e).await }),
+            },
+            Some(Value::Object(m)) if m.contains_key("ping") => json!({ "pong": m["ping"] }),
+            Some(Value::Object(m)) if m.contains_key("resume") => {
+                let e = AppError::bad_request(
+                    "Too late to resume",
+                    "send {\"resume\": N} as the first message, or reconnect with ?lastEventId=N",
+                );
+                json!({ "error": problem_of(e).await })
+            }
+            _ => json!({ "error": problem_of(bad_message()).await }),
+        };
+        tx.send(text_message(&reply)).await
+    }
+
+    /// `POST /api/jobs/{id}/cancel` over the socket: the same checks and answers.
+    async fn cancel(&self, job_id: &Value) -> Result<Value, AppError> {
+        let raw = job_id
+            .as_str()
+            .ok_or_else(|| AppError::bad_request("Invalid job id", "cancel takes a job id as a string"))?;
+        let job_id = parse_job_id(raw)?;
+        let job = self.app.store().job(job_id).await?.ok_or_else(not_found)?;
+        self.caller.check_owns(&job)?;
+        match self.app.engine().cancel(job.job_id).await? {
+            Ok(applied) => Ok(serde_json::to_value(applied.state).map_err(anyhow::Error::from)?),
+            Err(Refusal::NotFound) => Err(not_found()),
+            Err(Refusal::Conflict(detail) | Refusal::Invalid(detail)) => Err(AppError::Conflict(detail)),
+        }
+    }
+}
+
+/// The events as text messages, written in one flush.
+async fn send_events(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    events: &[std::sync::Arc<StoredEvent>],
+) -> Result<(), axum::Error> {
+    for event in events {
+        let kind = serde_json::to_string(&event.kind).unwrap_or_else(|_| "\"message\"".into());
+        let text = format!("{{\"id\":{},\"type\":{kind},\"data\":{}}}", event.id, event.data());
+        tx.feed(Message::Text(Utf8Bytes::from(text))).await?;
+    }
+    tx.flush().await
+}
+
+/// `N` of a `{"resume": N}` message.
+fn resume_of(text: &str) -> Option<i64> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    value.get("resume")?.as_i64().filter(|n| *n >= 0)
+}
+
+fn bad_message() -> AppError {
+    AppError::bad_request(
+        "Unknown message",
+        "send {\"cancel\": \"<jobId>\"}, {\"ping\": …} or, first, {\"resume\": N} as JSON text",
+    )
+}
+
+/// The problem+json body an error gets on HTTP, as a JSON value.
+async fn problem_of(e: AppError) -> Value {
+    let body = axum::body::to_bytes(e.into_response().into_body(), 64 * 1024).await.unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+fn text_message(value: &Value) -> Message {
+    Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_no_origin_the_same_host_or_a_listed_origin_may_open_a_socket() {
+        let with = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "127.0.0.1:5005".parse().expect("host"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().expect("origin"));
+            }
+            origin_allowed(&h, &["https://app.example.com".to_owned()])
+        };
+        assert!(with(None));
+        assert!(with(Some("http://127.0.0.1:5005")));
+        assert!(with(Some("https://app.example.com")));
+        assert!(!with(Some("https://evil.example.com")));
+        assert!(!with(Some("http://127.0.0.1:5006")));
+        assert!(!with(Some("null")));
+    }
+
+    #[test]
+    fn a_resume_message_names_a_non_negative_id() {
+        assert_eq!(resume_of(r#"{"resume": 41}"#), Some(41));
+        assert_eq!(resume_of(r#"{"resume": -1}"#), None);
+        assert_eq!(resume_of(r#"{"cancel": "x"}"#), None);
+    }
+}

@@ -1,5 +1,10 @@
 //! `GET /api/health` and `GET /metrics`: is this node able to work, and how is it doing.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -41,13 +46,36 @@ pub async fn health(State(app): State<AppState>) -> Response {
             "unavailable".to_owned()
         }
     };
-    let ffmpeg = process::ffmpeg_version(&app.settings().ffmpeg).await;
+    let ffmpeg = ffmpeg_version(&app.settings().ffmpeg).await;
     let disk = if app.engine().disk().is_low() { "low" } else { "ok" };
     let ok = database == "ok" && ffmpeg.is_ok() && disk == "ok";
     let ffmpeg = ffmpeg.unwrap_or_else(|e| format!("unavailable: {e}"));
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Health { status: if ok { "ok" } else { "unavailable" }, database, ffmpeg, disk };
     (status, axum::Json(body)).into_response()
+}
+
+/// How long a working ffmpeg's version is trusted before it is asked again.
+const FFMPEG_OK_FOR: Duration = Duration::from_secs(10);
+/// How long a failed check stands, so that a fixed install is seen soon.
+const FFMPEG_FAILED_FOR: Duration = Duration::from_secs(1);
+
+/// ffmpeg's version, checked at most once per [`FFMPEG_OK_FOR`] per binary, and by one caller at
+/// a time: a flood of health checks must not become a flood of `ffmpeg -version` children, and
+/// each check answering in milliseconds is what lets health answer while connections pile up.
+async fn ffmpeg_version(ffmpeg: &Path) -> Result<String, String> {
+    type Checks = tokio::sync::Mutex<HashMap<PathBuf, (Instant, Result<String, String>)>>;
+    static CHECKS: OnceLock<Checks> = OnceLock::new();
+    let mut checks = CHECKS.get_or_init(Checks::default).lock().await;
+    if let Some((at, result)) = checks.get(ffmpeg) {
+        let fresh_for = if result.is_ok() { FFMPEG_OK_FOR } else { FFMPEG_FAILED_FOR };
+        if at.elapsed() < fresh_for {
+            return result.clone();
+        }
+    }
+    let result = process::ffmpeg_version(ffmpeg).await.map_err(|e| e.to_string());
+    checks.insert(ffmpeg.to_path_buf(), (Instant::now(), result.clone()));
+    result
 }
 
 /// Prometheus text exposition.

@@ -98,8 +98,9 @@ async fn two_thousand_unfinished_heads_are_closed_after_the_header_timeout_while
         .await?;
         let addr = addr_of(&server.base)?;
         let base = server.base.clone();
-        // Health spawns `ffmpeg -version`: on a machine busy with other work it may take long
-        // without any flood. The bound is 1 s, or four times what health takes here unflooded.
+        // Health asks ffmpeg its version at most every 10 s; on a machine busy with other work
+        // that one check may still be slow. The bound is 1 s, or four times what health takes
+        // here unflooded (in practice 1 s: unflooded, it answers in milliseconds).
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
         let mut unflooded = Vec::new();
         for _ in 0..5 {

@@ -5,7 +5,8 @@
 //! registration's and the rotation's — and nowhere else, logs included.
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -144,6 +145,24 @@ fn parse_webhook_id(raw: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(raw).map_err(|_| AppError::bad_request("Invalid webhook id", "webhook ids are UUIDs"))
 }
 
+/// The endpoint id of the path, for an admin: `403` for anyone else first, then `400` for an id
+/// that is not a UUID. A handler that takes one cannot skip the admin check.
+pub struct AdminWebhookId(Uuid);
+
+impl FromRequestParts<AppState> for AdminWebhookId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        require_admin(&caller)?;
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, app).await.map_err(|_| {
+                AppError::bad_request("Invalid webhook id", "the path does not name a webhook id")
+            })?;
+        Ok(AdminWebhookId(parse_webhook_id(&raw)?))
+    }
+}
+
 fn unknown() -> AppError {
     AppError::NotFound("no webhook has this id".into())
 }
@@ -213,11 +232,8 @@ pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Respons
     ))]
 pub async fn remove(
     State(app): State<AppState>,
-    caller: Caller,
-    axum::extract::Path(raw): axum::extract::Path<String>,
+    AdminWebhookId(id): AdminWebhookId,
 ) -> Result<Response, AppError> {
-    require_admin(&caller)?;
-    let id = parse_webhook_id(&raw)?;
     if !app.webhooks().delete(id).await? {
         return Err(unknown());
     }
@@ -239,12 +255,9 @@ pub async fn remove(
     ))]
 pub async fn deliveries(
     State(app): State<AppState>,
-    caller: Caller,
-    axum::extract::Path(raw): axum::extract::Path<String>,
+    AdminWebhookId(id): AdminWebhookId,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    require_admin(&caller)?;
-    let id = parse_webhook_id(&raw)?;
     let query = parse_query(query.as_deref())?;
     let limit = query_u32(&query, "limit", DEFAULT_DELIVERIES, MAX_DELIVERIES)?;
     app.store().webhook(id).await?.ok_or_else(unknown)?;
@@ -263,11 +276,8 @@ pub async fn deliveries(
     ))]
 pub async fn rotate(
     State(app): State<AppState>,
-    caller: Caller,
-    axum::extract::Path(raw): axum::extract::Path<String>,
+    AdminWebhookId(id): AdminWebhookId,
 ) -> Result<Response, AppError> {
-    require_admin(&caller)?;
-    let id = parse_webhook_id(&raw)?;
     let (secret, until) = app.webhooks().rotate(id).await?.ok_or_else(unknown)?;
     let until = time::OffsetDateTime::from_unix_timestamp(until)
         .map(crate::domain::event::format_at)

@@ -178,16 +178,16 @@ impl Application {
         let listener = listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
         let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
-        let streaming = streaming::Context::new(
-            store.clone(),
+        let streaming = streaming::Context::new(streaming::stream::ContextParts {
+            store: store.clone(),
             hub,
-            shutdown.clone(),
-            settings.retry_ms,
-            settings.max_stream_secs,
-            settings.stream_buffer,
-            connections.write_timeout,
-            Duration::from_secs(settings.heartbeat_secs),
-        );
+            shutdown: shutdown.clone(),
+            retry_ms: settings.retry_ms,
+            max_stream_secs: settings.max_stream_secs,
+            hyper_buffer: settings.stream_buffer,
+            write_timeout: connections.write_timeout,
+            heartbeat: Duration::from_secs(settings.heartbeat_secs),
+        });
         let state = AppState::new(Parts {
             settings,
             store,

@@ -47,51 +47,30 @@ const FIRST_RECENT: usize = 16;
 /// idle stream costs a pointer, not a copy of the application's state.
 #[derive(Clone)]
 pub struct Context {
-    inner: Arc<ContextInner>,
+    inner: Arc<ContextParts>,
 }
 
-struct ContextInner {
-    store: Store,
-    hub: Arc<Hub>,
-    shutdown: CancellationToken,
-    retry_ms: u64,
-    max_stream_secs: u64,
+/// What [`Context::new`] is built from, read once at start.
+pub struct ContextParts {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
+    pub retry_ms: u64,
+    pub max_stream_secs: u64,
     /// The chunks a stream served through hyper may queue.
-    hyper_buffer: u64,
+    pub hyper_buffer: u64,
     /// The longest a write may wait with no byte taken by the client.
-    write_timeout: Duration,
+    pub write_timeout: Duration,
     /// The longest a stream that follows the hub on its own stays silent.
-    heartbeat: Duration,
+    pub heartbeat: Duration,
 }
 
 /// How long a stream's writes may still wait after shutdown or the stream's deadline.
 const FINISH_GRACE: Duration = Duration::from_secs(1);
 
 impl Context {
-    // One argument per setting, read once at start; a struct of them would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Store,
-        hub: Arc<Hub>,
-        shutdown: CancellationToken,
-        retry_ms: u64,
-        max_stream_secs: u64,
-        hyper_buffer: u64,
-        write_timeout: Duration,
-        heartbeat: Duration,
-    ) -> Self {
-        Context {
-            inner: Arc::new(ContextInner {
-                store,
-                hub,
-                shutdown,
-                retry_ms,
-                max_stream_secs,
-                hyper_buffer,
-                write_timeout,
-                heartbeat,
-            }),
-        }
+    pub fn new(parts: ContextParts) -> Self {
+        Context { inner: Arc::new(parts) }
     }
 
     /// The longest a write may wait with no byte taken by the client.

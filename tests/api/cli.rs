@@ -106,8 +106,18 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> TestResult<ServerProcess> {
+        Self::start_bin(AURA, data_dir, port, extra).await
+    }
+
+    /// The same with another `aura` binary (a release build, for benchmarks).
+    pub async fn start_bin(
+        bin: &str,
+        data_dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+    ) -> TestResult<ServerProcess> {
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(AURA)
+        let child = Command::new(bin)
             .args(["serve", "--addr", &addr, "--data-dir"])
             .arg(data_dir)
             .args(extra)

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cli::{ServerProcess, free_port};
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestResult, WAIT, spawn_app_with};
+use crate::sockets::append_a_lot;
 
 /// Both ways a stream can be served.
 const TAKEOVER: [bool; 2] = [true, false];
@@ -358,18 +359,6 @@ fn whole_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
     let text = String::from_utf8_lossy(&body).into_owned();
     let whole = text.rfind("\n\n").map_or("", |end| &text[..end]);
     Ok(whole.lines().filter_map(|l| l.strip_prefix("id: ")).map(str::parse).collect::<Result<_, _>>()?)
-}
-
-/// About 6.5 MB of events, far more than the socket buffers of a client that does not read.
-async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
-    lifecycle::claim(app.state.store(), job).await??;
-    let handle = JobHandle::new(app.state.store().clone(), job);
-    for i in 0..4000 {
-        let message = format!("step {i} {}", "x".repeat(1600));
-        handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await??;
-    }
-    handle.cancelled(Some(Stage::Render)).await??;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

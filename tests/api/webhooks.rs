@@ -547,28 +547,11 @@ async fn webhook_delivery_benchmark() -> TestResult {
     let start = |retry_base: &'static str| {
         let (bin, dir) = (bin.clone(), dir.path().to_owned());
         async move {
-            let addr = format!("127.0.0.1:{port}");
-            let child = tokio::process::Command::new(&bin)
-                .args(["serve", "--addr", &addr, "--workers", "0", "--webhook-allow-private"])
-                .args(["--webhook-retry-base-ms", retry_base, "--data-dir"])
-                .arg(&dir)
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            let base = format!("http://{addr}");
-            let client = reqwest::Client::new();
-            tokio::time::timeout(WAIT, async {
-                while client.get(format!("{base}/api/health")).send().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((child, base))
+            let extra = ["--workers", "0", "--webhook-allow-private", "--webhook-retry-base-ms", retry_base];
+            ServerProcess::start_bin(&bin, &dir, port, &extra).await
         }
     };
-    let (mut server, base) = start("3600000").await?;
+    let ServerProcess { child: mut server, base } = start("3600000").await?;
     let client = reqwest::Client::new();
     let res = client
         .post(format!("{base}/api/webhooks"))
@@ -601,7 +584,7 @@ async fn webhook_delivery_benchmark() -> TestResult {
 
     receiver.set_mode(Mode::Always(200));
     let before = receiver.got().len();
-    let (server, _) = start("10").await?;
+    let ServerProcess { child: server, .. } = start("10").await?;
     let pid = server.id().ok_or("no pid")?;
     let cpu_start = cpu_seconds(pid)?;
     let started = Instant::now();

@@ -3,7 +3,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Aura, SMALL_JOB, launchBrowser, newPage, screenshotDir } from './helpers.js';
 
@@ -43,8 +44,25 @@ test('screenshots of the form at desktop and phone widths', async () => {
   }
 });
 
+/**
+ * An ffmpeg that waits while `hold` exists before encoding the narration (at most 60 s), so the
+ * job stays Running in the Timeline stage (past 65 %) for as long as the screenshots take, on any machine.
+ */
+function heldFfmpeg(dir, hold) {
+  const path = join(dir, 'held-ffmpeg');
+  writeFileSync(
+    path,
+    `#!/bin/sh\ncase "$*" in *narration.txt*) i=0; while [ -e '${hold}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;; esac\nexec ffmpeg "$@"\n`,
+  );
+  chmodSync(path, 0o755);
+  return path;
+}
+
 test('screenshots of a running and a finished job at desktop and phone widths', async (t) => {
-  const aura = await Aura.start();
+  const tools = mkdtempSync(join(tmpdir(), 'aura-held-'));
+  const hold = join(tools, 'hold');
+  writeFileSync(hold, '');
+  const aura = await Aura.start({ env: { AURA_FFMPEG: heldFfmpeg(tools, hold) } });
   try {
     const jobId = await aura.createJob({
       ...SMALL_JOB,
@@ -60,15 +78,18 @@ test('screenshots of a running and a finished job at desktop and phone widths', 
       pages[name] = await newPage(browser, viewport);
       await pages[name].goto(`${aura.base}/jobs/${jobId}`);
     }
+    // The job cannot pass the narration encode while `hold` exists: both pages reach the
+    // running state and stay there until the screenshots are taken.
     const midway = () => {
       const e = document.querySelector('video-generation-progress');
       return e?.dataset.status === 'Running' && Number(e.dataset.percent) >= 35;
     };
+    await Promise.all(Object.values(pages).map((page) => page.waitForFunction(midway, null, { timeout: 120_000 })));
     for (const [name, page] of Object.entries(pages)) {
-      await page.waitForFunction(midway, null, { timeout: 120_000 });
       await assertNoSidewaysScroll(page);
       await shot(page, `job-running-${name}.png`);
     }
+    rmSync(hold);
     for (const [name, page] of Object.entries(pages)) {
       await page.waitForFunction(() => document.querySelector('video-generation-progress')?.dataset.status === 'Completed', null, { timeout: 120_000 });
       await page.waitForFunction(() => document.querySelector('video-generation-progress video')?.readyState >= 2, null, { timeout: 20_000 });
@@ -83,5 +104,6 @@ test('screenshots of a running and a finished job at desktop and phone widths', 
     await page.screenshot({ path: join(screenshotDir, 'drawer-desktop.png'), animations: 'disabled' });
   } finally {
     await aura.stop();
+    rmSync(tools, { recursive: true, force: true });
   }
 });

@@ -4,7 +4,10 @@
 //! shard (one shard per core). Each walks its registry and writes each stream's share of the
 //! group into its sink without waiting (one vectored write of the shared, pre-rendered frames),
 //! so an event costs each subscriber one `write` and no task wake-up, no lock of its own, no
-//! allocation. Heartbeats and stream deadlines are checked by the same tasks on the tail's tick.
+//! allocation. A stream that takes the whole group (most do) gets one buffer of its wire bytes,
+//! made once per shard; groups that queued up while a shard was writing an earlier one go out
+//! together, one write per stream, so a shard that falls behind catches up instead of falling
+//! further behind. Heartbeats and stream deadlines are checked by the same tasks on the tail's tick.
 //!
 //! A stream that cannot take a write whole (its client reads slowly), ends (a job's terminal
 //! event, its deadline, shutdown) or whose client is gone leaves the registry, and its state is
@@ -26,7 +29,7 @@ use uuid::Uuid;
 
 use crate::domain::event::StoredEvent;
 use crate::store::EventFilter;
-use crate::streaming::sink::{Push, Sink};
+use crate::streaming::sink::{Push, Sink, Whole};
 
 /// A stream's state while it is live; handed back and forth between its task and the registry.
 pub struct Live {
@@ -142,6 +145,40 @@ pub struct Fanout {
     next_shard: AtomicU64,
 }
 
+/// Most queued requests a shard's task takes at once.
+const MAX_WORK: usize = 64;
+
+/// Groups a shard has yet to write, in id order: the common single group as it came, several
+/// joined into one.
+#[derive(Default)]
+struct Groups {
+    first: Option<Arc<[Arc<StoredEvent>]>>,
+    more: Vec<Arc<StoredEvent>>,
+}
+
+impl Groups {
+    fn push(&mut self, events: Arc<[Arc<StoredEvent>]>) {
+        match &self.first {
+            None => self.first = Some(events),
+            Some(first) => {
+                if self.more.is_empty() {
+                    self.more.extend(first.iter().cloned());
+                }
+                self.more.extend(events.iter().cloned());
+            }
+        }
+    }
+
+    /// Everything pushed since the last take, as one slice.
+    fn take(&mut self) -> Option<Arc<[Arc<StoredEvent>]>> {
+        let first = self.first.take()?;
+        if self.more.is_empty() {
+            return Some(first);
+        }
+        Some(std::mem::take(&mut self.more).into())
+    }
+}
+
 /// What the tail asks of a shard's task.
 enum Work {
     Deliver(Arc<[Arc<StoredEvent>]>),
@@ -241,15 +278,27 @@ impl Shard {
     }
 
     async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>) {
-        while let Some(item) = work.recv().await {
-            match item {
-                Work::Deliver(events) => self.deliver(&events),
-                Work::Tick => self.tick(),
-                Work::Close => {
-                    self.close();
-                    return;
+        let mut items = Vec::new();
+        // Groups that arrived while this shard was writing an earlier one go out together: one
+        // write per stream for all of them, so a shard that falls behind catches up with fewer
+        // system calls instead of falling further behind.
+        let mut groups = Groups::default();
+        while work.recv_many(&mut items, MAX_WORK).await > 0 {
+            for item in items.drain(..) {
+                match item {
+                    Work::Deliver(events) => groups.push(events),
+                    Work::Tick => {
+                        self.deliver(groups.take().as_deref());
+                        self.tick();
+                    }
+                    Work::Close => {
+                        self.deliver(groups.take().as_deref());
+                        self.close();
+                        return;
+                    }
                 }
             }
+            self.deliver(groups.take().as_deref());
         }
     }
 
@@ -275,7 +324,8 @@ impl Shard {
         Joined(id, rx)
     }
 
-    fn deliver(&self, events: &[Arc<StoredEvent>]) {
+    fn deliver(&self, events: Option<&[Arc<StoredEvent>]>) {
+        let Some(events) = events else { return };
         let Some(last) = events.last() else { return };
         let now = Instant::now();
         let mut reg = self.lock();
@@ -283,8 +333,9 @@ impl Shard {
         let mut frames = Vec::with_capacity(events.len());
         let mut ended = Vec::new();
         let mut delivered = 0u64;
+        let whole = Whole::default();
         for (&id, entry) in reg.wide.iter_mut() {
-            if let Some(end) = offer(entry, events, now, &mut frames, &mut delivered) {
+            if let Some(end) = offer(entry, events, &whole, now, &mut frames, &mut delivered) {
                 ended.push((id, end.0, end.1));
             }
         }
@@ -295,7 +346,7 @@ impl Shard {
             ids.dedup();
             for id in ids {
                 if let Some(entry) = reg.narrow.get_mut(&id)
-                    && let Some(end) = offer(entry, events, now, &mut frames, &mut delivered)
+                    && let Some(end) = offer(entry, events, &whole, now, &mut frames, &mut delivered)
                 {
                     ended.push((id, end.0, end.1));
                 }
@@ -321,7 +372,7 @@ impl Shard {
             if now >= entry.live.deadline {
                 ended.push((id, Reason::Expired, None));
             } else if now.saturating_duration_since(entry.last_write) >= self.heartbeat {
-                match entry.live.sink.try_push(&[&keepalive]) {
+                match entry.live.sink.try_push(&[&keepalive], None) {
                     Push::Done => entry.last_write = now,
                     Push::Partial(rest) => ended.push((id, Reason::Behind, Some(rest))),
                     Push::Full => ended.push((id, Reason::Behind, None)),
@@ -346,6 +397,7 @@ use Join::Joined;
 fn offer<'a>(
     entry: &mut Entry,
     events: &'a [Arc<StoredEvent>],
+    whole: &Whole,
     now: Instant,
     frames: &mut Vec<&'a Bytes>,
     delivered: &mut u64,
@@ -367,7 +419,9 @@ fn offer<'a>(
     if frames.is_empty() {
         return None;
     }
-    let written = match entry.live.sink.try_push(frames) {
+    // Most streams take every event of a group: they share one buffer of its wire bytes.
+    let whole = (frames.len() == events.len()).then_some(whole);
+    let written = match entry.live.sink.try_push(frames, whole) {
         Push::Done => None,
         Push::Partial(rest) => Some(rest),
         Push::Full => return Some((Reason::Behind, None)),
@@ -380,5 +434,37 @@ fn offer<'a>(
         (true, pending) => Some((Reason::Finished, pending)),
         (false, Some(pending)) => Some((Reason::Behind, Some(pending))),
         (false, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(ids: &[i64]) -> Arc<[Arc<StoredEvent>]> {
+        let job = Uuid::nil();
+        ids.iter()
+            .map(|&id| Arc::new(StoredEvent::new(id, job, "job-status".into(), "{}".into(), String::new())))
+            .collect()
+    }
+
+    fn ids(events: Option<Arc<[Arc<StoredEvent>]>>) -> Vec<i64> {
+        events.map(|e| e.iter().map(|e| e.id).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn groups_queued_for_a_shard_are_written_as_one_in_id_order() {
+        let mut groups = Groups::default();
+        assert!(groups.take().is_none());
+        let one = group(&[1, 2]);
+        groups.push(one.clone());
+        let taken = groups.take();
+        // A lone group is written as it came, not copied.
+        assert!(taken.as_ref().is_some_and(|t| Arc::ptr_eq(t, &one)));
+        groups.push(group(&[3]));
+        groups.push(group(&[4, 5]));
+        groups.push(group(&[6]));
+        assert_eq!(ids(groups.take()), vec![3, 4, 5, 6]);
+        assert!(groups.take().is_none());
     }
 }

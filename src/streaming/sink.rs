@@ -13,6 +13,7 @@
 //! (`AURA_WRITE_TIMEOUT_SECS`) gets an error, and its stream ends (it resumes from its
 //! `Last-Event-ID` when it reads again).
 
+use std::cell::OnceCell;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -61,15 +62,21 @@ impl Sink {
         Sink { target: Target::Channel(tx), write_timeout }
     }
 
-    /// Writes `frames` as one chunk if the sink can take it without waiting.
-    pub fn try_push(&self, frames: &[&Bytes]) -> Push {
+    /// Writes `frames` as one chunk if the sink can take it without waiting. `whole` is given
+    /// when `frames` are a whole group, whose wire bytes it makes once for every sink.
+    pub fn try_push(&self, frames: &[&Bytes], whole: Option<&Whole>) -> Push {
         match &self.target {
-            Target::Socket(socket) => try_push_socket(socket, frames),
-            Target::Channel(tx) => match tx.try_send(concat(frames)) {
-                Ok(()) => Push::Done,
-                Err(mpsc::error::TrySendError::Full(bytes)) => Push::Partial(bytes),
-                Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+            Target::Socket(socket) => match whole {
+                Some(whole) => try_write_socket(socket, whole.chunked(frames)),
+                None => try_push_socket(socket, frames),
             },
+            Target::Channel(tx) => {
+                match tx.try_send(whole.map_or_else(|| concat(frames), |w| w.plain(frames))) {
+                    Ok(()) => Push::Done,
+                    Err(mpsc::error::TrySendError::Full(bytes)) => Push::Partial(bytes),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+                }
+            }
         }
     }
 
@@ -174,6 +181,47 @@ async fn write_all(socket: &TcpStream, mut parts: Vec<&[u8]>, stall: Duration) -
         }
     }
     Ok(())
+}
+
+/// A group's frames as the bytes of one write, made at most once per shard and shared by every
+/// stream that takes the whole group (most streams, most groups): the kernel gets one buffer
+/// instead of a chunk header, the frames and a CRLF in a vectored write.
+#[derive(Default)]
+pub struct Whole {
+    /// One HTTP/1.1 chunk of every frame, for sinks that own their socket.
+    chunked: OnceCell<Bytes>,
+    /// The frames back to back, for hyper's body.
+    plain: OnceCell<Bytes>,
+}
+
+impl Whole {
+    fn chunked(&self, frames: &[&Bytes]) -> &Bytes {
+        self.chunked.get_or_init(|| {
+            let len: usize = frames.iter().map(|f| f.len()).sum();
+            let (header, header_len) = chunk_header(len);
+            let mut wire = BytesMut::with_capacity(header_len + len + 2);
+            wire.extend_from_slice(&header[..header_len]);
+            for frame in frames {
+                wire.extend_from_slice(frame);
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.freeze()
+        })
+    }
+
+    fn plain(&self, frames: &[&Bytes]) -> Bytes {
+        self.plain.get_or_init(|| concat(frames)).clone()
+    }
+}
+
+/// One non-blocking `write` of bytes already framed for the socket.
+fn try_write_socket(socket: &TcpStream, wire: &Bytes) -> Push {
+    match socket.try_write(wire) {
+        Ok(n) if n == wire.len() => Push::Done,
+        Ok(n) => Push::Partial(wire.slice(n..)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Push::Full,
+        Err(_) => Push::Closed,
+    }
 }
 
 fn try_push_socket(socket: &TcpStream, frames: &[&Bytes]) -> Push {

@@ -4,8 +4,10 @@
 //! One task owns the only write connection. Callers send a [`Request`]: a job id and a
 //! [`Decide`] closure that looks at the job's current state and returns the events to append
 //! (or a [`Refusal`], such as "already finished"). The task takes every request waiting in its
-//! queue, runs them one after another inside one `BEGIN IMMEDIATE` transaction, and commits
-//! once: with `synchronous=FULL` that is one fsync for the whole group instead of one per event.
+//! queue, decides them one after another in memory, and writes the group in one `BEGIN
+//! IMMEDIATE` … `COMMIT` sent to SQLite's worker thread as a single call: with
+//! `synchronous=FULL` that is one fsync and one thread round trip for the whole group instead of
+//! one per event (or per statement).
 //! Only after the commit are the callers answered and the events handed to the fan-out, so no
 //! subscriber ever sees an id that could still be rolled back and handed to another event.
 //!
@@ -13,7 +15,8 @@
 //! this task stays the only writer; it is committed in a transaction of its own after each group
 //! of appends (see [`super::webhooks`]).
 //!
-//! Because the decision runs on the writer, against state read inside the write transaction,
+//! Because the decision runs on the writer, the only connection that writes while it holds the
+//! data folder, against its cached state or rows it read just before its own transaction,
 //! check-then-act races between requests (two cancels, cancel versus claim) cannot happen.
 
 use std::sync::Arc;
@@ -117,6 +120,18 @@ async fn run(
         if n == 0 {
             break;
         }
+        if n < MAX_GROUP {
+            // Producers answered by the last commit are often just about to send their next
+            // request (the waker put this task first in line): let them, so that the group is
+            // not cut after the first one and the rest wait a whole fsync.
+            tokio::task::yield_now().await;
+            while work.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(w) => work.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
         for w in work.drain(..) {
             match w {
                 Work::Append(r) => group.push(r),
@@ -186,6 +201,8 @@ struct Accepted {
     /// The job's state after the decision (its `last_event_id` is set once ids are known).
     state: JobState,
     is_new: bool,
+    /// The job's status before the decision (`None` for a new job).
+    status_before: Option<JobStatus>,
     /// `(type, data)` of each event, in order.
     events: Vec<(&'static str, String)>,
     created_at: String,
@@ -193,32 +210,36 @@ struct Accepted {
 }
 
 /// Decides every request against the job's current state (the cache, or the row), folds what
-/// it returns, then writes the whole group with three statements — every event, the new jobs
-/// rows, the changed rows — each reading its rows from one JSON array (`json_each`), so a group
-/// of N appends costs three statements, not 2·N. A refused decision leaves no trace.
+/// it returns, then writes the whole group in one call to SQLite's worker thread: `BEGIN
+/// IMMEDIATE`, four statements — every event, the jobs rows whose status changed, the other
+/// changed rows, the new ones — each reading
+/// its rows from one JSON array (`json_each`), and `COMMIT`. A group of N appends costs one round
+/// trip and one fsync, not 2·N statements. Rows missing from the cache are read first, all in one
+/// statement: this connection is the only writer, so no one can change them in between. A refused
+/// decision leaves no trace.
 async fn write_group(
     conn: &mut SqliteConnection,
     cache: &mut Cache,
     group: Vec<(Uuid, Decide)>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let keys: Vec<String> =
+        group.iter().filter(|(id, _)| !cache.contains_key(id)).map(|(id, _)| id.to_string()).collect();
+    let mut loaded = load_missing(conn, keys).await?;
+    let mut seen = std::collections::HashSet::with_capacity(group.len());
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(group.len());
     let mut accepted: Vec<Accepted> = Vec::new();
     for (index, (job_id, decide)) in group.into_iter().enumerate() {
         let before = match cache.remove(&job_id) {
             Some(state) => Some(state),
-            None => {
-                let key = job_id.to_string();
-                let row = sqlx::query_as!(JobRow, "SELECT * FROM jobs WHERE job_id = ?", key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                row.map(JobState::try_from).transpose()?
-            }
+            // First time in this group: the row read above, if there is one.
+            None if seen.insert(job_id) => loaded.remove(&job_id),
+            // A misfit earlier in this group dropped the state: the committed row is the truth.
+            None => read_row(conn, job_id).await?,
         };
+        seen.insert(job_id);
         outcomes.push(decide_one(job_id, before, decide, cache, index, &mut accepted));
     }
-    let written = if accepted.is_empty() { Vec::new() } else { write_accepted(&mut tx, accepted).await? };
-    tx.commit().await?;
+    let written = if accepted.is_empty() { Vec::new() } else { commit_accepted(conn, accepted).await? };
     for (index, applied) in written {
         // Only jobs that are being worked on keep their state here: they are the ones that
         // append event after event. A Queued job may wait long; reading its row once is cheap.
@@ -233,6 +254,36 @@ async fn write_group(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into()))))
         .collect())
+}
+
+/// Reads, in one statement, the rows of the given jobs (those the cache does not hold).
+async fn load_missing(
+    conn: &mut SqliteConnection,
+    keys: Vec<String>,
+) -> Result<std::collections::HashMap<Uuid, JobState>, StoreError> {
+    let mut loaded = std::collections::HashMap::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(loaded);
+    }
+    let json = serde_json::to_string(&keys).map_err(|_| StoreError::Corrupt("encoding job ids".into()))?;
+    let rows =
+        sqlx::query_as!(JobRow, "SELECT * FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", json)
+            .fetch_all(&mut *conn)
+            .await?;
+    for row in rows {
+        let state = JobState::try_from(row)?;
+        loaded.insert(state.job_id, state);
+    }
+    Ok(loaded)
+}
+
+/// Reads one job's row.
+async fn read_row(conn: &mut SqliteConnection, job_id: Uuid) -> Result<Option<JobState>, StoreError> {
+    let key = job_id.to_string();
+    let row = sqlx::query_as!(JobRow, "SELECT * FROM jobs WHERE job_id = ?", key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(JobState::try_from).transpose()
 }
 
 /// Runs one decision and folds its events (placeholder ids). Returns the outcome of a refused
@@ -265,6 +316,7 @@ fn decide_one(
     }
     let at = now_micros();
     let is_new = before.is_none();
+    let status_before = before.as_ref().map(|s| s.status);
     let mut state = before;
     for body in &bodies {
         // On a misfit the job simply leaves the cache: its row is read again next time.
@@ -282,6 +334,7 @@ fn decide_one(
         job_id,
         state,
         is_new,
+        status_before,
         events,
         created_at: format_at(at),
         started: Instant::now(),
@@ -289,42 +342,141 @@ fn decide_one(
     None
 }
 
-/// Inserts the accepted events and writes the jobs rows; returns each caller's `Applied`.
-async fn write_accepted(
+/// A changed `jobs` row, as one element of the `UPDATE`'s JSON array: job id, status, stage,
+/// percent, attempt, started at, finished at, error, output.
+type ChangedRow<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    f64,
+    i64,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// A new `jobs` row, as one element of the `INSERT`'s JSON array: the changed-row fields, then
+/// owner, created at and request.
+type NewRow<'a> = (ChangedRow<'a>, &'a str, &'a str, &'a str);
+
+fn changed_row(c: &JobChanges) -> ChangedRow<'_> {
+    (
+        c.job_id.as_str(),
+        c.status,
+        c.stage,
+        c.percent,
+        c.attempt,
+        c.started_at.as_deref(),
+        c.finished_at.as_deref(),
+        c.error.as_deref(),
+        c.output.as_deref(),
+    )
+}
+
+/// Commits the accepted events and the jobs rows in one transaction, sent to SQLite as one
+/// call; returns each caller's `Applied`. On any error the transaction is rolled back.
+///
+/// The `jobs` rows take `last_event_id` (and a new row its `created_event_id`) from the events
+/// just inserted (`events_by_job`), since the ids are not known before the call. Events go in
+/// in array order, so AUTOINCREMENT hands out ascending ids in that order; the ids returned are
+/// matched to the events in that order, which gives the same `last_event_id` as the rows.
+async fn commit_accepted(
     conn: &mut SqliteConnection,
     accepted: Vec<Accepted>,
 ) -> Result<Vec<(usize, Applied)>, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
-    let rows: Vec<(String, &str, &str, &str)> = accepted
-        .iter()
-        .flat_map(|a| {
-            let key = a.job_id.to_string();
-            a.events
-                .iter()
-                .map(move |(kind, data)| (key.clone(), *kind, data.as_str(), a.created_at.as_str()))
-        })
-        .collect();
-    let json = serde_json::to_string(&rows).map_err(|_| corrupt("encoding events"))?;
-    // Rows go in in array order, so AUTOINCREMENT hands out ascending ids in that order.
-    let mut ids = sqlx::query_scalar!(
-        r#"INSERT INTO events (job_id, type, data, created_at)
+    let (count, events_json) = {
+        let rows: Vec<(String, &str, &str, &str)> = accepted
+            .iter()
+            .flat_map(|a| {
+                let key = a.job_id.to_string();
+                a.events
+                    .iter()
+                    .map(move |(kind, data)| (key.clone(), *kind, data.as_str(), a.created_at.as_str()))
+            })
+            .collect();
+        (rows.len(), serde_json::to_string(&rows).map_err(|_| corrupt("encoding events"))?)
+    };
+    // Per job: whether its row is new, its status before the group, and its last state.
+    type Last = (bool, Option<JobStatus>, usize);
+    let mut last: std::collections::HashMap<Uuid, Last> = std::collections::HashMap::new();
+    for (i, a) in accepted.iter().enumerate() {
+        last.entry(a.job_id).and_modify(|e| e.2 = i).or_insert((a.is_new, a.status_before, i));
+    }
+    // A row whose status is unchanged (most of them: progress) is updated without touching the
+    // status column, so SQLite leaves `jobs_by_status` alone: one page less to write and fsync.
+    let (mut moved, mut stayed, mut new) = (Vec::new(), Vec::new(), Vec::new());
+    for &(is_new, status_before, i) in last.values() {
+        match accepted.get(i) {
+            Some(a) if is_new => new.push(JobColumns::from(&a.state)),
+            Some(a) if status_before == Some(a.state.status) => stayed.push(JobChanges::from(&a.state)),
+            Some(a) => moved.push(JobChanges::from(&a.state)),
+            None => {}
+        }
+    }
+    let moved_json = serde_json::to_string(&moved.iter().map(changed_row).collect::<Vec<_>>())
+        .map_err(|_| corrupt("encoding job rows"))?;
+    let stayed_json = serde_json::to_string(&stayed.iter().map(changed_row).collect::<Vec<_>>())
+        .map_err(|_| corrupt("encoding job rows"))?;
+    let new_json = serde_json::to_string(
+        &new.iter()
+            .map(|c| (changed_row(&c.changes), c.owner.as_str(), c.created_at.as_str(), c.request.as_str()))
+            .collect::<Vec<NewRow<'_>>>(),
+    )
+    .map_err(|_| corrupt("encoding job rows"))?;
+    drop((moved, stayed, new));
+
+    let result = sqlx::query_scalar!(
+        r#"BEGIN IMMEDIATE;
+           INSERT INTO events (job_id, type, data, created_at)
            SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?) ORDER BY key
-           RETURNING id AS "id!""#,
-        json
+           RETURNING id AS "id!";
+           UPDATE jobs SET status = j.value ->> 1, stage = j.value ->> 2, percent = j.value ->> 3,
+                           attempt = j.value ->> 4, started_at = j.value ->> 5, finished_at = j.value ->> 6,
+                           error = j.value ->> 7, output = j.value ->> 8,
+                           last_event_id = (SELECT max(e.id) FROM events AS e WHERE e.job_id = jobs.job_id)
+           FROM json_each(?) AS j
+           WHERE jobs.job_id = j.value ->> 0;
+           UPDATE jobs SET stage = j.value ->> 2, percent = j.value ->> 3,
+                           attempt = j.value ->> 4, started_at = j.value ->> 5, finished_at = j.value ->> 6,
+                           error = j.value ->> 7, output = j.value ->> 8,
+                           last_event_id = (SELECT max(e.id) FROM events AS e WHERE e.job_id = jobs.job_id)
+           FROM json_each(?) AS j
+           WHERE jobs.job_id = j.value ->> 0;
+           INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
+                             started_at, finished_at, error, output, last_event_id, request)
+           SELECT j.value ->> '$[0][0]',
+                  (SELECT min(e.id) FROM events AS e WHERE e.job_id = j.value ->> '$[0][0]'),
+                  j.value ->> 1, j.value ->> '$[0][1]', j.value ->> '$[0][2]', j.value ->> '$[0][3]',
+                  j.value ->> '$[0][4]', j.value ->> 2, j.value ->> '$[0][5]', j.value ->> '$[0][6]',
+                  j.value ->> '$[0][7]', j.value ->> '$[0][8]',
+                  (SELECT max(e.id) FROM events AS e WHERE e.job_id = j.value ->> '$[0][0]'),
+                  j.value ->> 3
+           FROM json_each(?) AS j;
+           COMMIT"#,
+        events_json,
+        moved_json,
+        stayed_json,
+        new_json
     )
     .fetch_all(&mut *conn)
-    .await?;
-    if ids.len() != rows.len() {
+    .await;
+    let mut ids = match result {
+        Ok(ids) => ids,
+        Err(e) => {
+            rollback(conn).await;
+            return Err(e.into());
+        }
+    };
+    if ids.len() != count {
+        // Cannot happen (one row per array element); the group is committed, so say so loudly.
         return Err(corrupt("inserted a different number of events than asked"));
     }
     ids.sort_unstable();
-    drop(rows);
 
     let mut next = ids.into_iter();
     let mut written = Vec::with_capacity(accepted.len());
-    // Per job: the id of its first event (for a new row) and the index of its last state.
-    let mut firsts: std::collections::HashMap<Uuid, (bool, i64)> = std::collections::HashMap::new();
-    let mut last_of: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     for a in accepted {
         let owner: Arc<str> = Arc::from(a.state.owner.as_str());
         let mut events = Vec::with_capacity(a.events.len());
@@ -337,73 +489,17 @@ async fn write_accepted(
         }
         let mut state = a.state;
         state.last_event_id = events.last().map_or(state.last_event_id, |e| e.id);
-        firsts.entry(a.job_id).or_insert((a.is_new, events.first().map_or(0, |e| e.id)));
-        last_of.insert(a.job_id, written.len());
         written.push((a.index, Applied { state, events }));
-    }
-
-    let mut new_rows = Vec::new();
-    let mut changed_rows = Vec::new();
-    for (job_id, &i) in &last_of {
-        let state = &written[i].1.state;
-        match firsts.get(job_id) {
-            Some(&(true, first_id)) => new_rows.push(new_row_json(first_id, state)),
-            _ => changed_rows.push(changes_json(&JobChanges::from(state))),
-        }
-    }
-    if !new_rows.is_empty() {
-        let json = serde_json::Value::Array(new_rows).to_string();
-        sqlx::query!(
-            r#"INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
-                                 started_at, finished_at, error, output, last_event_id, request)
-               SELECT j.value ->> 'jobId', j.value ->> 'createdEventId', j.value ->> 'owner', j.value ->> 'status',
-                      j.value ->> 'stage', j.value ->> 'percent', j.value ->> 'attempt', j.value ->> 'createdAt',
-                      j.value ->> 'startedAt', j.value ->> 'finishedAt', j.value ->> 'error', j.value ->> 'output',
-                      j.value ->> 'lastEventId', j.value ->> 'request'
-               FROM json_each(?) AS j"#,
-            json
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !changed_rows.is_empty() {
-        let json = serde_json::Value::Array(changed_rows).to_string();
-        sqlx::query!(
-            r#"UPDATE jobs SET status = j.value ->> 'status', stage = j.value ->> 'stage',
-                              percent = j.value ->> 'percent', attempt = j.value ->> 'attempt',
-                              started_at = j.value ->> 'startedAt', finished_at = j.value ->> 'finishedAt',
-                              error = j.value ->> 'error', output = j.value ->> 'output',
-                              last_event_id = j.value ->> 'lastEventId'
-               FROM json_each(?) AS j
-               WHERE jobs.job_id = j.value ->> 'jobId'"#,
-            json
-        )
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(written)
 }
 
-/// What an event can change in a row, as one element of the `UPDATE`'s JSON array.
-fn changes_json(c: &JobChanges) -> serde_json::Value {
-    serde_json::json!({
-        "jobId": c.job_id, "status": c.status, "stage": c.stage, "percent": c.percent,
-        "attempt": c.attempt, "startedAt": c.started_at, "finishedAt": c.finished_at,
-        "error": c.error, "output": c.output, "lastEventId": c.last_event_id,
-    })
-}
-
-/// A whole new row, as one element of the `INSERT`'s JSON array.
-fn new_row_json(created_event_id: i64, state: &JobState) -> serde_json::Value {
-    let c = JobColumns::from(state);
-    let mut v = changes_json(&c.changes);
-    if let Some(map) = v.as_object_mut() {
-        map.insert("createdEventId".into(), created_event_id.into());
-        map.insert("owner".into(), c.owner.into());
-        map.insert("createdAt".into(), c.created_at.into());
-        map.insert("request".into(), c.request.into());
+/// Undoes a group that failed part-way. SQLite may already have rolled back on its own (a full
+/// disk, an I/O error), in which case there is nothing to undo.
+async fn rollback(conn: &mut SqliteConnection) {
+    if let Err(e) = sqlx::query!("ROLLBACK").execute(&mut *conn).await {
+        tracing::debug!(error = %e, "rollback after a failed group");
     }
-    v
 }
 
 /// Writes a new `jobs` row.

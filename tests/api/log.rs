@@ -193,3 +193,31 @@ async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestRe
     assert_eq!(Some(fold_from_sql(&app, busy).await?), store.job(busy).await?);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_group_that_sqlite_refuses_leaves_no_trace_and_the_next_group_commits() -> TestResult {
+    let app = spawn_app().await?;
+    let store = app.state.store();
+    let id = app.create_job("refused group").await?;
+    lifecycle::claim(store, id).await??;
+    let job = JobHandle::new(store.clone(), id);
+    let before = app.sql_event_ids(id).await?;
+    // Another connection makes SQLite refuse one kind of event mid-group.
+    let mut conn = app.sql().await?;
+    sqlx::query(
+        "CREATE TRIGGER refuse_warnings BEFORE INSERT ON events WHEN NEW.type = 'warning'
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+    )
+    .execute(&mut conn)
+    .await?;
+    let refused = job.warn(None, "test-warning", "never stored".into()).await;
+    assert!(refused.is_err(), "the failed group answers its caller with the cause: {refused:?}");
+    assert_eq!(app.sql_event_ids(id).await?, before, "a failed group leaves no event behind");
+    sqlx::query("DROP TRIGGER refuse_warnings").execute(&mut conn).await?;
+    // The transaction of the failed group was rolled back: the next group commits.
+    job.warn(None, "test-warning", "stored".into()).await??;
+    job.progress(Stage::Script, 10.0, "after".into()).await??;
+    assert_eq!(app.sql_event_ids(id).await?.len(), before.len() + 2);
+    assert_eq!(Some(fold_from_sql(&app, id).await?), store.job(id).await?);
+    Ok(())
+}

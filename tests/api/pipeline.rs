@@ -88,7 +88,8 @@ fn band(stage: &str) -> (f64, f64) {
 }
 
 /// The history tells the whole story in order: every stage started then completed, percent
-/// never down and inside each stage's band, progress in Audio, Visuals and Render.
+/// never down and inside each stage's band, progress in Audio, Visuals and Render, and each
+/// stage's progress only while it runs (work started ahead of its stage stays quiet).
 fn check_history(history: &[Value]) -> TestResult {
     let steps: Vec<(String, String)> = history
         .iter()
@@ -106,7 +107,19 @@ fn check_history(history: &[Value]) -> TestResult {
         .collect();
     ensure!(steps == expected, "step-status order: {steps:?}");
     let mut last = 0.0;
+    let mut running = String::new();
     for e in history {
+        if e["type"] == "step-status" {
+            let step = e["data"]["step"].as_str().unwrap_or("").to_owned();
+            running = if e["data"]["state"] == "Started" { step } else { String::new() };
+        }
+        if e["type"] == "step-progress" {
+            ensure!(
+                e["data"]["step"] == running.as_str(),
+                "progress of {} while {running:?} runs",
+                e["data"]["step"]
+            );
+        }
         if let Some(p) = e["data"]["percent"].as_f64() {
             ensure!(p >= last, "percent went down from {last} to {p}");
             last = p;

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use super::probe::probe;
 use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
 use crate::domain::job::Stage;
@@ -196,9 +195,13 @@ async fn narrate_scene(
         .output()
         .await
         .map_err(|e| StageError::process(&what, e))?;
-    let raw_probe = probe(job, deadline, &job.work(&raw), &what).await?;
-    let speech = raw_probe.duration_sec().unwrap_or(0.0);
-    let source_rate = raw_probe.sample_rate().unwrap_or(16_000);
+    // The speech's length and rate come from the WAV header ffmpeg just wrote: no ffprobe.
+    let bytes = tokio::fs::read(job.work(&raw))
+        .await
+        .map_err(|e| StageError::internal(anyhow::Error::new(e).context("reading synthesized speech")))?;
+    let (source_rate, speech) = wav_info(&bytes).ok_or_else(|| {
+        StageError::internal(anyhow::anyhow!("the synthesized speech of scene {k} is no WAV file"))
+    })?;
     let scene_secs = f64::from(scene.duration_sec);
     let fit = fit(speech, voice.rate, scene_secs, lead);
     if fit.trimmed {
@@ -219,6 +222,33 @@ async fn narrate_scene(
     Ok(out)
 }
 
+/// The sample rate and length in seconds of a PCM WAV file, from its `fmt ` and `data` chunks.
+pub fn wav_info(bytes: &[u8]) -> Option<(u32, f64)> {
+    let u32_at = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    if bytes.get(0..4) != Some(b"RIFF") || bytes.get(8..12) != Some(b"WAVE") {
+        return None;
+    }
+    let (mut rate, mut byte_rate) = (None, None);
+    let mut at = 12;
+    while let (Some(id), Some(size)) = (bytes.get(at..at + 4), u32_at(at + 4)) {
+        let body = at + 8;
+        match id {
+            b"fmt " => {
+                rate = u32_at(body + 4);
+                byte_rate = u32_at(body + 8);
+            }
+            b"data" => {
+                let len = (size as usize).min(bytes.len().saturating_sub(body));
+                let byte_rate = byte_rate.filter(|r| *r > 0)?;
+                return Some((rate?, len as f64 / f64::from(byte_rate)));
+            }
+            _ => {}
+        }
+        at = body + size as usize + (size as usize & 1);
+    }
+    None
+}
+
 async fn remove_quietly(path: &Path) {
     if let Err(e) = tokio::fs::remove_file(path).await {
         tracing::debug!(error = %e, "removing an intermediate file");
@@ -228,6 +258,21 @@ async fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wav_header_gives_rate_and_length_and_anything_else_gives_none() {
+        let mut wav = b"RIFF\0\0\0\0WAVE".to_vec();
+        wav.extend(b"fmt \x10\0\0\0\x01\0\x01\0");
+        wav.extend(16_000u32.to_le_bytes());
+        wav.extend(32_000u32.to_le_bytes());
+        wav.extend(b"\x02\0\x10\0LIST\x03\0\0\0abc\0data");
+        wav.extend(64_000u32.to_le_bytes());
+        wav.extend(vec![0u8; 64_000]);
+        assert_eq!(wav_info(&wav), Some((16_000, 2.0)));
+        assert_eq!(wav_info(&wav[..wav.len() - 32_000]), Some((16_000, 1.0)));
+        assert_eq!(wav_info(b"RIFF\0\0\0\0AVI "), None);
+        assert_eq!(wav_info(b""), None);
+    }
 
     #[test]
     fn voices_map_and_unknown_names_do_not() {

@@ -5,10 +5,13 @@
 //! [`JobHandle`], so every step reaches the event log through the store's single append path.
 //!
 //! **Encode once.** Visuals renders each scene clip directly in the final codec settings (codec,
-//! size, fps, yuv420p, bitrate, a GOP that starts at the clip's first frame); Timeline encodes the
-//! narration once to the final audio codec and checks durations; Render only joins the clips
+//! size, fps, yuv420p, bitrate, a GOP that starts at the clip's first frame); the narration is
+//! encoded once to the final audio codec and Timeline checks durations; Render only joins the clips
 //! with the concat demuxer and `-c copy` and muxes the audio into the final container. Nothing is
 //! decoded and re-encoded twice, so the whole job costs about one hand-written ffmpeg command.
+//!
+//! **Overlap.** The clips start encoding while Audio narrates, and the narration is encoded as
+//! soon as Audio is done, beside the clips; stage events still come in order (see [`run`]).
 //!
 //! **Time budgets.** Every stage gets a deadline proportional to the video's duration and its
 //! pixel rate (see [`Job::stage_budget`]); each child gets what remains of it as its timeout, and
@@ -216,10 +219,16 @@ impl Job {
     async fn start(&self, step: Stage) -> Result<Deadline, StageError> {
         self.check_cancelled()?;
         self.handle.start_stage(step).await.context("storing a stage start")?.map_err(refused)?;
+        self.reporter.enter(step);
         if let Ok(mut started) = self.stage_started.lock() {
             *started = Instant::now();
         }
-        Ok(Deadline(Instant::now() + self.stage_budget()))
+        Ok(self.deadline())
+    }
+
+    /// A stage's deadline, [`Job::stage_budget`] from now.
+    fn deadline(&self) -> Deadline {
+        Deadline(Instant::now() + self.stage_budget())
     }
 
     /// Records the stage's artifacts (so a later attempt may skip it), then appends its end.
@@ -280,6 +289,22 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// The Audio stage, start to end.
+async fn narrate(job: &Job, script: &Script) -> Result<audio::Narration, StageError> {
+    let step = Stage::Audio;
+    let deadline = job.start(step).await?;
+    let narration = audio::narrate(job, script, deadline).await?;
+    let n = script.scenes.len();
+    job.finish_recorded(
+        step,
+        format!("Narrated {n} scene{}", plural(n)),
+        &narration,
+        in_work(&narration.files),
+    )
+    .await?;
+    Ok(narration)
+}
+
 /// Runs the five stages and returns the output to report in `job-completed`. A stage whose
 /// verified artifacts survived an earlier attempt is reported `Skipped` instead of run again.
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
@@ -318,30 +343,40 @@ pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
     };
     let n = script.scenes.len();
 
-    let step = Stage::Audio;
-    let narration: audio::Narration = match resume.skip(job, step).await.map_err(at(step))? {
-        Some(narration) => narration,
-        None => {
-            let deadline = job.start(step).await.map_err(at(step))?;
-            let narration = audio::narrate(job, &script, deadline).await.map_err(at(step))?;
-            job.finish_recorded(
-                step,
-                format!("Narrated {n} scene{}", plural(n)),
-                &narration,
-                in_work(&narration.files),
-            )
-            .await
-            .map_err(at(step))?;
-            narration
-        }
+    // Audio and Visuals overlap: the scene clips start encoding while the narration is
+    // synthesized, and the narration is encoded to the final audio codec while the clips still
+    // encode, so neither leaves a core idle. The events still read in stage order: Visuals is
+    // `Started` once Audio has `Completed`, and its progress goes out only from then on.
+    let narration_kept: Option<audio::Narration> =
+        resume.skip(job, Stage::Audio).await.map_err(at(Stage::Audio))?;
+    let clips_kept: Option<Vec<visuals::Clip>> = match narration_kept {
+        Some(_) => resume.skip(job, Stage::Visuals).await.map_err(at(Stage::Visuals))?,
+        None => None,
     };
-
-    let step = Stage::Visuals;
-    let clips: Vec<visuals::Clip> = match resume.skip(job, step).await.map_err(at(step))? {
-        Some(clips) => clips,
-        None => {
-            let deadline = job.start(step).await.map_err(at(step))?;
-            let clips = visuals::render_scenes(job, &script, deadline).await.map_err(at(step))?;
+    let (narration, clips, encoded) = match (narration_kept, clips_kept) {
+        (Some(narration), Some(clips)) => (narration, clips, None),
+        (narration_kept, _) => {
+            let visuals_started = tokio::sync::Notify::new();
+            let video = async {
+                let clips = visuals::render_scenes(job, &script, job.deadline()).await;
+                // A failed clip fails Visuals, so it is reported once Visuals has started.
+                visuals_started.notified().await;
+                clips.map_err(at(Stage::Visuals))
+            };
+            let sound = async {
+                let narration = match narration_kept {
+                    Some(narration) => narration,
+                    None => narrate(job, &script).await.map_err(at(Stage::Audio))?,
+                };
+                job.start(Stage::Visuals).await.map_err(at(Stage::Visuals))?;
+                visuals_started.notify_one();
+                // A failed encode fails Timeline, which waits for it.
+                let encoded =
+                    render::encode_narration(job, script.duration_sec(), &narration, job.deadline()).await;
+                Ok((narration, encoded))
+            };
+            let (clips, (narration, encoded)) = tokio::try_join!(video, sound)?;
+            let step = Stage::Visuals;
             let files: Vec<String> = clips.iter().map(|c| c.file.clone()).collect();
             job.finish_recorded(
                 step,
@@ -351,7 +386,7 @@ pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
             )
             .await
             .map_err(at(step))?;
-            clips
+            (narration, clips, Some(encoded))
         }
     };
 
@@ -360,8 +395,9 @@ pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
         Some(timeline) => timeline,
         None => {
             let deadline = job.start(step).await.map_err(at(step))?;
-            let timeline =
-                render::assemble(job, &script, &clips, &narration, deadline).await.map_err(at(step))?;
+            let timeline = render::assemble(job, &script, &clips, &narration, encoded, deadline)
+                .await
+                .map_err(at(step))?;
             let files = [timeline.clip_list.clone(), "narration.txt".to_owned(), timeline.audio.clone()];
             job.finish_recorded(step, "Timeline assembled".into(), &timeline, in_work(&files))
                 .await

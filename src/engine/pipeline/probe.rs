@@ -7,6 +7,14 @@ use serde::Deserialize;
 
 use super::{Deadline, Job, StageError};
 
+/// How far a stream may stray from its target duration (API: within 5 %).
+const DURATION_TOLERANCE: f64 = 0.05;
+
+/// Whether `actual` seconds are within [`DURATION_TOLERANCE`] of `target`.
+pub fn within_tolerance(actual: f64, target: f64) -> bool {
+    (actual - target).abs() <= target * DURATION_TOLERANCE
+}
+
 /// The parts of `ffprobe -of json -show_entries …` the pipeline reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Probe {

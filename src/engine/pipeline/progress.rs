@@ -20,15 +20,28 @@ use crate::engine::process::{Process, ProcessError};
 /// The shortest gap between two progress events of one job.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Sends a job's progress events, at most one per [`MIN_INTERVAL`].
+/// Sends a job's progress events, at most one per [`MIN_INTERVAL`], and only for the stage that
+/// is running: work that starts ahead of its stage (Visuals' clips while Audio narrates) stays
+/// quiet until its stage has been `Started`, so the events read in stage order.
 pub struct Reporter {
     handle: JobHandle,
     last: Mutex<Option<Instant>>,
+    /// The running stage's position in [`Stage::ALL`] plus one; 0 before the first.
+    current: AtomicU8,
 }
 
 impl Reporter {
     pub fn new(handle: JobHandle) -> Self {
-        Reporter { handle, last: Mutex::new(None) }
+        Reporter { handle, last: Mutex::new(None), current: AtomicU8::new(0) }
+    }
+
+    fn slot_of(step: Stage) -> u8 {
+        Stage::ALL.iter().position(|s| *s == step).map_or(0, |i| i as u8 + 1)
+    }
+
+    /// Marks `step` as the running stage: its progress goes out from now on, any other's not.
+    pub fn enter(&self, step: Stage) {
+        self.current.store(Self::slot_of(step), Ordering::Relaxed);
     }
 
     /// Whether an event may go out now; if so, the slot is taken.
@@ -44,10 +57,10 @@ impl Reporter {
         }
     }
 
-    /// Reports `pct` percent through `step`, unless an event went out less than
-    /// [`MIN_INTERVAL`] ago.
+    /// Reports `pct` percent through `step`, unless `step` is not the running stage or an event
+    /// went out less than [`MIN_INTERVAL`] ago.
     pub async fn report(&self, step: Stage, pct: f64, message: String) {
-        if !self.take_slot() {
+        if self.current.load(Ordering::Relaxed) != Self::slot_of(step) || !self.take_slot() {
             return;
         }
         match self.handle.progress(step, pct, message).await {

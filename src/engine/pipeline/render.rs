@@ -1,15 +1,15 @@
 //! The Timeline and Render stages: the scene clips and narration become one file.
 //!
-//! Timeline writes the concat list of the clips, encodes the narration once, to the final audio
-//! codec (AAC for MP4 and Matroska, Opus for WebM), and checks that audio and clips have the
-//! target's length. Render joins the clips with the concat demuxer and `-c copy`, muxes the
+//! Timeline writes the concat list of the clips, has the narration encoded once, to the final
+//! audio codec (AAC for MP4 and Matroska, Opus for WebM; usually already done beside Visuals, see
+//! [`encode_narration`]), and checks that audio and clips have the target's length. Render joins the clips with the concat demuxer and `-c copy`, muxes the
 //! audio into the requested container (`+faststart` for MP4), probes the result and moves it to
 //! `<job>/output.<ext>`, where `GET /api/jobs/{id}/output` serves it.
 
 use anyhow::Context;
 
 use super::audio::Narration;
-use super::probe::probe;
+use super::probe::{probe, within_tolerance};
 use super::progress::{Span, run_with_progress};
 use super::script::Script;
 use super::visuals::Clip;
@@ -17,9 +17,6 @@ use super::{Deadline, Job, StageError};
 use crate::domain::event::JobOutput;
 use crate::domain::job::Stage;
 use crate::domain::spec::{Codec, Container};
-
-/// How far a stream may stray from the target duration (API: within 5 %).
-const DURATION_TOLERANCE: f64 = 0.05;
 
 /// What Timeline hands Render.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -39,10 +36,6 @@ fn audio_codec_args(container: Container, bitrate_k: u32) -> (Vec<String>, &'sta
     (vec!["-c:a".into(), codec.into(), "-b:a".into(), format!("{bitrate_k}k")], ext)
 }
 
-fn within_tolerance(actual: f64, target: f64) -> bool {
-    (actual - target).abs() <= target * DURATION_TOLERANCE
-}
-
 async fn write_work(job: &Job, name: &str, text: String) -> Result<(), StageError> {
     tokio::fs::write(job.work(name), text)
         .await
@@ -50,27 +43,27 @@ async fn write_work(job: &Job, name: &str, text: String) -> Result<(), StageErro
         .map_err(Into::into)
 }
 
-/// The Timeline stage.
-pub async fn assemble(
+/// The narration encoded once, to the final audio codec, and its measured length.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub audio: String,
+    pub secs: f64,
+}
+
+/// Encodes the narration files to `narration.<ext>` and measures the result. It runs as soon as
+/// Audio is done, beside the scene encodes (its progress, Timeline's, goes out only if Timeline
+/// is already running by then; see [`super::progress::Reporter`]).
+pub async fn encode_narration(
     job: &Job,
-    script: &Script,
-    clips: &[Clip],
+    target_sec: u32,
     narration: &Narration,
     deadline: Deadline,
-) -> Result<Timeline, StageError> {
-    let target = script.duration_sec();
-    let mut list = String::from("ffconcat version 1.0\n");
-    for clip in clips {
-        // Names are Aura's own (`clip01.mp4`): nothing to escape.
-        list.push_str(&format!("file {}\nduration {}\n", clip.file, clip.duration_sec));
-    }
-    write_work(job, "clips.txt", list).await?;
+) -> Result<Encoded, StageError> {
     let mut list = String::from("ffconcat version 1.0\n");
     for file in &narration.files {
         list.push_str(&format!("file {file}\n"));
     }
     write_work(job, "narration.txt", list).await?;
-
     let r = &job.spec.render_spec;
     let (codec_args, ext) = audio_codec_args(r.container, r.audio_bitrate_k);
     let audio = format!("narration.{ext}");
@@ -81,35 +74,40 @@ pub async fn assemble(
         .args(codec_args)
         .args(["-ar", "48000", "-ac", "2", "-progress", "pipe:1", "-nostats"])
         .arg(job.work(&audio));
-    let span = Span { from: 0.0, to: 80.0, expected_us: u64::from(target) * 1_000_000 };
-    let encode = async {
-        run_with_progress(process, &job.reporter, Stage::Timeline, "Encoding the narration", |us| {
-            span.pct(us)
-        })
+    let span = Span { from: 0.0, to: 80.0, expected_us: u64::from(target_sec) * 1_000_000 };
+    run_with_progress(process, &job.reporter, Stage::Timeline, "Encoding the narration", |us| span.pct(us))
         .await
-        .map_err(|e| StageError::process("encoding the narration", e))
-    };
-    // The clips are checked while the narration encodes.
-    let what = "checking durations";
-    let check_clips = async {
-        let mut video_secs = 0.0;
-        for clip in clips {
-            let secs = probe(job, deadline, &job.work(&clip.file), what).await?.duration_sec().unwrap_or(0.0);
-            if !within_tolerance(secs, f64::from(clip.duration_sec)) {
-                return Err(anyhow::anyhow!(
-                    "clip {} lasts {secs} s, not {} s",
-                    clip.file,
-                    clip.duration_sec
-                )
-                .into());
-            }
-            video_secs += secs;
-        }
-        Ok::<_, StageError>(video_secs)
-    };
-    let ((), video_secs) = tokio::try_join!(encode, check_clips)?;
+        .map_err(|e| StageError::process("encoding the narration", e))?;
     job.reporter.report(Stage::Timeline, 90.0, "Checking the narration".into()).await;
-    let audio_secs = probe(job, deadline, &job.work(&audio), what).await?.duration_sec().unwrap_or(0.0);
+    let secs =
+        probe(job, deadline, &job.work(&audio), "checking durations").await?.duration_sec().unwrap_or(0.0);
+    Ok(Encoded { audio, secs })
+}
+
+/// The Timeline stage: the clip list, the encoded narration (encoded here unless it already
+/// was, in `encoded`), and the check that audio and video both have the target's length. Each
+/// clip's length was checked by Visuals when it was written.
+pub async fn assemble(
+    job: &Job,
+    script: &Script,
+    clips: &[Clip],
+    narration: &Narration,
+    encoded: Option<Result<Encoded, StageError>>,
+    deadline: Deadline,
+) -> Result<Timeline, StageError> {
+    let target = script.duration_sec();
+    let mut list = String::from("ffconcat version 1.0\n");
+    for clip in clips {
+        // Names are Aura's own (`clip01.mp4`): nothing to escape.
+        list.push_str(&format!("file {}\nduration {}\n", clip.file, clip.duration_sec));
+    }
+    write_work(job, "clips.txt", list).await?;
+    let encoded = match encoded {
+        Some(done) => done?,
+        None => encode_narration(job, target, narration, deadline).await?,
+    };
+    let audio_secs = encoded.secs;
+    let video_secs: f64 = clips.iter().map(|c| f64::from(c.duration_sec)).sum();
     let target_f = f64::from(target);
     if !within_tolerance(audio_secs, target_f) || !within_tolerance(video_secs, target_f) {
         return Err(anyhow::anyhow!(
@@ -117,7 +115,7 @@ pub async fn assemble(
         )
         .into());
     }
-    Ok(Timeline { clip_list: "clips.txt".into(), audio, duration_sec: target })
+    Ok(Timeline { clip_list: "clips.txt".into(), audio: encoded.audio, duration_sec: target })
 }
 
 /// The Render stage: joins, muxes, probes and moves the output into place.

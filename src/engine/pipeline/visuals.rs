@@ -12,6 +12,7 @@
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
+use super::probe::{probe, within_tolerance};
 use super::progress::{Shares, run_with_progress_say};
 use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
@@ -165,7 +166,9 @@ fn scene_filter(
 pub const PARALLEL_SCENES: usize = 2;
 
 /// Renders every scene to `clipNN.<ext>` in the final codec, [`PARALLEL_SCENES`] at a time,
-/// reporting their combined true progress.
+/// reporting their combined true progress, and checks each clip's length. It may start before
+/// the Visuals stage does (while Audio narrates); its progress goes out once the stage has
+/// started (see [`super::progress::Reporter`]).
 pub async fn render_scenes(job: &Job, script: &Script, deadline: Deadline) -> Result<Vec<Clip>, StageError> {
     let n = script.scenes.len();
     let shares = Shares::new(n, u64::from(script.duration_sec()) * 1_000_000);
@@ -224,6 +227,13 @@ async fn render_scene(
     })
     .await
     .map_err(|e| StageError::process(&format!("rendering scene {k}"), e))?;
+    // Checked here, while the other scene still encodes, rather than in Timeline, where a
+    // probe would be the only thing running.
+    let secs = probe(job, deadline, &job.work(&file), &format!("checking scene {k}")).await?.duration_sec();
+    let secs = secs.unwrap_or(0.0);
+    if !within_tolerance(secs, f64::from(d)) {
+        return Err(anyhow::anyhow!("clip {file} lasts {secs} s, not {d} s").into());
+    }
     shares.finish(i, u64::from(d) * 1_000_000);
     Ok(Clip { file, duration_sec: d })
 }

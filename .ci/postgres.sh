@@ -4,7 +4,8 @@
 # free loopback port with its Unix socket in DIR, and prints its URL; `.ci/postgres.sh stop DIR`
 # stops it and removes DIR. With `start DIR PID`, a watchdog does the `stop` once process PID
 # has ended (a test binary that starts a cluster cannot be trusted to clean up after a panic or a
-# kill). Nothing outside DIR is touched.
+# kill). `pause DIR` stops the server and keeps the cluster, `resume DIR` starts it again on the
+# same port (tests of a database that goes away). Nothing outside DIR is touched.
 set -euo pipefail
 
 pg_bin() {
@@ -34,6 +35,7 @@ start() {
                 setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3"' \
                     watchdog "$watch" "$(readlink -f "$0")" "$dir" </dev/null >/dev/null 2>&1 &
             fi
+            echo "$port" >"$dir/port"
             echo "postgres://postgres@127.0.0.1:$port/postgres"
             return 0
         fi
@@ -41,6 +43,20 @@ start() {
     echo "could not start PostgreSQL; its log:" >&2
     cat "$dir/server.log" >&2 || true
     exit 1
+}
+
+# Stops the server but keeps the cluster (a database that goes away for a while).
+pause() {
+    local dir=$1
+    as_owner "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+}
+
+# Starts a paused cluster again on the same port.
+resume() {
+    local dir=$1 port
+    port=$(cat "$dir/port")
+    as_owner "$(pg_bin)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
 }
 
 stop() {
@@ -53,5 +69,7 @@ stop() {
 case "${1:-}" in
     start) start "$2" "${3:-}" ;;
     stop) stop "$2" ;;
-    *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+    pause) pause "$2" ;;
+    resume) resume "$2" ;;
+    *) echo "usage: $0 start DIR [PID] | stop DIR | pause DIR | resume DIR" >&2; exit 2 ;;
 esac

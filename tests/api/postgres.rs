@@ -9,8 +9,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use aura::store::postgres::{NewEvent, PgLog};
+use aura::store::postgres::{NewEvent, PgLog, tail};
 use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::TestResult;
@@ -28,18 +29,51 @@ fn start_cluster() -> Result<String, String> {
         return Ok(url);
     }
     let dir = std::env::temp_dir().join(format!("aura-test-pg-{}", Uuid::new_v4().simple()));
+    postgres_sh(&["start", &dir.to_string_lossy(), &std::process::id().to_string()])
+}
+
+/// Runs `.ci/postgres.sh` with `args`; its standard output, trimmed.
+fn postgres_sh(args: &[&str]) -> Result<String, String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh");
     let out = Command::new("bash")
         .arg(script)
-        .arg("start")
-        .arg(&dir)
-        .arg(std::process::id().to_string())
+        .args(args)
         .output()
         .map_err(|e| format!("running .ci/postgres.sh: {e}"))?;
     if !out.status.success() {
-        return Err(format!("starting PostgreSQL failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("postgres.sh {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A cluster of one test's own, which it may stop and start again; removed on drop (and by the
+/// script's watchdog if the test binary dies first).
+struct OwnCluster {
+    dir: String,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Result<OwnCluster, String> {
+        let dir = std::env::temp_dir().join(format!("aura-test-pg-{}", Uuid::new_v4().simple()));
+        let dir = dir.to_string_lossy().into_owned();
+        let url = postgres_sh(&["start", &dir, &std::process::id().to_string()])?;
+        Ok(OwnCluster { dir, url })
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        postgres_sh(&["pause", &self.dir]).map(drop)
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        postgres_sh(&["resume", &self.dir]).map(drop)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = postgres_sh(&["stop", &self.dir]);
+    }
 }
 
 /// A fresh, empty database on the shared cluster; returns its URL.
@@ -119,5 +153,54 @@ async fn three_nodes_appending_at_once_give_a_tail_every_id_once_in_ascending_or
     for node in nodes.iter().chain([&reader]) {
         node.close().await;
     }
+    Ok(())
+}
+
+/// Takes batches from a tail until it has handed on `n` events in all (at most `within`).
+async fn take(
+    feed: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<std::sync::Arc<aura::domain::event::StoredEvent>>>,
+    ids: &mut Vec<i64>,
+    n: usize,
+    within: Duration,
+) -> TestResult {
+    let deadline = tokio::time::Instant::now() + within;
+    while ids.len() < n {
+        let batch = tokio::time::timeout_at(deadline, feed.recv())
+            .await
+            .map_err(|_| format!("the tail handed on {} of {n} events in {within:?}", ids.len()))?
+            .ok_or("the tail ended")?;
+        ids.extend(batch.iter().map(|e| e.id));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_when_it_returns() -> TestResult
+{
+    let pg = OwnCluster::start()?;
+    let writer = PgLog::open(&pg.url, 2).await?;
+    let close = CancellationToken::new();
+    let mut feed = tail::spawn(PgLog::open(&pg.url, 1).await?, pg.url.clone(), 0, close.clone());
+    let job = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        writer.append(&[event(job, i)]).await?;
+    }
+    take(&mut feed, &mut ids, 50, Duration::from_secs(10)).await?;
+
+    // The database goes away for six seconds, longer than a node waits for a connection: the
+    // tail's reads and its listening connection fail meanwhile; it must neither end nor lose
+    // its place.
+    pg.pause()?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pg.resume()?;
+    for i in 50..100 {
+        writer.append(&[event(job, i)]).await?;
+    }
+    take(&mut feed, &mut ids, 100, Duration::from_secs(20)).await?;
+    assert_eq!(ids, (1..=100).collect::<Vec<i64>>(), "every event once, in order");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(feed.try_recv().is_err(), "nothing handed on twice after a timed re-read");
+    close.cancel();
     Ok(())
 }

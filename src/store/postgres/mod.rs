@@ -11,12 +11,20 @@
 //! lower id visible too, and ids are dense because they roll back with their transaction.
 //! The lock is held once per group, for one statement and the commit.
 //!
+//! Other nodes learn of new events by waking up and re-reading (see [`tail`]): after each commit
+//! a node sends at most one `NOTIFY` every few milliseconds, outside the append transaction (a
+//! `NOTIFY` takes a cluster-wide lock at commit), and only as a hint.
+//!
 //! The schema lives in `migrations/postgres/`, apart from SQLite's, and its queries are checked
 //! at compile time like SQLite's (offline data in `.sqlx/`).
 
+pub mod tail;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -32,10 +40,21 @@ pub struct NewEvent {
     pub created_at: String,
 }
 
+/// The channel every node's tail listens on.
+pub const CHANNEL: &str = "aura_events";
+
+/// Longest wait for a connection: past it a read or an append fails (and says so) rather than
+/// hang while the database is away.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shortest time between two `NOTIFY`s of one node: commits within it share one.
+const NOTIFY_EVERY: Duration = Duration::from_millis(3);
+
 /// A node's handle on the shared log: cheap to clone.
 #[derive(Clone)]
 pub struct PgLog {
     pool: PgPool,
+    committed: Arc<Notify>,
 }
 
 impl PgLog {
@@ -45,11 +64,13 @@ impl PgLog {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.application_name("aura"))
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgLog { pool })
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(notifier(pool.clone(), committed.clone()));
+        Ok(PgLog { pool, committed })
     }
 
     /// Appends `events` in one transaction and returns them with their ids, in order. The ids
@@ -84,6 +105,7 @@ impl PgLog {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.committed.notify_one();
         let mut ids = ids;
         ids.sort_unstable();
         if ids.len() != events.len() {
@@ -112,8 +134,27 @@ impl PgLog {
         Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
     }
 
-    /// Closes the pool's connections.
+    /// Closes the pool's connections (and so ends the notifier).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Sends one `NOTIFY` on [`CHANNEL`] after commits, at most one every [`NOTIFY_EVERY`]: a
+/// `Notify` holds one permit, so every commit in between is covered by the next one. A failed
+/// `NOTIFY` is only logged: tails re-read at least every second whatever they hear.
+async fn notifier(pool: PgPool, committed: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            () = committed.notified() => {}
+            () = pool.close_event() => return,
+        }
+        if let Err(e) = sqlx::query!("SELECT pg_notify('aura_events', '')").execute(&pool).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "NOTIFY failed; tails will re-read on their timer");
+        }
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }

@@ -5,6 +5,7 @@
 //! Writes go through one writer task that owns the single write connection and commits in
 //! groups (see [`writer`]); reads use a small pool of connections that WAL lets run beside it.
 
+pub mod postgres;
 pub mod preflight;
 mod rows;
 pub mod webhooks;

@@ -1,4 +1,4 @@
-//! Rows as SQLite returns them, and their conversion to Aura's types.
+//! Rows as the database returns them, and their conversion to Aura's types.
 //!
 //! Kept apart from the queries so that the mapping between columns and fields is in one place.
 

@@ -17,6 +17,7 @@ mod layers;
 mod log;
 mod openapi;
 mod pipeline;
+mod postgres;
 mod properties;
 mod recovery;
 mod restart;

@@ -1,0 +1,160 @@
+//! The PostgreSQL event log: the store several nodes share (API.md "Several nodes on
+//! PostgreSQL").
+//!
+//! This is the backend's foundation: the log itself, with ids that become visible in commit
+//! order across every node. Several nodes append at once, each through its own writer; a reader
+//! anywhere tails the log at `id > last` and must never pass an id that commits later. A
+//! `BIGSERIAL` cannot promise that (its id is taken at INSERT, visible at COMMIT), so a group's
+//! ids come from the one row of `event_counter`, updated by the statement that inserts the
+//! group, the last before COMMIT. That row's lock orders the writers; PostgreSQL makes a
+//! transaction visible before it releases its locks, so every id a reader can see has every
+//! lower id visible too, and ids are dense because they roll back with their transaction.
+//! The lock is held once per group, for one statement and the commit.
+//!
+//! Other nodes learn of new events by waking up and re-reading (see [`tail`]): after each commit
+//! a node sends at most one `NOTIFY` every few milliseconds, outside the append transaction (a
+//! `NOTIFY` takes a cluster-wide lock at commit), and only as a hint.
+//!
+//! The schema lives in `migrations/postgres/`, apart from SQLite's, and its queries are checked
+//! at compile time like SQLite's (offline data in `.sqlx/`).
+
+pub mod tail;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::StoreError;
+use super::rows::EventRow;
+use crate::domain::event::StoredEvent;
+
+/// One event to append: its job, type, `data` JSON as streamed, and `at`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub job_id: Uuid,
+    pub kind: String,
+    pub data: String,
+    pub created_at: String,
+}
+
+/// The channel every node's tail listens on.
+pub const CHANNEL: &str = "aura_events";
+
+/// Longest wait for a connection: past it a read or an append fails (and says so) rather than
+/// hang while the database is away.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shortest time between two `NOTIFY`s of one node: commits within it share one.
+const NOTIFY_EVERY: Duration = Duration::from_millis(3);
+
+/// A node's handle on the shared log: cheap to clone.
+#[derive(Clone)]
+pub struct PgLog {
+    pool: PgPool,
+    committed: Arc<Notify>,
+}
+
+impl PgLog {
+    /// Connects to `url` (`postgres://…`) with a pool of `connections` and applies the
+    /// PostgreSQL migrations (PostgreSQL serializes concurrent migrators with an advisory lock).
+    pub async fn open(url: &str, connections: u32) -> Result<PgLog, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.application_name("aura"))
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(notifier(pool.clone(), committed.clone()));
+        Ok(PgLog { pool, committed })
+    }
+
+    /// Appends `events` in one transaction and returns them with their ids, in order. The ids
+    /// are taken from the counter row by the same statement that inserts the rows.
+    pub async fn append(&self, events: &[NewEvent]) -> Result<Vec<StoredEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let job_ids: Vec<String> = events.iter().map(|e| e.job_id.to_string()).collect();
+        let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+        let data: Vec<String> = events.iter().map(|e| e.data.clone()).collect();
+        let at: Vec<String> = events.iter().map(|e| e.created_at.clone()).collect();
+        let n = i64::try_from(events.len()).map_err(|_| StoreError::Corrupt("a group too large".into()))?;
+        let mut tx = self.pool.begin().await?;
+        let ids = sqlx::query_scalar!(
+            r#"WITH counter AS (
+                   UPDATE event_counter SET last_id = last_id + $1 WHERE only_row RETURNING last_id
+               )
+               INSERT INTO events (id, job_id, type, data, created_at)
+               SELECT counter.last_id - $1 + e.n, e.job_id, e.type, e.data, e.created_at
+               FROM counter,
+                    unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                        WITH ORDINALITY AS e(job_id, type, data, created_at, n)
+               ORDER BY e.n
+               RETURNING id"#,
+            n,
+            &job_ids,
+            &kinds,
+            &data,
+            &at
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.committed.notify_one();
+        let mut ids = ids;
+        ids.sort_unstable();
+        if ids.len() != events.len() {
+            return Err(StoreError::Corrupt("the counter row is missing".into()));
+        }
+        Ok(events
+            .iter()
+            .zip(ids)
+            .map(|(e, id)| {
+                StoredEvent::new(id, e.job_id, e.kind.clone(), e.data.clone(), e.created_at.clone())
+            })
+            .collect())
+    }
+
+    /// Up to `limit` events with id greater than `after`, in id order.
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query_as!(
+            EventRow,
+            r#"SELECT id, job_id, type AS kind, data, created_at
+               FROM events WHERE id > $1 ORDER BY id LIMIT $2"#,
+            after,
+            i64::from(limit)
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
+    }
+
+    /// Closes the pool's connections (and so ends the notifier).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Sends one `NOTIFY` on [`CHANNEL`] after commits, at most one every [`NOTIFY_EVERY`]: a
+/// `Notify` holds one permit, so every commit in between is covered by the next one. A failed
+/// `NOTIFY` is only logged: tails re-read at least every second whatever they hear.
+async fn notifier(pool: PgPool, committed: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            () = committed.notified() => {}
+            () = pool.close_event() => return,
+        }
+        if let Err(e) = sqlx::query!("SELECT pg_notify('aura_events', '')").execute(&pool).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "NOTIFY failed; tails will re-read on their timer");
+        }
+        tokio::time::sleep(NOTIFY_EVERY).await;
+    }
+}

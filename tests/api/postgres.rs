@@ -1,0 +1,206 @@
+//! The PostgreSQL event log several nodes share: ids must become visible in commit order.
+//!
+//! Tests run against a real PostgreSQL: the one `.ci/run` starts (`AURA_TEST_POSTGRES_URL`), or
+//! else a throwaway cluster this binary starts with the same script and removes at the end.
+//! Each test gets a database of its own.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aura::store::postgres::{NewEvent, PgLog, tail};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::TestResult;
+
+/// The URL of the PostgreSQL server every test of this binary shares, started on first use. A
+/// cluster started here is stopped and removed by the script's watchdog once this process ends,
+/// however it ends.
+fn cluster() -> TestResult<&'static str> {
+    static CLUSTER: OnceLock<Result<String, String>> = OnceLock::new();
+    CLUSTER.get_or_init(start_cluster).as_deref().map_err(|e| e.to_owned().into())
+}
+
+fn start_cluster() -> Result<String, String> {
+    if let Ok(url) = std::env::var("AURA_TEST_POSTGRES_URL") {
+        return Ok(url);
+    }
+    let dir = std::env::temp_dir().join(format!("aura-test-pg-{}", Uuid::new_v4().simple()));
+    postgres_sh(&["start", &dir.to_string_lossy(), &std::process::id().to_string()])
+}
+
+/// Runs `.ci/postgres.sh` with `args`; its standard output, trimmed.
+fn postgres_sh(args: &[&str]) -> Result<String, String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running .ci/postgres.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("postgres.sh {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A cluster of one test's own, which it may stop and start again; removed on drop (and by the
+/// script's watchdog if the test binary dies first).
+struct OwnCluster {
+    dir: String,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Result<OwnCluster, String> {
+        let dir = std::env::temp_dir().join(format!("aura-test-pg-{}", Uuid::new_v4().simple()));
+        let dir = dir.to_string_lossy().into_owned();
+        let url = postgres_sh(&["start", &dir, &std::process::id().to_string()])?;
+        Ok(OwnCluster { dir, url })
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        postgres_sh(&["pause", &self.dir]).map(drop)
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        postgres_sh(&["resume", &self.dir]).map(drop)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = postgres_sh(&["stop", &self.dir]);
+    }
+}
+
+/// A fresh, empty database on the shared cluster; returns its URL.
+async fn database() -> TestResult<String> {
+    let cluster = cluster()?;
+    let name = format!("aura_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(cluster).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    admin.close().await?;
+    let base = cluster.rsplit_once('/').map_or(cluster, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+fn event(job: Uuid, n: usize) -> NewEvent {
+    let at = "2026-12-01T00:00:00.000000Z".to_owned();
+    NewEvent {
+        job_id: job,
+        kind: "step-progress".into(),
+        data: format!(r#"{{"jobId":"{job}","at":"{at}","n":{n}}}"#),
+        created_at: at,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_appending_at_once_give_a_tail_every_id_once_in_ascending_order() -> TestResult {
+    const TOTAL: usize = 10_000;
+    let url = database().await?;
+    // Three nodes, each with its own pool and one writer appending groups of 1..=47 events;
+    // a fourth connection tails the log at `id > last` while they race.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(PgLog::open(&url, 2).await?);
+    }
+    let reader = PgLog::open(&url, 1).await?;
+    let mut writers = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let node = node.clone();
+        let share = TOTAL / 3 + usize::from(k < TOTAL % 3);
+        writers.push(tokio::spawn(async move {
+            let job = Uuid::new_v4();
+            let mut done = 0;
+            let mut size = 1 + k * 13;
+            while done < share {
+                let n = (size % 47 + 1).min(share - done);
+                let group: Vec<_> = (done..done + n).map(|i| event(job, i)).collect();
+                let stored = node.append(&group).await?;
+                assert_eq!(stored.len(), n);
+                assert!(stored.windows(2).all(|w| w[1].id == w[0].id + 1), "a group's ids are consecutive");
+                done += n;
+                size += 7;
+            }
+            Ok::<_, aura::store::StoreError>(())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = 0i64;
+    while last < TOTAL as i64 {
+        assert!(Instant::now() < deadline, "the tail reached only id {last} of {TOTAL} in 120 s");
+        let page = reader.events_after(last, 1000).await?;
+        for e in &page {
+            assert_eq!(
+                e.id,
+                last + 1,
+                "the tail saw id {} right after {last}: an id was passed or repeated",
+                e.id
+            );
+            last = e.id;
+        }
+        if page.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for w in writers {
+        w.await??;
+    }
+    assert!(reader.events_after(last, 10).await?.is_empty(), "no id past {TOTAL}");
+    for node in nodes.iter().chain([&reader]) {
+        node.close().await;
+    }
+    Ok(())
+}
+
+/// Takes batches from a tail until it has handed on `n` events in all (at most `within`).
+async fn take(
+    feed: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<std::sync::Arc<aura::domain::event::StoredEvent>>>,
+    ids: &mut Vec<i64>,
+    n: usize,
+    within: Duration,
+) -> TestResult {
+    let deadline = tokio::time::Instant::now() + within;
+    while ids.len() < n {
+        let batch = tokio::time::timeout_at(deadline, feed.recv())
+            .await
+            .map_err(|_| format!("the tail handed on {} of {n} events in {within:?}", ids.len()))?
+            .ok_or("the tail ended")?;
+        ids.extend(batch.iter().map(|e| e.id));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_when_it_returns() -> TestResult
+{
+    let pg = OwnCluster::start()?;
+    let writer = PgLog::open(&pg.url, 2).await?;
+    let close = CancellationToken::new();
+    let mut feed = tail::spawn(PgLog::open(&pg.url, 1).await?, pg.url.clone(), 0, close.clone());
+    let job = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        writer.append(&[event(job, i)]).await?;
+    }
+    take(&mut feed, &mut ids, 50, Duration::from_secs(10)).await?;
+
+    // The database goes away for six seconds, longer than a node waits for a connection: the
+    // tail's reads and its listening connection fail meanwhile; it must neither end nor lose
+    // its place.
+    pg.pause()?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pg.resume()?;
+    for i in 50..100 {
+        writer.append(&[event(job, i)]).await?;
+    }
+    take(&mut feed, &mut ids, 100, Duration::from_secs(20)).await?;
+    assert_eq!(ids, (1..=100).collect::<Vec<i64>>(), "every event once, in order");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(feed.try_recv().is_err(), "nothing handed on twice after a timed re-read");
+    close.cancel();
+    Ok(())
+}

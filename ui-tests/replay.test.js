@@ -41,7 +41,9 @@ test('replaying a finished job renders the same sequence of states as watching i
     const live = await states(page);
     const ids = await aura.historyIds(jobId);
     assert.equal(live.length, ids.length, 'the live view rendered every stored event once');
-    assert.ok(ids.length > 20, `only ${ids.length} events`);
+    // Thirteen events every job has (two statuses, five stages started and completed, the end):
+    // more means progress steps too, which is what a replay must pace.
+    assert.ok(ids.length > 13, `only ${ids.length} events`);
 
     const streams = watchRequests(page, `/api/jobs/${jobId}/events`);
     const history = watchRequests(page, `/api/jobs/${jobId}/history`);

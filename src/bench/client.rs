@@ -53,20 +53,8 @@ impl Frames {
     /// The next event's id and `data`, or `None` when the stream ends, fails or `until` passes.
     async fn next(&mut self, until: Instant) -> Option<(i64, Bytes)> {
         loop {
-            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let frame = self.buf.split_to(end + 2).freeze();
-                let mut id = None;
-                let mut data = Bytes::new();
-                for line in frame[..end].split(|&b| b == b'\n') {
-                    if let Some(v) = line.strip_prefix(b"id: ") {
-                        id = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
-                    } else if let Some(v) = line.strip_prefix(b"data: ") {
-                        data = frame.slice_ref(v);
-                    }
-                }
-                if let Some(id) = id {
-                    return Some((id, data));
-                }
+            if let Some(event) = next_event(&mut self.buf) {
+                return Some(event);
             }
             let left = until.saturating_duration_since(Instant::now());
             let Ok(Some(Ok(chunk))) = tokio::time::timeout(left, self.body.next()).await else { return None };

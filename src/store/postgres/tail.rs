@@ -20,6 +20,8 @@ use crate::domain::event::StoredEvent;
 
 /// Longest time without a re-read, whatever the listener hears.
 const REREAD_EVERY: Duration = Duration::from_secs(1);
+/// Wait before listening again after a failed attempt while reads still succeed.
+const RELISTEN_AFTER: Duration = Duration::from_millis(250);
 /// Events per read.
 const PAGE: u32 = 1000;
 /// Longest wait between two attempts to reach the database.
@@ -61,8 +63,13 @@ impl Tail {
             if !self.read().await {
                 return;
             }
-            let wait =
-                if self.listener.is_some() && self.backoff.is_zero() { REREAD_EVERY } else { self.backoff };
+            // A failed read backs off; a missing listener is retried soon (never in a tight
+            // loop, even when reads succeed); otherwise the timer only bounds a lost `NOTIFY`.
+            let wait = match (self.backoff.is_zero(), self.listener.is_some()) {
+                (false, _) => self.backoff,
+                (true, false) => RELISTEN_AFTER,
+                (true, true) => REREAD_EVERY,
+            };
             tokio::select! {
                 () = close.cancelled() => return,
                 heard = wait_for_notification(self.listener.as_mut()) => {

@@ -24,7 +24,8 @@ start() {
     bin=$(pg_bin)
     mkdir -p "$dir"
     [ "$(id -u)" -ne 0 ] || chown postgres: "$dir"
-    as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1
+    as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
+        || { echo "initdb failed (can the postgres user reach $dir?):" >&2; cat "$dir/initdb.log" >&2; exit 1; }
     # A port nobody listens on; pg_ctl fails on a port taken meanwhile, so try a few.
     for _ in 1 2 3 4 5 6 7 8; do
         port=$((20000 + RANDOM % 40000))

@@ -66,6 +66,16 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 
+    /// Names this node in leases, logs and metrics (with PostgreSQL). Default: host name and
+    /// process id.
+    #[arg(long, env = "AURA_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// With PostgreSQL: a worker node renews its jobs' leases every third of this; a job whose
+    /// lease expired continues on another node as a new attempt.
+    #[arg(long, env = "AURA_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+
     /// Most open event streams in all; past it new streams get 503.
     #[arg(long, env = "AURA_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: usize,
@@ -215,6 +225,27 @@ impl ServeConfig {
         }
     }
 
+    /// [`ServeConfig::database`] fit for a log line or an error message: a URL's password is
+    /// replaced by `***`.
+    pub fn database_shown(&self) -> String {
+        let db = self.database();
+        match reqwest::Url::parse(&db) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => db,
+        }
+    }
+
+    /// This node, for the leases of a shared store.
+    pub fn node(&self) -> crate::store::Node {
+        match &self.node_name {
+            Some(name) => crate::store::Node::new(name, self.lease_secs),
+            None => crate::store::Node::default_for_process(self.lease_secs),
+        }
+    }
+
     /// The tokens file: `--tokens-file`, else `<data-dir>/tokens`.
     pub fn tokens_path(&self) -> PathBuf {
         self.tokens_file.clone().unwrap_or_else(|| self.data_dir.join("tokens"))
@@ -255,7 +286,8 @@ impl ServeConfig {
     }
 }
 
-/// A SQLite file path or a `sqlite:` URL passes; a URL of any other scheme is refused rather
+/// A SQLite file path, a `sqlite:` URL or a `postgres://` URL passes; a URL of any other scheme
+/// is refused rather
 /// than taken for a relative file path (`postgres://user@host/db` would otherwise become the
 /// folder `./postgres:` and several "nodes" would share one local file without noticing).
 pub fn check_database_url(value: &str) -> anyhow::Result<()> {
@@ -265,14 +297,12 @@ pub fn check_database_url(value: &str) -> anyhow::Result<()> {
         .filter(|s| s.len() > 1 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)));
     match scheme.map(str::to_ascii_lowercase).as_deref() {
         None | Some("sqlite") => Ok(()),
-        Some("postgres" | "postgresql") => anyhow::bail!(
-            "AURA_DATABASE_URL: PostgreSQL is not supported by this build yet; use a SQLite file \
-             path or a sqlite: URL"
-        ),
+        Some("postgres" | "postgresql") if value.contains("://") => Ok(()),
         // A path that merely contains a colon (`data:2026/aura.db`) is still a path.
         Some(_) if !value.contains("://") => Ok(()),
         Some(other) => anyhow::bail!(
-            "AURA_DATABASE_URL: unknown scheme {other:?}; use a SQLite file path or a sqlite: URL"
+            "AURA_DATABASE_URL: unknown scheme {other:?}; use a SQLite file path, a sqlite: URL or \
+             a postgres:// URL"
         ),
     }
 }
@@ -283,12 +313,18 @@ mod tests {
 
     #[test]
     fn database_urls_of_unknown_schemes_are_refused_not_taken_for_paths() {
-        for ok in
-            ["data/aura.db", "/var/lib/aura/aura.db", "sqlite:data/aura.db", "sqlite:///tmp/a.db", "a:b/c.db"]
-        {
+        for ok in [
+            "data/aura.db",
+            "/var/lib/aura/aura.db",
+            "sqlite:data/aura.db",
+            "sqlite:///tmp/a.db",
+            "a:b/c.db",
+            "postgres://user@host/db",
+            "postgresql://h/db",
+        ] {
             assert!(check_database_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["postgres://user@host/db", "postgresql://h/db", "mysql://h/db", "redis://h", "s3://b/p"] {
+        for bad in ["mysql://h/db", "redis://h", "s3://b/p"] {
             let e = check_database_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.starts_with("AURA_DATABASE_URL:"), "{bad}: {e}");
         }

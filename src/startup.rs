@@ -15,7 +15,7 @@ use crate::access::auth::Auth;
 use crate::access::limits::Limits;
 use crate::config::ServeConfig;
 use crate::engine::worker::{self, Pool};
-use crate::engine::{Engine, recovery, retention};
+use crate::engine::{Engine, leases, recovery, retention};
 use crate::http::router::cors_layer;
 use crate::http::state::{AppState, Parts};
 use crate::lock::DataDirLock;
@@ -39,6 +39,7 @@ pub struct Application {
     port: u16,
     workers: Pool,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    leases: Option<tokio::task::JoinHandle<()>>,
     connections: streaming::server::Settings,
 }
 
@@ -140,7 +141,9 @@ impl Application {
         // Before anything is written: a folder or a database Aura must not use stops the start
         // with an `Unusable` (exit code 2), leaving every file as it was.
         writable_data_dir(&settings.data_dir)?;
-        preflight::inspect(&settings.database()).await?;
+        if !crate::store::is_postgres(&settings.database()) {
+            preflight::inspect(&settings.database()).await?;
+        }
         let auth = Auth::load(&settings).context("loading the tokens and sessions files")?;
         if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens() {
             anyhow::bail!(
@@ -155,9 +158,10 @@ impl Application {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let metrics = metrics_handle()?;
         let shutdown = CancellationToken::new();
-        let (store, feed) = Store::open(&settings.database(), settings.synchronous.into())
-            .await
-            .with_context(|| format!("opening the database {}", settings.database()))?;
+        let (store, feed) =
+            Store::open_node(&settings.database(), settings.synchronous.into(), settings.node())
+                .await
+                .with_context(|| format!("opening the database {}", settings.database_shown()))?;
         let hub = Hub::start(
             store.clone(),
             feed,
@@ -178,6 +182,10 @@ impl Application {
         let listener = listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
         let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
+        if store.node().is_some() {
+            // A cancel sent to another node reaches this node's processes through the log.
+            tokio::spawn(observe(hub.clone(), engine.clone(), shutdown.clone()));
+        }
         let streaming = streaming::Context::new(streaming::stream::ContextParts {
             store: store.clone(),
             hub,
@@ -206,6 +214,7 @@ impl Application {
                 .context("recovering jobs left by the previous run")?;
         engine.queue_resumed(recovered.resumed);
         let workers = worker::spawn_pool(engine.clone());
+        let leases = leases::spawn(engine.clone());
         let sweeper = state.settings().output_retention.0.map(|keep| {
             retention::spawn(
                 state.store().clone(),
@@ -214,7 +223,7 @@ impl Application {
                 engine.shutdown_token(),
             )
         });
-        Ok(Application { lock, listener, router, state, port, workers, sweeper, connections })
+        Ok(Application { lock, listener, router, state, port, workers, sweeper, leases, connections })
     }
 
     pub fn port(&self) -> u16 {
@@ -256,10 +265,39 @@ impl Application {
             }
         }
         let store = self.state.store().clone();
+        if let Some(leases) = self.leases {
+            leases.abort();
+            // The jobs this node leaves Running continue on other nodes at once.
+            if let Err(e) = store.release_leases().await {
+                tracing::warn!(error = %e, "letting go of this node's leases failed; they expire on their own");
+            }
+        }
         drop(self.state);
         store.close().await;
         tracing::info!(lock = %self.lock.path().display(), "store closed; releasing the data folder");
         drop(self.lock);
         result
+    }
+}
+
+/// Hands every event this node publishes (its own and other nodes') to the engine, which stops
+/// its processes of a job cancelled on another node and wakes idle workers for new work.
+async fn observe(hub: std::sync::Arc<Hub>, engine: Engine, shutdown: CancellationToken) {
+    let mut published = hub.watch();
+    let mut seen = *published.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        let now = *published.borrow_and_update();
+        match hub.recent_after(seen) {
+            Some((events, through)) => {
+                engine.observe(&events);
+                seen = through;
+            }
+            // Too far behind for memory: the lease renewal still finds a lost or ended job.
+            None => seen = now,
+        }
     }
 }

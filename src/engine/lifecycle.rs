@@ -13,7 +13,12 @@ use crate::domain::event::{
 };
 use crate::domain::job::{JobState, JobStatus, OUTPUT_EXPIRED, Stage, round1};
 use crate::domain::spec::JobSpec;
-use crate::store::{Applied, Refusal, Store, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Applied, LeaseOp, Refusal, Store, StoreError};
 
 /// What a lifecycle call returns: the store may fail, or the decision may be refused.
 pub type Outcome = Result<Result<Applied, Refusal>, StoreError>;
@@ -67,8 +72,9 @@ pub async fn cancel(store: &Store, job_id: Uuid) -> Outcome {
 /// Claims a Queued job for a worker: Running, the next attempt, at the start of `stage`.
 pub async fn claim(store: &Store, job_id: Uuid) -> Outcome {
     store
-        .apply(
+        .apply_leased(
             job_id,
+            LeaseOp::Take,
             Box::new(|state| {
                 let s = state.ok_or(Refusal::NotFound)?;
                 if s.status != JobStatus::Queued {
@@ -93,16 +99,19 @@ fn new_attempt(s: &JobState) -> EventBody {
 }
 
 /// Continues a job parked for lack of disk space as a new attempt (it stays Running; the new
-/// attempt skips the stages whose artifacts are verified). Refused unless the job is Running.
-pub async fn resume_parked(store: &Store, job_id: Uuid) -> Outcome {
+/// attempt skips the stages whose artifacts are verified). Refused unless the job is Running in
+/// `attempt`.
+pub async fn resume_parked(store: &Store, job_id: Uuid, attempt: u32) -> Outcome {
     store
-        .apply(
+        .apply_leased(
             job_id,
-            Box::new(|state| {
+            LeaseOp::Take,
+            Box::new(move |state| {
                 let s = live(state)?;
                 if s.status != JobStatus::Running {
                     return Err(Refusal::Conflict(format!("the job is {}", s.status.name())));
                 }
+                fence(s, Some(attempt))?;
                 Ok(vec![new_attempt(s)])
             }),
         )
@@ -140,27 +149,80 @@ fn live(state: Option<&JobState>) -> Result<&JobState, Refusal> {
     Ok(s)
 }
 
+/// Refuses a worker's append to an attempt that is no longer the job's: another node took the
+/// job over (its lease had expired), so this node's writes must not count.
+fn fence(s: &JobState, attempt: Option<u32>) -> Result<(), Refusal> {
+    match attempt {
+        Some(mine) if s.attempt != mine => Err(Refusal::Conflict(format!(
+            "the job continues as attempt {}; attempt {mine} may no longer write",
+            s.attempt
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A worker's handle on the job it runs.
 #[derive(Clone)]
 pub struct JobHandle {
     store: Store,
     job_id: Uuid,
+    /// The attempt this worker runs, when its writes are fenced (see [`JobHandle::fenced`]).
+    attempt: Option<Arc<AtomicU32>>,
+    /// Cancelled when a write was refused because the attempt is no longer the job's.
+    lost: CancellationToken,
 }
 
 impl JobHandle {
+    /// A handle whose writes are not fenced (tests and benchmarks drive jobs with it).
     pub fn new(store: Store, job_id: Uuid) -> Self {
-        JobHandle { store, job_id }
+        JobHandle { store, job_id, attempt: None, lost: CancellationToken::new() }
+    }
+
+    /// A worker's handle on `attempt` of the job: every write is refused once the job has moved
+    /// on to another attempt, and `lost` is then cancelled (the worker kills its processes).
+    pub fn fenced(store: Store, job_id: Uuid, attempt: u32, lost: CancellationToken) -> Self {
+        JobHandle { store, job_id, attempt: Some(Arc::new(AtomicU32::new(attempt))), lost }
     }
 
     pub fn job_id(&self) -> Uuid {
         self.job_id
     }
 
+    /// The attempt this handle writes for (0 when not fenced).
+    pub fn attempt(&self) -> u32 {
+        self.attempt.as_ref().map_or(0, |a| a.load(Ordering::Acquire))
+    }
+
+    /// The job went on to `attempt` by this worker's own decision (a parked job resumed).
+    pub fn set_attempt(&self, attempt: u32) {
+        if let Some(a) = &self.attempt {
+            a.store(attempt, Ordering::Release);
+        }
+    }
+
     async fn decide(
         &self,
         f: impl FnOnce(&JobState) -> Result<Vec<EventBody>, Refusal> + Send + 'static,
     ) -> Outcome {
-        self.store.apply(self.job_id, Box::new(move |state| f(live(state)?))).await
+        let attempt = self.attempt.as_ref().map(|a| a.load(Ordering::Acquire));
+        let outcome = self
+            .store
+            .apply(
+                self.job_id,
+                Box::new(move |state| {
+                    let s = live(state)?;
+                    fence(s, attempt)?;
+                    f(s)
+                }),
+            )
+            .await;
+        if let Ok(Err(Refusal::Conflict(_))) = &outcome
+            && attempt.is_some()
+        {
+            // Ended, or taken over: either way this worker's processes have nothing left to do.
+            self.lost.cancel();
+        }
+        outcome
     }
 
     pub async fn start_stage(&self, step: Stage) -> Outcome {
@@ -250,6 +312,16 @@ pub enum Recovered {
     GaveUp,
 }
 
+/// Why a job's attempt was cut short without a word from its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// The server restarted (SQLite: this process holds the data folder, so every Running job
+    /// it finds was orphaned).
+    Restart,
+    /// The node running it stopped renewing its lease (PostgreSQL): it died or lost the database.
+    LeaseExpired,
+}
+
 /// After a restart: a Running job gets a `warning` (`engine-restarted`, naming its step) and a
 /// new attempt, or fails with `too-many-attempts` once `max_attempts` are used up; a Cancelling
 /// job ends Cancelled.
@@ -258,23 +330,51 @@ pub async fn recover(
     job_id: Uuid,
     max_attempts: u32,
 ) -> Result<Result<Recovered, Refusal>, StoreError> {
+    interrupted(store, job_id, max_attempts, Interruption::Restart).await
+}
+
+/// Like [`recover`], for a job whose lease expired: the warning is `node-lost`, and the new
+/// attempt waits for any worker node. Refused unless the lease is still expired when the
+/// decision runs.
+pub async fn recover_expired(
+    store: &Store,
+    job_id: Uuid,
+    max_attempts: u32,
+) -> Result<Result<Recovered, Refusal>, StoreError> {
+    interrupted(store, job_id, max_attempts, Interruption::LeaseExpired).await
+}
+
+async fn interrupted(
+    store: &Store,
+    job_id: Uuid,
+    max_attempts: u32,
+    why: Interruption,
+) -> Result<Result<Recovered, Refusal>, StoreError> {
+    let lease = match why {
+        Interruption::Restart => LeaseOp::Keep,
+        Interruption::LeaseExpired => LeaseOp::Orphan,
+    };
     let outcome = store
-        .apply(
+        .apply_leased(
             job_id,
+            lease,
             Box::new(move |state| {
                 let s = live(state)?;
                 let step = s.stage;
                 let where_ =
                     step.map_or("before its first stage".to_owned(), |st| format!("in {}", st.name()));
+                let (code, what) = match why {
+                    Interruption::Restart => ("engine-restarted", "the server restarted"),
+                    Interruption::LeaseExpired => {
+                        ("node-lost", "the node running the job stopped renewing its lease")
+                    }
+                };
                 match s.status {
                     JobStatus::Cancelling => Ok(vec![EventBody::JobCancelled(JobCancelledData { step })]),
                     JobStatus::Running => {
                         let warning = EventBody::Warning(NoticeData {
-                            code: "engine-restarted".into(),
-                            message: format!(
-                                "the server restarted while the job was {where_} (attempt {})",
-                                s.attempt
-                            ),
+                            code: code.into(),
+                            message: format!("{what} while the job was {where_} (attempt {})", s.attempt),
                             step,
                         });
                         let next = if s.attempt >= max_attempts {

@@ -8,6 +8,7 @@
 //! idle workers. The HTTP edge calls it; it never calls the edge.
 
 pub mod disk;
+pub mod leases;
 pub mod lifecycle;
 pub mod pipeline;
 pub mod process;

@@ -10,6 +10,9 @@
 //!    is queued for the workers ahead of new jobs; each `Cancelling` job ends `Cancelled`;
 //! 3. work files of jobs that have ended are removed (a completed job keeps its video).
 //!
+//! With PostgreSQL only the first and last steps run: other nodes may be running the jobs that
+//! are `Running`; a dead node's jobs are found by their expired leases (`engine::leases`).
+//!
 //! The new attempt resumes at the first stage whose artifacts are not verified (see
 //! `pipeline::artifacts`); stages before it are reported `Skipped`.
 
@@ -38,7 +41,11 @@ pub async fn recover(store: &Store, data_dir: &Path, max_attempts: u32) -> anyho
         killed_groups: crate::engine::process::kill_orphans_under(&jobs_dir),
         ..Recovery::default()
     };
-    for status in [JobStatus::Running, JobStatus::Cancelling] {
+    // With a shared store other nodes run the Running jobs: a lost node's jobs are found by
+    // their expired leases (see `leases`), not here.
+    let statuses: &[JobStatus] =
+        if store.node().is_some() { &[] } else { &[JobStatus::Running, JobStatus::Cancelling] };
+    for &status in statuses {
         let mut before = None;
         loop {
             let page = store.list_jobs(None, Some(status), before, 500).await?;

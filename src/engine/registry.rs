@@ -14,11 +14,20 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ServeConfig;
+use crate::domain::event::{JobStatusData, StoredEvent};
+use crate::domain::job::JobStatus;
 use crate::domain::spec::JobSpec;
 use crate::engine::disk::Disk;
-use crate::engine::lifecycle;
+use crate::engine::lifecycle::{self, JobHandle};
 use crate::store::{Applied, Refusal, Store, StoreError};
 use crate::sync::lock;
+
+/// A job this node runs: the token that kills its processes, and the handle that knows its
+/// attempt (for the lease renewals of a shared store).
+struct Running {
+    cancel: CancellationToken,
+    handle: Option<JobHandle>,
+}
 
 /// Cheap to clone: everything is behind one `Arc`.
 #[derive(Clone)]
@@ -31,7 +40,7 @@ struct Inner {
     store: Store,
     shutdown: CancellationToken,
     jobs_created: Notify,
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    running: Mutex<HashMap<Uuid, Running>>,
     resumed: Mutex<VecDeque<Uuid>>,
     disk: Disk,
 }
@@ -103,7 +112,7 @@ impl Engine {
         let token = self.inner.shutdown.child_token();
         match lock(&self.inner.running, "running jobs") {
             Ok(mut running) => {
-                running.insert(job_id, token.clone());
+                running.insert(job_id, Running { cancel: token.clone(), handle: None });
             }
             Err(e) => tracing::error!(error = %e, %job_id, "cannot register a running job"),
         }
@@ -119,12 +128,66 @@ impl Engine {
         }
     }
 
+    /// Remembers the handle of a job this node runs (its attempt is renewed on the lease).
+    pub fn attach_handle(&self, handle: &JobHandle) {
+        match lock(&self.inner.running, "running jobs") {
+            Ok(mut running) => {
+                if let Some(job) = running.get_mut(&handle.job_id()) {
+                    job.handle = Some(handle.clone());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record a running job's attempt"),
+        }
+    }
+
+    /// The jobs this node runs with their attempts.
+    pub fn running_attempts(&self) -> Vec<(Uuid, u32)> {
+        match lock(&self.inner.running, "running jobs") {
+            Ok(running) => running
+                .iter()
+                .filter_map(|(id, job)| job.handle.as_ref().map(|h| (*id, h.attempt())))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the running jobs");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stops a job whose lease this node lost: its processes are killed; whatever the worker
+    /// then writes is refused by the attempt's fence.
+    pub fn lose(&self, job_id: Uuid) {
+        tracing::warn!(%job_id, "this node lost the job's lease; stopping its processes");
+        self.cancel_running(job_id);
+    }
+
+    /// What this node learns from events committed by any node: a job asked to stop while
+    /// this node runs it is stopped (a cancel sent to another node), and idle workers wake for
+    /// a new job or a new attempt that waits for a worker node.
+    pub fn observe(&self, events: &[Arc<StoredEvent>]) {
+        let mut wake = false;
+        for event in events {
+            match event.kind.as_str() {
+                "job-status" => match serde_json::from_str::<JobStatusData>(event.data()) {
+                    Ok(data) if data.status == JobStatus::Cancelling => self.cancel_running(event.job_id),
+                    Ok(data) if data.status == JobStatus::Queued => wake = true,
+                    _ => {}
+                },
+                "warning" => wake = true,
+                _ => {}
+            }
+        }
+        if wake {
+            self.inner.jobs_created.notify_waiters();
+        }
+    }
+
     /// Tells the worker running `job_id`, if any, to stop it.
     fn cancel_running(&self, job_id: Uuid) {
         match lock(&self.inner.running, "running jobs") {
             Ok(running) => {
-                if let Some(token) = running.get(&job_id) {
-                    token.cancel();
+                if let Some(job) = running.get(&job_id) {
+                    job.cancel.cancel();
                 }
             }
             Err(e) => tracing::error!(error = %e, %job_id, "cannot reach the running job to cancel it"),

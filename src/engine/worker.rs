@@ -73,19 +73,24 @@ async fn work(engine: Engine, n: usize) {
         }
         // Jobs that startup recovery gave a new attempt are already Running: no claim.
         if let Some(job_id) = engine.next_resumed() {
-            match engine.store().job(job_id).await {
-                Ok(Some(job)) if job.status == JobStatus::Running => {
-                    run_job(&engine, job_id, job.request).await
-                }
-                Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
-                Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
-            }
+            run_resumed(&engine, job_id).await;
             continue;
+        }
+        // On a shared store: a new attempt of a job whose node was lost, waiting for a worker.
+        match engine.store().take_waiting().await {
+            Ok(Some(job_id)) => {
+                run_resumed(&engine, job_id).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "looking for attempts that wait for a worker failed"),
         }
         match engine.store().next_queued().await {
             Ok(Some(job_id)) => {
                 match lifecycle::claim(engine.store(), job_id).await {
-                    Ok(Ok(applied)) => run_job(&engine, job_id, applied.state.request).await,
+                    Ok(Ok(applied)) => {
+                        run_job(&engine, job_id, applied.state.request, applied.state.attempt).await
+                    }
                     Ok(Err(refusal)) => tracing::debug!(%job_id, %refusal, "another worker took the job"),
                     Err(e) => {
                         tracing::error!(%job_id, error = %e, "claiming a job failed");
@@ -100,6 +105,22 @@ async fn work(engine: Engine, n: usize) {
         idle(&shutdown, notified, FALLBACK_POLL).await;
     }
     tracing::debug!("worker stopped");
+}
+
+/// Runs a job that already has its new attempt (startup recovery, or an attempt taken over
+/// from a lost node). One that was cancelled meanwhile is ended here: no worker runs it.
+async fn run_resumed(engine: &Engine, job_id: Uuid) {
+    match engine.store().job(job_id).await {
+        Ok(Some(job)) if job.status == JobStatus::Running => {
+            run_job(engine, job_id, job.request, job.attempt).await
+        }
+        Ok(Some(job)) if job.status == JobStatus::Cancelling => {
+            let handle = JobHandle::new(engine.store().clone(), job_id);
+            log_append(handle.cancelled(job.stage).await, "job-cancelled");
+        }
+        Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
+        Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
+    }
 }
 
 async fn idle(
@@ -123,9 +144,10 @@ fn absolute(dir: &Path) -> PathBuf {
 
 /// Runs one claimed job to its end (or to shutdown) and records how it ended.
 #[tracing::instrument(skip_all, fields(job_id = %job_id))]
-async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSpec) {
+async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSpec, attempt: u32) {
     let cancel = engine.register_running(job_id);
-    let handle = JobHandle::new(engine.store().clone(), job_id);
+    let handle = JobHandle::fenced(engine.store().clone(), job_id, attempt, cancel.clone());
+    engine.attach_handle(&handle);
     let settings = engine.settings();
     let job_dir = absolute(&settings.data_dir).join("jobs").join(job_id.to_string());
     let ext = spec.render_spec.container.extension();
@@ -260,8 +282,9 @@ async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
         if warned && tokio::time::Instant::now() >= at_least {
             engine.disk().refresh();
             if !engine.disk().is_low() {
-                match lifecycle::resume_parked(engine.store(), job.id).await {
-                    Ok(Ok(_)) => {
+                match lifecycle::resume_parked(engine.store(), job.id, job.handle.attempt()).await {
+                    Ok(Ok(applied)) => {
+                        job.handle.set_attempt(applied.state.attempt);
                         tracing::info!(step = step.name(), "there is room again; the job continues");
                         return Parked::Resumed;
                     }

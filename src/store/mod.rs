@@ -27,7 +27,10 @@ use uuid::Uuid;
 
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
-pub use writer::{Applied, Decide, Refusal};
+pub use postgres::writer::Node;
+pub use writer::{Applied, Decide, LeaseOp, Refusal};
+
+use postgres::PgLog;
 
 /// How `synchronous` is set on the write connection (`AURA_SYNCHRONOUS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shut down")]
     Closed,
+    /// What this backend does not offer (yet).
+    #[error("not available in this store: {0}")]
+    Unsupported(&'static str),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     /// The group commit this request was part of failed; every request of the group gets the
@@ -93,19 +99,61 @@ pub struct Store {
 
 /// Behind one `Arc`: every stream holds a `Store`, so a clone must cost no allocation.
 struct Inner {
-    pool: SqlitePool,
+    backend: Backend,
     writer: mpsc::Sender<writer::Work>,
-    write_options: SqliteConnectOptions,
     close: CancellationToken,
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
+
+/// Where the log lives: one SQLite file (the embedded default), or a PostgreSQL database several
+/// nodes share. Built once per process and kept behind the store's `Arc`, so the size
+/// difference between the two costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Sqlite { pool: SqlitePool, write_options: SqliteConnectOptions },
+    Postgres { log: PgLog, node: Node },
+}
+
+/// The SQLite read pool, or else returns what the PostgreSQL backend answers.
+macro_rules! sqlite_pool {
+    ($store:expr, $log:ident => $pg:expr) => {
+        match &$store.inner.backend {
+            Backend::Sqlite { pool, .. } => pool,
+            #[allow(unused_variables)]
+            Backend::Postgres { log: $log, .. } => return $pg,
+        }
+    };
+}
+pub(crate) use sqlite_pool;
+
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres(url: &str) -> bool {
+    let lower = url.get(..13).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Connections of a node's PostgreSQL pool: the writer, the tail's reads, the streams' replays.
+const PG_CONNECTIONS: u32 = 10;
 
 /// What the writer hands the fan-out after each commit, in commit (and so id) order.
 pub type CommitFeed = mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>;
 
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer task.
+    /// A PostgreSQL URL opens the shared store as a node with a default name and lease time.
     pub async fn open(url_or_path: &str, durability: Durability) -> Result<(Store, CommitFeed), StoreError> {
+        Store::open_node(url_or_path, durability, Node::default_for_process(30)).await
+    }
+
+    /// [`Store::open`], naming the node (for its leases) when the database is PostgreSQL.
+    pub async fn open_node(
+        url_or_path: &str,
+        durability: Durability,
+        node: Node,
+    ) -> Result<(Store, CommitFeed), StoreError> {
+        if is_postgres(url_or_path) {
+            return Store::open_postgres(url_or_path, node).await;
+        }
         let options = connect_options(url_or_path)?;
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
@@ -126,9 +174,8 @@ impl Store {
         let spawned = writer::spawn(conn, close.clone());
         let store = Store {
             inner: Arc::new(Inner {
-                pool,
+                backend: Backend::Sqlite { pool, write_options },
                 writer: spawned.queue,
-                write_options,
                 close,
                 writer_done: tokio::sync::Mutex::new(Some(spawned.done)),
             }),
@@ -136,12 +183,95 @@ impl Store {
         Ok((store, spawned.feed))
     }
 
+    /// The shared store: this node's writer feeds its own commits to the fan-out at once, its
+    /// tail every node's (the hub keeps each id once, in order).
+    async fn open_postgres(url: &str, node: Node) -> Result<(Store, CommitFeed), StoreError> {
+        let log = PgLog::open(url, PG_CONNECTIONS).await?;
+        let after = log.max_event_id().await?;
+        let close = CancellationToken::new();
+        let (feed_tx, feed) = mpsc::unbounded_channel();
+        let (queue, done) = postgres::writer::spawn(
+            log.pool().clone(),
+            node.clone(),
+            log.committed.clone(),
+            feed_tx.clone(),
+            close.clone(),
+        );
+        postgres::tail::spawn(log.clone(), url.to_owned(), after, feed_tx, close.clone());
+        let store = Store {
+            inner: Arc::new(Inner {
+                backend: Backend::Postgres { log, node },
+                writer: queue,
+                close,
+                writer_done: tokio::sync::Mutex::new(Some(done)),
+            }),
+        };
+        Ok((store, feed))
+    }
+
+    /// This node, when the store is shared (PostgreSQL); `None` with SQLite.
+    pub fn node(&self) -> Option<&Node> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres { node, .. } => Some(node),
+        }
+    }
+
+    /// [`Store::apply`] with what the decision does to the job's lease (PostgreSQL only).
+    pub async fn apply_leased(
+        &self,
+        job_id: Uuid,
+        lease: LeaseOp,
+        decide: Decide,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Work::Append(writer::Request { job_id, decide, lease, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Renews this node's leases of `jobs` (id, attempt); returns those it no longer holds.
+    /// Nothing to do with SQLite.
+    pub async fn renew_leases(&self, jobs: &[(Uuid, u32)]) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(Vec::new()),
+            Backend::Postgres { log, node } => log.renew_leases(node, jobs).await,
+        }
+    }
+
+    /// Jobs whose lease expired (their node stopped renewing it). None with SQLite.
+    pub async fn expired_leases(&self, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(Vec::new()),
+            Backend::Postgres { log, .. } => log.expired_leases(limit).await,
+        }
+    }
+
+    /// Takes a job's new attempt that waits for a worker node. None with SQLite.
+    pub async fn take_waiting(&self) -> Result<Option<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(None),
+            Backend::Postgres { log, node } => log.take_waiting(node).await,
+        }
+    }
+
+    /// Lets this node's leases expire now, at a clean shutdown. Nothing to do with SQLite.
+    pub async fn release_leases(&self) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(()),
+            Backend::Postgres { log, node } => log.release_leases(node).await,
+        }
+    }
+
     /// Runs one decision against a job's current state and appends what it returns, atomically.
     pub async fn apply(&self, job_id: Uuid, decide: Decide) -> Result<Result<Applied, Refusal>, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.inner
             .writer
-            .send(writer::Work::Append(writer::Request { job_id, decide, reply }))
+            .send(writer::Work::Append(writer::Request { job_id, decide, lease: LeaseOp::Keep, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -149,14 +279,16 @@ impl Store {
 
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(&self.inner.pool).await?;
+        let pool = sqlite_pool!(self, log => log.ping().await);
+        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(pool).await?;
         Ok(())
     }
 
     pub async fn job(&self, job_id: Uuid) -> Result<Option<JobState>, StoreError> {
+        let pool = sqlite_pool!(self, log => log.job(job_id).await);
         let id = job_id.to_string();
         let row = sqlx::query_as!(rows::JobRow, "SELECT * FROM jobs WHERE job_id = ?", id)
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(pool)
             .await?;
         row.map(JobState::try_from).transpose()
     }
@@ -168,6 +300,7 @@ impl Store {
         before: time::OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<JobState>, StoreError> {
+        let pool = sqlite_pool!(self, log => log.outputs_finished_before(before, limit).await);
         // `finished_at` is fixed-width RFC 3339 UTC text, so text order is time order.
         let before = crate::domain::time::format_at(before);
         let limit = i64::from(limit);
@@ -179,7 +312,7 @@ impl Store {
             before,
             limit
         )
-        .fetch_all(&self.inner.pool)
+        .fetch_all(pool)
         .await?;
         rows.into_iter().map(JobState::try_from).collect()
     }
@@ -192,6 +325,7 @@ impl Store {
         before: Option<i64>,
         limit: u32,
     ) -> Result<JobPage, StoreError> {
+        let pool = sqlite_pool!(self, log => log.list_jobs(owner, status, before, limit).await);
         let status = status.map(JobStatus::name);
         let before = before.unwrap_or(i64::MAX);
         let fetch = i64::from(limit) + 1;
@@ -205,7 +339,7 @@ impl Store {
             owner,
             fetch
         )
-        .fetch_all(&self.inner.pool)
+        .fetch_all(pool)
         .await?;
         let more = rows.len() > limit as usize;
         let next = if more { rows.get(limit as usize - 1).map(|r| r.created_event_id) } else { None };
@@ -220,6 +354,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let pool = sqlite_pool!(self, log => log.filtered_events_after(filter, after, limit).await);
         let limit = i64::from(limit);
         let rows = match filter {
             EventFilter::All => {
@@ -230,7 +365,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
             EventFilter::Jobs(ids) if ids.len() == 1 => {
@@ -243,7 +378,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
             EventFilter::Owner(owner) => {
@@ -256,7 +391,7 @@ impl Store {
                     owner,
                     limit
                 )
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
             EventFilter::Jobs(ids) => {
@@ -271,7 +406,7 @@ impl Store {
                     list,
                     limit
                 )
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
         };
@@ -280,10 +415,11 @@ impl Store {
 
     /// The oldest Queued job (by creation order), the next one a worker should claim.
     pub async fn next_queued(&self) -> Result<Option<Uuid>, StoreError> {
+        let pool = sqlite_pool!(self, log => log.next_queued().await);
         let id = sqlx::query_scalar!(
             "SELECT job_id FROM jobs WHERE status = 'Queued' ORDER BY created_event_id LIMIT 1"
         )
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(pool)
         .await?;
         id.map(|id| Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("a jobs.job_id".into()))).transpose()
     }
@@ -304,6 +440,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Option<FramedPage>, StoreError> {
+        let pool = sqlite_pool!(self, log => Ok(None));
         let limit = i64::from(limit);
         let row = match filter {
             EventFilter::All => {
@@ -319,7 +456,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_one(&self.inner.pool)
+                .fetch_one(pool)
                 .await?
             }
             EventFilter::Jobs(ids) if ids.len() == 1 => {
@@ -337,7 +474,7 @@ impl Store {
                     after,
                     limit
                 )
-                .fetch_one(&self.inner.pool)
+                .fetch_one(pool)
                 .await?
             }
             EventFilter::Jobs(_) | EventFilter::Owner(_) => return Ok(None),
@@ -347,31 +484,36 @@ impl Store {
 
     /// The highest event id committed so far (0 for an empty log).
     pub async fn max_event_id(&self) -> Result<i64, StoreError> {
+        let pool = sqlite_pool!(self, log => log.max_event_id().await);
         let id = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")
-            .fetch_one(&self.inner.pool)
+            .fetch_one(pool)
             .await?;
         Ok(id)
     }
 
     /// How many jobs there are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let pool = sqlite_pool!(self, log => log.job_counts().await);
         let rows = sqlx::query!("SELECT status, count(*) AS \"n!: i64\" FROM jobs GROUP BY status")
-            .fetch_all(&self.inner.pool)
+            .fetch_all(pool)
             .await?;
         Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
     }
 
     /// Every job id that has a `jobs` row.
     pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar!("SELECT job_id FROM jobs ORDER BY created_event_id")
-            .fetch_all(&self.inner.pool)
-            .await?)
+        let pool = sqlite_pool!(self, log => log.job_ids().await);
+        Ok(sqlx::query_scalar!("SELECT job_id FROM jobs ORDER BY created_event_id").fetch_all(pool).await?)
     }
 
     /// Replaces the whole `jobs` table with the given states, in one transaction
     /// (`aura check --repair`: the log is the truth). Each state comes with its first event id.
     pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)]) -> Result<(), StoreError> {
-        let mut conn = self.inner.write_options.clone().connect().await?;
+        let write_options = match &self.inner.backend {
+            Backend::Sqlite { write_options, .. } => write_options,
+            Backend::Postgres { .. } => return Err(StoreError::Unsupported("rebuilding jobs on PostgreSQL")),
+        };
+        let mut conn = write_options.clone().connect().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query!("DELETE FROM jobs").execute(&mut *tx).await?;
         for (created_event_id, state) in jobs {
@@ -390,7 +532,10 @@ impl Store {
         {
             tracing::warn!("the store writer did not finish within 5 s");
         }
-        self.inner.pool.close().await;
+        match &self.inner.backend {
+            Backend::Sqlite { pool, .. } => pool.close().await,
+            Backend::Postgres { log, .. } => log.close().await,
+        }
     }
 }
 

@@ -33,14 +33,14 @@ use crate::domain::event::{EventBody, format_at, now_micros};
 use crate::domain::job::{JobState, JobStatus};
 
 /// Most requests committed in one transaction.
-const MAX_GROUP: usize = 512;
+pub(super) const MAX_GROUP: usize = 512;
 /// Most job states the writer keeps in memory; past it the cache starts over.
 const CACHE_LIMIT: usize = 20_000;
 
 /// The state of jobs being worked on (Running or Cancelling), as of the last commit. The writer is the only
 /// process that writes while a server holds the data folder, so its own copy is the truth and
 /// saves reading and parsing the row for every event. Emptied whenever a group fails.
-type Cache = std::collections::HashMap<Uuid, JobState>;
+pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
 
 /// Looks at a job's state (`None`: no such job) and says what to append.
 pub type Decide = Box<dyn FnOnce(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send>;
@@ -66,10 +66,26 @@ pub struct Applied {
 pub(super) struct Request {
     pub job_id: Uuid,
     pub decide: Decide,
+    pub lease: LeaseOp,
     pub reply: oneshot::Sender<Result<Result<Applied, Refusal>, StoreError>>,
 }
 
-type Outcome = Result<Applied, Refusal>;
+/// What an append does to the job's lease (PostgreSQL only: with SQLite one process holds the
+/// data folder and every job it runs, so there are no leases). Whatever the op, a job that ends
+/// loses its lease in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Leaves the lease as it is.
+    Keep,
+    /// This node runs the job: if the decision leaves it Running, the lease is this node's, for
+    /// the job's new attempt.
+    Take,
+    /// Another node's lease expired: refused unless it still is; if the decision leaves the job
+    /// Running, the new attempt's lease waits for any worker node to take it.
+    Orphan,
+}
+
+pub(super) type Outcome = Result<Applied, Refusal>;
 
 /// What the writer's queue carries: an append decision, or a webhook's bookkeeping (its
 /// registration, position and delivery log), so that this task stays the only writer.
@@ -108,30 +124,7 @@ async fn run(
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut webhooks = Vec::new();
     let mut cache = Cache::new();
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut work, MAX_GROUP) => n,
-            () = close.cancelled(), if !rx.is_closed() => {
-                // Take no new requests; what is already queued is still committed.
-                rx.close();
-                continue;
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        if n < MAX_GROUP {
-            // Producers answered by the last commit are often just about to send their next
-            // request (the waker put this task first in line): let them, so that the group is
-            // not cut after the first one and the rest wait a whole fsync.
-            tokio::task::yield_now().await;
-            while work.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(w) => work.push(w),
-                    Err(_) => break,
-                }
-            }
-        }
+    while gather(&mut rx, &mut work, &close).await {
         for w in work.drain(..) {
             match w {
                 Work::Append(r) => group.push(r),
@@ -150,33 +143,12 @@ async fn run(
         if cache.len() > CACHE_LIMIT {
             cache.clear();
         }
-        match write_group(&mut conn, &mut cache, replies).await {
-            Ok(outcomes) => {
-                let committed: Vec<Arc<StoredEvent>> = outcomes
-                    .iter()
-                    .filter_map(|o| o.as_ref().ok())
-                    .flat_map(|a| a.events.iter().cloned())
-                    .collect();
-                metrics::histogram!("aura_sqlite_commit_seconds").record(started.elapsed().as_secs_f64());
-                metrics::counter!("aura_events_appended_total").increment(committed.len() as u64);
-                if !committed.is_empty() {
-                    // The fan-out may be gone during shutdown; the events are committed regardless.
-                    let _ = feed.send(committed);
-                }
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = req.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                // The cache may hold states of the rolled-back group: start over from the table.
-                cache.clear();
-                tracing::error!(error = %e, "group commit failed; every request in it is refused");
-                let cause = Arc::new(e);
-                for req in group.drain(..) {
-                    let _ = req.reply.send(Err(StoreError::GroupFailed(cause.clone())));
-                }
-            }
+        let result = write_group(&mut conn, &mut cache, replies).await;
+        if result.is_err() {
+            // The cache may hold states of the rolled-back group: start over from the table.
+            cache.clear();
         }
+        answer(&mut group, result, &feed, started);
     }
     // Closed, or every sender is gone: leave the file tidy for the next process and for `sqlite3` users.
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
@@ -188,25 +160,95 @@ async fn run(
     tracing::info!("store writer closed");
 }
 
+/// Answers every request of a group with its outcome once the group is committed (and hands
+/// its events to the fan-out), or with the group's failure.
+pub(super) fn answer(
+    group: &mut Vec<Request>,
+    result: Result<Vec<Outcome>, StoreError>,
+    feed: &mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+    started: Instant,
+) {
+    match result {
+        Ok(outcomes) => {
+            let committed: Vec<Arc<StoredEvent>> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok())
+                .flat_map(|a| a.events.iter().cloned())
+                .collect();
+            metrics::histogram!("aura_sqlite_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("aura_events_appended_total").increment(committed.len() as u64);
+            if !committed.is_empty() {
+                // The fan-out may be gone during shutdown; the events are committed regardless.
+                let _ = feed.send(committed);
+            }
+            for (req, outcome) in group.drain(..).zip(outcomes) {
+                let _ = req.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed; every request in it is refused");
+            let cause = Arc::new(e);
+            for req in group.drain(..) {
+                let _ = req.reply.send(Err(StoreError::GroupFailed(cause.clone())));
+            }
+        }
+    }
+}
+
+/// Waits for work and takes what is queued behind it, up to [`MAX_GROUP`] items, into `work`.
+/// `false` once the queue is closed (by `close`, after what was queued) and empty.
+pub(super) async fn gather(
+    rx: &mut mpsc::Receiver<Work>,
+    work: &mut Vec<Work>,
+    close: &CancellationToken,
+) -> bool {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(work, MAX_GROUP) => n,
+            () = close.cancelled(), if !rx.is_closed() => {
+                // Take no new requests; what is already queued is still committed.
+                rx.close();
+                continue;
+            }
+        };
+        if n == 0 {
+            return false;
+        }
+        if n < MAX_GROUP {
+            // Producers answered by the last commit are often just about to send their next
+            // request (the waker put this task first in line): let them, so that the group is
+            // not cut after the first one and the rest wait a whole fsync.
+            tokio::task::yield_now().await;
+            while work.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(w) => work.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
+        return true;
+    }
+}
+
 /// Moves the closure out of a request, leaving one that refuses (never called twice).
-fn take_decide(r: &mut Request) -> Decide {
+pub(super) fn take_decide(r: &mut Request) -> Decide {
     std::mem::replace(&mut r.decide, Box::new(|_| Err(Refusal::Invalid("decided twice".into()))))
 }
 
 /// One accepted decision of a group, before its events have ids.
-struct Accepted {
+pub(super) struct Accepted {
     /// Its place in the group, to answer the right caller.
-    index: usize,
-    job_id: Uuid,
+    pub index: usize,
+    pub job_id: Uuid,
     /// The job's state after the decision (its `last_event_id` is set once ids are known).
-    state: JobState,
-    is_new: bool,
+    pub state: JobState,
+    pub is_new: bool,
     /// The job's status before the decision (`None` for a new job).
-    status_before: Option<JobStatus>,
+    pub status_before: Option<JobStatus>,
     /// `(type, data)` of each event, in order.
-    events: Vec<(&'static str, String)>,
-    created_at: String,
-    started: Instant,
+    pub events: Vec<(&'static str, String)>,
+    pub created_at: String,
+    pub started: Instant,
 }
 
 /// Decides every request against the job's current state (the cache, or the row), folds what
@@ -288,7 +330,7 @@ async fn read_row(conn: &mut SqliteConnection, job_id: Uuid) -> Result<Option<Jo
 
 /// Runs one decision and folds its events (placeholder ids). Returns the outcome of a refused
 /// or empty decision; `None` when it was accepted into `accepted`.
-fn decide_one(
+pub(super) fn decide_one(
     job_id: Uuid,
     before: Option<JobState>,
     decide: Decide,
@@ -475,7 +517,16 @@ async fn commit_accepted(
     }
     ids.sort_unstable();
 
-    let mut next = ids.into_iter();
+    with_ids(accepted, ids.into_iter())
+}
+
+/// Gives each accepted decision's events their ids, in group order, and builds each caller's
+/// `Applied`.
+pub(super) fn with_ids(
+    accepted: Vec<Accepted>,
+    mut next: impl Iterator<Item = i64>,
+) -> Result<Vec<(usize, Applied)>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
     let mut written = Vec::with_capacity(accepted.len());
     for a in accepted {
         let owner: Arc<str> = Arc::from(a.state.owner.as_str());

@@ -180,7 +180,8 @@ async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_wh
     let pg = OwnCluster::start()?;
     let writer = PgLog::open(&pg.url, 2).await?;
     let close = CancellationToken::new();
-    let mut feed = tail::spawn(PgLog::open(&pg.url, 1).await?, pg.url.clone(), 0, close.clone());
+    let (feed_tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
+    tail::spawn(PgLog::open(&pg.url, 1).await?, pg.url.clone(), 0, feed_tx, close.clone());
     let job = Uuid::new_v4();
     let mut ids = Vec::new();
     for i in 0..50 {

@@ -18,7 +18,10 @@
 //! The schema lives in `migrations/postgres/`, apart from SQLite's, and its queries are checked
 //! at compile time like SQLite's (offline data in `.sqlx/`).
 
+mod leases;
+mod reads;
 pub mod tail;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +57,8 @@ const NOTIFY_EVERY: Duration = Duration::from_millis(3);
 #[derive(Clone)]
 pub struct PgLog {
     pool: PgPool,
-    committed: Arc<Notify>,
+    /// Woken after each commit of this node; the notifier sends the `NOTIFY`.
+    pub(in crate::store) committed: Arc<Notify>,
 }
 
 impl PgLog {
@@ -71,6 +75,10 @@ impl PgLog {
         let committed = Arc::new(Notify::new());
         tokio::spawn(notifier(pool.clone(), committed.clone()));
         Ok(PgLog { pool, committed })
+    }
+
+    pub(in crate::store) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Appends `events` in one transaction and returns them with their ids, in order. The ids
@@ -120,18 +128,43 @@ impl PgLog {
             .collect())
     }
 
-    /// Up to `limit` events with id greater than `after`, in id order.
+    /// Up to `limit` events with id greater than `after`, in id order, each with its job's
+    /// owner (the `jobs` row is written in the transaction of the job's first event), so that
+    /// owner-filtered streams on any node decide by a string comparison.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query_as!(
-            EventRow,
-            r#"SELECT id, job_id, type AS kind, data, created_at
-               FROM events WHERE id > $1 ORDER BY id LIMIT $2"#,
+        let rows = sqlx::query!(
+            r#"SELECT e.id, e.job_id, e.type AS kind, e.data, e.created_at, j.owner AS "owner?"
+               FROM events AS e LEFT JOIN jobs AS j ON j.job_id = e.job_id
+               WHERE e.id > ($1)::int8 ORDER BY e.id LIMIT $2"#,
             after,
             i64::from(limit)
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
+        let mut owners: Option<(String, Arc<str>)> = None;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let owner = r.owner.map(|o| match &owners {
+                    Some((name, shared)) if *name == o => shared.clone(),
+                    _ => {
+                        let shared: Arc<str> = Arc::from(o.as_str());
+                        owners = Some((o, shared.clone()));
+                        shared
+                    }
+                });
+                let row = EventRow {
+                    id: r.id,
+                    job_id: r.job_id,
+                    kind: r.kind,
+                    data: r.data,
+                    created_at: r.created_at,
+                };
+                let mut event = row.into_event()?;
+                event.owner = owner;
+                Some(event)
+            })
+            .collect())
     }
 
     /// Closes the pool's connections (and so ends the notifier).

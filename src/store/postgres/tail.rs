@@ -27,21 +27,19 @@ const PAGE: u32 = 1000;
 /// Longest wait between two attempts to reach the database.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Follows the log after `after`: every event committed by any node goes to the returned
-/// channel in id order, in batches, exactly once, until `close` is cancelled or the receiver is
-/// dropped.
+/// Follows the log after `after`: every event committed by any node goes to `feed` in id
+/// order, in batches, exactly once, until `close` is cancelled or the receiver is dropped.
 pub fn spawn(
     log: PgLog,
     url: String,
     after: i64,
+    feed: mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
     close: CancellationToken,
-) -> mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>> {
-    let (feed, rx) = mpsc::unbounded_channel();
+) {
     tokio::spawn(async move {
         let mut tail = Tail { log, url, last: after, feed, listener: None, backoff: Duration::ZERO };
         tail.run(close).await;
     });
-    rx
 }
 
 struct Tail {

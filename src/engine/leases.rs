@@ -1,0 +1,78 @@
+//! Leases on a shared store (PostgreSQL): how a job outlives the node that ran it.
+//!
+//! One task per node, every third of `AURA_LEASE_SECS`:
+//! 1. renews the leases of the jobs this node runs; a job whose lease this node no longer holds
+//!    (another node took it over after it expired) has its processes killed here, and its
+//!    worker's writes are refused by the attempt's fence (see `lifecycle::JobHandle::fenced`);
+//! 2. turns every expired lease, whichever node held it, into a new attempt of its job (or ends
+//!    it, like a restart does on one machine), which waits for any worker node to take it.
+//!
+//! Every node runs it, API-only nodes too, so a dead worker's jobs continue as long as any node
+//! is alive. Times are the database's clock.
+
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::engine::lifecycle::{self, Recovered};
+
+/// Expired leases handled per round.
+const SWEEP_LIMIT: u32 = 100;
+
+/// Starts the task on a shared store; `None` with SQLite (one process, no leases).
+pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
+    let node = engine.store().node()?.clone();
+    let every = Duration::from_secs_f64((node.lease_secs / 3.0).max(0.2));
+    Some(tokio::spawn(async move {
+        let shutdown = engine.shutdown_token();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            renew(&engine).await;
+            sweep(&engine).await;
+        }
+    }))
+}
+
+async fn renew(engine: &Engine) {
+    let mine = engine.running_attempts();
+    if mine.is_empty() {
+        return;
+    }
+    match engine.store().renew_leases(&mine).await {
+        Ok(lost) => {
+            for job_id in lost {
+                engine.lose(job_id);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, jobs = mine.len(), "renewing this node's leases failed"),
+    }
+}
+
+async fn sweep(engine: &Engine) {
+    let expired = match engine.store().expired_leases(SWEEP_LIMIT).await {
+        Ok(expired) => expired,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for expired leases failed");
+            return;
+        }
+    };
+    let max_attempts = engine.settings().max_attempts;
+    for job_id in expired {
+        match lifecycle::recover_expired(engine.store(), job_id, max_attempts).await {
+            Ok(Ok(how)) => {
+                tracing::warn!(%job_id, ?how, "a job's lease expired; it continues as a new attempt");
+                if how == Recovered::Resumed {
+                    engine.jobs_created().notify_waiters();
+                }
+            }
+            Ok(Err(refusal)) => {
+                tracing::debug!(%job_id, %refusal, "an expired lease was dealt with elsewhere")
+            }
+            Err(e) => tracing::warn!(error = %e, %job_id, "continuing a job whose lease expired failed"),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! A node's writer on PostgreSQL: the same group commit and decisions as SQLite's writer,
+//! safe with any number of nodes writing at once.
+//!
+//! With SQLite the writer is the only process that writes, so it decides against its own cache.
+//! Here other nodes change the same jobs, so each group runs in one transaction that first locks
+//! the `jobs` rows it decides on (`SELECT … FOR UPDATE`, in job id order, so two nodes never wait
+//! on each other in a circle), decides every request against those rows, writes the leases the
+//! decisions call for, and then, in its last statement, takes the group's ids from the counter
+//! row (see the parent module) while inserting the events and updating the `jobs` rows. The
+//! counter row is locked last and held only for that statement and the commit.
+//!
+//! Committed events go to this node's fan-out at once; other nodes see them through their tail.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use sqlx::postgres::PgPool;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::event::StoredEvent;
+use crate::domain::job::{JobState, JobStatus};
+use crate::store::StoreError;
+use crate::store::rows::{JobChanges, JobColumns, JobRow};
+use crate::store::writer::{
+    Accepted, Applied, Cache, Decide, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
+    decide_one, gather, take_decide, with_ids,
+};
+
+/// Who this node is, for its leases.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `AURA_NODE_NAME`: names the node in leases, logs and metrics.
+    pub name: Arc<str>,
+    /// `AURA_LEASE_SECS`: how long a lease lasts without renewal.
+    pub lease_secs: f64,
+}
+
+impl Node {
+    pub fn new(name: &str, lease_secs: u64) -> Node {
+        Node { name: Arc::from(name), lease_secs: lease_secs as f64 }
+    }
+
+    /// The default name: the host name and this process's id.
+    pub fn default_for_process(lease_secs: u64) -> Node {
+        Node::new(&default_name(), lease_secs)
+    }
+}
+
+/// The host name (as the kernel has it) and the process id, e.g. `render-2-4711`.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "aura".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Starts the writer; it ends once `close` is cancelled and what was queued is committed.
+pub(in crate::store) fn spawn(
+    pool: PgPool,
+    node: Node,
+    committed: Arc<Notify>,
+    feed: mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+    close: CancellationToken,
+) -> (mpsc::Sender<Work>, oneshot::Receiver<()>) {
+    let (queue, rx) = mpsc::channel(4096);
+    let (done_tx, done) = oneshot::channel();
+    tokio::spawn(async move {
+        run(pool, node, committed, rx, feed, close).await;
+        let _ = done_tx.send(());
+    });
+    (queue, done)
+}
+
+async fn run(
+    pool: PgPool,
+    node: Node,
+    committed: Arc<Notify>,
+    mut rx: mpsc::Receiver<Work>,
+    feed: mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+    close: CancellationToken,
+) {
+    let mut work = Vec::with_capacity(MAX_GROUP);
+    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    while gather(&mut rx, &mut work, &close).await {
+        for w in work.drain(..) {
+            match w {
+                Work::Append(r) => group.push(r),
+                Work::Webhook(w) => w.refuse(StoreError::Unsupported("webhooks with PostgreSQL")),
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let requests: Vec<_> = group.iter_mut().map(|r| (r.job_id, r.lease, take_decide(r))).collect();
+        let result = write_group(&pool, &node, requests).await;
+        if result.is_ok() {
+            committed.notify_one();
+        }
+        answer(&mut group, result, &feed, started);
+    }
+    tracing::info!("store writer closed");
+}
+
+/// Decides and commits one group in one transaction (see the module docs).
+async fn write_group(
+    pool: &PgPool,
+    node: &Node,
+    group: Vec<(Uuid, LeaseOp, Decide)>,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut keys: Vec<String> = group.iter().map(|(id, _, _)| id.to_string()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as!(
+        JobRow,
+        "SELECT * FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE",
+        &keys
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut committed_rows = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let state = JobState::try_from(row)?;
+        committed_rows.insert(state.job_id, state);
+    }
+    let expired = if group.iter().any(|(_, op, _)| *op == LeaseOp::Orphan) {
+        let ids = sqlx::query_scalar!(
+            "SELECT job_id FROM leases
+             WHERE job_id = ANY($1::text[]) AND node IS NOT NULL AND expires_at < now()",
+            &keys
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect()
+    } else {
+        HashSet::new()
+    };
+
+    // The states as the group goes, like SQLite's cache; a job a misfit dropped falls back to
+    // its committed row.
+    let mut states: Cache = committed_rows.clone();
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(group.len());
+    let mut accepted: Vec<Accepted> = Vec::new();
+    let mut ops: HashMap<Uuid, LeaseOp> = HashMap::new();
+    for (index, (job_id, op, decide)) in group.into_iter().enumerate() {
+        if op == LeaseOp::Orphan && !expired.contains(&job_id) {
+            outcomes.push(Some(Err(Refusal::Conflict("the job's lease is not expired".into()))));
+            continue;
+        }
+        let before = states.remove(&job_id).or_else(|| committed_rows.get(&job_id).cloned());
+        let taken = accepted.len();
+        let outcome = decide_one(job_id, before, decide, &mut states, index, &mut accepted);
+        if accepted.len() > taken && op != LeaseOp::Keep {
+            ops.insert(job_id, op);
+        }
+        outcomes.push(outcome);
+    }
+    if accepted.is_empty() {
+        tx.rollback().await?;
+    } else {
+        write_leases(&mut tx, node, &accepted, &ops).await?;
+        let written = insert_events(&mut tx, accepted).await?;
+        tx.commit().await?;
+        for (index, applied) in written {
+            if let Some(slot) = outcomes.get_mut(index) {
+                *slot = Some(Ok(applied));
+            }
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into()))))
+        .collect())
+}
+
+/// The leases the group's decisions call for: a job that ended loses its lease; a job left
+/// Running by a [`LeaseOp::Take`] gets this node's lease for its attempt, by a
+/// [`LeaseOp::Orphan`] a lease that waits for any worker node.
+async fn write_leases(
+    tx: &mut sqlx::PgConnection,
+    node: &Node,
+    accepted: &[Accepted],
+    ops: &HashMap<Uuid, LeaseOp>,
+) -> Result<(), StoreError> {
+    let mut last: HashMap<Uuid, &JobState> = HashMap::new();
+    for a in accepted {
+        last.insert(a.job_id, &a.state);
+    }
+    let mut ended = Vec::new();
+    let mut leased = Vec::new();
+    for (job_id, state) in &last {
+        if state.status.is_terminal() {
+            ended.push(job_id.to_string());
+        } else if matches!(state.status, JobStatus::Running | JobStatus::Cancelling) {
+            let holder = match ops.get(job_id) {
+                Some(LeaseOp::Take) => Some(node.name.as_ref()),
+                Some(LeaseOp::Orphan) => None,
+                Some(LeaseOp::Keep) | None => continue,
+            };
+            leased.push(json!({"job_id": job_id.to_string(), "attempt": state.attempt, "node": holder}));
+        }
+    }
+    if ended.is_empty() && leased.is_empty() {
+        return Ok(());
+    }
+    let leased = serde_json::Value::Array(leased).to_string();
+    sqlx::query!(
+        "WITH ended AS (DELETE FROM leases WHERE job_id = ANY($1::text[]) RETURNING 1)
+         INSERT INTO leases (job_id, attempt, node, expires_at)
+         SELECT l.job_id, l.attempt, l.node, now() + make_interval(secs => $3)
+         FROM jsonb_to_recordset($2::text::jsonb) AS l(job_id text, attempt int8, node text)
+         ON CONFLICT (job_id) DO UPDATE
+             SET attempt = excluded.attempt, node = excluded.node, expires_at = excluded.expires_at",
+        &ended,
+        leased,
+        node.lease_secs
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts the group's events with ids from the counter row and updates (or creates) the jobs
+/// rows, in one statement, the transaction's last.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    accepted: Vec<Accepted>,
+) -> Result<Vec<(usize, Applied)>, StoreError> {
+    let mut job_ids = Vec::new();
+    let mut kinds = Vec::new();
+    let mut data = Vec::new();
+    let mut at = Vec::new();
+    // Per job: the 1-based position of its first and last event in the group, its state after
+    // the group, and whether its row is new.
+    let mut spans: HashMap<Uuid, (i64, i64, usize, bool)> = HashMap::new();
+    let mut n = 0i64;
+    for (i, a) in accepted.iter().enumerate() {
+        let key = a.job_id.to_string();
+        for (kind, d) in &a.events {
+            n += 1;
+            job_ids.push(key.clone());
+            kinds.push((*kind).to_owned());
+            data.push(d.clone());
+            at.push(a.created_at.clone());
+        }
+        spans
+            .entry(a.job_id)
+            .and_modify(|s| {
+                s.1 = n;
+                s.2 = i;
+            })
+            .or_insert((n - a.events.len() as i64 + 1, n, i, a.is_new));
+    }
+    let mut changed = Vec::new();
+    let mut created = Vec::new();
+    for &(first, last, i, is_new) in spans.values() {
+        let Some(a) = accepted.get(i) else { continue };
+        let c = JobChanges::from(&a.state);
+        let mut row = json!({
+            "job_id": c.job_id, "status": c.status, "stage": c.stage, "percent": c.percent,
+            "attempt": c.attempt, "started_at": c.started_at, "finished_at": c.finished_at,
+            "error": c.error, "output": c.output, "first_n": first, "last_n": last,
+        });
+        if is_new {
+            let cols = JobColumns::from(&a.state);
+            if let Some(obj) = row.as_object_mut() {
+                obj.insert("owner".into(), cols.owner.into());
+                obj.insert("created_at".into(), cols.created_at.into());
+                obj.insert("request".into(), cols.request.into());
+            }
+            created.push(row);
+        } else {
+            changed.push(row);
+        }
+    }
+    let changed = serde_json::Value::Array(changed).to_string();
+    let created = serde_json::Value::Array(created).to_string();
+    let base = sqlx::query_scalar!(
+        r#"WITH counter AS (
+               UPDATE event_counter SET last_id = last_id + $1 WHERE only_row RETURNING last_id - $1 AS base
+           ), inserted AS (
+               INSERT INTO events (id, job_id, type, data, created_at)
+               SELECT counter.base + e.n, e.job_id, e.type, e.data, e.created_at
+               FROM counter,
+                    unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                        WITH ORDINALITY AS e(job_id, type, data, created_at, n)
+               RETURNING 1
+           ), changed AS (
+               UPDATE jobs SET status = u.status, stage = u.stage, percent = u.percent, attempt = u.attempt,
+                               started_at = u.started_at, finished_at = u.finished_at, error = u.error,
+                               output = u.output, last_event_id = counter.base + u.last_n
+               FROM counter,
+                    jsonb_to_recordset($6::text::jsonb) AS u(job_id text, status text, stage text,
+                        percent float8, attempt int8, started_at text, finished_at text, error text,
+                        output text, last_n int8)
+               WHERE jobs.job_id = u.job_id
+               RETURNING 1
+           ), created AS (
+               INSERT INTO jobs (job_id, created_event_id, owner, status, stage, percent, attempt, created_at,
+                                 started_at, finished_at, error, output, last_event_id, request)
+               SELECT u.job_id, counter.base + u.first_n, u.owner, u.status, u.stage, u.percent, u.attempt,
+                      u.created_at, u.started_at, u.finished_at, u.error, u.output, counter.base + u.last_n,
+                      u.request
+               FROM counter,
+                    jsonb_to_recordset($7::text::jsonb) AS u(job_id text, status text, stage text,
+                        percent float8, attempt int8, started_at text, finished_at text, error text,
+                        output text, first_n int8, last_n int8, owner text, created_at text, request text)
+               RETURNING 1
+           )
+           SELECT base AS "base!" FROM counter"#,
+        n,
+        &job_ids,
+        &kinds,
+        &data,
+        &at,
+        changed,
+        created
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt("the event counter row is missing".into()))?;
+    with_ids(accepted, (1..=n).map(|k| base + k))
+}

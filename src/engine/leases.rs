@@ -3,14 +3,16 @@
 //! One task per node, every third of `AURA_LEASE_SECS`:
 //! 1. renews the leases of the jobs this node runs; a job whose lease this node no longer holds
 //!    (another node took it over after it expired) has its processes killed here, and its
-//!    worker's writes are refused by the attempt's fence (see `lifecycle::JobHandle::fenced`);
+//!    worker's writes are refused by the attempt's fence (see `lifecycle::JobHandle::fenced`).
+//!    A node that could not renew for a whole lease time (it lost the database) stops its jobs
+//!    itself: by the database's clock they may be another node's already;
 //! 2. turns every expired lease, whichever node held it, into a new attempt of its job (or ends
 //!    it, like a restart does on one machine), which waits for any worker node to take it.
 //!
 //! Every node runs it, API-only nodes too, so a dead worker's jobs continue as long as any node
 //! is alive. Times are the database's clock.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, Recovered};
@@ -24,31 +26,47 @@ pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
     let every = Duration::from_secs_f64((node.lease_secs / 3.0).max(0.2));
     Some(tokio::spawn(async move {
         let shutdown = engine.shutdown_token();
+        let lease = Duration::from_secs_f64(node.lease_secs);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            renew(&engine).await;
+            let asked = Instant::now();
+            if renew(&engine).await {
+                renewed = asked;
+            } else if renewed.elapsed() >= lease {
+                // The leases may have expired by the database's clock: another node may run
+                // these jobs already. Stop them here rather than risk two renders of one attempt.
+                for (job_id, _) in engine.running_attempts() {
+                    engine.lose(job_id);
+                }
+            }
             sweep(&engine).await;
         }
     }))
 }
 
-async fn renew(engine: &Engine) {
+/// Renews this node's leases; `false` when the database could not be asked.
+async fn renew(engine: &Engine) -> bool {
     let mine = engine.running_attempts();
     if mine.is_empty() {
-        return;
+        return true;
     }
     match engine.store().renew_leases(&mine).await {
         Ok(lost) => {
             for job_id in lost {
                 engine.lose(job_id);
             }
+            true
         }
-        Err(e) => tracing::warn!(error = %e, jobs = mine.len(), "renewing this node's leases failed"),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = mine.len(), "renewing this node's leases failed");
+            false
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod cluster;
 mod connections;
 mod damaged;
 mod disk;

@@ -48,24 +48,24 @@ fn postgres_sh(args: &[&str]) -> Result<String, String> {
 
 /// A cluster of one test's own, which it may stop and start again; removed on drop (and by the
 /// script's watchdog if the test binary dies first).
-struct OwnCluster {
+pub(crate) struct OwnCluster {
     dir: String,
-    url: String,
+    pub url: String,
 }
 
 impl OwnCluster {
-    fn start() -> Result<OwnCluster, String> {
+    pub fn start() -> Result<OwnCluster, String> {
         let dir = std::env::temp_dir().join(format!("aura-test-pg-{}", Uuid::new_v4().simple()));
         let dir = dir.to_string_lossy().into_owned();
         let url = postgres_sh(&["start", &dir, &std::process::id().to_string()])?;
         Ok(OwnCluster { dir, url })
     }
 
-    fn pause(&self) -> Result<(), String> {
+    pub fn pause(&self) -> Result<(), String> {
         postgres_sh(&["pause", &self.dir]).map(drop)
     }
 
-    fn resume(&self) -> Result<(), String> {
+    pub fn resume(&self) -> Result<(), String> {
         postgres_sh(&["resume", &self.dir]).map(drop)
     }
 }
@@ -77,7 +77,7 @@ impl Drop for OwnCluster {
 }
 
 /// A fresh, empty database on the shared cluster; returns its URL.
-async fn database() -> TestResult<String> {
+pub async fn database() -> TestResult<String> {
     let cluster = cluster()?;
     let name = format!("aura_test_{}", Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(cluster).await?;

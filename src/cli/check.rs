@@ -20,6 +20,8 @@ use crate::store::{EventFilter, Store, StoreError, preflight};
 pub struct Report {
     pub jobs: usize,
     pub events: usize,
+    /// The last event id read.
+    pub through: i64,
     pub problems: Vec<String>,
     /// Each job's fold with its first event id: what `--repair` writes.
     pub folded: Vec<(i64, JobState)>,
@@ -49,6 +51,7 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
         for e in &page {
             report.events += 1;
             after = e.id;
+            report.through = e.id;
             let key = *by_job.entry(e.job_id).or_insert(e.id);
             let (_, fold) = folds.entry(key).or_insert_with(|| (e.job_id, Fold::default()));
             let Some(decoded) = EventBody::decode(&e.kind, e.data()) else {
@@ -108,7 +111,10 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
             }
             Err(e) => return Err(e),
         }
-        if let (JobStatus::Completed, Some(out)) = (state.status, &state.output) {
+        // With PostgreSQL the videos are wherever the nodes that rendered them keep them.
+        if let (JobStatus::Completed, Some(out), false) =
+            (state.status, &state.output, store.node().is_some())
+        {
             match std::fs::metadata(data_dir.join(&out.video_path)) {
                 Ok(m) if m.len() == out.size_bytes => {}
                 Ok(m) => report.problems.push(format!(
@@ -158,6 +164,9 @@ pub async fn run_cli(
         crate::config::check_database_url(url)?;
     }
     let database = database_of(data_dir, database_url);
+    if crate::store::is_postgres(&database) {
+        return check_postgres(&database, data_dir, repair).await;
+    }
     if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
         anyhow::bail!("there is no database at {database}");
     }
@@ -184,11 +193,43 @@ pub async fn run_cli(
     if !repair || report.is_healthy() {
         return Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    store.rebuild_jobs(&report.folded).await.context("rebuilding the jobs table")?;
+    repair_and_check_again(&store, &report, data_dir).await
+}
+
+/// `aura check` on PostgreSQL: the same check of the log against `jobs`; PostgreSQL checks its
+/// own pages. A repair needs no server stopped: it refuses if the log grew meanwhile.
+async fn check_postgres(
+    database: &str,
+    data_dir: &Path,
+    repair: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    use std::process::ExitCode;
+    let (store, _feed) = Store::open(database, crate::store::Durability::Full)
+        .await
+        .context("opening the PostgreSQL database")?;
+    let report = check(&store, data_dir).await.context("reading the store")?;
+    print_report(&report);
+    let code = if !repair || report.is_healthy() {
+        if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    } else {
+        repair_and_check_again(&store, &report, data_dir).await?
+    };
+    store.close().await;
+    Ok(code)
+}
+
+async fn repair_and_check_again(
+    store: &Store,
+    report: &Report,
+    data_dir: &Path,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    store.rebuild_jobs(&report.folded, report.through).await.context("rebuilding the jobs table")?;
     println!("repaired: rebuilt {} jobs rows from the events", report.folded.len());
-    let after = check(&store, data_dir).await.context("reading the store again")?;
+    let after = check(store, data_dir).await.context("reading the store again")?;
     print_report(&after);
-    Ok(if after.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if after.is_healthy() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
 fn database_of(data_dir: &Path, database_url: Option<String>) -> String {

@@ -507,11 +507,13 @@ impl Store {
     }
 
     /// Replaces the whole `jobs` table with the given states, in one transaction
-    /// (`aura check --repair`: the log is the truth). Each state comes with its first event id.
-    pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)]) -> Result<(), StoreError> {
+    /// (`aura check --repair`: the log is the truth). Each state comes with its first event id;
+    /// `through` is the last event id the states were folded from (on PostgreSQL, where nodes may
+    /// be writing, the repair is refused if the log has grown since).
+    pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)], through: i64) -> Result<(), StoreError> {
         let write_options = match &self.inner.backend {
             Backend::Sqlite { write_options, .. } => write_options,
-            Backend::Postgres { .. } => return Err(StoreError::Unsupported("rebuilding jobs on PostgreSQL")),
+            Backend::Postgres { log, .. } => return log.rebuild_jobs(jobs, through).await,
         };
         let mut conn = write_options.clone().connect().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;

@@ -117,10 +117,17 @@ impl ServerProcess {
         extra: &[&str],
     ) -> TestResult<ServerProcess> {
         let addr = format!("127.0.0.1:{port}");
+        let mut database = Vec::new();
+        if crate::helpers::on_postgres() && !extra.contains(&"--database-url") {
+            // Remembered in the data folder: a restart on it finds the same database.
+            database =
+                vec!["--database-url".to_owned(), crate::helpers::postgres_database_for(data_dir).await?];
+        }
         let child = Command::new(bin)
             .args(["serve", "--addr", &addr, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(&database)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -72,6 +72,9 @@ async fn a_database_that_is_not_sqlite_exits_2_and_is_left_untouched() -> TestRe
 
 #[tokio::test]
 async fn a_database_that_fails_quick_check_exits_2_and_is_left_untouched() -> TestResult {
+    if crate::helpers::sqlite_only("a damaged or foreign SQLite file") {
+        return Ok(());
+    }
     let (_dir, data, db) = used_folder().await?;
     // Keep the header and the schema page; scribble over every page after them.
     let mut bytes = std::fs::read(&db)?;
@@ -86,6 +89,9 @@ async fn a_database_that_fails_quick_check_exits_2_and_is_left_untouched() -> Te
 
 #[tokio::test]
 async fn a_database_migrated_by_a_newer_aura_exits_2_and_is_left_untouched() -> TestResult {
+    if crate::helpers::sqlite_only("a damaged or foreign SQLite file") {
+        return Ok(());
+    }
     let (_dir, data, db) = used_folder().await?;
     {
         use sqlx::ConnectOptions;
@@ -134,6 +140,9 @@ async fn a_data_folder_that_is_not_writable_exits_2() -> TestResult {
 #[tokio::test]
 async fn a_backup_taken_during_100_appends_a_second_passes_check_and_holds_a_prefix_of_the_log() -> TestResult
 {
+    if crate::helpers::sqlite_only("`aura backup` copies the SQLite file") {
+        return Ok(());
+    }
     let (dir, data, db) = used_folder().await?;
     let mut app = spawn_app_in(dir, |_| {}).await?;
     let backup = tempfile::tempdir()?;

@@ -1,4 +1,9 @@
 //! Starts the real application on 127.0.0.1:0 with its own SQLite file, and talks to it.
+//!
+//! With `AURA_TEST_BACKEND=postgres` every app and server process these tests start gets a fresh
+//! PostgreSQL database instead (one per data folder, so a restart finds its own again): `.ci/run`
+//! runs the whole suite once per backend. Tests of what only SQLite has (its file, its pragmas,
+//! a restart's recovery on one machine) say so and return early there.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -46,6 +51,9 @@ pub async fn spawn_app_in(
     let mut cfg = ServeConfig::for_data_dir(dir.path().join("data"));
     cfg.workers = Some(0);
     tweak(&mut cfg);
+    if cfg.database_url.is_none() && on_postgres() {
+        cfg.database_url = Some(postgres_database_for(dir.path()).await?);
+    }
     let app = Application::build(cfg).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
@@ -55,6 +63,35 @@ pub async fn spawn_app_in(
     }));
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
     Ok(TestApp { base, client, state, dir, stop: Some(stop), server: Some(server) })
+}
+
+/// Whether this run puts every app on PostgreSQL (`AURA_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("AURA_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// For a test of what only the SQLite store has (its file, its pragmas, another process
+/// writing to it, recovery at the start of the one process that holds the data folder): `true`
+/// on a PostgreSQL run, which then skips it and says so. The PostgreSQL counterparts are in
+/// `postgres` and `cluster`.
+pub fn sqlite_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL (SQLite only: {what})");
+    }
+    on_postgres()
+}
+
+/// The PostgreSQL database of a data folder's parent: created on first use, and remembered in
+/// the folder, so that an app restarted on the same folder finds the same database.
+pub async fn postgres_database_for(dir: &std::path::Path) -> TestResult<String> {
+    let remembered = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return Ok(url);
+    }
+    let url = crate::postgres::database().await?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&remembered, &url)?;
+    Ok(url)
 }
 
 fn init_logs() {
@@ -215,6 +252,11 @@ impl TestApp {
 
     /// `(events rows, jobs rows)` counted with plain SQL.
     pub async fn table_counts(&self) -> TestResult<(i64, i64)> {
+        if let Some(mut conn) = self.pg().await? {
+            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+            let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&mut conn).await?;
+            return Ok((events, jobs));
+        }
         let mut conn = self.sql().await?;
         let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
         let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&mut conn).await?;
@@ -230,8 +272,23 @@ impl TestApp {
         Ok(opts.connect().await?)
     }
 
+    /// A connection to the app's PostgreSQL database, when it has one.
+    pub async fn pg(&self) -> TestResult<Option<sqlx::PgConnection>> {
+        use sqlx::Connection;
+        match self.state.settings().database_url.as_deref() {
+            Some(url) if aura::store::is_postgres(url) => Ok(Some(sqlx::PgConnection::connect(url).await?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Event ids of one job read with plain SQL.
     pub async fn sql_event_ids(&self, job_id: Uuid) -> TestResult<Vec<i64>> {
+        if let Some(mut conn) = self.pg().await? {
+            return Ok(sqlx::query_scalar("SELECT id FROM events WHERE job_id = $1 ORDER BY id")
+                .bind(job_id.to_string())
+                .fetch_all(&mut conn)
+                .await?);
+        }
         let mut conn = self.sql().await?;
         Ok(sqlx::query_scalar("SELECT id FROM events WHERE job_id = ? ORDER BY id")
             .bind(job_id.to_string())

@@ -53,6 +53,9 @@ async fn fold_from_sql(app: &crate::helpers::TestApp, job_id: Uuid) -> TestResul
 
 #[tokio::test]
 async fn the_jobs_row_always_equals_the_fold_of_its_events() -> TestResult {
+    if crate::helpers::sqlite_only("reads the SQLite file") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     let running = app.create_job("fold me").await?;
     let queued = app.create_job("stay queued").await?;
@@ -95,6 +98,9 @@ async fn percent_never_goes_down_within_an_attempt() -> TestResult {
 
 #[tokio::test]
 async fn an_event_inserted_by_another_connection_reaches_an_open_stream_within_a_second() -> TestResult {
+    if crate::helpers::sqlite_only("another process writing to the SQLite file") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     let id = app.create_job("foreign writer").await?;
     let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
@@ -141,6 +147,9 @@ async fn an_event_inserted_by_another_connection_reaches_an_open_stream_within_a
 
 #[tokio::test]
 async fn events_cannot_be_changed_or_deleted() -> TestResult {
+    if crate::helpers::sqlite_only("the SQLite triggers") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     app.create_job("append only").await?;
     let mut conn = app.sql().await?;
@@ -152,6 +161,9 @@ async fn events_cannot_be_changed_or_deleted() -> TestResult {
 
 #[tokio::test]
 async fn the_database_is_in_wal_mode_with_the_schema_from_migrations() -> TestResult {
+    if crate::helpers::sqlite_only("SQLite pragmas") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     let mut conn = app.sql().await?;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await?;
@@ -164,6 +176,9 @@ async fn the_database_is_in_wal_mode_with_the_schema_from_migrations() -> TestRe
 
 #[tokio::test]
 async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestResult {
+    if crate::helpers::sqlite_only("reads the SQLite file") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     let store = app.state.store();
     // Created and cancelled in the same group: the new row is written with its final state.
@@ -196,6 +211,9 @@ async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestRe
 
 #[tokio::test]
 async fn a_group_that_sqlite_refuses_leaves_no_trace_and_the_next_group_commits() -> TestResult {
+    if crate::helpers::sqlite_only("a trigger added to the SQLite file") {
+        return Ok(());
+    }
     let app = spawn_app().await?;
     let store = app.state.store();
     let id = app.create_job("refused group").await?;

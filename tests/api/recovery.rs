@@ -152,31 +152,49 @@ async fn kill_during(stage: &str) -> TestResult {
 
 #[tokio::test]
 async fn a_sigkill_during_script_is_recovered_with_attempt_2() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     kill_during("Script").await
 }
 
 #[tokio::test]
 async fn a_sigkill_during_audio_is_recovered_skipping_what_was_done() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     kill_during("Audio").await
 }
 
 #[tokio::test]
 async fn a_sigkill_during_visuals_is_recovered_skipping_what_was_done() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     kill_during("Visuals").await
 }
 
 #[tokio::test]
 async fn a_sigkill_during_timeline_is_recovered_skipping_what_was_done() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     kill_during("Timeline").await
 }
 
 #[tokio::test]
 async fn a_sigkill_during_render_is_recovered_skipping_what_was_done() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     kill_during("Render").await
 }
 
 #[tokio::test]
 async fn a_sigkill_while_cancelling_ends_cancelled_after_restart() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let ffmpeg = slow_ffmpeg(dir.path(), 5.0, true)?;
@@ -203,6 +221,9 @@ async fn a_sigkill_while_cancelling_ends_cancelled_after_restart() -> TestResult
 
 #[tokio::test]
 async fn a_job_that_keeps_killing_the_server_ends_too_many_attempts() -> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let ffmpeg = slow_ffmpeg(dir.path(), 3.0, false)?;

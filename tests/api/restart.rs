@@ -80,6 +80,9 @@ async fn sigterm_ends_open_streams_cleanly_and_exits_zero_within_ten_seconds() -
 
 #[tokio::test]
 async fn aura_check_passes_on_a_healthy_store_and_repair_fixes_a_hand_corrupted_row() -> TestResult {
+    if crate::helpers::sqlite_only("corrupts a row of the SQLite file by hand") {
+        return Ok(());
+    }
     let mut app = spawn_app().await?;
     let a = app.create_job("healthy").await?;
     let b = app.create_job("to corrupt").await?;
@@ -123,5 +126,43 @@ async fn aura_check_passes_on_a_healthy_store_and_repair_fixes_a_hand_corrupted_
             .await?;
     assert_eq!((status.as_str(), percent), (expected.status.name(), expected.percent));
     drop(keep);
+    Ok(())
+}
+
+#[tokio::test]
+async fn aura_check_on_postgres_finds_a_hand_corrupted_row_and_repair_fixes_it_while_the_node_runs()
+-> TestResult {
+    let db = crate::postgres::database().await?;
+    let url = db.clone();
+    let app = crate::helpers::spawn_app_with(move |c| c.database_url = Some(url)).await?;
+    let a = app.create_job("healthy").await?;
+    let b = app.create_job("to corrupt").await?;
+    crate::log::run_through_stages(&app, a, 2).await?;
+    crate::log::run_through_stages(&app, b, 1).await?;
+    let data_dir = app.dir.path().join("data");
+    let expected = app.state.store().job(b).await?.ok_or("no job")?;
+    let (code, out, _) = run_aura(&["check", "--database-url", &db], &data_dir).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok: 2 jobs"), "{out}");
+
+    let mut conn = app.pg().await?.ok_or("not on PostgreSQL")?;
+    sqlx::query("UPDATE jobs SET status = 'Completed', percent = 12 WHERE job_id = $1")
+        .bind(b.to_string())
+        .execute(&mut conn)
+        .await?;
+    let (code, out, _) = run_aura(&["check", "--database-url", &db], &data_dir).await?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&b.to_string()) && out.contains("status") && out.contains("percent"), "{out}");
+
+    // Nodes may keep running: the repair takes the counter row, so no commit slips in between.
+    let (code, out, err) = run_aura(&["check", "--repair", "--database-url", &db], &data_dir).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("repaired"), "{out}");
+    let (status, percent): (String, f64) =
+        sqlx::query_as("SELECT status, percent FROM jobs WHERE job_id = $1")
+            .bind(b.to_string())
+            .fetch_one(&mut conn)
+            .await?;
+    assert_eq!((status.as_str(), percent), (expected.status.name(), expected.percent));
     Ok(())
 }

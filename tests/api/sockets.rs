@@ -126,6 +126,9 @@ async fn app_for_slow_readers(takeover: bool) -> TestResult<TestApp> {
         c.stream_buffer = 16;
         c.synchronous = Synchronous::Normal;
         c.stream_takeover = takeover;
+        // Appending takes longer than the write timeout on a loaded machine (and on PostgreSQL,
+        // a round trip per statement): the stall must outlast the appends, not the stream.
+        c.write_timeout_secs = 300;
     })
     .await
 }

@@ -20,6 +20,7 @@
 
 mod leases;
 mod reads;
+mod repair;
 pub mod tail;
 pub mod writer;
 

@@ -2,8 +2,9 @@
 //! on every other node sharing the database, within about a second, and a node that cannot
 //! reach the database refuses callers rather than let them in.
 //!
-//! Each "node" is a real `Auth`, loaded from its own settings the way `aura serve` loads it, on a
-//! real PostgreSQL (see `postgres`); tokens are made by the real `aura` binary.
+//! A "node" is a real server on its own port and data folder, or where a test needs to watch
+//! the credentials alone, a real `Auth` loaded from its own settings the way `aura serve` loads
+//! it; both on a real PostgreSQL (see `postgres`). Tokens are made by the real `aura` binary.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,11 +13,12 @@ use aura::access::auth::{Auth, Caller, Role};
 use aura::config::ServeConfig;
 use aura::error::AppError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::Command;
 
 use crate::cli::AURA;
-use crate::helpers::{TestResult, WAIT};
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
 use crate::postgres::{OwnCluster, database};
 
 /// How long a change made on one node may take to show on another (API.md: at once for a new
@@ -141,31 +143,65 @@ async fn a_token_made_with_the_cli_in_the_database_works_on_two_nodes_at_once() 
 }
 
 #[tokio::test]
-async fn a_session_started_on_one_node_is_good_on_another_until_either_ends_it() -> TestResult {
+async fn a_browser_signed_in_on_one_server_is_signed_in_on_another_and_signing_out_ends_both() -> TestResult {
     let url = database().await?;
     let alice = create(&url, "alice", false).await?;
-    let (a, _a) = node(&url).await?;
-    let (b, _b) = node(&url).await?;
+    let a = spawn_app_with(|cfg| cfg.database_url = Some(url.clone())).await?;
+    let b = spawn_app_with(|cfg| cfg.database_url = Some(url.clone())).await?;
 
-    // What `POST /api/session` does on node A; the cookie then works on node B at once.
-    let name = a.token_name(&alice).await?.ok_or("the token is unknown")?;
-    let id = a.start_session(&name).await?;
-    for n in [&a, &b] {
-        assert_eq!(who(n.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
+    // Signed in on server A; the cookie is good on server B at once.
+    let res = a.client.post(a.url("/api/session")).json(&json!({"token": alice})).send().await?;
+    assert_eq!(res.status(), 204);
+    let set = res.headers()[header::SET_COOKIE.as_str()].to_str()?.to_owned();
+    let id = set
+        .strip_prefix("aura_session=")
+        .and_then(|rest| rest.split(';').next())
+        .ok_or_else(|| format!("no session cookie in {set:?}"))?
+        .to_owned();
+    let jobs =
+        |app: &TestApp| app.client.get(app.url("/api/jobs")).header("cookie", format!("aura_session={id}"));
+    for app in [&a, &b] {
+        assert_eq!(jobs(app).send().await?.status(), 200);
+        assert_eq!(app.client.get(app.url("/api/jobs")).send().await?.status(), 401);
     }
-    assert_eq!(who(b.authenticate(&cookie("0123abcd")?).await), Err(StatusCode::UNAUTHORIZED));
+    let created = b
+        .client
+        .post(b.url("/api/jobs"))
+        .header("cookie", format!("aura_session={id}"))
+        .json(&json!({"brief": {"topic": "two nodes"}}))
+        .send()
+        .await?;
+    assert_eq!(created.status(), 201);
+    let location = created.headers().get("location").ok_or("no Location")?.to_str()?.to_owned();
+    let shown = a.client.get(a.url(&location)).header("cookie", format!("aura_session={id}")).send().await?;
+    assert_eq!(shown.status(), 200);
+    let job: Value = shown.json().await?;
+    assert_eq!(job["owner"], "alice", "{job}");
 
-    // `DELETE /api/session` on node B ends it there at once and on node A within a second.
-    b.end_session(&id).await?;
-    assert_eq!(who(b.authenticate(&cookie(&id)?).await), Err(StatusCode::UNAUTHORIZED));
-    let took = until_refused(&a, &cookie(&id)?).await?;
-    assert!(took <= Duration::from_millis(1500), "node A took {took:?} to see the session end");
+    // Signed out on server B: refused there at once, and on server A within about a second.
+    let res =
+        b.client.delete(b.url("/api/session")).header("cookie", format!("aura_session={id}")).send().await?;
+    assert_eq!(res.status(), 204);
+    assert_eq!(jobs(&b).send().await?.status(), 401);
+    let start = Instant::now();
+    loop {
+        match jobs(&a).send().await?.status().as_u16() {
+            401 => break,
+            200 if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return Err(format!("server A still answers {other} after {:?}", start.elapsed()).into()),
+        }
+    }
+    assert!(start.elapsed() <= Duration::from_millis(1500), "server A took {:?}", start.elapsed());
 
-    // A second session from node B, ended on node A.
-    let id = b.start_session("alice").await?;
-    assert_eq!(who(a.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
-    a.end_session(&id).await?;
-    until_refused(&b, &cookie(&id)?).await?;
+    // A session started through one node's `Auth` and ended through another's, the same way.
+    let (c, _c) = node(&url).await?;
+    let (d, _d) = node(&url).await?;
+    let id = c.start_session("alice").await?;
+    assert_eq!(who(d.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
+    d.end_session(&id).await?;
+    until_refused(&c, &cookie(&id)?).await?;
+    a.stop().await?;
+    b.stop().await?;
     Ok(())
 }
 

@@ -308,3 +308,23 @@ async fn a_flood_of_made_up_tokens_is_not_a_query_each_and_known_callers_still_g
     assert_eq!(who(a.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_non_loopback_server_on_postgres_starts_only_once_the_database_holds_a_token() -> TestResult {
+    let url = database().await?;
+    let on_every_address = |cfg: &mut ServeConfig| {
+        cfg.addr = "0.0.0.0:0".parse().unwrap_or(cfg.addr);
+        cfg.database_url = Some(url.clone());
+    };
+    let refused = spawn_app_with(on_every_address).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("aura token create") && refused.contains("--insecure-open"), "{refused:?}");
+
+    let alice = create(&url, "alice", false).await?;
+    let app = spawn_app_with(on_every_address).await?;
+    let port = app.base.rsplit(':').next().ok_or("no port")?;
+    let jobs = format!("http://127.0.0.1:{port}/api/jobs");
+    assert_eq!(app.client.get(&jobs).send().await?.status(), 401);
+    assert_eq!(app.client.get(&jobs).bearer_auth(&alice).send().await?.status(), 200);
+    app.stop().await?;
+    Ok(())
+}

@@ -525,37 +525,36 @@ impl Auth {
     /// The caller a request's headers prove, or 401; not knowing the tokens (a poisoned lock, an
     /// unreadable file, an unreachable database) is a 500 or a 503, never open.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
-        let tokens = match &self.backend {
-            Backend::File { tokens, .. } => Some(tokens.current()?),
-            Backend::Postgres(pg) => {
-                if pg.any_token().await? {
-                    None
-                } else {
-                    Some(Arc::new(Vec::new()))
+        match &self.backend {
+            Backend::File { tokens, sessions } => {
+                let tokens = tokens.current()?;
+                if tokens.is_empty() {
+                    return self.open_caller();
+                }
+                match presented(headers)? {
+                    Credential::Token(token) => {
+                        find_token(&tokens, token).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
+                    }
+                    Credential::Session(id) => {
+                        let name = sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
+                        let entry = tokens.iter().find(|e| e.name == name);
+                        entry.map(TokenEntry::caller).ok_or(AppError::Unauthorized)
+                    }
                 }
             }
-        };
-        if tokens.as_ref().is_some_and(|t| t.is_empty()) {
-            // Fail closed: a non-loopback server whose tokens were all revoked does not open up.
-            return if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) };
+            Backend::Postgres(pg) => {
+                if !pg.any_token().await? {
+                    return self.open_caller();
+                }
+                pg.caller(presented(headers)?).await?.ok_or(AppError::Unauthorized)
+            }
         }
-        let presented = match headers.get(header::AUTHORIZATION) {
-            Some(value) => Credential::Token(bearer(value).ok_or(AppError::Unauthorized)?),
-            None => Credential::Session(session_cookie(headers).ok_or(AppError::Unauthorized)?),
-        };
-        match (&self.backend, tokens, presented) {
-            (Backend::Postgres(pg), _, presented) => {
-                pg.caller(presented).await?.ok_or(AppError::Unauthorized)
-            }
-            (Backend::File { .. }, Some(tokens), Credential::Token(token)) => {
-                find_token(&tokens, token).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
-            }
-            (Backend::File { sessions, .. }, Some(tokens), Credential::Session(id)) => {
-                let name = sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
-                tokens.iter().find(|e| e.name == name).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
-            }
-            (Backend::File { .. }, None, _) => Err(AppError::Unauthorized),
-        }
+    }
+
+    /// With no tokens at all: the open-mode caller where open mode is allowed.
+    fn open_caller(&self) -> Result<Caller, AppError> {
+        // Fail closed: a non-loopback server whose tokens were all revoked does not open up.
+        if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) }
     }
 
     /// The name of the token `token`, if it is one.
@@ -599,6 +598,15 @@ impl TokenEntry {
 fn find_token<'a>(tokens: &'a [TokenEntry], token: &str) -> Option<&'a TokenEntry> {
     let presented = digest(token);
     tokens.iter().fold(None, |found, e| if same_digest(&e.hash, &presented) { Some(e) } else { found })
+}
+
+/// The credential a request presents: its bearer token, else its session cookie; `401` with
+/// neither (or a malformed `Authorization` header).
+fn presented(headers: &HeaderMap) -> Result<Credential<'_>, AppError> {
+    match headers.get(header::AUTHORIZATION) {
+        Some(value) => Ok(Credential::Token(bearer(value).ok_or(AppError::Unauthorized)?)),
+        None => Ok(Credential::Session(session_cookie(headers).ok_or(AppError::Unauthorized)?)),
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -31,8 +31,9 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("{detail}")]
     TooManyRequests { reason: &'static str, detail: String, retry_after_secs: u64 },
+    /// `503` with `Retry-After`; `reason` labels `aura_rejections_total`.
     #[error("{detail}")]
-    Unavailable { detail: String, retry_after_secs: u64 },
+    Unavailable { reason: &'static str, detail: String, retry_after_secs: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
     /// The data folder's disk is below `AURA_MIN_FREE_MB`: 507.
@@ -188,8 +189,8 @@ impl IntoResponse for AppError {
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
                 res
             }
-            AppError::Unavailable { detail, retry_after_secs } => {
-                rejected("max-streams");
+            AppError::Unavailable { reason, detail, retry_after_secs } => {
+                rejected(reason);
                 let mut res = problem(status, "unavailable", "Service unavailable", &detail, none);
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 res

@@ -144,8 +144,8 @@ impl Application {
         if !crate::store::is_postgres(&settings.database()) {
             preflight::inspect(&settings.database()).await?;
         }
-        let auth = Auth::load(&settings).context("loading the tokens and sessions files")?;
-        if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens() {
+        let auth = Auth::load(&settings).await.context("loading the tokens and sessions")?;
+        if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens().await {
             anyhow::bail!(
                 "refusing to serve {} without tokens: anyone who can reach it could use it. Create a \
                  token with `aura token create NAME` first, or pass --insecure-open \

@@ -15,6 +15,9 @@
 //! server keeps only the id's SHA-256 and the token's name in `<tokens-file>.sessions`, so
 //! sessions survive a restart and `DELETE /api/session` really ends one. A session is as good as
 //! its token: revoking the token ends its sessions.
+//!
+//! With a PostgreSQL `AURA_DATABASE_URL`, tokens and sessions live in the database instead of
+//! those files (see [`crate::access::database`]), so every node sharing it knows the same ones.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,14 +29,24 @@ use anyhow::Context;
 use axum::http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
+use crate::access::database::PgAuth;
 use crate::domain::job::{JobState, LOCAL_OWNER};
 use crate::error::AppError;
+use crate::store::is_postgres;
+use crate::store::postgres::access::PgAccess;
 use crate::sync::{Poisoned, lock};
 
 /// The session cookie's name (API.md).
 pub const SESSION_COOKIE: &str = "aura_session";
 /// How long a browser session lasts.
 pub const SESSION_SECS: u64 = 30 * 24 * 3600;
+
+/// A credential a request presents: a bearer token or a session cookie's id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Credential<'a> {
+    Token(&'a str),
+    Session(&'a str),
+}
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +202,7 @@ impl Tokens {
 }
 
 /// The SHA-256 of a secret (a token or a session id).
-fn digest(secret: &str) -> [u8; 32] {
+pub(crate) fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
@@ -214,7 +227,7 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// 256 random bits from the operating system's CSPRNG, as hex.
-fn random_hex() -> anyhow::Result<String> {
+pub(crate) fn random_hex() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("reading the system random source: {e}"))?;
     Ok(to_hex(&bytes))
@@ -331,6 +344,67 @@ pub fn revoke_token(path: &Path, name: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
+/// Where `aura token` keeps tokens: the tokens file, or with a PostgreSQL database URL the
+/// database every node reads (no running server needed either way).
+pub enum TokenStore {
+    File(PathBuf),
+    Database(PgAccess),
+}
+
+impl TokenStore {
+    /// The database when `database_url` is PostgreSQL's, else the tokens file `tokens_file`.
+    pub async fn open(database_url: Option<&str>, tokens_file: PathBuf) -> anyhow::Result<TokenStore> {
+        match database_url.filter(|url| is_postgres(url)) {
+            Some(url) => {
+                Ok(TokenStore::Database(PgAccess::open(url, 1).await.context("connecting to the database")?))
+            }
+            None => Ok(TokenStore::File(tokens_file)),
+        }
+    }
+
+    /// Stores the hash of a new token named `name` and returns the token.
+    pub async fn create(&self, name: &str, admin: bool) -> anyhow::Result<String> {
+        let db = match self {
+            TokenStore::File(path) => return create_token(path, name, admin),
+            TokenStore::Database(db) => db,
+        };
+        anyhow::ensure!(valid_name(name), "a token name is 1 to 64 letters, digits, '-', '_' or '.'");
+        let token = format!("aura_{}", random_hex()?);
+        let created = db.create_token(name, admin, &digest(&token)).await.context("storing the token")?;
+        anyhow::ensure!(created, "a token named {name:?} exists already; revoke it first");
+        Ok(token)
+    }
+
+    /// Every token's name and whether it is an admin's, oldest first.
+    pub async fn list(&self) -> anyhow::Result<Vec<(String, bool)>> {
+        match self {
+            TokenStore::File(path) => Ok(list_tokens(path)?.into_iter().map(|t| (t.name, t.admin)).collect()),
+            TokenStore::Database(db) => Ok(db
+                .list_tokens()
+                .await
+                .context("reading the tokens")?
+                .into_iter()
+                .map(|t| (t.name, t.admin))
+                .collect()),
+        }
+    }
+
+    /// Removes the token `name` and its sessions; `false` when there was none.
+    pub async fn revoke(&self, name: &str) -> anyhow::Result<bool> {
+        match self {
+            TokenStore::File(path) => revoke_token(path, name),
+            TokenStore::Database(db) => Ok(db.revoke_token(name).await.context("revoking the token")?),
+        }
+    }
+
+    /// Closes the database connection, if any.
+    pub async fn close(&self) {
+        if let TokenStore::Database(db) = self {
+            db.close().await;
+        }
+    }
+}
+
 /// Browser sessions: SHA-256 of the session id → (token name, expiry in Unix seconds), kept in
 /// memory and in a file beside the tokens file.
 struct Sessions {
@@ -400,10 +474,16 @@ impl Sessions {
     }
 }
 
+/// Where tokens and sessions live: the tokens file and its sessions file beside it (SQLite, one
+/// node), or the database every node shares (PostgreSQL).
+enum Backend {
+    File { tokens: Tokens, sessions: Sessions },
+    Postgres(PgAuth),
+}
+
 /// Tokens, sessions and whether the server may run open; part of the HTTP state.
 pub struct Auth {
-    tokens: Tokens,
-    sessions: Sessions,
+    backend: Backend,
     /// Loopback, or `--insecure-open`: with no tokens, requests are let in as `local`.
     open_allowed: bool,
     /// `Secure` on the session cookie: everywhere but plain HTTP on loopback.
@@ -411,73 +491,121 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn load(settings: &crate::config::ServeConfig) -> anyhow::Result<Auth> {
-        let path = settings.tokens_path();
-        let mut sessions_path = path.clone().into_os_string();
-        sessions_path.push(".sessions");
-        let tokens = Tokens { path, cache: Mutex::new(None) };
-        // Read now, so that a tokens file that exists but cannot be read stops the start.
-        tokens.current()?;
+    /// The tokens file and its sessions, or, when the database URL is PostgreSQL's, the database
+    /// (connected, migrated and read once, so that an unreachable one stops the start).
+    pub async fn load(settings: &crate::config::ServeConfig) -> anyhow::Result<Auth> {
+        let backend = match settings.database_url.as_deref().filter(|url| is_postgres(url)) {
+            Some(url) => Backend::Postgres(PgAuth::open(url).await?),
+            None => {
+                let path = settings.tokens_path();
+                let mut sessions_path = path.clone().into_os_string();
+                sessions_path.push(".sessions");
+                let tokens = Tokens { path, cache: Mutex::new(None) };
+                // Read now, so that a tokens file that exists but cannot be read stops the start.
+                tokens.current()?;
+                Backend::File { tokens, sessions: Sessions::load(PathBuf::from(sessions_path))? }
+            }
+        };
         Ok(Auth {
-            tokens,
-            sessions: Sessions::load(PathBuf::from(sessions_path))?,
+            backend,
             open_allowed: settings.is_loopback() || settings.insecure_open,
             secure_cookie: !settings.is_loopback(),
         })
     }
 
-    /// Whether any token is configured right now; a poisoned lock counts as "yes" (closed).
-    pub fn has_tokens(&self) -> bool {
-        self.tokens.current().map_or(true, |t| !t.is_empty())
+    /// Whether any token is configured right now; not knowing (a poisoned lock, an unreachable
+    /// database) counts as "yes" (closed).
+    pub async fn has_tokens(&self) -> bool {
+        match &self.backend {
+            Backend::File { tokens, .. } => tokens.current().map_or(true, |t| !t.is_empty()),
+            Backend::Postgres(pg) => pg.any_token().await.unwrap_or(true),
+        }
     }
 
-    /// The caller a request's headers prove, or 401; a poisoned lock is a 500, never open.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
-        let tokens = self.tokens.current()?;
-        if tokens.is_empty() {
-            // Fail closed: a non-loopback server whose tokens file was emptied does not open up.
-            return if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) };
+    /// The caller a request's headers prove, or 401; not knowing the tokens (a poisoned lock, an
+    /// unreadable file, an unreachable database) is a 500 or a 503, never open.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
+        match &self.backend {
+            Backend::File { tokens, sessions } => {
+                let tokens = tokens.current()?;
+                if tokens.is_empty() {
+                    return self.open_caller();
+                }
+                match presented(headers)? {
+                    Credential::Token(token) => {
+                        find_token(&tokens, token).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
+                    }
+                    Credential::Session(id) => {
+                        let name = sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
+                        let entry = tokens.iter().find(|e| e.name == name);
+                        entry.map(TokenEntry::caller).ok_or(AppError::Unauthorized)
+                    }
+                }
+            }
+            Backend::Postgres(pg) => {
+                if !pg.any_token().await? {
+                    return self.open_caller();
+                }
+                pg.caller(presented(headers)?).await?.ok_or(AppError::Unauthorized)
+            }
         }
-        let as_caller = |e: &TokenEntry| Caller {
-            name: e.name.clone(),
-            role: if e.admin { Role::Admin } else { Role::User },
-        };
-        if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let token = bearer(value).ok_or(AppError::Unauthorized)?;
-            let presented = digest(token);
-            // Every entry is compared, so the time taken does not say which one matched.
-            let found = tokens
-                .iter()
-                .fold(None, |found, e| if same_digest(&e.hash, &presented) { Some(e) } else { found });
-            return found.map(as_caller).ok_or(AppError::Unauthorized);
-        }
-        let id = session_cookie(headers).ok_or(AppError::Unauthorized)?;
-        let name = self.sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
-        tokens.iter().find(|e| e.name == name).map(as_caller).ok_or(AppError::Unauthorized)
+    }
+
+    /// With no tokens at all: the open-mode caller where open mode is allowed.
+    fn open_caller(&self) -> Result<Caller, AppError> {
+        // Fail closed: a non-loopback server whose tokens were all revoked does not open up.
+        if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) }
     }
 
     /// The name of the token `token`, if it is one.
-    pub fn token_name(&self, token: &str) -> Result<Option<String>, TokensError> {
-        let presented = digest(token);
-        let tokens = self.tokens.current()?;
-        Ok(tokens.iter().fold(None, |found, e| {
-            if same_digest(&e.hash, &presented) { Some(e.name.clone()) } else { found }
-        }))
+    pub async fn token_name(&self, token: &str) -> Result<Option<String>, AppError> {
+        match &self.backend {
+            Backend::File { tokens, .. } => Ok(find_token(&tokens.current()?, token).map(|e| e.name.clone())),
+            Backend::Postgres(pg) => Ok(pg.caller(Credential::Token(token)).await?.map(|c| c.name)),
+        }
     }
 
     /// Starts a browser session for the token named `name`; returns its id (the cookie's value).
     pub async fn start_session(&self, name: &str) -> Result<String, AppError> {
-        self.sessions.start(name).await
+        match &self.backend {
+            Backend::File { sessions, .. } => sessions.start(name).await,
+            Backend::Postgres(pg) => pg.start_session(name).await,
+        }
     }
 
-    /// Ends the session `id` on the server.
+    /// Ends the session `id` on the server (on every node, with PostgreSQL).
     pub async fn end_session(&self, id: &str) -> Result<(), AppError> {
-        self.sessions.end(id).await
+        match &self.backend {
+            Backend::File { sessions, .. } => sessions.end(id).await,
+            Backend::Postgres(pg) => pg.end_session(id).await,
+        }
     }
 
     /// Whether the session cookie carries `Secure` (everywhere but plain HTTP on loopback).
     pub fn secure_cookie(&self) -> bool {
         self.secure_cookie
+    }
+}
+
+impl TokenEntry {
+    fn caller(&self) -> Caller {
+        Caller { name: self.name.clone(), role: if self.admin { Role::Admin } else { Role::User } }
+    }
+}
+
+/// The entry whose hash is `token`'s. Every entry is compared, so the time taken does not say
+/// which one matched.
+fn find_token<'a>(tokens: &'a [TokenEntry], token: &str) -> Option<&'a TokenEntry> {
+    let presented = digest(token);
+    tokens.iter().fold(None, |found, e| if same_digest(&e.hash, &presented) { Some(e) } else { found })
+}
+
+/// The credential a request presents: its bearer token, else its session cookie; `401` with
+/// neither (or a malformed `Authorization` header).
+fn presented(headers: &HeaderMap) -> Result<Credential<'_>, AppError> {
+    match headers.get(header::AUTHORIZATION) {
+        Some(value) => Ok(Credential::Token(bearer(value).ok_or(AppError::Unauthorized)?)),
+        None => Ok(Credential::Session(session_cookie(headers).ok_or(AppError::Unauthorized)?)),
     }
 }
 

@@ -5,4 +5,5 @@
 //! calling and whether they may, the streams hold its slots while they are open.
 
 pub mod auth;
+mod database;
 pub mod limits;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::access::auth::TokenStore;
 use crate::config::ServeConfig;
 use crate::startup::Application;
 use crate::store::preflight::Unusable;
@@ -47,6 +48,9 @@ pub struct TokensFileArg {
     /// Default `<data-dir>/tokens`.
     #[arg(long, env = "AURA_TOKENS_FILE", global = true)]
     pub tokens_file: Option<PathBuf>,
+    /// A `postgres://` URL keeps the tokens in that database (every node's) instead of the file.
+    #[arg(long, env = "AURA_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,7 +193,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             return crate::cli::check::backup_cli(&data_dir, database_url, &file).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
-        Command::Token { command, file } => return Ok(token(command, &file)),
+        Command::Token { command, file } => return Ok(token(command, &file).await),
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {
             Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,
@@ -219,23 +223,29 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 }
 
 /// `aura token …`: only the token itself goes to stdout, so `$(aura token create ci)` works.
-fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
+/// With a PostgreSQL database URL the tokens are in the database, else in the tokens file.
+async fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
     let path = file.tokens_file.clone().unwrap_or_else(|| file.data_dir.join("tokens"));
-    let result = match command {
-        TokenCommand::Create { name, admin } => {
-            crate::access::auth::create_token(&path, &name, admin).map(|token| {
-                println!("{token}");
-                eprintln!("aura: token {name:?} created; it is shown only this once");
-                true
-            })
+    let store = match TokenStore::open(file.database_url.as_deref(), path).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("aura: {e:#}");
+            return ExitCode::from(1);
         }
-        TokenCommand::List => crate::access::auth::list_tokens(&path).map(|tokens| {
-            for t in tokens {
-                println!("{}\t{}", t.name, if t.admin { "admin" } else { "user" });
+    };
+    let result = match command {
+        TokenCommand::Create { name, admin } => store.create(&name, admin).await.map(|token| {
+            println!("{token}");
+            eprintln!("aura: token {name:?} created; it is shown only this once");
+            true
+        }),
+        TokenCommand::List => store.list().await.map(|tokens| {
+            for (name, admin) in tokens {
+                println!("{name}\t{}", if admin { "admin" } else { "user" });
             }
             true
         }),
-        TokenCommand::Revoke { name } => crate::access::auth::revoke_token(&path, &name).inspect(|&found| {
+        TokenCommand::Revoke { name } => store.revoke(&name).await.inspect(|&found| {
             if found {
                 eprintln!("aura: token {name:?} revoked");
             } else {
@@ -243,6 +253,7 @@ fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
             }
         }),
     };
+    store.close().await;
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

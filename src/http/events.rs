@@ -148,6 +148,7 @@ fn open(
 pub fn acquire(app: &AppState, caller: &Caller) -> Result<(StreamSlot, StreamGuard), AppError> {
     let slot =
         app.streams().try_acquire(app.settings().max_streams).ok_or_else(|| AppError::Unavailable {
+            reason: "max-streams",
             detail: "too many open event streams; retry shortly".into(),
             retry_after_secs: 5,
         })?;

@@ -23,6 +23,7 @@ mod properties;
 mod recovery;
 mod restart;
 mod security;
+mod shared_access;
 mod sockets;
 mod streams;
 mod transports;

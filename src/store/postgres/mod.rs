@@ -18,6 +18,7 @@
 //! The schema lives in `migrations/postgres/`, apart from SQLite's, and its queries are checked
 //! at compile time like SQLite's (offline data in `.sqlx/`).
 
+pub mod access;
 mod leases;
 mod reads;
 mod repair;

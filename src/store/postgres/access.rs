@@ -1,0 +1,140 @@
+//! Tokens and browser sessions in PostgreSQL, so that every node sharing the database knows the
+//! same ones (API.md "Several nodes on PostgreSQL").
+//!
+//! With SQLite, tokens live in a file beside the data (see `access::auth`); with PostgreSQL the
+//! `tokens` and `sessions` tables replace that file. Only SHA-256 digests are stored, never a
+//! token or a session id, and a session row is deleted with its token (`ON DELETE CASCADE`), so
+//! revoking a token ends its sessions on every node in the same transaction. Expiry is judged on
+//! the database's clock, the one clock every node shares.
+//!
+//! This is SQL only: caching, and deciding who a caller is, stay in `access::auth`.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::store::StoreError;
+
+/// Longest wait for a connection: past it a lookup fails (and the caller is refused) rather than
+/// hang while the database is away.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One row of `tokens`, without its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub name: String,
+    pub admin: bool,
+}
+
+/// A handle on the tokens and sessions tables; cheap to clone.
+#[derive(Clone)]
+pub struct PgAccess {
+    pool: PgPool,
+}
+
+impl PgAccess {
+    /// Connects to `url` (`postgres://…`) with a pool of `connections` and applies the PostgreSQL
+    /// migrations (PostgreSQL serializes concurrent migrators with an advisory lock).
+    pub async fn open(url: &str, connections: u32) -> Result<PgAccess, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.application_name("aura-access"))
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgAccess { pool })
+    }
+
+    /// Stores a new token's digest under `name`; `false` when a token of that name exists.
+    pub async fn create_token(&self, name: &str, admin: bool, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        let role = if admin { "admin" } else { "user" };
+        let done = sqlx::query!(
+            "INSERT INTO tokens (name, role, digest) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            name,
+            role,
+            &digest[..]
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every token's name and role, oldest first (as the tokens file lists them).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows =
+            sqlx::query!(r#"SELECT name, role = 'admin' AS "admin!" FROM tokens ORDER BY created_at, name"#)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| TokenRow { name: r.name, admin: r.admin }).collect())
+    }
+
+    /// Deletes the token `name` and, by the cascade, its sessions; `false` when there was none.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query!("DELETE FROM tokens WHERE name = $1", name).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether the tokens table holds any row: with none, the server runs open.
+    pub async fn any_token(&self) -> Result<bool, StoreError> {
+        let any = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM tokens) AS "any!""#)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(any)
+    }
+
+    /// The token whose digest is `digest`, if there is one.
+    pub async fn token_by_digest(&self, digest: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT name, role = 'admin' AS "admin!" FROM tokens WHERE digest = $1"#,
+            &digest[..]
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| TokenRow { name: r.name, admin: r.admin }))
+    }
+
+    /// The token of the unexpired session whose id has the digest `digest`, if there is one.
+    pub async fn session_token(&self, digest: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT t.name, t.role = 'admin' AS "admin!"
+               FROM sessions s JOIN tokens t ON t.name = s.token_name
+               WHERE s.digest = $1 AND s.expires_at > now()"#,
+            &digest[..]
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| TokenRow { name: r.name, admin: r.admin }))
+    }
+
+    /// Starts a session for the token `name`, lasting `secs` on the database's clock, and sweeps
+    /// sessions that have expired. `false` when the token is gone (revoked in the meantime).
+    pub async fn start_session(&self, digest: &[u8; 32], name: &str, secs: u64) -> Result<bool, StoreError> {
+        // Seconds as a float: `make_interval` takes them so, and a session lasts days, not ages.
+        let secs = secs as f64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!("DELETE FROM sessions WHERE expires_at <= now()").execute(&mut *tx).await?;
+        let done = sqlx::query!(
+            r#"INSERT INTO sessions (digest, token_name, expires_at)
+               SELECT $1, name, now() + make_interval(secs => $3::float8) FROM tokens WHERE name = $2"#,
+            &digest[..],
+            name,
+            secs
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends the session whose id has the digest `digest` (nothing if there is none).
+    pub async fn end_session(&self, digest: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query!("DELETE FROM sessions WHERE digest = $1", &digest[..]).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

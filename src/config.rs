@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::objects::{Location, S3Options};
 use crate::store::Durability;
 
 /// `AURA_SYNCHRONOUS`: how durable a commit is (the store's [`Durability`], as a setting).
@@ -49,6 +50,15 @@ pub struct ServeConfig {
     /// SQLite database (`sqlite:path` or a file path); default `<data-dir>/aura.db`.
     #[arg(long, env = "AURA_DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// Where finished videos live: `file:///path` or `s3://bucket/prefix` (credentials and
+    /// endpoint from the `AWS_*` variables); default `file://<data-dir>`.
+    #[arg(long, env = "AURA_STORAGE_URL")]
+    pub storage_url: Option<String>,
+
+    /// S3 client settings given in code, over the `AWS_*` environment (tests; no flag).
+    #[arg(skip)]
+    pub storage_options: S3Options,
 
     /// `full` (fsync every commit; survives power loss) or `normal` (survives a process crash).
     #[arg(long, env = "AURA_SYNCHRONOUS", value_enum, default_value = "full")]
@@ -246,6 +256,23 @@ impl ServeConfig {
         }
     }
 
+    /// Where finished videos live: `--storage-url`, else the data folder. Call
+    /// [`ServeConfig::check_storage_url`] first: an unparsable URL falls back to the data folder.
+    pub fn storage(&self) -> Location {
+        match self.storage_url.as_deref().map(Location::parse) {
+            Some(Ok(location)) => location,
+            _ => Location::Folder(self.data_dir.clone()),
+        }
+    }
+
+    /// Refuses a storage URL this build cannot use, with one line that says what to write.
+    pub fn check_storage_url(&self) -> anyhow::Result<()> {
+        match self.storage_url.as_deref().map(Location::parse) {
+            Some(Err(line)) => Err(anyhow::anyhow!(line)),
+            _ => Ok(()),
+        }
+    }
+
     /// The tokens file: `--tokens-file`, else `<data-dir>/tokens`.
     pub fn tokens_path(&self) -> PathBuf {
         self.tokens_file.clone().unwrap_or_else(|| self.data_dir.join("tokens"))
@@ -282,6 +309,7 @@ impl ServeConfig {
         cfg.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.data_dir = data_dir;
         cfg.database_url = None;
+        cfg.storage_url = None;
         cfg
     }
 }

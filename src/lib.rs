@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod lock;
+pub mod objects;
 pub mod startup;
 pub mod store;
 pub mod streaming;

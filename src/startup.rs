@@ -19,6 +19,7 @@ use crate::engine::{Engine, leases, recovery, retention};
 use crate::http::router::cors_layer;
 use crate::http::state::{AppState, Parts};
 use crate::lock::DataDirLock;
+use crate::objects::Objects;
 use crate::store::Store;
 use crate::store::preflight::{self, Unusable};
 use crate::streaming::{self, hub::Hub};
@@ -130,6 +131,7 @@ fn writable_data_dir(dir: &std::path::Path) -> Result<(), Unusable> {
 impl Application {
     pub async fn build(settings: ServeConfig) -> anyhow::Result<Application> {
         settings.check_database_url()?;
+        settings.check_storage_url()?;
         let fd_limit = raise_open_file_limit();
         let connections = streaming::server::Settings {
             header_timeout: Duration::from_secs(settings.header_timeout_secs),
@@ -181,7 +183,10 @@ impl Application {
         .context("starting the webhook deliveries")?;
         let listener = listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
-        let engine = Engine::new(settings.clone(), store.clone(), shutdown.clone());
+        // After the data folder exists: the default store is that folder.
+        let objects = Objects::open(&settings.storage(), &settings.data_dir, &settings.storage_options)
+            .context("opening the storage for finished videos (AURA_STORAGE_URL)")?;
+        let engine = Engine::new(settings.clone(), store.clone(), objects.clone(), shutdown.clone());
         if store.node().is_some() {
             // A cancel sent to another node reaches this node's processes through the log.
             tokio::spawn(observe(hub.clone(), engine.clone(), shutdown.clone()));
@@ -219,6 +224,7 @@ impl Application {
             retention::spawn(
                 state.store().clone(),
                 state.settings().data_dir.clone(),
+                objects,
                 keep,
                 engine.shutdown_token(),
             )

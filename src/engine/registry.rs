@@ -19,6 +19,7 @@ use crate::domain::job::JobStatus;
 use crate::domain::spec::JobSpec;
 use crate::engine::disk::Disk;
 use crate::engine::lifecycle::{self, JobHandle};
+use crate::objects::Objects;
 use crate::store::{Applied, Refusal, Store, StoreError};
 use crate::sync::lock;
 
@@ -43,10 +44,11 @@ struct Inner {
     running: Mutex<HashMap<Uuid, Running>>,
     resumed: Mutex<VecDeque<Uuid>>,
     disk: Disk,
+    objects: Objects,
 }
 
 impl Engine {
-    pub fn new(settings: ServeConfig, store: Store, shutdown: CancellationToken) -> Self {
+    pub fn new(settings: ServeConfig, store: Store, objects: Objects, shutdown: CancellationToken) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 disk: Disk::new(&settings.data_dir, settings.min_free_bytes()),
@@ -56,6 +58,7 @@ impl Engine {
                 jobs_created: Notify::new(),
                 running: Mutex::default(),
                 resumed: Mutex::default(),
+                objects,
             }),
         }
     }
@@ -66,6 +69,11 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where finished videos live (`AURA_STORAGE_URL`).
+    pub fn objects(&self) -> &Objects {
+        &self.inner.objects
     }
 
     /// The data folder's disk and its free-space floor.

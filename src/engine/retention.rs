@@ -1,5 +1,6 @@
 //! The retention sweeper (`AURA_OUTPUT_RETENTION`): deletes a finished job's video once it is
-//! older than the retention, so a long-running server's disk use is bounded.
+//! older than the retention, so a long-running server's disk use is bounded. The video is
+//! deleted from wherever it lives (`AURA_STORAGE_URL`, see `objects`).
 //!
 //! One task, started at startup when a retention is set. Every [`period`] it asks the store
 //! for completed jobs that still have their output and finished before `now - retention`
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::time::now_micros;
 use crate::engine::lifecycle;
+use crate::objects::Objects;
 use crate::store::Store;
 
 /// Most videos deleted per sweep; the next sweep takes the rest.
@@ -31,6 +33,7 @@ pub fn period(retention: Duration) -> Duration {
 pub fn spawn(
     store: Store,
     data_dir: PathBuf,
+    objects: Objects,
     retention: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -45,7 +48,7 @@ pub fn spawn(
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                swept = sweep(&store, &data_dir, retention) => match swept {
+                swept = sweep(&store, &data_dir, &objects, retention) => match swept {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "output retention: videos deleted"),
                     Err(e) => tracing::warn!(error = %e, "output retention: the sweep failed"),
@@ -57,24 +60,38 @@ pub fn spawn(
 }
 
 /// One sweep: deletes up to [`BATCH`] expired videos and records each. Returns how many.
-pub async fn sweep(store: &Store, data_dir: &Path, retention: Duration) -> anyhow::Result<usize> {
+pub async fn sweep(
+    store: &Store,
+    data_dir: &Path,
+    objects: &Objects,
+    retention: Duration,
+) -> anyhow::Result<usize> {
     let Ok(retention) = time::Duration::try_from(retention) else { return Ok(0) };
     let Some(cutoff) = now_micros().checked_sub(retention) else { return Ok(0) };
     let mut expired = 0;
     for job in store.outputs_finished_before(cutoff, BATCH).await? {
         let Some(output) = &job.output else { continue };
-        // `videoPath` is Aura's own `jobs/<id>/output.<ext>`; never follow anything else.
-        let relative = Path::new(&output.video_path);
-        if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
-            tracing::warn!(job_id = %job.job_id, "output retention: a stored output path is not plain; skipped");
-            continue;
-        }
-        match tokio::fs::remove_file(data_dir.join(relative)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
+        if !objects.in_place() {
+            let ext = job.request.render_spec.container.extension();
+            let key = objects.output_key(job.job_id, job.attempt, ext);
+            if let Err(e) = objects.delete(&key).await {
                 tracing::warn!(job_id = %job.job_id, error = %e, "output retention: deleting a video failed");
                 continue;
+            }
+        } else {
+            // `videoPath` is Aura's own `jobs/<id>/output.<ext>`; never follow anything else.
+            let relative = Path::new(&output.video_path);
+            if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+                tracing::warn!(job_id = %job.job_id, "output retention: a stored output path is not plain; skipped");
+                continue;
+            }
+            match tokio::fs::remove_file(data_dir.join(relative)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(job_id = %job.job_id, error = %e, "output retention: deleting a video failed");
+                    continue;
+                }
             }
         }
         match lifecycle::expire_output(store, job.job_id).await? {

@@ -25,6 +25,7 @@ use crate::engine::Engine;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::pipeline::progress::Reporter;
 use crate::engine::pipeline::{self, Job, PipelineError, StageError};
+use crate::engine::publish;
 
 /// How often an idle worker looks for work even without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -198,8 +199,27 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((job, Ok(output))) => {
             remove_dir(&job.work_dir).await;
-            log_append(handle.complete(output).await, "job-completed");
-            tracing::info!("job completed");
+            // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed.
+            let shutdown = engine.shutdown_token();
+            let stored = tokio::select! {
+                stored = publish::publish(engine, job_id, job.handle.attempt(), &job.job_dir, ext, &output) => stored,
+                () = shutdown.cancelled() => {
+                    tracing::info!("shutdown while storing the video: the job stays Running for a later attempt");
+                    return;
+                }
+            };
+            match stored {
+                Ok(()) => {
+                    log_append(handle.complete(output).await, "job-completed");
+                    tracing::info!("job completed");
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "storing the video failed");
+                    remove_dir(&job.job_dir).await;
+                    let message = "storing the video failed; the cause is in the server log".to_owned();
+                    log_append(handle.fail(Some(Stage::Render), "internal", message).await, "job-failed");
+                }
+            }
         }
         Ok((_, Err(PipelineError { error: StageError::Cancelled, .. }))) if shutting_down => {
             tracing::info!("shutdown: the job stays Running for a later attempt");

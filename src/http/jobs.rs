@@ -249,6 +249,13 @@ pub async fn output(
         (JobStatus::Completed, None) => return Err(AppError::OutputExpired),
         _ => return Err(AppError::NotFound("the job has no output until it has completed".into())),
     };
+    let mime = job.request.render_spec.container.mime();
+    let objects = app.engine().objects();
+    if !objects.in_place() {
+        // Stored elsewhere (`AURA_STORAGE_URL`): the key follows from the job, not `videoPath`.
+        let key = objects.output_key(job.job_id, job.attempt, job.request.render_spec.container.extension());
+        return crate::http::stored::serve(objects, &key, mime, request.method(), request.headers()).await;
+    }
     // `videoPath` is Aura's own `jobs/<id>/output.<ext>`; refuse anything else rather than serve it.
     let relative = std::path::Path::new(&output.video_path);
     if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
@@ -256,7 +263,6 @@ pub async fn output(
         return Err(AppError::Internal(anyhow::anyhow!("stored output path is not a plain relative path")));
     }
     let path = app.settings().data_dir.join(relative);
-    let mime = job.request.render_spec.container.mime();
     let mut service = tower_http::services::ServeFile::new(&path);
     let mut res = tower::Service::call(&mut service, request)
         .await

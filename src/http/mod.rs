@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod router;
 pub mod session;
 pub mod state;
+pub mod stored;
 pub mod ui;
 pub mod webhooks;
 pub mod ws;

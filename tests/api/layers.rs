@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("domain", 0),
     ("sync", 0),
     ("store", 1),
+    ("objects", 1),
     ("config", 2),
     ("error", 2),
     ("lock", 2),

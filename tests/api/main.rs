@@ -16,6 +16,7 @@ mod helpers;
 mod jobs_api;
 mod layers;
 mod log;
+mod objects;
 mod openapi;
 mod pipeline;
 mod postgres;

@@ -39,14 +39,14 @@ async fn spawn_renderer(tweak: impl FnOnce(&mut aura::config::ServeConfig)) -> T
 }
 
 /// Waits for the job to end; fails unless it completed.
-async fn completed(app: &TestApp, id: Uuid) -> TestResult<Value> {
+pub async fn completed(app: &TestApp, id: Uuid) -> TestResult<Value> {
     let job = app.finished(id, JOB_TIMEOUT).await?;
     ensure!(job["status"] == "Completed", "job ended {}: {}", job["status"], job["error"]);
     Ok(job)
 }
 
 /// A small, fast job: 480p at 10 fps, 3 s, the fastest encoder settings.
-fn small_job(topic: &str, aspect: &str, container: &str, codec: &str) -> Value {
+pub fn small_job(topic: &str, aspect: &str, container: &str, codec: &str) -> Value {
     json!({
         "brief": {"topic": topic, "audience": "Testers", "aspect": aspect},
         "planSpec": {"targetDuration": "00:00:03", "pacing": "Fast"},

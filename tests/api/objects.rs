@@ -1,0 +1,232 @@
+//! Finished videos in an S3-compatible store (`AURA_STORAGE_URL=s3://…`): a real `s3s-fs`
+//! server on a free loopback port with a temporary root (`.ci/run` installs it), the real app
+//! rendering with real ffmpeg, and the output route answering from the bucket.
+//!
+//! The S3 client's settings reach the app through `ServeConfig::storage_options`, never through
+//! the process environment, which every test in this binary shares.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use aura::objects::S3Options;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::cli::AURA;
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::pipeline::{completed, small_job};
+
+const ACCESS_KEY: &str = "aura-test-access";
+const SECRET_KEY: &str = "aura-test-secret-key";
+const BUCKET: &str = "videos";
+const PREFIX: &str = "aura/test";
+
+/// A running `s3s-fs`, killed when dropped.
+struct S3 {
+    _child: Child,
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+/// The `s3s-fs` binary: on `PATH`, else where `cargo install` puts it.
+fn s3s_fs() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("s3s-fs"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+            .unwrap_or_default();
+        home.join("bin").join("s3s-fs")
+    })
+}
+
+impl S3 {
+    /// Starts `s3s-fs` with one empty bucket and waits (bounded) until it accepts connections.
+    async fn start() -> TestResult<S3> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir(root.path().join(BUCKET))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked)")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(format!("s3s-fs exited before accepting connections: {status}").into());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("s3s-fs did not accept connections in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(S3 { _child: child, root, port })
+    }
+
+    /// The client settings that reach this server.
+    fn options(&self) -> S3Options {
+        S3Options(
+            [
+                ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
+                ("aws_access_key_id", ACCESS_KEY.to_owned()),
+                ("aws_secret_access_key", SECRET_KEY.to_owned()),
+                ("aws_region", "us-east-1".to_owned()),
+                ("aws_allow_http", "true".to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+            .to_vec(),
+        )
+    }
+
+    /// Where `s3s-fs` keeps a job's video for `attempt`.
+    fn video(&self, job_id: Uuid, attempt: u64, ext: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(PREFIX).join(format!("jobs/{job_id}/{attempt}/output.{ext}"))
+    }
+}
+
+/// One render worker whose videos go to `s3`.
+async fn spawn_on(s3: &S3, tweak: impl FnOnce(&mut aura::config::ServeConfig)) -> TestResult<TestApp> {
+    let options = s3.options();
+    spawn_app_with(|cfg| {
+        cfg.workers = Some(1);
+        cfg.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}"));
+        cfg.storage_options = options;
+        tweak(cfg);
+    })
+    .await
+}
+
+/// Every file under `dir` whose name starts with `output.`.
+fn output_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with("output.") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_video_stored_in_s3_is_kept_per_attempt_leaves_no_local_copy_and_is_served_by_range() -> TestResult
+{
+    let s3 = S3::start().await?;
+    let app = spawn_on(&s3, |_| {}).await?;
+    let id = app.create(&small_job("Stored in a bucket", "Square1x1", "mp4", "h264")).await?;
+    let job = completed(&app, id).await?;
+    let size = job["output"]["sizeBytes"].as_u64().context("sizeBytes")?;
+    assert_eq!(job["output"]["videoPath"], format!("jobs/{id}/output.mp4"), "videoPath as API.md has it");
+    let attempt = job["attempt"].as_u64().context("attempt")?;
+
+    let stored =
+        std::fs::read(s3.video(id, attempt, "mp4")).context("the object under its per-attempt key")?;
+    assert_eq!(stored.len() as u64, size);
+    let left = output_files(&app.data_path(""));
+    assert!(left.is_empty(), "the data folder still holds {left:?}");
+
+    let whole = app.output(id, None).await?;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["content-type"], "video/mp4");
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    assert_eq!(&whole.bytes().await?[..], &stored[..]);
+
+    let part = app.output(id, Some("bytes=100-199")).await?;
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], format!("bytes 100-199/{size}").as_str());
+    assert_eq!(&part.bytes().await?[..], &stored[100..200]);
+
+    let tail = app.output(id, Some("bytes=-10")).await?;
+    assert_eq!(tail.status(), 206);
+    assert_eq!(&tail.bytes().await?[..], &stored[stored.len() - 10..]);
+
+    let beyond = app.output(id, Some(&format!("bytes={}-", size + 10))).await?;
+    assert_eq!(beyond.status(), 416);
+    assert_eq!(beyond.headers()["content-range"], format!("bytes */{size}").as_str());
+
+    let head = app.client.head(app.url(&format!("/api/jobs/{id}/output"))).send().await?;
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], size.to_string().as_str());
+
+    // A store that lost the video answers like a data folder that lost it, naming nothing inside.
+    std::fs::remove_file(s3.video(id, attempt, "mp4"))?;
+    let gone = app.output(id, None).await?;
+    assert_eq!(gone.status(), 404);
+    let text = gone.text().await?;
+    assert!(!text.contains(PREFIX) && !text.contains("127.0.0.1"), "leaks the store: {text}");
+    app.stop().await
+}
+
+#[tokio::test]
+async fn output_retention_deletes_a_video_from_the_bucket() -> TestResult {
+    let s3 = S3::start().await?;
+    let app =
+        spawn_on(&s3, |cfg| cfg.output_retention = aura::config::Retention(Some(Duration::from_secs(1))))
+            .await?;
+    let id = app.create(&small_job("Kept a second", "Square1x1", "mp4", "h264")).await?;
+    let job = completed(&app, id).await?;
+    let video = s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = app.output(id, None).await?.status();
+        if status == 410 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still served ({status}) after the retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!video.exists(), "the object outlived its retention");
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_storage_url_aura_cannot_use_stops_the_start_with_one_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for (url, says) in [
+        ("gs://bucket/prefix", "unknown scheme \"gs\""),
+        ("file://relative/path", "absolute path"),
+        ("videos", "not a URL"),
+    ] {
+        let out = tokio::time::timeout(
+            WAIT,
+            Command::new(AURA)
+                .args(["serve", "--addr", "127.0.0.1:0", "--workers", "0", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .env("AURA_STORAGE_URL", url)
+                .env("RUST_LOG", "off")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await??;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success(), "{url} was accepted");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{url}: one line: {stderr}");
+        assert!(
+            lines[0].starts_with("aura: AURA_STORAGE_URL: ") && lines[0].contains(says),
+            "{url}: {stderr}"
+        );
+    }
+    Ok(())
+}

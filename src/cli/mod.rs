@@ -71,7 +71,8 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (HTTP API, event streams and render workers).
-    Serve(ServeConfig),
+    // Boxed: the settings are far larger than any other command's arguments.
+    Serve(Box<ServeConfig>),
     /// Verify the store: SQLite's full integrity check, every jobs row equals the fold of its
     /// events, no job has two terminal events, completed videos exist with their recorded size.
     /// Exit 0 healthy, 1 not.
@@ -173,7 +174,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Serve(config) => {
             telemetry::init(&config.log_format);
-            let app = match Application::build(config).await {
+            let app = match Application::build(*config).await {
                 Ok(app) => app,
                 Err(e) => {
                     if let Some(unusable) = e.downcast_ref::<Unusable>() {

@@ -1,6 +1,7 @@
 //! Finished videos in an S3-compatible store (`AURA_STORAGE_URL=s3://…`): a real `s3s-fs`
 //! server on a free loopback port with a temporary root (`.ci/run` installs it), the real app
-//! rendering with real ffmpeg, and the output route answering from the bucket.
+//! rendering with real ffmpeg, and the output route answering from the bucket (on a node that
+//! did not render the video too, two nodes sharing a PostgreSQL database).
 //!
 //! The S3 client's settings reach the app through `ServeConfig::storage_options`, never through
 //! the process environment, which every test in this binary shares.
@@ -175,6 +176,38 @@ async fn a_video_stored_in_s3_is_kept_per_attempt_leaves_no_local_copy_and_is_se
     let text = gone.text().await?;
     assert!(!text.contains(PREFIX) && !text.contains("127.0.0.1"), "leaks the store: {text}");
     app.stop().await
+}
+
+#[tokio::test]
+async fn a_video_in_s3_downloads_by_range_from_a_node_that_did_not_render_it() -> TestResult {
+    let s3 = S3::start().await?;
+    let db = crate::postgres::database().await?;
+    let worker = spawn_on(&s3, |cfg| {
+        cfg.database_url = Some(db.clone());
+        cfg.node_name = Some("objects-worker".into());
+    })
+    .await?;
+    let api = spawn_on(&s3, |cfg| {
+        cfg.database_url = Some(db.clone());
+        cfg.node_name = Some("objects-api".into());
+        cfg.workers = Some(0);
+    })
+    .await?;
+    let id = api.create(&small_job("Rendered elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let job = completed(&api, id).await?;
+    let stored = std::fs::read(s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4"))?;
+    for node in [&api, &worker] {
+        let whole = node.output(id, None).await?;
+        assert_eq!(whole.status(), 200);
+        assert_eq!(whole.headers()["content-type"], "video/mp4");
+        assert_eq!(&whole.bytes().await?[..], &stored[..]);
+        let part = node.output(id, Some("bytes=10-")).await?;
+        assert_eq!(part.status(), 206);
+        assert_eq!(&part.bytes().await?[..], &stored[10..]);
+    }
+    assert!(output_files(&api.data_path("")).is_empty() && output_files(&worker.data_path("")).is_empty());
+    api.stop().await?;
+    worker.stop().await
 }
 
 #[tokio::test]

@@ -270,6 +270,8 @@ impl Application {
                 tracing::warn!("the retention sweeper did not stop in time");
             }
         }
+        // Attempts in flight end and are recorded while the store is still open.
+        self.state.webhooks().stopped().await;
         let store = self.state.store().clone();
         if let Some(leases) = self.leases {
             leases.abort();

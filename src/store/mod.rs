@@ -54,6 +54,9 @@ pub enum StoreError {
     /// What this backend does not offer (yet).
     #[error("not available in this store: {0}")]
     Unsupported(&'static str),
+    /// This node no longer holds the webhook delivery lock (see [`webhooks::DeliveryLock`]).
+    #[error("this node no longer holds the webhook delivery lock")]
+    LockLost,
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     /// The group commit this request was part of failed; every request of the group gets the

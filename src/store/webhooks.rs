@@ -4,6 +4,10 @@
 //! [`super::writer::Work`]), which runs them in a transaction of their own after each group of
 //! appends: webhooks add no second writer that appends would wait for, and a registration's
 //! limit check and insert cannot race with another registration.
+//!
+//! With PostgreSQL the same reads and writes run there (see `postgres::webhooks`), and the
+//! writes of deliveries (attempts and positions) go through the [`DeliveryLock`] instead: the
+//! right to deliver that exactly one node holds at a time.
 
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::oneshot;
@@ -16,7 +20,7 @@ use crate::domain::event::StoredEvent;
 pub const KEPT_ATTEMPTS: i64 = 1000;
 /// The log is pruned at every this many attempts (of all endpoints), so it holds a little more
 /// than [`KEPT_ATTEMPTS`] per endpoint between two prunings.
-const PRUNE_EVERY: i64 = 64;
+pub(super) const PRUNE_EVERY: i64 = 64;
 
 /// A registered endpoint, secrets included (they sign deliveries; the HTTP edge never sends them
 /// after creation, and its `Debug` leaves them out so no log line can carry one).
@@ -112,9 +116,56 @@ pub(super) struct WriteRequest {
 }
 
 impl WriteRequest {
-    /// Answers the request with `error`, writing nothing.
-    pub(super) fn refuse(self, error: StoreError) {
-        let _ = self.reply.send(Err(error));
+    pub(super) fn write(&self) -> &Write {
+        &self.write
+    }
+
+    pub(super) fn answer(self, result: Result<Written, StoreError>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The right to deliver webhooks, and the way a delivering node writes what its attempts did.
+///
+/// With SQLite the one process that owns the file always has it. With PostgreSQL one node at a
+/// time holds it (a session-level advisory lock, see `postgres::webhooks`); it is lost for good
+/// when that session fails, and its holder must then stop delivering.
+pub struct DeliveryLock {
+    held: Option<super::postgres::webhooks::Held>,
+    wait: std::time::Duration,
+}
+
+impl DeliveryLock {
+    /// How long the new holder waits before its first attempt, so that whatever a previous
+    /// holder that lost the database still had in flight has ended. Zero with SQLite.
+    pub fn wait_before_delivering(&self) -> std::time::Duration {
+        self.wait
+    }
+
+    /// Checks that the lock is still held (with PostgreSQL, on its own connection); an error
+    /// means it is lost and nothing more may be sent.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        match &self.held {
+            None => Ok(()),
+            Some(held) => held.confirm().await,
+        }
+    }
+
+    /// Writes a delivery's [`Write::Record`] or [`Write::Advance`]: through the writer with
+    /// SQLite, in a transaction on the lock's connection with PostgreSQL, so that only a holder
+    /// of the lock can commit it.
+    pub async fn write(&self, store: &Store, write: Write) -> Result<Written, StoreError> {
+        match &self.held {
+            None => store.webhook_write(write).await,
+            Some(held) => held.write(&write).await,
+        }
+    }
+
+    /// Lets the lock go (a clean shutdown).
+    pub async fn release(&self) {
+        if let Some(held) = &self.held {
+            held.release().await;
+        }
     }
 }
 
@@ -130,9 +181,25 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The right to deliver webhooks, or `None` while another node holds it. `grace` is the
+    /// longest a holder may take between confirming the lock and the end of an attempt.
+    pub async fn delivery_lock(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Option<DeliveryLock>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(Some(DeliveryLock { held: None, wait: std::time::Duration::ZERO })),
+            Backend::Postgres { log, .. } => Ok(log
+                .try_delivery_lock(grace)
+                .await?
+                .map(|held| DeliveryLock { held: Some(held), wait: grace })),
+        }
+    }
+
     /// Every endpoint, oldest first.
     pub async fn webhooks(&self) -> Result<Vec<Endpoint>, StoreError> {
-        let pool = sqlite_pool!(self, _log => Ok(Vec::new()));
+        let pool =
+            sqlite_pool!(self, log => log.webhooks().await?.into_iter().map(Endpoint::try_from).collect());
         let rows = sqlx::query_as!(EndpointRow, "SELECT * FROM webhook_endpoints ORDER BY created_at, id")
             .fetch_all(pool)
             .await?;
@@ -140,7 +207,7 @@ impl Store {
     }
 
     pub async fn webhook(&self, id: Uuid) -> Result<Option<Endpoint>, StoreError> {
-        let pool = sqlite_pool!(self, _log => Ok(None));
+        let pool = sqlite_pool!(self, log => log.webhook(id).await?.map(Endpoint::try_from).transpose());
         let key = id.to_string();
         let row = sqlx::query_as!(EndpointRow, "SELECT * FROM webhook_endpoints WHERE id = ?", key)
             .fetch_optional(pool)
@@ -150,7 +217,7 @@ impl Store {
 
     /// The newest `limit` attempts of an endpoint, newest first.
     pub async fn webhook_attempts(&self, id: Uuid, limit: u32) -> Result<Vec<Attempt>, StoreError> {
-        let pool = sqlite_pool!(self, _log => Ok(Vec::new()));
+        let pool = sqlite_pool!(self, log => log.webhook_attempts(id, limit).await);
         let key = id.to_string();
         let limit = i64::from(limit);
         Ok(sqlx::query_as!(
@@ -167,7 +234,7 @@ impl Store {
     /// How many attempts an event has had at an endpoint, and when the first one started: a
     /// retry schedule survives a restart.
     pub async fn webhook_tries(&self, id: Uuid, event_id: i64) -> Result<(i64, Option<String>), StoreError> {
-        let pool = sqlite_pool!(self, _log => Ok((0, None)));
+        let pool = sqlite_pool!(self, log => log.webhook_tries(id, event_id).await);
         let key = id.to_string();
         let row = sqlx::query!(
             r#"SELECT count(*) AS "n!: i64", min(at) AS "first: String"
@@ -188,7 +255,7 @@ impl Store {
         through: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let pool = sqlite_pool!(self, _log => Ok(Vec::new()));
+        let pool = sqlite_pool!(self, log => log.events_of_types(types, after, through, limit).await);
         let types = serde_json::to_string(types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let limit = i64::from(limit);
         let rows = sqlx::query_as!(
@@ -208,15 +275,15 @@ impl Store {
 }
 
 /// A `webhook_endpoints` row, column for column.
-struct EndpointRow {
-    id: String,
-    url: String,
-    events: String,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_until: Option<i64>,
-    position: i64,
-    created_at: String,
+pub(super) struct EndpointRow {
+    pub id: String,
+    pub url: String,
+    pub events: String,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_until: Option<i64>,
+    pub position: i64,
+    pub created_at: String,
 }
 
 impl TryFrom<EndpointRow> for Endpoint {

@@ -7,6 +7,7 @@
 //! Events of other types are passed over in memory and the position is stored for them at
 //! most once a second, when the task has nothing else to do.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use super::{Settings, sign, target, unix_now};
 use crate::domain::event::{StoredEvent, format_at, now_micros};
-use crate::store::webhooks::{Attempt, Endpoint, Write, Written};
+use crate::store::webhooks::{Attempt, DeliveryLock, Endpoint, Write, Written};
 use crate::store::{Store, StoreError};
 
 /// Events read per query.
@@ -38,8 +39,15 @@ pub struct Task {
     pub endpoint: Uuid,
     /// The highest published event id.
     pub head: watch::Receiver<i64>,
-    /// Cancelled when the endpoint is deleted or the server shuts down.
+    /// This node's right to deliver: confirmed before every attempt, and the way attempts and
+    /// positions are written.
+    pub lock: Arc<DeliveryLock>,
+    /// Cancelled when the endpoint is deleted or this node loses the delivery lock: an
+    /// attempt in flight is abandoned.
     pub stop: CancellationToken,
+    /// Cancelled when the server shuts down: the attempt in flight ends and is recorded, so
+    /// that the node that delivers next does not send it again; nothing more is sent.
+    pub finish: CancellationToken,
 }
 
 /// Why a task ends.
@@ -57,7 +65,7 @@ pub async fn run(mut task: Task) {
     let mut last_store = Instant::now();
     let lag = metrics::gauge!("aura_webhook_lag_events", "endpoint" => task.endpoint.to_string());
     loop {
-        if task.stop.is_cancelled() {
+        if task.stop.is_cancelled() || task.finish.is_cancelled() {
             return;
         }
         let head = *task.head.borrow_and_update();
@@ -68,7 +76,7 @@ pub async fn run(mut task: Task) {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading events for a webhook failed; retrying");
-                    if pause(&task.stop, STORE_RETRY).await.is_err() {
+                    if pause(&task, STORE_RETRY).await.is_err() {
                         return;
                     }
                     continue;
@@ -92,9 +100,10 @@ pub async fn run(mut task: Task) {
         if position > stored {
             let wait = PERSIST_EVERY.saturating_sub(last_store.elapsed());
             if wait.is_zero() {
-                match task.store.webhook_write(Write::Advance { endpoint: task.endpoint, position }).await {
+                let advance = Write::Advance { endpoint: task.endpoint, position };
+                match task.lock.write(&task.store, advance).await {
                     Ok(_) => stored = position,
-                    Err(StoreError::Closed) => return,
+                    Err(StoreError::Closed | StoreError::LockLost) => return,
                     Err(e) => tracing::warn!(error = %e, "storing a webhook's position failed"),
                 }
                 last_store = Instant::now();
@@ -104,12 +113,14 @@ pub async fn run(mut task: Task) {
                 changed = task.head.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(wait) => {}
                 () = task.stop.cancelled() => return,
+                () = task.finish.cancelled() => return,
             }
             continue;
         }
         tokio::select! {
             changed = task.head.changed() => if changed.is_err() { return },
             () = task.stop.cancelled() => return,
+            () = task.finish.cancelled() => return,
         }
     }
 }
@@ -122,17 +133,25 @@ async fn load(task: &Task) -> Option<Endpoint> {
             Ok(endpoint) => return endpoint,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a webhook endpoint failed; retrying");
-                pause(&task.stop, STORE_RETRY).await.ok()?;
+                pause(task, STORE_RETRY).await.ok()?;
             }
         }
     }
 }
 
-/// Waits, unless the task is stopped first.
-async fn pause(stop: &CancellationToken, wait: Duration) -> Result<(), Stop> {
+/// Waits, unless the task is stopped or told to finish first.
+async fn pause(task: &Task, wait: Duration) -> Result<(), Stop> {
     tokio::select! {
         () = tokio::time::sleep(wait) => Ok(()),
-        () = stop.cancelled() => Err(Stop::Done),
+        () = ending(task) => Err(Stop::Done),
+    }
+}
+
+/// Ready once the task is stopped or told to finish.
+async fn ending(task: &Task) {
+    tokio::select! {
+        () = task.stop.cancelled() => {}
+        () = task.finish.cancelled() => {}
     }
 }
 
@@ -145,11 +164,20 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
         .and_then(|at| time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(now_micros);
     loop {
+        if task.stop.is_cancelled() || task.finish.is_cancelled() {
+            return Err(Stop::Done);
+        }
         let endpoint = load(task).await.ok_or(Stop::Done)?;
+        // Nothing is sent unless this node still holds the right to send it.
+        if let Err(e) = task.lock.confirm().await {
+            tracing::warn!(error = %e, "not delivering: the delivery lock is lost");
+            return Err(Stop::Done);
+        }
         tries += 1;
         let at = now_micros();
         let started = Instant::now();
-        // A delete or a shutdown does not wait for an attempt to time out.
+        // A delete or a lost lock does not wait for an attempt to time out; a shutdown does,
+        // and records it.
         let answer = tokio::select! {
             answer = post(task, &endpoint, event, body.clone()) => answer,
             () = task.stop.cancelled() => return Err(Stop::Done),
@@ -191,8 +219,9 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
             at: format_at(at),
         };
         let advance_to = (ok || give_up).then_some(event.id);
-        match task.store.webhook_write(Write::Record { endpoint: task.endpoint, attempt, advance_to }).await {
-            Ok(Written::NotFound) | Err(StoreError::Closed) => return Err(Stop::Done),
+        let record = Write::Record { endpoint: task.endpoint, attempt, advance_to };
+        match task.lock.write(&task.store, record).await {
+            Ok(Written::NotFound) | Err(StoreError::Closed | StoreError::LockLost) => return Err(Stop::Done),
             Ok(_) => {}
             // Not stored: after a restart this event is offered again, which is the safe side.
             Err(e) => tracing::warn!(error = %e, "recording a webhook attempt failed"),
@@ -200,7 +229,7 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
         if ok || give_up {
             return Ok(());
         }
-        pause(&task.stop, backoff(task.settings.retry_base, tries)).await?;
+        pause(task, backoff(task.settings.retry_base, tries)).await?;
     }
 }
 

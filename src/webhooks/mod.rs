@@ -9,31 +9,46 @@
 //! hanging endpoint holds up nobody but itself.
 //!
 //! [`Webhooks`] is what the HTTP edge calls: it checks a new endpoint, registers it through the
-//! store's writer and starts its task; it stops the task of a deleted endpoint.
+//! store's writer and wakes the delivering side; it stops the task of a deleted endpoint.
+//!
+//! Tasks run only while this node holds the store's [`DeliveryLock`]: with SQLite always, with
+//! PostgreSQL on exactly one node at a time. Every node tries to take it every
+//! [`TAKE_EVERY`]; the node that has it confirms it every [`CHECK_EVERY`] (and before every
+//! attempt), starts a task for each endpoint, including those registered on other nodes, and
+//! stops them all the moment the lock is lost.
 
 pub mod deliver;
 pub mod sign;
 pub mod target;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ServeConfig;
 use crate::domain::event::EVENT_TYPES;
 use crate::domain::spec::FieldError;
-use crate::store::webhooks::{Endpoint, Write, Written};
+use crate::store::webhooks::{DeliveryLock, Endpoint, Write, Written};
 use crate::store::{Store, StoreError};
 
 /// Most endpoints one server keeps; a registration past it is refused with 409.
 pub const MAX_ENDPOINTS: i64 = 100;
 /// How long a rotated-out secret keeps signing beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+/// How often a node that does not deliver tries to take the delivery lock.
+pub const TAKE_EVERY: Duration = Duration::from_secs(2);
+/// How often the delivering node confirms its lock and looks for new or deleted endpoints.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// What the lock's holder may take beyond the attempt's own timeout between confirming the
+/// lock and the end of the attempt (the confirmation's answer, the request's start).
+const CONFIRM_MARGIN: Duration = Duration::from_secs(3);
 
 /// The webhook settings, from `aura serve`'s.
 #[derive(Debug, Clone)]
@@ -74,6 +89,12 @@ struct Inner {
     shutdown: CancellationToken,
     /// The running delivery task of each endpoint, by the token that stops it.
     tasks: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Woken when an endpoint is registered on this node, so its task starts at once.
+    registered: Notify,
+    /// Whether this node delivers now (it holds the delivery lock and its wait is over).
+    delivering: AtomicBool,
+    /// The task that takes the lock and runs the deliveries.
+    taking_part: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A registration request that passed every check.
@@ -84,8 +105,8 @@ pub struct NewEndpoint {
 }
 
 impl Webhooks {
-    /// Starts a delivery task for every registered endpoint. `head` follows the highest
-    /// published event id.
+    /// Starts taking part in deliveries: this node delivers to every registered endpoint
+    /// whenever it holds the delivery lock. `head` follows the highest published event id.
     pub async fn start(
         store: Store,
         head: watch::Receiver<i64>,
@@ -100,7 +121,8 @@ impl Webhooks {
             .user_agent(concat!("Aura-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("building the webhook HTTP client: {e}"))?;
-        let endpoints = store.webhooks().await?;
+        // A database that cannot list endpoints stops the start, as it did before it was shared.
+        store.webhooks().await?;
         let webhooks = Webhooks {
             inner: Arc::new(Inner {
                 store,
@@ -109,12 +131,150 @@ impl Webhooks {
                 head,
                 shutdown,
                 tasks: Mutex::new(HashMap::new()),
+                registered: Notify::new(),
+                delivering: AtomicBool::new(false),
+                taking_part: Mutex::new(None),
             }),
         };
-        for endpoint in endpoints {
-            webhooks.spawn(endpoint.id);
+        let handle = tokio::spawn(webhooks.clone().take_part());
+        if let Ok(mut taking_part) = webhooks.inner.taking_part.lock() {
+            *taking_part = Some(handle);
         }
         Ok(webhooks)
+    }
+
+    /// Tries to take the delivery lock every [`TAKE_EVERY`] and delivers while it holds it,
+    /// until shutdown.
+    async fn take_part(self) {
+        // The longest a holder may go between a confirmation of the lock and the end of an
+        // attempt: the database keeps a silent holder's session at least this long.
+        let grace = self.inner.settings.timeout + CONFIRM_MARGIN;
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            match self.inner.store.delivery_lock(grace).await {
+                Ok(Some(lock)) => self.deliver_while_held(Arc::new(lock)).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "taking the webhook delivery lock failed; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TAKE_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs a task for every endpoint until the lock is lost or the server shuts down. At
+    /// shutdown the attempts in flight end and are recorded before the lock is let go.
+    async fn deliver_while_held(&self, lock: Arc<DeliveryLock>) {
+        let shutdown = &self.inner.shutdown;
+        let delivering = metrics::gauge!("aura_webhook_delivering");
+        let wait = lock.wait_before_delivering();
+        if !wait.is_zero() {
+            tracing::info!(wait_ms = wait.as_millis() as u64, "took the webhook delivery lock");
+        }
+        let held = tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = shutdown.cancelled() => false,
+        };
+        // Not a child of the shutdown token: a shutdown lets attempts in flight finish.
+        let leading = CancellationToken::new();
+        let mut running = JoinSet::new();
+        if held {
+            delivering.set(1.0);
+            self.inner.delivering.store(true, Ordering::Relaxed);
+        }
+        while held && !shutdown.is_cancelled() {
+            if let Err(e) = lock.confirm().await {
+                tracing::warn!(error = %e, "lost the webhook delivery lock; deliveries stop on this node");
+                break;
+            }
+            match self.inner.store.webhooks().await {
+                Ok(endpoints) => self.run_tasks(&endpoints, &lock, &leading, &mut running),
+                Err(e) => tracing::warn!(error = %e, "listing webhook endpoints failed"),
+            }
+            while running.try_join_next().is_some() {}
+            tokio::select! {
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+                () = self.inner.registered.notified() => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        if shutdown.is_cancelled() {
+            let bound = self.inner.settings.timeout + CONFIRM_MARGIN;
+            if tokio::time::timeout(bound, async { while running.join_next().await.is_some() {} })
+                .await
+                .is_err()
+            {
+                tracing::warn!("webhook attempts in flight did not end in time");
+            }
+        }
+        leading.cancel();
+        running.abort_all();
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.clear();
+        }
+        delivering.set(0.0);
+        self.inner.delivering.store(false, Ordering::Relaxed);
+        lock.release().await;
+    }
+
+    /// Starts a task for each endpoint that has none running and stops those of endpoints
+    /// that are gone.
+    fn run_tasks(
+        &self,
+        endpoints: &[Endpoint],
+        lock: &Arc<DeliveryLock>,
+        leading: &CancellationToken,
+        running: &mut JoinSet<()>,
+    ) {
+        let ids: HashSet<Uuid> = endpoints.iter().map(|e| e.id).collect();
+        let Ok(mut tasks) = self.inner.tasks.lock() else { return };
+        tasks.retain(|id, stop| {
+            let keep = ids.contains(id) && !stop.is_cancelled();
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for id in ids {
+            if tasks.contains_key(&id) {
+                continue;
+            }
+            let stop = leading.child_token();
+            tasks.insert(id, stop.clone());
+            let task = deliver::Task {
+                store: self.inner.store.clone(),
+                client: self.inner.client.clone(),
+                settings: self.inner.settings.clone(),
+                endpoint: id,
+                head: self.inner.head.clone(),
+                lock: lock.clone(),
+                stop: stop.clone(),
+                finish: self.inner.shutdown.clone(),
+            };
+            running.spawn(async move {
+                deliver::run(task).await;
+                // A task that ended on its own is started again if its endpoint still exists.
+                stop.cancel();
+            });
+        }
+    }
+
+    /// Waits until this node has stopped delivering: the attempts in flight at shutdown are
+    /// recorded and the delivery lock is let go. Call after the shutdown token is cancelled.
+    pub async fn stopped(&self) {
+        let handle = self.inner.taking_part.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let bound = self.inner.settings.timeout + CONFIRM_MARGIN * 2;
+            if tokio::time::timeout(bound, handle).await.is_err() {
+                tracing::warn!("webhook deliveries did not stop in time");
+            }
+        }
+    }
+
+    /// Whether this node is the one delivering now (always, once started, with SQLite).
+    pub fn delivering(&self) -> bool {
+        self.inner.delivering.load(Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -209,7 +369,7 @@ impl Webhooks {
             })
             .await?;
         let Written::Created { position } = written else { return Ok(None) };
-        self.spawn(id);
+        self.inner.registered.notify_one();
         tracing::info!(webhook_id = %id, "webhook endpoint registered");
         Ok(Some(Endpoint {
             id,
@@ -245,22 +405,6 @@ impl Webhooks {
             .webhook_write(Write::Rotate { id, secret: secret.clone(), previous_until: until })
             .await?;
         Ok((written == Written::Done).then_some((secret, until)))
-    }
-
-    fn spawn(&self, id: Uuid) {
-        let stop = self.inner.shutdown.child_token();
-        if let Ok(mut tasks) = self.inner.tasks.lock() {
-            tasks.insert(id, stop.clone());
-        }
-        let task = deliver::Task {
-            store: self.inner.store.clone(),
-            client: self.inner.client.clone(),
-            settings: self.inner.settings.clone(),
-            endpoint: id,
-            head: self.inner.head.clone(),
-            stop,
-        };
-        tokio::spawn(deliver::run(task));
     }
 }
 

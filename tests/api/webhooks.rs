@@ -605,3 +605,149 @@ async fn webhook_delivery_benchmark() -> TestResult {
     drop(server);
     Ok(())
 }
+
+/// A node of a cluster on the PostgreSQL database `url`, API-only, named `name`.
+async fn postgres_node(url: &str, name: &str) -> TestResult<TestApp> {
+    app_allowing_private(|cfg| {
+        cfg.database_url = Some(url.to_owned());
+        cfg.node_name = Some(name.to_owned());
+        // A node that takes over waits one attempt's timeout (and a margin) before it sends.
+        cfg.webhook_timeout_secs = 1;
+    })
+    .await
+}
+
+/// The `i`-th node, unless it was stopped.
+fn node(nodes: &[Option<TestApp>], i: usize) -> TestResult<&TestApp> {
+    Ok(nodes.get(i).and_then(Option::as_ref).ok_or("node stopped")?)
+}
+
+/// Waits until exactly one of `nodes` delivers; returns its index.
+async fn delivering_node(nodes: &[&TestApp]) -> TestResult<usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let delivering: Vec<usize> =
+            (0..nodes.len()).filter(|&i| nodes[i].state.webhooks().delivering()).collect();
+        assert!(delivering.len() <= 1, "nodes {delivering:?} deliver at once");
+        if let [one] = delivering[..] {
+            return Ok(one);
+        }
+        assert!(Instant::now() < deadline, "no node took the delivery lock within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_one_node_delivers_each_event_once_in_order_and_the_other_takes_over_when_it_stops()
+-> TestResult {
+    let url = crate::postgres::database().await?;
+    let receiver = Receiver::start(Mode::Always(200)).await?;
+    let mut nodes =
+        vec![Some(postgres_node(&url, "hooks-a").await?), Some(postgres_node(&url, "hooks-b").await?)];
+    // Throughout the test, never two nodes delivering at once.
+    let watched = [node(&nodes, 0)?.state.webhooks().clone(), node(&nodes, 1)?.state.webhooks().clone()];
+    let overlap = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let overlap = overlap.clone();
+        tokio::spawn(async move {
+            loop {
+                if watched.iter().filter(|w| w.delivering()).count() > 1 {
+                    overlap.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Registered on node A; events from jobs cancelled on both nodes.
+    let (webhook, secret) = register(node(&nodes, 0)?, &receiver.url, &["job-cancelled"]).await?;
+    let mut expected = Vec::new();
+    for n in 0..4 {
+        expected.push(cancelled_job(node(&nodes, n % 2)?, &format!("shared hook {n}")).await?.1);
+    }
+    let first = receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    assert_eq!(first.iter().map(event_id).collect::<Vec<_>>(), expected, "each event once, in order");
+    let delivering = delivering_node(&[node(&nodes, 0)?, node(&nodes, 1)?]).await?;
+
+    // The delivering node stops; the other takes over, and gets events made while no node
+    // delivered and after.
+    let other = 1 - delivering;
+    let stopped = nodes[delivering].take().ok_or("no delivering node")?;
+    stopped.stop().await?;
+    for n in 4..7 {
+        expected.push(cancelled_job(node(&nodes, other)?, &format!("shared hook {n}")).await?.1);
+    }
+    receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    assert_eq!(delivering_node(&[node(&nodes, other)?]).await?, 0);
+    // One more event marks the end: deliveries are in order, so a repeat of an earlier event
+    // would have come before it.
+    expected.push(cancelled_job(node(&nodes, other)?, "shared hook last").await?.1);
+    let got = receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    assert_eq!(got.iter().map(event_id).collect::<Vec<_>>(), expected, "each event once, in order");
+    assert!(got.iter().all(|g| verifies(g, &secret)), "every delivery is signed");
+
+    // The surviving node lists the endpoint at the last event, with one delivered attempt each.
+    let app = node(&nodes, other)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, list) = app.get_json("/api/webhooks").await?;
+        if list["webhooks"][0]["lastEventId"] == json!(expected[expected.len() - 1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stored position never reached the last event: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = app.get_json(&format!("/api/webhooks/{webhook}/deliveries")).await?;
+    assert_eq!(status, 200);
+    let mut logged: Vec<i64> = log["deliveries"]
+        .as_array()
+        .ok_or("no deliveries")?
+        .iter()
+        .filter(|d| d["outcome"] == "delivered")
+        .map(|d| d["eventId"].as_i64().unwrap_or(0))
+        .collect();
+    logged.reverse();
+    assert_eq!(logged, expected);
+    watcher.abort();
+    assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "two nodes delivered at once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_a_node_whose_lock_session_ends_stops_delivering_and_the_other_delivers_the_rest_once()
+-> TestResult {
+    let url = crate::postgres::database().await?;
+    let receiver = Receiver::start(Mode::Always(200)).await?;
+    let a = postgres_node(&url, "lost-a").await?;
+    let b = postgres_node(&url, "lost-b").await?;
+    register(&a, &receiver.url, &["job-cancelled"]).await?;
+    let mut expected = vec![cancelled_job(&a, "before").await?.1];
+    receiver.wait_until(WAIT, |got| !got.is_empty()).await?;
+    let nodes = [&a, &b];
+    let delivering = delivering_node(&nodes).await?;
+
+    // The database ends the lock's session, as it does to a node it no longer hears from.
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&url).await?;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    assert_eq!(ended, [true], "one session holds the delivery lock");
+    let deadline = Instant::now() + WAIT;
+    while nodes[delivering].state.webhooks().delivering() {
+        assert!(Instant::now() < deadline, "the node kept delivering without its lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..3 {
+        expected.push(cancelled_job(nodes[n % 2], &format!("after {n}")).await?.1);
+    }
+    receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    // Some node delivers again (either may have taken the lock), and the marker ends the list.
+    delivering_node(&nodes).await?;
+    expected.push(cancelled_job(&b, "last").await?.1);
+    let got = receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    assert_eq!(got.iter().map(event_id).collect::<Vec<_>>(), expected, "each event once, in order");
+    Ok(())
+}

@@ -23,6 +23,7 @@ mod leases;
 mod reads;
 mod repair;
 pub mod tail;
+pub(super) mod webhooks;
 pub mod writer;
 
 use std::sync::Arc;

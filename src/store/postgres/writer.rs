@@ -87,12 +87,17 @@ async fn run(
 ) {
     let mut work = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    let mut webhooks = Vec::new();
     while gather(&mut rx, &mut work, &close).await {
         for w in work.drain(..) {
             match w {
                 Work::Append(r) => group.push(r),
-                Work::Webhook(w) => w.refuse(StoreError::Unsupported("webhooks with PostgreSQL")),
+                Work::Webhook(w) => webhooks.push(w),
             }
+        }
+        if !webhooks.is_empty() {
+            // Registrations, rotations and deletions, in one transaction of their own.
+            super::webhooks::write_all(&pool, std::mem::take(&mut webhooks)).await;
         }
         if group.is_empty() {
             continue;

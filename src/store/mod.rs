@@ -94,6 +94,20 @@ pub struct JobPage {
     pub next: Option<i64>,
 }
 
+impl JobPage {
+    /// A page from up to `limit + 1` rows, newest first: the extra row only says there is more.
+    fn from_rows(rows: Vec<rows::JobRow>, limit: u32) -> Result<JobPage, StoreError> {
+        let limit = limit as usize;
+        let next = if rows.len() > limit {
+            rows.get(limit.wrapping_sub(1)).map(|r| r.created_event_id)
+        } else {
+            None
+        };
+        let jobs = rows.into_iter().take(limit).map(JobState::try_from).collect::<Result<_, _>>()?;
+        Ok(JobPage { jobs, next })
+    }
+}
+
 /// A handle to the database: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -344,10 +358,7 @@ impl Store {
         )
         .fetch_all(pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        let next = if more { rows.get(limit as usize - 1).map(|r| r.created_event_id) } else { None };
-        let jobs = rows.into_iter().take(limit as usize).map(JobState::try_from).collect::<Result<_, _>>()?;
-        Ok(JobPage { jobs, next })
+        JobPage::from_rows(rows, limit)
     }
 
     /// Up to `limit` events with id greater than `after`, in id order.

@@ -292,10 +292,12 @@ async fn write_group(
             *slot = Some(Ok(applied));
         }
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into()))))
-        .collect())
+    Ok(settle(outcomes))
+}
+
+/// Every request's outcome, in group order (a slot left empty cannot happen; it is refused).
+pub(super) fn settle(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
+    outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into())))).collect()
 }
 
 /// Reads, in one statement, the rows of the given jobs (those the cache does not hold).

@@ -144,6 +144,15 @@ async fn count_of(db: &str, id: &str, kind: &str) -> TestResult<i64> {
     Ok(n)
 }
 
+/// Takes a job off `left` once its terminal event is read.
+fn forget_if_ended(left: &mut BTreeSet<String>, kind: &str, data: &Value) {
+    if matches!(kind, "job-completed" | "job-failed" | "job-cancelled")
+        && let Some(job) = data["jobId"].as_str()
+    {
+        left.remove(job);
+    }
+}
+
 /// Reads a whole-log stream until every job in `jobs` has a terminal event; returns the ids.
 async fn follow_all(mut stream: SseStream, jobs: BTreeSet<String>) -> TestResult<Vec<i64>> {
     let mut ids = Vec::new();
@@ -153,11 +162,7 @@ async fn follow_all(mut stream: SseStream, jobs: BTreeSet<String>) -> TestResult
         let (id, kind, data) =
             tokio::time::timeout_at(deadline, stream.next_event()).await??.ok_or("the stream ended")?;
         ids.push(id);
-        if matches!(kind.as_str(), "job-completed" | "job-failed" | "job-cancelled")
-            && let Some(job) = data["jobId"].as_str()
-        {
-            left.remove(job);
-        }
+        forget_if_ended(&mut left, &kind, &data);
     }
     Ok(ids)
 }
@@ -176,11 +181,7 @@ async fn follow_hopping(bases: [String; 2], jobs: BTreeSet<String>, hop: usize) 
             let (id, kind, data) =
                 tokio::time::timeout_at(deadline, stream.next_event()).await??.ok_or("the stream ended")?;
             ids.push(id);
-            if matches!(kind.as_str(), "job-completed" | "job-failed" | "job-cancelled")
-                && let Some(job) = data["jobId"].as_str()
-            {
-                left.remove(job);
-            }
+            forget_if_ended(&mut left, &kind, &data);
             if left.is_empty() {
                 break;
             }

@@ -66,10 +66,7 @@ impl PgLog {
         )
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        let next = if more { rows.get(limit as usize - 1).map(|r| r.created_event_id) } else { None };
-        let jobs = rows.into_iter().take(limit as usize).map(JobState::try_from).collect::<Result<_, _>>()?;
-        Ok(JobPage { jobs, next })
+        JobPage::from_rows(rows, limit)
     }
 
     pub(in crate::store) async fn filtered_events_after(

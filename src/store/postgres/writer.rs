@@ -27,7 +27,7 @@ use crate::store::StoreError;
 use crate::store::rows::{JobChanges, JobColumns, JobRow};
 use crate::store::writer::{
     Accepted, Applied, Cache, Decide, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
-    decide_one, gather, take_decide, with_ids,
+    decide_one, gather, settle, take_decide, with_ids,
 };
 
 /// Who this node is, for its leases.
@@ -179,10 +179,7 @@ async fn write_group(
             }
         }
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into()))))
-        .collect())
+    Ok(settle(outcomes))
 }
 
 /// The leases the group's decisions call for: a job that ended loses its lease; a job left

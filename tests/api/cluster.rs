@@ -3,7 +3,8 @@
 //! continued by another node as a new attempt; every subscriber on every node, and one that hops
 //! between nodes with `Last-Event-ID`, sees exactly the table's ids; a cancel sent to the API
 //! node kills the job's ffmpeg on its worker node; a node that loses the database for 10 s keeps
-//! its streams and finishes nothing twice.
+//! its streams and finishes nothing twice. In the first, videos go to an S3-compatible store
+//! (`s3s-fs`), and every node still running serves each of them.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +18,7 @@ use tokio::process::{Child, Command};
 
 use crate::cli::free_port;
 use crate::helpers::{SseStream, TestResult};
+use crate::objects::S3;
 use crate::postgres::{OwnCluster, database};
 
 const AURA: &str = env!("CARGO_BIN_EXE_aura");
@@ -34,14 +36,30 @@ struct Node {
 
 impl Node {
     async fn start(root: &Path, name: &str, db: &str, workers: u32, ffmpeg: &Path) -> TestResult<Node> {
+        Node::start_storing(root, name, db, workers, ffmpeg, None).await
+    }
+
+    /// A node whose videos go to `storage` (an S3-compatible server) instead of its data folder.
+    async fn start_storing(
+        root: &Path,
+        name: &str,
+        db: &str,
+        workers: u32,
+        ffmpeg: &Path,
+        storage: Option<&S3>,
+    ) -> TestResult<Node> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("node.log"))?;
-        let child = Command::new(AURA)
-            .args(["serve", "--addr", &addr, "--data-dir"])
-            .arg(dir.join("data"))
+        let mut command = Command::new(AURA);
+        command.args(["serve", "--addr", &addr, "--data-dir"]).arg(dir.join("data"));
+        if let Some(s3) = storage {
+            let (url, env) = s3.for_process();
+            command.args(["--storage-url", &url]).envs(env);
+        }
+        let child = command
             .args(["--database-url", db, "--node-name", name, "--workers", &workers.to_string()])
             .args(["--lease-secs", &LEASE_SECS.to_string(), "--ffmpeg"])
             .arg(ffmpeg)
@@ -200,9 +218,10 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
     let db = database().await?;
     let root = tempfile::tempdir()?;
     let ffmpeg = slow_ffmpeg(root.path(), 0.3)?;
-    let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
-    let mut one = Node::start(root.path(), "worker-1", &db, 1, &ffmpeg).await?;
-    let two = Node::start(root.path(), "worker-2", &db, 1, &ffmpeg).await?;
+    let s3 = S3::start().await?;
+    let api = Node::start_storing(root.path(), "api", &db, 0, &ffmpeg, Some(&s3)).await?;
+    let mut one = Node::start_storing(root.path(), "worker-1", &db, 1, &ffmpeg, Some(&s3)).await?;
+    let two = Node::start_storing(root.path(), "worker-2", &db, 1, &ffmpeg, Some(&s3)).await?;
 
     // Subscribers from the start of the log: on the API node, on a worker node, and hopping.
     let on_api = open(&api.base, "/api/events", 0).await?;
@@ -258,7 +277,17 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
         let snapshot = job(&api.base, id).await?;
         assert_eq!(snapshot["status"], "Completed", "{id}: {snapshot}; worker-2 log: {}", two.log());
         assert_eq!(count_of(&db, id, "job-completed").await?, 1, "{id} finished once");
+        // The video is in the bucket, so every node still running serves the same bytes.
+        let size = snapshot["output"]["sizeBytes"].as_u64().ok_or("no sizeBytes")?;
+        for node in [&api, &two] {
+            let res = reqwest::get(format!("{}/api/jobs/{id}/output", node.base)).await?;
+            assert_eq!(res.status(), 200, "{id} from {}", node.base);
+            let body = res.bytes().await?;
+            assert_eq!(body.len() as u64, size, "{id} from {}", node.base);
+        }
     }
+    assert_eq!(s3.videos().len(), jobs.len(), "one video per job in the bucket");
+    assert!(crate::objects::output_files(root.path()).is_empty(), "no video in a node's data folder");
     let table = table_ids(&db).await?;
     assert_once_ascending("the API node's subscriber", &api_ids, &table);
     assert_once_ascending("the worker node's subscriber", &worker_ids, &table);

@@ -48,11 +48,20 @@ pub async fn spawn_app_in(
     tweak: impl FnOnce(&mut ServeConfig),
 ) -> TestResult<TestApp> {
     init_logs();
-    let mut cfg = ServeConfig::for_data_dir(dir.path().join("data"));
+    let home = dir.path().join("data");
+    let mut cfg = ServeConfig::for_data_dir(home.clone());
     cfg.workers = Some(0);
-    tweak(&mut cfg);
-    if cfg.database_url.is_none() && on_postgres() {
+    // Set before the tweak, so that a tweak which stores tokens finds the database.
+    if on_postgres() {
         cfg.database_url = Some(postgres_database_for(dir.path()).await?);
+    }
+    let assigned = cfg.database_url.clone();
+    tweak(&mut cfg);
+    if on_postgres() && cfg.data_dir != home && cfg.database_url == assigned {
+        // An app started on an earlier app's data folder finds that app's database.
+        if let Some(parent) = cfg.data_dir.parent() {
+            cfg.database_url = Some(postgres_database_for(parent).await?);
+        }
     }
     let app = Application::build(cfg).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -79,6 +88,59 @@ pub fn sqlite_only(what: &str) -> bool {
         eprintln!("skipped on PostgreSQL (SQLite only: {what})");
     }
     on_postgres()
+}
+
+/// Where an app keeps its tokens: the tokens file in its data folder on SQLite, its database on
+/// PostgreSQL (as `aura token` does). Usable before the app starts, from a config tweak.
+#[derive(Clone)]
+pub struct Tokens {
+    database_url: Option<String>,
+    file: PathBuf,
+}
+
+impl Tokens {
+    /// The tokens of the app configured by `cfg` (its default tokens file).
+    pub fn of(cfg: &ServeConfig) -> Tokens {
+        Tokens { database_url: cfg.database_url.clone(), file: cfg.data_dir.join("tokens") }
+    }
+
+    /// Stores a new token and returns it.
+    pub fn create(&self, name: &str, admin: bool) -> anyhow::Result<String> {
+        let name = name.to_owned();
+        self.with_store(move |store| Box::pin(async move { store.create(&name, admin).await }))
+    }
+
+    /// Removes a token; `false` when there was none.
+    pub fn revoke(&self, name: &str) -> anyhow::Result<bool> {
+        let name = name.to_owned();
+        self.with_store(move |store| Box::pin(async move { store.revoke(&name).await }))
+    }
+
+    /// Runs `op` on the token store from a thread of its own, so that it works in a sync config
+    /// tweak and inside a test's runtime alike.
+    fn with_store<T: Send + 'static>(
+        &self,
+        op: impl for<'a> FnOnce(
+            &'a aura::access::auth::TokenStore,
+        )
+            -> Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send + 'a>>
+        + Send
+        + 'static,
+    ) -> anyhow::Result<T> {
+        let place = self.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let store =
+                    aura::access::auth::TokenStore::open(place.database_url.as_deref(), place.file).await?;
+                let done = op(&store).await;
+                store.close().await;
+                done
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the token store's thread panicked"))?
+    }
 }
 
 /// The PostgreSQL database of a data folder's parent: created on first use, and remembered in

@@ -25,7 +25,7 @@ const BUCKET: &str = "videos";
 const PREFIX: &str = "aura/test";
 
 /// A running `s3s-fs`, killed when dropped.
-struct S3 {
+pub(crate) struct S3 {
     _child: Child,
     root: tempfile::TempDir,
     port: u16,
@@ -49,7 +49,7 @@ fn s3s_fs() -> PathBuf {
 
 impl S3 {
     /// Starts `s3s-fs` with one empty bucket and waits (bounded) until it accepts connections.
-    async fn start() -> TestResult<S3> {
+    pub(crate) async fn start() -> TestResult<S3> {
         let root = tempfile::tempdir()?;
         std::fs::create_dir(root.path().join(BUCKET))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -94,6 +94,18 @@ impl S3 {
         )
     }
 
+    /// What an `aura serve` process needs to store its videos here: its `--storage-url`, and
+    /// the client settings as the `AWS_*` environment it reads.
+    pub(crate) fn for_process(&self) -> (String, Vec<(String, String)>) {
+        let env = self.options().0.into_iter().map(|(k, v)| (k.to_uppercase(), v)).collect();
+        (format!("s3://{BUCKET}/{PREFIX}"), env)
+    }
+
+    /// Every video the bucket holds.
+    pub(crate) fn videos(&self) -> Vec<PathBuf> {
+        output_files(self.root.path())
+    }
+
     /// Where `s3s-fs` keeps a job's video for `attempt`.
     fn video(&self, job_id: Uuid, attempt: u64, ext: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(PREFIX).join(format!("jobs/{job_id}/{attempt}/output.{ext}"))
@@ -113,7 +125,7 @@ async fn spawn_on(s3: &S3, tweak: impl FnOnce(&mut aura::config::ServeConfig)) -
 }
 
 /// Every file under `dir` whose name starts with `output.`.
-fn output_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn output_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -335,13 +335,9 @@ async fn a_websocket_cancels_its_owners_job_and_gets_403_for_anothers_keeping_th
 {
     let mut tokens = None;
     let app = spawn_app_with(|cfg| {
-        let path = cfg.data_dir.join("tokens");
-        tokens = Some((|| {
-            Ok::<_, anyhow::Error>((
-                aura::access::auth::create_token(&path, "alice", false)?,
-                aura::access::auth::create_token(&path, "bob", false)?,
-            ))
-        })());
+        let store = crate::helpers::Tokens::of(cfg);
+        tokens =
+            Some((|| Ok::<_, anyhow::Error>((store.create("alice", false)?, store.create("bob", false)?)))());
     })
     .await?;
     let (alice, bob) = tokens.ok_or("no tokens")??;

@@ -23,6 +23,8 @@ enum Mode {
     Always(u16),
     /// Never answers.
     Hang,
+    /// This status, after a while.
+    Slow(u16, Duration),
 }
 
 /// One request the receiver got, and what it answered (0: it never answered).
@@ -58,23 +60,25 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let (log, mode, arrived) = (l.clone(), m.clone(), a.clone());
                 async move {
-                    let (answer, hang) = {
+                    let (answer, hang, delay) = {
                         let mut log = log.lock().expect("log");
                         let mode = *mode.lock().expect("mode");
                         let n = log.got.len();
-                        let (answer, hang) = match mode {
-                            Mode::FailFirst(k) if n < k => (500, false),
-                            Mode::FailFirst(_) => (200, false),
-                            Mode::Always(code) => (code, false),
-                            Mode::Hang => (0, true),
+                        let (answer, hang, delay) = match mode {
+                            Mode::FailFirst(k) if n < k => (500, false, Duration::ZERO),
+                            Mode::FailFirst(_) => (200, false, Duration::ZERO),
+                            Mode::Always(code) => (code, false, Duration::ZERO),
+                            Mode::Hang => (0, true, Duration::ZERO),
+                            Mode::Slow(code, delay) => (code, false, delay),
                         };
                         log.got.push(Got { headers, body, answered: answer, at: Instant::now() });
-                        (answer, hang)
+                        (answer, hang, delay)
                     };
                     arrived.notify_waiters();
                     if hang {
                         std::future::pending::<()>().await;
                     }
+                    tokio::time::sleep(delay).await;
                     StatusCode::from_u16(answer).unwrap_or(StatusCode::OK)
                 }
             }),
@@ -716,16 +720,20 @@ async fn with_postgresql_one_node_delivers_each_event_once_in_order_and_the_othe
 async fn with_postgresql_a_node_whose_lock_session_ends_stops_delivering_and_the_other_delivers_the_rest_once()
 -> TestResult {
     let url = crate::postgres::database().await?;
-    let receiver = Receiver::start(Mode::Always(200)).await?;
+    // The first attempt is answered 2xx only after the lock's session has ended: it must still
+    // count as delivered (API.md: a delivery that got its 2xx is never sent again).
+    let receiver = Receiver::start(Mode::Slow(200, Duration::from_millis(800))).await?;
     let a = postgres_node(&url, "lost-a").await?;
     let b = postgres_node(&url, "lost-b").await?;
     register(&a, &receiver.url, &["job-cancelled"]).await?;
     let mut expected = vec![cancelled_job(&a, "before").await?.1];
     receiver.wait_until(WAIT, |got| !got.is_empty()).await?;
+    receiver.set_mode(Mode::Always(200));
     let nodes = [&a, &b];
     let delivering = delivering_node(&nodes).await?;
 
-    // The database ends the lock's session, as it does to a node it no longer hears from.
+    // While that answer is on its way, the database ends the lock's session, as it does to a
+    // node it no longer hears from.
     use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(&url).await?;
     let ended: Vec<bool> = sqlx::query_scalar(

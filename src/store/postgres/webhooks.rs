@@ -17,7 +17,7 @@
 //! whatever the previous holder had in flight has ended by then. Every query text differs from
 //! its SQLite twin (their offline data share one folder).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
@@ -138,13 +138,24 @@ impl PgLog {
             let _ = conn.close().await;
             return Ok(None);
         }
-        Ok(Some(Held { conn: Mutex::new(Some(conn)) }))
+        Ok(Some(Held {
+            conn: Mutex::new(Some(conn)),
+            pool: self.pool.clone(),
+            grace,
+            confirmed: std::sync::Mutex::new(None),
+        }))
     }
 }
 
 /// The delivery lock, held by the session of this connection; `None` once lost.
 pub struct Held {
     conn: Mutex<Option<PgConnection>>,
+    /// The node's pool, for the one write a lost lock still allows (see [`Held::write`]).
+    pool: sqlx::PgPool,
+    /// How long after this node's last confirmation no other node can have started delivering.
+    grace: Duration,
+    /// When the last confirmation that succeeded was sent.
+    confirmed: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Held {
@@ -153,6 +164,7 @@ impl Held {
     pub(in crate::store) async fn confirm(&self) -> Result<(), StoreError> {
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().ok_or(StoreError::LockLost)?;
+        let sent = Instant::now();
         let held = tokio::time::timeout(
             LOCK_QUERY_TIMEOUT,
             sqlx::query_scalar!(
@@ -167,7 +179,12 @@ impl Held {
         )
         .await;
         match held {
-            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(true)) => {
+                if let Ok(mut confirmed) = self.confirmed.lock() {
+                    *confirmed = Some(sent);
+                }
+                Ok(())
+            }
             Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {
                 *guard = None;
                 Err(StoreError::LockLost)
@@ -176,7 +193,45 @@ impl Held {
     }
 
     /// Runs one write in a transaction of its own on the lock's connection.
+    ///
+    /// When that fails, the lock is lost and this node stops delivering; but an attempt that
+    /// already ended (an endpoint that answered 2xx, above all) is still recorded, through the
+    /// pool, if that can commit before any other node may start delivering: a node that takes
+    /// the lock waits `grace` first, and it cannot have taken it before this node's last
+    /// confirmation. Positions only ever grow, so even a commit that comes late moves nothing
+    /// back; it can at worst leave the event to be sent again, as without it.
     pub(in crate::store) async fn write(&self, write: &Write) -> Result<Written, StoreError> {
+        let result = self.write_holding(write).await;
+        if result.is_err() && matches!(write, Write::Record { .. }) {
+            self.record_after_loss(write).await;
+        }
+        result
+    }
+
+    /// The fallback of [`Held::write`]: the attempt's outcome through the pool, within the time
+    /// no other node can be delivering.
+    async fn record_after_loss(&self, write: &Write) {
+        let last = self.confirmed.lock().ok().and_then(|c| *c);
+        let Some(left) = last.and_then(|at| (at + self.grace).checked_duration_since(Instant::now())) else {
+            return;
+        };
+        let recorded = tokio::time::timeout(left, async {
+            let mut tx = self.pool.begin().await?;
+            let written = write_one(&mut tx, write).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(written)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(_)) => tracing::info!("recorded the last attempt of a lost webhook delivery lock"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the last attempt of a lost delivery lock is not recorded")
+            }
+            Err(_) => tracing::warn!("the last attempt of a lost delivery lock is not recorded in time"),
+        }
+    }
+
+    async fn write_holding(&self, write: &Write) -> Result<Written, StoreError> {
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().ok_or(StoreError::LockLost)?;
         let outcome = tokio::time::timeout(LOCK_QUERY_TIMEOUT, async {

@@ -35,8 +35,8 @@ pub async fn create(store: &Store, job_id: Uuid, spec: JobSpec, owner: String) -
                     stage: None,
                     percent: 0.0,
                     attempt: Some(0),
-                    owner: Some(owner),
-                    request: Some(Box::new(spec)),
+                    owner: Some(owner.clone()),
+                    request: Some(Box::new(spec.clone())),
                 })]),
             }),
         )
@@ -202,7 +202,7 @@ impl JobHandle {
 
     async fn decide(
         &self,
-        f: impl FnOnce(&JobState) -> Result<Vec<EventBody>, Refusal> + Send + 'static,
+        f: impl Fn(&JobState) -> Result<Vec<EventBody>, Refusal> + Send + Sync + 'static,
     ) -> Outcome {
         let attempt = self.attempt.as_ref().map(|a| a.load(Ordering::Acquire));
         let outcome = self
@@ -250,14 +250,14 @@ impl JobHandle {
 
     /// `pct` percent through `step`; overall percent never goes below what was reported.
     pub async fn progress(&self, step: Stage, pct: f64, message: String) -> Outcome {
-        self.decide(move |s| Ok(vec![progress_event(s, step, pct, message)])).await
+        self.decide(move |s| Ok(vec![progress_event(s, step, pct, message.clone())])).await
     }
 
     /// The stage's 100 % (always sent) and its `Completed`.
     pub async fn complete_stage(&self, step: Stage, message: String) -> Outcome {
         self.decide(move |s| {
             Ok(vec![
-                progress_event(s, step, 100.0, message),
+                progress_event(s, step, 100.0, message.clone()),
                 EventBody::StepStatus(StepStatusData { step, state: StepState::Completed }),
             ])
         })
@@ -266,24 +266,32 @@ impl JobHandle {
 
     pub async fn warn(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
         let code = code.to_owned();
-        self.decide(move |_| Ok(vec![EventBody::Warning(NoticeData { code, message, step })])).await
+        self.decide(move |_| {
+            Ok(vec![EventBody::Warning(NoticeData { code: code.clone(), message: message.clone(), step })])
+        })
+        .await
     }
 
     pub async fn error(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
         let code = code.to_owned();
-        self.decide(move |_| Ok(vec![EventBody::Error(NoticeData { code, message, step })])).await
+        self.decide(move |_| {
+            Ok(vec![EventBody::Error(NoticeData { code: code.clone(), message: message.clone(), step })])
+        })
+        .await
     }
 
     pub async fn fail(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
         let code = code.to_owned();
         self.decide(move |_| {
-            Ok(vec![EventBody::JobFailed(JobFailedData { step, error: JobError { code, message } })])
+            let error = JobError { code: code.clone(), message: message.clone() };
+            Ok(vec![EventBody::JobFailed(JobFailedData { step, error })])
         })
         .await
     }
 
     pub async fn complete(&self, output: JobOutput) -> Outcome {
-        self.decide(move |_| Ok(vec![EventBody::JobCompleted(JobCompletedData { output })])).await
+        self.decide(move |_| Ok(vec![EventBody::JobCompleted(JobCompletedData { output: output.clone() })]))
+            .await
     }
 
     pub async fn cancelled(&self, step: Option<Stage>) -> Outcome {

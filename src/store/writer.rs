@@ -43,7 +43,10 @@ const CACHE_LIMIT: usize = 20_000;
 pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
 
 /// Looks at a job's state (`None`: no such job) and says what to append.
-pub type Decide = Box<dyn FnOnce(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send>;
+///
+/// It may be called more than once: PostgreSQL's writer decides against the states it cached
+/// first, and decides again against the locked rows when another node changed one of them.
+pub type Decide = Box<dyn Fn(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send + Sync>;
 
 /// Why a decision appended nothing.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -279,7 +282,7 @@ async fn write_group(
             None => read_row(conn, job_id).await?,
         };
         seen.insert(job_id);
-        outcomes.push(decide_one(job_id, before, decide, cache, index, &mut accepted));
+        outcomes.push(decide_one(job_id, before, &decide, cache, index, &mut accepted));
     }
     let written = if accepted.is_empty() { Vec::new() } else { commit_accepted(conn, accepted).await? };
     for (index, applied) in written {
@@ -335,7 +338,7 @@ async fn read_row(conn: &mut SqliteConnection, job_id: Uuid) -> Result<Option<Jo
 pub(super) fn decide_one(
     job_id: Uuid,
     before: Option<JobState>,
-    decide: Decide,
+    decide: &Decide,
     cache: &mut Cache,
     index: usize,
     accepted: &mut Vec<Accepted>,

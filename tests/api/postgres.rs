@@ -205,3 +205,47 @@ async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_wh
     close.cancel();
     Ok(())
 }
+
+/// A node's writer appends for a job whose row it cached in one statement that checks the row
+/// first. When another node changed the job meanwhile (a cancel), the append is decided again
+/// against the locked row: the `jobs` row never goes back to what the stale cache said.
+#[tokio::test]
+async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_current_row() -> TestResult {
+    use aura::domain::job::Stage;
+    use aura::engine::lifecycle::{self, JobHandle};
+    use aura::store::postgres::writer::Node;
+    use aura::store::{Durability, Store};
+
+    let url = database().await?;
+    let (a, _feed_a) = Store::open_node(&url, Durability::Full, Node::new("cache-a", 30)).await?;
+    let (b, _feed_b) = Store::open_node(&url, Durability::Full, Node::new("cache-b", 30)).await?;
+    let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "stale"}}))
+        .map_err(|e| e.to_string())?;
+    let id = Uuid::now_v7();
+    lifecycle::create(&a, id, spec, "local".into()).await??;
+    lifecycle::claim(&a, id).await??;
+    let job = JobHandle::new(a.clone(), id);
+    // Node a now holds the Running job's state in its writer's cache.
+    job.progress(Stage::Script, 10.0, "first".into()).await??;
+    let cancelled = lifecycle::cancel(&b, id).await??;
+    assert_eq!(cancelled.state.status.name(), "Cancelling");
+
+    let after = job.progress(Stage::Script, 20.0, "second".into()).await?;
+    if let Ok(applied) = &after {
+        assert_eq!(applied.state.status.name(), "Cancelling", "decided on the current row");
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let (status, last): (String, i64) =
+        sqlx::query_as("SELECT status, last_event_id FROM jobs WHERE job_id = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut conn)
+            .await?;
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = $1")
+        .bind(id.to_string())
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!((status.as_str(), last), ("Cancelling", newest), "the row is the fold of the events");
+    a.close().await;
+    b.close().await;
+    Ok(())
+}

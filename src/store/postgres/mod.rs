@@ -178,14 +178,21 @@ impl PgLog {
 
 /// Sends one `NOTIFY` on [`CHANNEL`] after commits, at most one every [`NOTIFY_EVERY`]: a
 /// `Notify` holds one permit, so every commit in between is covered by the next one. A failed
-/// `NOTIFY` is only logged: tails re-read at least every second whatever they hear.
+/// `NOTIFY` is only logged: tails re-read at least every second whatever they hear. For the
+/// same reason its transaction commits without waiting for the WAL flush
+/// (`synchronous_commit` off for it alone): a hint lost in a crash costs a re-read, and the
+/// flush it saves would otherwise compete with the appends' own.
 async fn notifier(pool: PgPool, committed: Arc<Notify>) {
     loop {
         tokio::select! {
             () = committed.notified() => {}
             () = pool.close_event() => return,
         }
-        if let Err(e) = sqlx::query!("SELECT pg_notify('aura_events', '')").execute(&pool).await {
+        if let Err(e) =
+            sqlx::query!("SELECT set_config('synchronous_commit', 'off', true), pg_notify('aura_events', '')")
+                .fetch_one(&pool)
+                .await
+        {
             if pool.is_closed() {
                 return;
             }

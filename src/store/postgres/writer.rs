@@ -9,6 +9,15 @@
 //! row (see the parent module) while inserting the events and updating the `jobs` rows. The
 //! counter row is locked last and held only for that statement and the commit.
 //!
+//! Most groups need less: a worker appends event after event for a job this node last wrote,
+//! and a new job has no row yet. The writer keeps the states it committed and first decides a
+//! group against them; the group is then one statement in its own implicit transaction (one
+//! round trip instead of four) that locks the rows it decided on, checks each still has the
+//! `last_event_id` this node saw (`aura_fresh` raises a serialization failure when one does
+//! not), and only then takes the ids and writes. A stale row, a job that exists after all, a
+//! refusal, a claim or a takeover falls back to the locked transaction above, deciding again:
+//! a decision may run twice, never against a row it did not check.
+//!
 //! Committed events go to this node's fan-out at once; other nodes see them through their tail.
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +38,9 @@ use crate::store::writer::{
     Accepted, Applied, Cache, Decide, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
     decide_one, gather, settle, take_decide, with_ids,
 };
+
+/// Most job states the writer keeps for its one-statement groups; past it the cache starts over.
+const KNOWN_LIMIT: usize = 20_000;
 
 /// Who this node is, for its leases.
 #[derive(Debug, Clone)]
@@ -88,6 +100,7 @@ async fn run(
     let mut work = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut webhooks = Vec::new();
+    let mut known: Cache = HashMap::new();
     while gather(&mut rx, &mut work, &close).await {
         for w in work.drain(..) {
             match w {
@@ -104,20 +117,105 @@ async fn run(
         }
         let started = Instant::now();
         let requests: Vec<_> = group.iter_mut().map(|r| (r.job_id, r.lease, take_decide(r))).collect();
-        let result = write_group(&pool, &node, requests).await;
-        if result.is_ok() {
-            committed.notify_one();
+        let result = write_group(&pool, &node, &requests, &mut known).await;
+        match &result {
+            Ok(_) => committed.notify_one(),
+            Err(_) => known.clear(),
         }
         answer(&mut group, result, &feed, started);
     }
     tracing::info!("store writer closed");
 }
 
-/// Decides and commits one group in one transaction (see the module docs).
+/// Decides and commits one group: in one statement against the states this node cached when it
+/// can, else in a transaction with the rows locked (see the module docs).
 async fn write_group(
     pool: &PgPool,
     node: &Node,
-    group: Vec<(Uuid, LeaseOp, Decide)>,
+    group: &[(Uuid, LeaseOp, Decide)],
+    known: &mut Cache,
+) -> Result<Vec<Outcome>, StoreError> {
+    if group.iter().all(|(_, op, _)| *op == LeaseOp::Keep)
+        && let Some(outcomes) = cached_group(pool, group, known).await?
+    {
+        return Ok(outcomes);
+    }
+    locked_group(pool, node, group, known).await
+}
+
+/// The common case in one round trip: every request decided against the state this node last
+/// committed for its job (or as a new job), and the group written by one statement in its own
+/// implicit transaction, which checks first that each of those rows is unchanged. `None` when
+/// that cannot be: a request refused or without events (its answer must come from the row
+/// itself), a row another node changed, a job that exists after all. Nothing is written then,
+/// and the caller decides again with the rows locked.
+async fn cached_group(
+    pool: &PgPool,
+    group: &[(Uuid, LeaseOp, Decide)],
+    known: &mut Cache,
+) -> Result<Option<Vec<Outcome>>, StoreError> {
+    let mut states: Cache = HashMap::with_capacity(group.len());
+    let mut accepted: Vec<Accepted> = Vec::with_capacity(group.len());
+    let mut fresh: HashMap<Uuid, i64> = HashMap::with_capacity(group.len());
+    for (index, (job_id, _, decide)) in group.iter().enumerate() {
+        let before = match states.remove(job_id) {
+            Some(state) => Some(state),
+            None => known.get(job_id).cloned().inspect(|s| {
+                fresh.entry(*job_id).or_insert(s.last_event_id);
+            }),
+        };
+        if decide_one(*job_id, before, decide, &mut states, index, &mut accepted).is_some() {
+            return Ok(None);
+        }
+    }
+    let guard: Vec<(String, i64)> = fresh.iter().map(|(id, last)| (id.to_string(), *last)).collect();
+    let mut conn = pool.acquire().await?;
+    match insert_events(&mut conn, accepted, &guard, true).await {
+        Ok(written) => {
+            remember(known, &written);
+            let mut outcomes: Vec<Option<Outcome>> = (0..group.len()).map(|_| None).collect();
+            for (index, applied) in written {
+                if let Some(slot) = outcomes.get_mut(index) {
+                    *slot = Some(Ok(applied));
+                }
+            }
+            Ok(Some(settle(outcomes)))
+        }
+        Err(StoreError::Sqlx(sqlx::Error::Database(e)))
+            if matches!(e.code().as_deref(), Some("40001" | "23505" | "40P01")) =>
+        {
+            for (job_id, _, _) in group {
+                known.remove(job_id);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps the states a commit left for the next group: those of jobs still being worked on
+/// (they append event after event), up to a bound past which the cache starts over.
+fn remember(known: &mut Cache, written: &[(usize, Applied)]) {
+    if known.len() > KNOWN_LIMIT {
+        known.clear();
+    }
+    for (_, applied) in written {
+        let state = &applied.state;
+        if state.status.is_terminal() {
+            known.remove(&state.job_id);
+        } else {
+            known.insert(state.job_id, state.clone());
+        }
+    }
+}
+
+/// Decides and commits one group in one transaction that locks the rows first (see the module
+/// docs): claims, takeovers, refusals, and groups whose cached rows went stale.
+async fn locked_group(
+    pool: &PgPool,
+    node: &Node,
+    group: &[(Uuid, LeaseOp, Decide)],
+    known: &mut Cache,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut keys: Vec<String> = group.iter().map(|(id, _, _)| id.to_string()).collect();
     keys.sort_unstable();
@@ -134,6 +232,9 @@ async fn write_group(
     for row in rows {
         let state = JobState::try_from(row)?;
         committed_rows.insert(state.job_id, state);
+    }
+    for (job_id, _, _) in group {
+        known.remove(job_id);
     }
     let expired = if group.iter().any(|(_, op, _)| *op == LeaseOp::Orphan) {
         let ids = sqlx::query_scalar!(
@@ -154,7 +255,8 @@ async fn write_group(
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(group.len());
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut ops: HashMap<Uuid, LeaseOp> = HashMap::new();
-    for (index, (job_id, op, decide)) in group.into_iter().enumerate() {
+    for (index, (job_id, op, decide)) in group.iter().enumerate() {
+        let (job_id, op) = (*job_id, *op);
         if op == LeaseOp::Orphan && !expired.contains(&job_id) {
             outcomes.push(Some(Err(Refusal::Conflict("the job's lease is not expired".into()))));
             continue;
@@ -171,8 +273,9 @@ async fn write_group(
         tx.rollback().await?;
     } else {
         write_leases(&mut tx, node, &accepted, &ops).await?;
-        let written = insert_events(&mut tx, accepted).await?;
+        let written = insert_events(&mut tx, accepted, &[], false).await?;
         tx.commit().await?;
+        remember(known, &written);
         for (index, applied) in written {
             if let Some(slot) = outcomes.get_mut(index) {
                 *slot = Some(Ok(applied));
@@ -230,11 +333,25 @@ async fn write_leases(
 }
 
 /// Inserts the group's events with ids from the counter row and updates (or creates) the jobs
-/// rows, in one statement, the transaction's last.
+/// rows, in one statement, the transaction's last. First, in the same statement, it locks the
+/// `guard` jobs' rows and ends the statement with a serialization failure unless each still has
+/// the given `last_event_id` (see `aura_fresh` in the migrations). With `drop_ended_leases` it
+/// also deletes the leases of the jobs the group ends (the locked path writes leases itself).
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
     accepted: Vec<Accepted>,
+    guard: &[(String, i64)],
+    drop_ended_leases: bool,
 ) -> Result<Vec<(usize, Applied)>, StoreError> {
+    // One entry per job (the caller's map has each once).
+    let guarded_ids: Vec<String> = guard.iter().map(|(id, _)| id.clone()).collect();
+    let guarded_last: Vec<i64> = guard.iter().map(|(_, last)| *last).collect();
+    let guarded = guarded_ids.len() as i64;
+    let ended: Vec<String> = if drop_ended_leases {
+        accepted.iter().filter(|a| a.state.status.is_terminal()).map(|a| a.job_id.to_string()).collect()
+    } else {
+        Vec::new()
+    };
     let mut job_ids = Vec::new();
     let mut kinds = Vec::new();
     let mut data = Vec::new();
@@ -285,8 +402,18 @@ async fn insert_events(
     let changed = serde_json::Value::Array(changed).to_string();
     let created = serde_json::Value::Array(created).to_string();
     let base = sqlx::query_scalar!(
-        r#"WITH counter AS (
-               UPDATE event_counter SET last_id = last_id + $1 WHERE only_row RETURNING last_id - $1 AS base
+        r#"WITH locked AS (
+               SELECT job_id, last_event_id FROM jobs WHERE job_id = ANY($8::text[]) ORDER BY job_id FOR UPDATE
+           ), fresh AS (
+               SELECT aura_fresh(count(locked.job_id)::int8, $10::int8) AS ok
+               FROM unnest($8::text[], $9::int8[]) AS g(job_id, last)
+                    LEFT JOIN locked ON locked.job_id = g.job_id AND locked.last_event_id = g.last
+           ), counter AS (
+               UPDATE event_counter SET last_id = last_id + $1
+               WHERE only_row AND (SELECT ok FROM fresh)
+               RETURNING last_id - $1 AS base
+           ), ended AS (
+               DELETE FROM leases WHERE job_id = ANY($11::text[]) AND (SELECT ok FROM fresh) RETURNING 1
            ), inserted AS (
                INSERT INTO events (id, job_id, type, data, created_at)
                SELECT counter.base + e.n, e.job_id, e.type, e.data, e.created_at
@@ -323,7 +450,11 @@ async fn insert_events(
         &data,
         &at,
         changed,
-        created
+        created,
+        &guarded_ids,
+        &guarded_last,
+        guarded,
+        &ended
     )
     .fetch_optional(&mut *tx)
     .await?

@@ -29,3 +29,55 @@ async fn every_bench_scenario_runs_at_tiny_sizes_and_its_checks_hold() -> TestRe
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_postgres_bench_scenarios_run_at_tiny_sizes_on_a_real_server_and_their_checks_hold() -> TestResult
+{
+    let url = crate::postgres::database().await?;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(240),
+        tokio::process::Command::new(AURA)
+            .args([
+                "bench",
+                "--json",
+                "--runs",
+                "1",
+                "--scenarios",
+                "pg-appends,pg-fanout",
+                "--postgres",
+                &url,
+            ])
+            .args(["--nodes", "1,2", "--producers-per-node", "2", "--appends", "40"])
+            .args(["--subscribers", "4", "--api-nodes", "1,2", "--rates", "20", "--secs", "0.5"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    assert!(out.status.success(), "checks: {}", report["checks"]);
+    assert!(report["database"].as_str().is_some_and(|d| d.contains("fsync=")), "{}", report["database"]);
+    let rows = report["rows"].as_array().ok_or("no rows")?;
+    let cell = |scenario: &str, case: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r["scenario"] == scenario && r["case"] == case && r["metric"] == metric)
+            .and_then(|r| r["median"].as_f64())
+            .filter(|m| m.is_finite() && *m > 0.0)
+    };
+    for nodes in [1, 2] {
+        let case = format!("{nodes} nodes × 2 producers");
+        assert!(cell("pg-appends", &case, "Aura / raw PostgreSQL").is_some(), "{case}: {rows:?}");
+    }
+    for api in [1, 2] {
+        let case = format!("4 subscribers on {api} API nodes, 20 events/s");
+        assert!(cell("pg-fanout", &case, "delivery p50").is_some(), "{case}: {rows:?}");
+        assert!(cell("pg-fanout", &case, "deliveries/s").is_some(), "{case}: {rows:?}");
+    }
+    // Every run dropped its scratch database.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE 'aura_bench_%'")
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(left, 0, "scratch databases left behind");
+    Ok(())
+}

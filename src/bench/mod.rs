@@ -289,7 +289,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                 for &rate in &args.rates {
                     for &n in &args.subscribers {
                         for &api in &args.api_nodes {
-                            let case = format!("{n} subscribers on {api} API nodes, {rate} events/s");
+                            let nodes = if api == 1 { "node" } else { "nodes" };
+                            let case = format!("{n} subscribers on {api} API {nodes}, {rate} events/s");
                             let bar = bar(u64::from(runs), &format!("pg fan-out {case}"), args.json);
                             for _ in 0..runs {
                                 let load = client::Load { subscribers: n, rate, secs: args.secs };

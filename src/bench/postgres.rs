@@ -43,7 +43,7 @@ async fn measure_appends(
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let producers = nodes * per_node;
-    let case = format!("{nodes} nodes × {per_node} producers");
+    let case = format!("{nodes} {} × {per_node} producers", if nodes == 1 { "node" } else { "nodes" });
     let mut stores = Vec::with_capacity(nodes);
     let mut jobs = Vec::with_capacity(producers);
     for k in 0..nodes {

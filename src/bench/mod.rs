@@ -73,7 +73,7 @@ pub struct BenchArgs {
     pub appends: usize,
     /// The PostgreSQL server for pg-appends and pg-fanout (`postgres://…`, a user that may
     /// create databases: every run creates a scratch database on it and drops it). Its settings
-    /// decide durability: start one with fsync on, e.g. `AURA_PG_DURABLE=1 .ci/postgres.sh start DIR`.
+    /// decide durability: start one with fsync on (the one-line command is in benches/README.md).
     #[arg(long)]
     pub postgres: Option<String>,
     /// Node counts for pg-appends.
@@ -192,8 +192,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                 .context("reaching the --postgres server")?,
         ),
         (None, true) => anyhow::bail!(
-            "pg-appends and pg-fanout need --postgres postgres://…; a throwaway durable one: \
-             `AURA_PG_DURABLE=1 bash .ci/postgres.sh start /tmp/aura-bench-pg` (and `stop` it after)"
+            "pg-appends and pg-fanout need --postgres postgres://…, a server with fsync on; \
+             benches/README.md has the one-line command that starts a throwaway one"
         ),
         _ => None,
     };

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Samples, Scenario};
@@ -28,34 +29,10 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let case = format!("{producers} producers");
     let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
-    let spec = crate::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut jobs = Vec::with_capacity(producers);
-    for _ in 0..producers {
-        let id = Uuid::now_v7();
-        lifecycle::create(&store, id, spec.clone(), crate::domain::job::LOCAL_OWNER.into())
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        lifecycle::claim(&store, id).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        jobs.push(JobHandle::new(store.clone(), id));
-    }
+    let jobs = running_jobs(&store, producers).await?;
     let per = events / producers;
     let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(jobs)
-        .map(|job| async move {
-            for i in 0..per {
-                job.progress(Stage::Audio, (i % 100) as f64, String::new())
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            Ok(())
-        })
-        .buffer_unordered(producers)
-        .collect()
-        .await;
-    for r in results {
-        r?;
-    }
+    drive(jobs, per).await?;
     let aura = (per * producers) as f64 / started.elapsed().as_secs_f64();
     store.close().await;
     samples.add(Scenario::Appends, &case, "Aura durable appends", "events/s", aura);
@@ -70,4 +47,43 @@ async fn measure(
             .await?;
     samples.add(Scenario::Appends, &case, "raw SQLite, one call per statement", "rows/s", stepwise);
     Ok(())
+}
+
+/// `n` jobs created and claimed on `store`, each with the handle its worker would append through
+/// (fenced to its attempt when the store is shared, as a worker node's is).
+pub(super) async fn running_jobs(store: &Store, n: usize) -> anyhow::Result<Vec<JobHandle>> {
+    let spec = crate::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut jobs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = Uuid::now_v7();
+        lifecycle::create(store, id, spec.clone(), crate::domain::job::LOCAL_OWNER.into())
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        lifecycle::claim(store, id).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        jobs.push(match store.node() {
+            // A fresh job's first claim starts attempt 1.
+            Some(_) => JobHandle::fenced(store.clone(), id, 1, CancellationToken::new()),
+            None => JobHandle::new(store.clone(), id),
+        });
+    }
+    Ok(jobs)
+}
+
+/// Every job's producer appends `per` progress events, one after another, all producers at once.
+pub(super) async fn drive(jobs: Vec<JobHandle>, per: usize) -> anyhow::Result<()> {
+    let producers = jobs.len().max(1);
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            for i in 0..per {
+                job.progress(Stage::Audio, (i % 100) as f64, String::new())
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(())
+        })
+        .buffer_unordered(producers)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }

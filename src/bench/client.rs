@@ -247,38 +247,73 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64
 }
 
-/// `n` subscribers while jobs are created at `rate` per second for `secs` seconds.
+/// Where a fan-out run publishes and subscribes, and which scenario its rows belong to.
+pub struct Fleet<'a> {
+    pub scenario: Scenario,
+    /// The node the jobs are created on (each creation is one event).
+    pub publisher: &'a Target,
+    /// The nodes the subscribers are spread over, round-robin.
+    pub api: Vec<&'a Target>,
+}
+
+impl<'a> Fleet<'a> {
+    /// One server that both publishes and serves the streams.
+    pub fn one(target: &'a Target) -> Fleet<'a> {
+        Fleet { scenario: Scenario::Fanout, publisher: target, api: vec![target] }
+    }
+
+    /// CPU seconds the API nodes have used so far, when every one runs here.
+    fn api_cpu_secs(&self) -> Option<f64> {
+        self.api.iter().map(|t| t.pid.and_then(cpu_secs)).sum()
+    }
+}
+
+/// A fan-out run's load: `subscribers` streams while jobs are created at `rate` per second for
+/// `secs` seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub subscribers: usize,
+    pub rate: u32,
+    pub secs: f64,
+}
+
+/// Runs `load` against `fleet`.
 pub async fn fanout(
-    target: &Target,
-    n: usize,
-    rate: u32,
-    secs: f64,
+    fleet: &Fleet<'_>,
+    load: Load,
     case: &str,
     samples: &mut Samples,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
+    let Load { subscribers: n, rate, secs } = load;
     let http = http()?;
     let total = ((f64::from(rate) * secs).round() as usize).max(1);
     let until = Instant::now() + Duration::from_secs_f64(secs + 30.0);
     let ready = Arc::new(Barrier::new(n + 1));
-    let authority = target
-        .base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("fan-out needs an http:// server"))?
-        .to_owned();
-    let subs: Vec<_> =
-        (0..n).map(|_| tokio::spawn(subscriber(authority.clone(), ready.clone(), total, until))).collect();
+    let authorities = fleet
+        .api
+        .iter()
+        .map(|t| t.base.strip_prefix("http://").map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("fan-out needs http:// servers"))?;
+    let subs: Vec<_> = (0..n)
+        .map(|i| {
+            let authority = authorities[i % authorities.len()].clone();
+            tokio::spawn(subscriber(authority, ready.clone(), total, until))
+        })
+        .collect();
     tokio::time::timeout(Duration::from_secs(60), ready.wait())
         .await
         .map_err(|_| anyhow::anyhow!("subscribers did not connect within 60 s"))?;
-    let cpu_before = target.pid.and_then(cpu_secs);
+    let cpu_before = fleet.api_cpu_secs();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut posts = Vec::with_capacity(total);
     for _ in 0..total {
         ticker.tick().await;
         let http = http.clone();
-        let url = format!("{}/api/jobs", target.base);
+        let url = format!("{}/api/jobs", fleet.publisher.base);
         posts.push(tokio::spawn(async move {
             http.post(url)
                 .json(&serde_json::json!({"brief": {"topic": "bench"}}))
@@ -306,18 +341,22 @@ pub async fn fanout(
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu_after = target.pid.and_then(cpu_secs);
+    let cpu_after = fleet.api_cpu_secs();
     latencies.sort_unstable();
-    samples.add(Scenario::Fanout, case, "delivery p50", "ms", percentile(&latencies, 50.0) / 1000.0);
-    samples.add(Scenario::Fanout, case, "delivery p99", "ms", percentile(&latencies, 99.0) / 1000.0);
-    samples.add(Scenario::Fanout, case, "deliveries/s", "1/s", delivered as f64 / wall);
+    let scenario = fleet.scenario;
+    samples.add(scenario, case, "delivery p50", "ms", percentile(&latencies, 50.0) / 1000.0);
+    samples.add(scenario, case, "delivery p99", "ms", percentile(&latencies, 99.0) / 1000.0);
+    samples.add(scenario, case, "deliveries/s", "1/s", delivered as f64 / wall);
     if let (Some(a), Some(b)) = (cpu_before, cpu_after)
         && delivered > 0
     {
         samples.add(
-            Scenario::Fanout,
+            scenario,
             case,
-            "server CPU per delivery",
+            match scenario {
+                Scenario::Fanout => "server CPU per delivery",
+                _ => "API nodes' CPU per delivery",
+            },
             "µs",
             (b - a) * 1e6 / delivered as f64,
         );

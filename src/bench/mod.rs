@@ -5,10 +5,14 @@
 //! idle memory per open stream, resume of a backlog, durable appends beside raw SQLite at the
 //! same batch size, and a rendered job beside one hand-written ffmpeg command. Servers it starts
 //! listen on 127.0.0.1 only; `--server` points the HTTP scenarios at a running one instead.
-//! Every loop is bounded in count and in time.
+//! Two more, on the PostgreSQL server `--postgres` names, measure several nodes (issue 16):
+//! durable appends with 1, 2, 4… nodes beside a raw batched `INSERT`, and fan-out from a
+//! publishing node to subscribers on one or more API-only nodes. Every loop is bounded in count
+//! and in time.
 
 mod appends;
 mod client;
+mod postgres;
 mod render;
 mod server;
 
@@ -22,13 +26,17 @@ use server::Target;
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     Fanout,
     Idle,
     Resume,
     Appends,
     Render,
+    /// Durable appends with several nodes on PostgreSQL, beside a raw batched `INSERT`.
+    PgAppends,
+    /// Fan-out from a publishing node to API-only nodes, all on one PostgreSQL.
+    PgFanout,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +71,21 @@ pub struct BenchArgs {
     /// Events appended per appends run.
     #[arg(long, default_value_t = 5000)]
     pub appends: usize,
+    /// The PostgreSQL server for pg-appends and pg-fanout (`postgres://…`, a user that may
+    /// create databases: every run creates a scratch database on it and drops it). Its settings
+    /// decide durability: start one with fsync on (the one-line command is in benches/README.md).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Node counts for pg-appends.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
+    pub nodes: Vec<usize>,
+    /// Concurrent producers on each node for pg-appends.
+    #[arg(long, default_value_t = 8)]
+    pub producers_per_node: usize,
+    /// API-only node counts for pg-fanout (the subscribers are split over them; jobs are created
+    /// on one more node).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    pub api_nodes: Vec<usize>,
     /// The rendered job's duration (hh:mm:ss) and resolution.
     #[arg(long, default_value = "00:01:00")]
     pub render_duration: String,
@@ -132,6 +155,9 @@ pub struct Checks(pub Vec<String>);
 #[derive(Serialize)]
 struct Report {
     machine: String,
+    /// The PostgreSQL server's version and durability settings, when a scenario used one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
     rows: Vec<Row>,
     checks: Vec<String>,
 }
@@ -158,6 +184,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut checks = Checks::default();
     let remote = args.server.clone();
     let runs = args.runs;
+    let pg_scenarios = args.scenarios.iter().any(|s| matches!(s, Scenario::PgAppends | Scenario::PgFanout));
+    let database = match (&args.postgres, pg_scenarios) {
+        (Some(url), true) => Some(
+            crate::store::postgres::bench::describe_server(url)
+                .await
+                .context("reaching the --postgres server")?,
+        ),
+        (None, true) => anyhow::bail!(
+            "pg-appends and pg-fanout need --postgres postgres://…, a server with fsync on; \
+             benches/README.md has the one-line command that starts a throwaway one"
+        ),
+        _ => None,
+    };
+    let postgres = args.postgres.clone().unwrap_or_default();
     for scenario in args.scenarios.clone() {
         match scenario {
             Scenario::Fanout => {
@@ -167,9 +207,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                         let bar = bar(u64::from(runs), &format!("fan-out {case}"), args.json);
                         for _ in 0..runs {
                             let target = Target::fresh(remote.as_deref(), 0).await?;
-                            client::fanout(&target, n, rate, args.secs, &case, &mut samples, &mut checks)
-                                .await
-                                .with_context(|| format!("fan-out {case}"))?;
+                            let load = client::Load { subscribers: n, rate, secs: args.secs };
+                            client::fanout(
+                                &client::Fleet::one(&target),
+                                load,
+                                &case,
+                                &mut samples,
+                                &mut checks,
+                            )
+                            .await
+                            .with_context(|| format!("fan-out {case}"))?;
                             target.stop().await;
                             bar.inc(1);
                         }
@@ -219,6 +266,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                     bar.finish_and_clear();
                 }
             }
+            Scenario::PgAppends => {
+                for &nodes in &args.nodes {
+                    let what = format!("pg appends, {nodes} nodes");
+                    let bar = bar(u64::from(runs), &what, args.json);
+                    for _ in 0..runs {
+                        postgres::appends(
+                            &postgres,
+                            nodes,
+                            args.producers_per_node,
+                            args.appends,
+                            &mut samples,
+                        )
+                        .await
+                        .with_context(|| what.clone())?;
+                        bar.inc(1);
+                    }
+                    bar.finish_and_clear();
+                }
+            }
+            Scenario::PgFanout => {
+                for &rate in &args.rates {
+                    for &n in &args.subscribers {
+                        for &api in &args.api_nodes {
+                            let nodes = if api == 1 { "node" } else { "nodes" };
+                            let case = format!("{n} subscribers on {api} API {nodes}, {rate} events/s");
+                            let bar = bar(u64::from(runs), &format!("pg fan-out {case}"), args.json);
+                            for _ in 0..runs {
+                                let load = client::Load { subscribers: n, rate, secs: args.secs };
+                                postgres::fanout(&postgres, api, load, &case, &mut samples, &mut checks)
+                                    .await
+                                    .with_context(|| format!("pg fan-out {case}"))?;
+                                bar.inc(1);
+                            }
+                            bar.finish_and_clear();
+                        }
+                    }
+                }
+            }
             Scenario::Render => {
                 let bar = bar(u64::from(runs), "render", args.json);
                 for _ in 0..runs {
@@ -229,7 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
-    let report = Report { machine: machine(), rows: samples.into_rows(), checks: checks.0 };
+    let report = Report { machine: machine(), database, rows: samples.into_rows(), checks: checks.0 };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -258,10 +343,13 @@ fn machine() -> String {
 
 fn print_table(report: &Report) {
     println!("machine: {}", report.machine);
-    println!("{:<9} {:<34} {:<30} {:>12} {:>24}", "scenario", "case", "metric", "median", "min – max");
+    if let Some(database) = &report.database {
+        println!("database: {database}");
+    }
+    println!("{:<10} {:<46} {:<32} {:>12} {:>24}", "scenario", "case", "metric", "median", "min – max");
     for r in &report.rows {
         println!(
-            "{:<9} {:<34} {:<30} {:>12} {:>24}",
+            "{:<10} {:<46} {:<32} {:>12} {:>24}",
             serde_json::to_value(r.scenario)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))

@@ -33,15 +33,26 @@ impl Target {
 
     /// A fresh server on 127.0.0.1 with `workers` render workers (0: API-only).
     pub async fn local(backlog: usize, workers: usize) -> anyhow::Result<Target> {
-        let dir = std::env::temp_dir().join(format!("aura-bench-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).context("creating a scratch folder")?;
+        let dir = scratch_dir()?;
         if backlog > 0 {
             prefill(&dir, backlog).await?;
         }
+        Target::start(dir, workers, &[]).await
+    }
+
+    /// A fresh API-only node named `name` on the shared PostgreSQL database `database_url`.
+    pub async fn node(database_url: &str, name: &str) -> anyhow::Result<Target> {
+        let env = [("AURA_DATABASE_URL", database_url.to_owned()), ("AURA_NODE_NAME", name.to_owned())];
+        Target::start(scratch_dir()?, 0, &env).await
+    }
+
+    /// Starts `aura serve` on a free loopback port with its data in `dir`, limits lifted, and
+    /// waits until it answers.
+    async fn start(dir: PathBuf, workers: usize, extra_env: &[(&str, String)]) -> anyhow::Result<Target> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let exe = std::env::current_exe().context("finding the aura binary")?;
         let args: Vec<OsString> = vec!["serve".into(), "--data-dir".into(), dir.clone().into()];
-        let env = [
+        let mut env = vec![
             ("AURA_ADDR", format!("127.0.0.1:{port}")),
             ("AURA_WORKERS", workers.to_string()),
             ("AURA_MAX_STREAMS", "1000000".to_owned()),
@@ -51,6 +62,7 @@ impl Target {
             ("AURA_STREAM_COMPRESSION", "gzip".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
+        env.extend(extra_env.iter().cloned());
         let child = crate::engine::process::spawn_background(&exe, &args, &env)?;
         let pid = child.id();
         let base = format!("http://127.0.0.1:{port}");
@@ -89,6 +101,13 @@ impl Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// A fresh scratch folder for one server.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("aura-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).context("creating a scratch folder")?;
+    Ok(dir)
 }
 
 /// Writes `n` job creations (one event each) straight into a fresh store, 64 at a time.

@@ -19,6 +19,7 @@
 //! at compile time like SQLite's (offline data in `.sqlx/`).
 
 pub mod access;
+pub mod bench;
 mod leases;
 mod reads;
 mod repair;

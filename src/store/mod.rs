@@ -208,7 +208,7 @@ impl Store {
         let close = CancellationToken::new();
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let (queue, done) = postgres::writer::spawn(
-            log.pool().clone(),
+            log.writer_pool().clone(),
             node.clone(),
             log.committed.clone(),
             feed_tx.clone(),

@@ -54,6 +54,10 @@ pub const CHANNEL: &str = "aura_events";
 /// hang while the database is away.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connections of the writer's own pool: its group statement or transaction, and webhook
+/// bookkeeping beside it.
+const WRITER_CONNECTIONS: u32 = 2;
+
 /// Shortest time between two `NOTIFY`s of one node: commits within it share one.
 const NOTIFY_EVERY: Duration = Duration::from_millis(3);
 
@@ -61,6 +65,7 @@ const NOTIFY_EVERY: Duration = Duration::from_millis(3);
 #[derive(Clone)]
 pub struct PgLog {
     pool: PgPool,
+    writer_pool: PgPool,
     /// Woken after each commit of this node; the notifier sends the `NOTIFY`.
     pub(in crate::store) committed: Arc<Notify>,
 }
@@ -73,16 +78,26 @@ impl PgLog {
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.application_name("aura"))
+            .connect_with(options.clone().application_name("aura"))
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        // The writer's own connections keep one plan per statement: planning its group
+        // statement afresh on each execution (PostgreSQL's choice for the first ones, and often
+        // after) took longer than running it. Readers keep custom plans, which see their ids.
+        let writer_pool = PgPoolOptions::new()
+            .max_connections(WRITER_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(
+                options.application_name("aura-writer").options([("plan_cache_mode", "force_generic_plan")]),
+            );
         let committed = Arc::new(Notify::new());
         tokio::spawn(notifier(pool.clone(), committed.clone()));
-        Ok(PgLog { pool, committed })
+        Ok(PgLog { pool, writer_pool, committed })
     }
 
-    pub(in crate::store) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The connections the node's writer uses (see [`PgLog::open`]).
+    pub(in crate::store) fn writer_pool(&self) -> &PgPool {
+        &self.writer_pool
     }
 
     /// Appends `events` in one transaction and returns them with their ids, in order. The ids
@@ -173,6 +188,7 @@ impl PgLog {
 
     /// Closes the pool's connections (and so ends the notifier).
     pub async fn close(&self) {
+        self.writer_pool.close().await;
         self.pool.close().await;
     }
 }

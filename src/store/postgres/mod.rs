@@ -68,6 +68,9 @@ pub struct PgLog {
     writer_pool: PgPool,
     /// Woken after each commit of this node; the notifier sends the `NOTIFY`.
     pub(in crate::store) committed: Arc<Notify>,
+    /// What this node's `NOTIFY`s carry: its own tail ignores them, since this node's commits
+    /// reach its fan-out straight from its writer.
+    pub(in crate::store) voice: Arc<str>,
 }
 
 impl PgLog {
@@ -91,8 +94,9 @@ impl PgLog {
                 options.application_name("aura-writer").options([("plan_cache_mode", "force_generic_plan")]),
             );
         let committed = Arc::new(Notify::new());
-        tokio::spawn(notifier(pool.clone(), committed.clone()));
-        Ok(PgLog { pool, writer_pool, committed })
+        let voice: Arc<str> = Arc::from(Uuid::new_v4().simple().to_string());
+        tokio::spawn(notifier(pool.clone(), committed.clone(), voice.clone()));
+        Ok(PgLog { pool, writer_pool, committed, voice })
     }
 
     /// The connections the node's writer uses (see [`PgLog::open`]).
@@ -199,16 +203,18 @@ impl PgLog {
 /// same reason its transaction commits without waiting for the WAL flush
 /// (`synchronous_commit` off for it alone): a hint lost in a crash costs a re-read, and the
 /// flush it saves would otherwise compete with the appends' own.
-async fn notifier(pool: PgPool, committed: Arc<Notify>) {
+async fn notifier(pool: PgPool, committed: Arc<Notify>, voice: Arc<str>) {
     loop {
         tokio::select! {
             () = committed.notified() => {}
             () = pool.close_event() => return,
         }
-        if let Err(e) =
-            sqlx::query!("SELECT set_config('synchronous_commit', 'off', true), pg_notify('aura_events', '')")
-                .fetch_one(&pool)
-                .await
+        if let Err(e) = sqlx::query!(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify('aura_events', $1)",
+            voice.as_ref()
+        )
+        .fetch_one(&pool)
+        .await
         {
             if pool.is_closed() {
                 return;

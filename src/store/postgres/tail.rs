@@ -70,7 +70,7 @@ impl Tail {
             };
             tokio::select! {
                 () = close.cancelled() => return,
-                heard = wait_for_notification(self.listener.as_mut()) => {
+                heard = wait_for_notification(self.listener.as_mut(), &self.log.voice) => {
                     if !heard {
                         tracing::warn!("the tail's listening connection was lost; reconnecting");
                         self.listener = None;
@@ -123,16 +123,24 @@ impl Tail {
     }
 }
 
-/// Waits for a notification; `false` when the connection is lost. Without a listener it
-/// waits forever (the caller's timer decides).
-async fn wait_for_notification(listener: Option<&mut PgListener>) -> bool {
+/// Waits for a notification from another node (`own` is what this node's carry); `false`
+/// when the connection is lost. Without a listener it waits forever (the caller's timer
+/// decides).
+async fn wait_for_notification(listener: Option<&mut PgListener>, own: &str) -> bool {
     let Some(listener) = listener else { return std::future::pending().await };
-    match listener.try_recv().await {
-        Ok(Some(_)) => {
-            // Several commits may have notified at once: one re-read covers them all.
-            while listener.next_buffered().is_some() {}
-            true
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(first)) => {
+                // Several commits may have notified at once: one re-read covers them all.
+                let mut others = first.payload() != own;
+                while let Some(next) = listener.next_buffered() {
+                    others |= next.payload() != own;
+                }
+                if others {
+                    return true;
+                }
+            }
+            Ok(None) | Err(_) => return false,
         }
-        Ok(None) | Err(_) => false,
     }
 }

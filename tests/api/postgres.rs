@@ -249,3 +249,52 @@ async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_cu
     b.close().await;
     Ok(())
 }
+
+/// Fencing: once a job continues as a new attempt (here taken by another node), every write of
+/// the old attempt is refused, its `job-completed` above all, and its worker is told to stop.
+#[tokio::test]
+async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it() -> TestResult {
+    use aura::domain::event::JobOutput;
+    use aura::domain::job::Stage;
+    use aura::engine::lifecycle::{self, JobHandle};
+    use aura::store::postgres::writer::Node;
+    use aura::store::{Durability, Refusal, Store};
+
+    let url = database().await?;
+    let (a, _feed_a) = Store::open_node(&url, Durability::Full, Node::new("fence-a", 30)).await?;
+    let (b, _feed_b) = Store::open_node(&url, Durability::Full, Node::new("fence-b", 30)).await?;
+    let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "fenced"}}))
+        .map_err(|e| e.to_string())?;
+    let id = Uuid::now_v7();
+    lifecycle::create(&a, id, spec, "local".into()).await??;
+    let claimed = lifecycle::claim(&a, id).await??;
+    let attempt = claimed.state.attempt;
+    let lost = CancellationToken::new();
+    let old = JobHandle::fenced(a.clone(), id, attempt, lost.clone());
+    old.progress(Stage::Script, 50.0, "working".into()).await??;
+
+    // Node b continues the job as the next attempt (as a takeover does).
+    let next = lifecycle::resume_parked(&b, id, attempt).await??;
+    assert_eq!(next.state.attempt, attempt + 1);
+
+    let output = JobOutput {
+        video_path: format!("jobs/{id}/output.mp4"),
+        video_url: format!("/api/jobs/{id}/output"),
+        size_bytes: 1,
+        duration_sec: 1.0,
+    };
+    let refused = old.complete(output).await?;
+    assert!(matches!(refused, Err(Refusal::Conflict(_))), "the old attempt finished the job: {refused:?}");
+    assert!(lost.is_cancelled(), "the old attempt's worker is told to stop");
+    assert!(matches!(old.progress(Stage::Script, 60.0, "late".into()).await?, Err(Refusal::Conflict(_))));
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let (status, row_attempt): (String, i64) =
+        sqlx::query_as("SELECT status, attempt FROM jobs WHERE job_id = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut conn)
+            .await?;
+    assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));
+    a.close().await;
+    b.close().await;
+    Ok(())
+}

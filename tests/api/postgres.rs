@@ -206,6 +206,35 @@ async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_wh
     Ok(())
 }
 
+/// Two nodes' stores on one fresh database, and a job node `a` created and claimed: the job's
+/// id and the claim's attempt.
+async fn two_nodes_and_a_claimed_job(
+    topic: &str,
+) -> TestResult<(String, aura::store::Store, aura::store::Store, Uuid, u32)> {
+    use aura::engine::lifecycle;
+    use aura::store::postgres::writer::Node;
+    use aura::store::{Durability, Store};
+
+    let url = database().await?;
+    let (a, _) = Store::open_node(&url, Durability::Full, Node::new(&format!("{topic}-a"), 30)).await?;
+    let (b, _) = Store::open_node(&url, Durability::Full, Node::new(&format!("{topic}-b"), 30)).await?;
+    let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": topic}}))
+        .map_err(|e| e.to_string())?;
+    let id = Uuid::now_v7();
+    lifecycle::create(&a, id, spec, "local".into()).await??;
+    let claimed = lifecycle::claim(&a, id).await??;
+    Ok((url, a, b, id, claimed.state.attempt))
+}
+
+/// A job's status and attempt as its `jobs` row has them.
+async fn row_of(url: &str, id: Uuid) -> TestResult<(String, i64, i64)> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_as("SELECT status, attempt, last_event_id FROM jobs WHERE job_id = $1")
+        .bind(id.to_string())
+        .fetch_one(&mut conn)
+        .await?)
+}
+
 /// A node's writer appends for a job whose row it cached in one statement that checks the row
 /// first. When another node changed the job meanwhile (a cancel), the append is decided again
 /// against the locked row: the `jobs` row never goes back to what the stale cache said.
@@ -213,17 +242,8 @@ async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_wh
 async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_current_row() -> TestResult {
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
-    use aura::store::postgres::writer::Node;
-    use aura::store::{Durability, Store};
 
-    let url = database().await?;
-    let (a, _feed_a) = Store::open_node(&url, Durability::Full, Node::new("cache-a", 30)).await?;
-    let (b, _feed_b) = Store::open_node(&url, Durability::Full, Node::new("cache-b", 30)).await?;
-    let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "stale"}}))
-        .map_err(|e| e.to_string())?;
-    let id = Uuid::now_v7();
-    lifecycle::create(&a, id, spec, "local".into()).await??;
-    lifecycle::claim(&a, id).await??;
+    let (url, a, b, id, _) = two_nodes_and_a_claimed_job("stale").await?;
     let job = JobHandle::new(a.clone(), id);
     // Node a now holds the Running job's state in its writer's cache.
     job.progress(Stage::Script, 10.0, "first".into()).await??;
@@ -234,12 +254,8 @@ async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_cu
     if let Ok(applied) = &after {
         assert_eq!(applied.state.status.name(), "Cancelling", "decided on the current row");
     }
+    let (status, _, last) = row_of(&url, id).await?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let (status, last): (String, i64) =
-        sqlx::query_as("SELECT status, last_event_id FROM jobs WHERE job_id = $1")
-            .bind(id.to_string())
-            .fetch_one(&mut conn)
-            .await?;
     let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = $1")
         .bind(id.to_string())
         .fetch_one(&mut conn)
@@ -257,18 +273,9 @@ async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it(
     use aura::domain::event::JobOutput;
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
-    use aura::store::postgres::writer::Node;
-    use aura::store::{Durability, Refusal, Store};
+    use aura::store::Refusal;
 
-    let url = database().await?;
-    let (a, _feed_a) = Store::open_node(&url, Durability::Full, Node::new("fence-a", 30)).await?;
-    let (b, _feed_b) = Store::open_node(&url, Durability::Full, Node::new("fence-b", 30)).await?;
-    let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "fenced"}}))
-        .map_err(|e| e.to_string())?;
-    let id = Uuid::now_v7();
-    lifecycle::create(&a, id, spec, "local".into()).await??;
-    let claimed = lifecycle::claim(&a, id).await??;
-    let attempt = claimed.state.attempt;
+    let (url, a, b, id, attempt) = two_nodes_and_a_claimed_job("fenced").await?;
     let lost = CancellationToken::new();
     let old = JobHandle::fenced(a.clone(), id, attempt, lost.clone());
     old.progress(Stage::Script, 50.0, "working".into()).await??;
@@ -287,12 +294,7 @@ async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it(
     assert!(matches!(refused, Err(Refusal::Conflict(_))), "the old attempt finished the job: {refused:?}");
     assert!(lost.is_cancelled(), "the old attempt's worker is told to stop");
     assert!(matches!(old.progress(Stage::Script, 60.0, "late".into()).await?, Err(Refusal::Conflict(_))));
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let (status, row_attempt): (String, i64) =
-        sqlx::query_as("SELECT status, attempt FROM jobs WHERE job_id = $1")
-            .bind(id.to_string())
-            .fetch_one(&mut conn)
-            .await?;
+    let (status, row_attempt, _) = row_of(&url, id).await?;
     assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));
     a.close().await;
     b.close().await;

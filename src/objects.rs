@@ -192,6 +192,80 @@ impl Objects {
         Key::from_iter(parts)
     }
 
+    /// A key under the job's folder in the store: `<prefix>/jobs/<id>/<parts…>`; each part may
+    /// hold `/`, which separates key segments.
+    fn job_key(&self, job_id: Uuid, parts: &[&str]) -> Key {
+        let id = job_id.to_string();
+        let mut all: Vec<&str> = self.inner.prefix.split('/').filter(|p| !p.is_empty()).collect();
+        all.extend(["jobs", id.as_str()]);
+        all.extend(parts.iter().flat_map(|p| p.split('/')).filter(|p| !p.is_empty()));
+        Key::from_iter(all)
+    }
+
+    /// The key of a file a stage of `attempt` left, `<prefix>/jobs/<id>/<attempt>/stages/<stage>/<path>`
+    /// (`path` relative to the job's folder), or of the stage's manifest for `path` `None`:
+    /// `<prefix>/jobs/<id>/<attempt>/stages/<stage>.done.json`. Only for a store that is not in place.
+    pub fn stage_key(&self, job_id: Uuid, attempt: u32, stage: &str, path: Option<&str>) -> Key {
+        let attempt = attempt.to_string();
+        match path {
+            Some(path) => self.job_key(job_id, &[&attempt, "stages", stage, path]),
+            None => self.job_key(job_id, &[&attempt, "stages", &format!("{stage}.done.json")]),
+        }
+    }
+
+    /// Puts `bytes` under `key` in one request.
+    pub async fn put_bytes(&self, key: &Key, bytes: Vec<u8>) -> Result<(), ObjectError> {
+        self.inner.store.put(key, bytes.into()).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// The whole object's bytes, for small objects such as manifests.
+    pub async fn get_bytes(&self, key: &Key) -> Result<Bytes, ObjectError> {
+        let result = self.inner.store.get(key).await.map_err(store_error)?;
+        result.bytes().await.map_err(store_error)
+    }
+
+    /// Writes the whole object to the local file `file` (created or truncated), streaming, and
+    /// syncs it. Returns the bytes written.
+    pub async fn get_file(&self, key: &Key, file: &Path) -> Result<u64, ObjectError> {
+        let mut body = self.get(key, None).await?.body;
+        let mut out = tokio::fs::File::create(file).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            out.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        out.sync_all().await?;
+        Ok(written)
+    }
+
+    /// Deletes every stage artifact the store holds for a job, of every attempt (the keys under
+    /// `<prefix>/jobs/<id>/<attempt>/stages/`). Returns how many objects were deleted. Videos
+    /// are left alone.
+    pub async fn delete_stages(&self, job_id: Uuid) -> Result<usize, ObjectError> {
+        let folder = self.job_key(job_id, &[]);
+        let keys: Vec<Key> = self
+            .inner
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect::<Vec<Key>>()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|key| {
+                // `<attempt>/stages/…` right under the job's folder.
+                let rest: Vec<_> = key.prefix_match(&folder).map(|p| p.collect()).unwrap_or_default();
+                rest.get(1).is_some_and(|p| p.as_ref() == "stages")
+            })
+            .collect();
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        Ok(keys.len())
+    }
+
     /// Puts the local file `file` under `key` and checks that the store holds as many bytes as
     /// the file. Returns the size.
     pub async fn put_file(&self, key: &Key, file: &Path) -> Result<u64, ObjectError> {

@@ -163,6 +163,7 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         ffmpeg: settings.ffmpeg.clone(),
         ffprobe: settings.ffprobe.clone(),
         cancel: cancel.clone(),
+        objects: engine.objects().clone(),
         stage_started: std::sync::Mutex::new(std::time::Instant::now()),
     };
     // A cancel that came between the claim and the registration found no token to cancel.
@@ -194,7 +195,9 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
             // Cancelled just as the last stage ended: the client asked to stop, so honour it.
             remove_dir(&job.job_dir).await;
-            log_append(handle.cancelled(Some(Stage::Render)).await, "job-cancelled");
+            if log_append(handle.cancelled(Some(Stage::Render)).await, "job-cancelled") {
+                forget_stages(engine, job_id).await;
+            }
             tracing::info!("job cancelled after its last stage");
         }
         Ok((job, Ok(output))) => {
@@ -210,14 +213,18 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             };
             match stored {
                 Ok(()) => {
-                    log_append(handle.complete(output).await, "job-completed");
+                    if log_append(handle.complete(output).await, "job-completed") {
+                        forget_stages(engine, job_id).await;
+                    }
                     tracing::info!("job completed");
                 }
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "storing the video failed");
                     remove_dir(&job.job_dir).await;
                     let message = "storing the video failed; the cause is in the server log".to_owned();
-                    log_append(handle.fail(Some(Stage::Render), "internal", message).await, "job-failed");
+                    if log_append(handle.fail(Some(Stage::Render), "internal", message).await, "job-failed") {
+                        forget_stages(engine, job_id).await;
+                    }
                 }
             }
         }
@@ -230,13 +237,17 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
             remove_dir(&job.job_dir).await;
-            log_append(handle.cancelled(Some(step)).await, "job-cancelled");
+            if log_append(handle.cancelled(Some(step)).await, "job-cancelled") {
+                forget_stages(engine, job_id).await;
+            }
             tracing::info!(step = step.name(), "job cancelled");
         }
         Ok((job, Err(PipelineError { step, error: StageError::Failed { code, message, cause } }))) => {
             tracing::warn!(step = step.name(), code, %message, cause = ?cause, "job failed");
             remove_dir(&job.job_dir).await;
-            log_append(handle.fail(Some(step), code, message).await, "job-failed");
+            if log_append(handle.fail(Some(step), code, message).await, "job-failed") {
+                forget_stages(engine, job_id).await;
+            }
         }
         Err(join_error) => {
             let step = engine
@@ -323,11 +334,31 @@ async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
     }
 }
 
-fn log_append(outcome: lifecycle::Outcome, what: &str) {
+/// Logs an append that did not happen; returns whether it did.
+fn log_append(outcome: lifecycle::Outcome, what: &str) -> bool {
     match outcome {
-        Ok(Ok(_)) => {}
-        Ok(Err(refusal)) => tracing::warn!(%refusal, "{what} was refused"),
-        Err(e) => tracing::error!(error = %e, "storing {what} failed"),
+        Ok(Ok(_)) => true,
+        Ok(Err(refusal)) => {
+            tracing::warn!(%refusal, "{what} was refused");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing {what} failed");
+            false
+        }
+    }
+}
+
+/// Deletes the stage artifacts every attempt of an ended job left in the store (see
+/// `pipeline::artifacts`); no attempt will need them. A failure leaves keys behind, which cost
+/// space, not correctness.
+async fn forget_stages(engine: &Engine, job_id: Uuid) {
+    if engine.objects().in_place() {
+        return;
+    }
+    match engine.objects().delete_stages(job_id).await {
+        Ok(n) => tracing::debug!(deleted = n, "the job's stage artifacts were removed from the store"),
+        Err(e) => tracing::warn!(error = %e, "removing the job's stage artifacts from the store failed"),
     }
 }
 

@@ -106,6 +106,23 @@ impl S3 {
         output_files(self.root.path())
     }
 
+    /// Every file the bucket holds under a job's `<attempt>/stages/` (a stage's artifacts).
+    pub(crate) fn stage_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![self.root.path().to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.components().any(|c| c.as_os_str() == "stages") {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
     /// Where `s3s-fs` keeps a job's video for `attempt`.
     fn video(&self, job_id: Uuid, attempt: u64, ext: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(PREFIX).join(format!("jobs/{job_id}/{attempt}/output.{ext}"))

@@ -6,6 +6,17 @@
 //! if that manifest exists and every file still has its recorded size and checksum: a
 //! half-written file never passes. The first stage that fails the check, and every stage after
 //! it, runs again.
+//!
+//! **In the object store.** When finished videos live elsewhere than the data folder
+//! (`AURA_STORAGE_URL`, see `objects`), the next attempt may run on another node, which finds
+//! no local artifacts. So `record` also puts the stage's files, then its manifest, under the
+//! attempt's keys (`<prefix>/jobs/<id>/<attempt>/stages/<stage>/<path>` and
+//! `…/stages/<stage>.done.json`): a manifest in the store means its files are there. When the
+//! local manifest is missing or fails, `verified` looks for the stage in the store, newest earlier
+//! attempt first, downloads its files into the job folder, checks size and SHA-256 against that
+//! manifest, and writes the local manifest. The Render stage's one file is the video, which
+//! `publish` stores moments later, so it is not uploaded twice. A store error is logged and only
+//! means "not verified": the stage runs again, the job does not fail.
 
 use std::path::{Path, PathBuf};
 
@@ -74,11 +85,67 @@ pub async fn record<T: Serialize>(
     file.sync_all().await.context("syncing a manifest")?;
     drop(file);
     tokio::fs::rename(&tmp, &target).await.context("putting a manifest in place")?;
+    if !job.objects.in_place()
+        && stage != Stage::Render
+        && let Err(e) = upload(job, stage, &manifest.files, bytes).await
+    {
+        // Only a later attempt on another node misses it: it redoes the stage.
+        tracing::warn!(stage = stage.name(), error = format!("{e:#}"), "storing a stage's artifacts failed");
+    }
     Ok(())
 }
 
-/// The recorded output of `stage`, if its manifest exists and every file it names is intact.
+/// The stage's name as it appears in keys.
+fn key_name(stage: Stage) -> String {
+    stage.name().to_lowercase()
+}
+
+/// Puts the stage's files, then its manifest, under this attempt's keys.
+async fn upload(job: &Job, stage: Stage, files: &[FileRecord], manifest: Vec<u8>) -> anyhow::Result<()> {
+    let attempt = job.handle.attempt();
+    let name = key_name(stage);
+    for f in files {
+        let key = job.objects.stage_key(job.id, attempt, &name, Some(&f.path));
+        let stored = job.objects.put_file(&key, &job.job_dir.join(&f.path)).await?;
+        anyhow::ensure!(stored == f.size, "{key} holds {stored} bytes, not {}", f.size);
+    }
+    let key = job.objects.stage_key(job.id, attempt, &name, None);
+    job.objects.put_bytes(&key, manifest).await?;
+    Ok(())
+}
+
+/// The recorded output of `stage`, if its manifest exists and every file it names is intact:
+/// in the job's folder, else (a store that is not in place) in the store from an earlier attempt.
 pub async fn verified<T: DeserializeOwned>(job: &Job, stage: Stage) -> Option<T> {
+    if let Some(manifest) = verified_locally(job, stage).await {
+        return serde_json::from_value(manifest.output).ok();
+    }
+    if job.objects.in_place() || stage == Stage::Render {
+        return None;
+    }
+    for attempt in (1..job.handle.attempt()).rev() {
+        match fetch(job, stage, attempt).await {
+            Ok(Some(output)) => {
+                tracing::info!(stage = stage.name(), attempt, "a stage's artifacts came from the store");
+                return serde_json::from_value(output).ok();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    stage = stage.name(),
+                    attempt,
+                    error = format!("{e:#}"),
+                    "fetching a stage's artifacts failed; redoing the stage"
+                );
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// The local manifest of `stage`, if it exists and every file it names is intact.
+async fn verified_locally(job: &Job, stage: Stage) -> Option<Manifest> {
     let bytes = tokio::fs::read(manifest_path(job, stage)).await.ok()?;
     let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
     if manifest.stage != stage {
@@ -97,7 +164,47 @@ pub async fn verified<T: DeserializeOwned>(job: &Job, stage: Stage) -> Option<T>
             }
         }
     }
-    serde_json::from_value(manifest.output).ok()
+    Some(manifest)
+}
+
+/// Downloads `stage` as `attempt` stored it into the job's folder and verifies every file
+/// against the stored manifest; then writes the local manifest. `Ok(None)` when that attempt
+/// stored no manifest for the stage, or what it stored does not check out.
+async fn fetch(job: &Job, stage: Stage, attempt: u32) -> anyhow::Result<Option<serde_json::Value>> {
+    let name = key_name(stage);
+    let key = job.objects.stage_key(job.id, attempt, &name, None);
+    let bytes = match job.objects.get_bytes(&key).await {
+        Ok(bytes) => bytes,
+        Err(crate::objects::ObjectError::NotFound) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else { return Ok(None) };
+    if manifest.stage != stage {
+        return Ok(None);
+    }
+    for f in &manifest.files {
+        let path = job.job_dir.join(&f.path);
+        if !is_inside(&job.job_dir, &path) {
+            return Ok(None);
+        }
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.context("creating an artifact's folder")?;
+        }
+        let key = job.objects.stage_key(job.id, attempt, &name, Some(&f.path));
+        job.objects.get_file(&key, &path).await?;
+        match fingerprint(path).await {
+            Ok((size, sha)) if size == f.size && sha == f.sha256 => {}
+            _ => {
+                tracing::info!(stage = stage.name(), file = %f.path, attempt, "a stored artifact does not match its manifest");
+                return Ok(None);
+            }
+        }
+    }
+    let target = manifest_path(job, stage);
+    let tmp = target.with_extension("json.tmp");
+    tokio::fs::write(&tmp, &bytes).await.context("writing a fetched manifest")?;
+    tokio::fs::rename(&tmp, &target).await.context("putting a fetched manifest in place")?;
+    Ok(Some(manifest.output))
 }
 
 /// Recorded paths are Aura's own, but a manifest is a file: never follow it out of the job folder.

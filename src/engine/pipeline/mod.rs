@@ -55,6 +55,9 @@ pub struct Job {
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
     pub cancel: CancellationToken,
+    /// Where finished videos live (`AURA_STORAGE_URL`); a store that is not the data folder
+    /// also keeps each attempt's verified stage artifacts (see [`artifacts`]).
+    pub objects: crate::objects::Objects,
     /// When the running stage started, for the `aura_stage_seconds` histogram.
     pub stage_started: std::sync::Mutex<Instant>,
 }

@@ -312,7 +312,8 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
             .collect();
         assert_eq!(states, [&json!("Skipped")], "{step} after node-lost; worker-2 log: {}", two.log());
     }
-    assert!(s3.stage_files().is_empty(), "no stage artifact left in the bucket: {:?}", s3.stage_files());
+    let left = s3.stage_files_after_cleanup().await;
+    assert!(left.is_empty(), "no stage artifact left in the bucket: {left:?}");
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! Finished videos in an S3-compatible store (`AURA_STORAGE_URL=s3://…`): a real `s3s-fs`
 //! server on a free loopback port with a temporary root (`.ci/run` installs it), the real app
 //! rendering with real ffmpeg, and the output route answering from the bucket (on a node that
-//! did not render the video too, two nodes sharing a PostgreSQL database).
+//! did not render the video too, two nodes sharing a PostgreSQL database). A new attempt that
+//! finds no local files takes the verified stages from the bucket and redoes one whose stored
+//! copy does not match its manifest.
 //!
 //! The S3 client's settings reach the app through `ServeConfig::storage_options`, never through
 //! the process environment, which every test in this binary shares.
@@ -16,7 +18,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::cli::AURA;
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_in, spawn_app_with};
 use crate::pipeline::{completed, small_job};
 
 const ACCESS_KEY: &str = "aura-test-access";
@@ -121,6 +123,19 @@ impl S3 {
             }
         }
         found
+    }
+
+    /// Waits (bounded) until the bucket holds no stage artifact: a worker deletes them just
+    /// after it records the job's end. Returns those still there at the deadline.
+    pub(crate) async fn stage_files_after_cleanup(&self) -> Vec<PathBuf> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = self.stage_files();
+            if left.is_empty() || tokio::time::Instant::now() > deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Where `s3s-fs` keeps a job's video for `attempt`.
@@ -291,4 +306,71 @@ async fn a_storage_url_aura_cannot_use_stops_the_start_with_one_line() -> TestRe
         );
     }
     Ok(())
+}
+
+/// Every file under `dir`, depth first.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { pending.push(path) } else { found.push(path) }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn a_new_attempt_without_local_files_takes_verified_stages_from_the_bucket_and_redoes_a_tampered_one()
+-> TestResult {
+    let s3 = S3::start().await?;
+    let tools = tempfile::tempdir()?;
+    let slow = tools.path().join("slow-ffmpeg");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 0.5\nexec ffmpeg \"$@\"\n")?;
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let options = s3.options();
+    let settings = |cfg: &mut aura::config::ServeConfig| {
+        cfg.workers = Some(1);
+        cfg.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}"));
+        cfg.storage_options = options.clone();
+        cfg.ffmpeg = slow.clone();
+    };
+    let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
+    let id = app.create(&small_job("Continued elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let visuals = |e: &crate::helpers::Sse| {
+        e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started"
+    };
+    tokio::time::timeout(WAIT, app.follow(id, visuals)).await??;
+    let dir = app.keep_dir()?;
+    app.stop().await?;
+
+    // The next attempt finds no local files, as on another node; Audio's stored copy is altered.
+    std::fs::remove_dir_all(dir.path().join("data/jobs").join(id.to_string()))?;
+    let stages = s3.root.path().join(BUCKET).join(PREFIX).join(format!("jobs/{id}/1/stages"));
+    let audio = files_under(&stages.join("audio"));
+    let first = audio.first().context("Audio stored no file")?;
+    std::fs::write(first, b"not what was recorded")?;
+
+    let app = spawn_app_in(dir, settings).await?;
+    let job = completed(&app, id).await?;
+    assert_eq!(job["attempt"], 2, "{job}");
+    let history = app.history(id).await?;
+    let restart = history
+        .iter()
+        .position(|e| e["data"]["code"] == "engine-restarted")
+        .context("no engine-restarted warning")?;
+    let states = |step: &str| -> Vec<String> {
+        history[restart..]
+            .iter()
+            .filter(|e| e["type"] == "step-status" && e["data"]["step"] == step)
+            .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(states("Script"), ["Skipped"], "Script came from the bucket");
+    assert_eq!(states("Audio"), ["Started", "Completed"], "the altered Audio was done again");
+    let left = s3.stage_files_after_cleanup().await;
+    assert!(left.is_empty(), "the ended job's stage artifacts are gone from the bucket: {left:?}");
+    app.stop().await
 }

@@ -181,15 +181,11 @@ impl Objects {
     /// `<prefix>/jobs/<id>/<attempt>/output.<ext>` anywhere else.
     pub fn output_key(&self, job_id: Uuid, attempt: u32, ext: &str) -> Key {
         let name = format!("output.{ext}");
-        let id = job_id.to_string();
-        let attempt = attempt.to_string();
-        let mut parts: Vec<&str> = self.inner.prefix.split('/').filter(|p| !p.is_empty()).collect();
-        parts.extend(["jobs", id.as_str()]);
-        if !self.inner.in_place {
-            parts.push(attempt.as_str());
+        if self.inner.in_place {
+            self.job_key(job_id, &[&name])
+        } else {
+            self.job_key(job_id, &[&attempt.to_string(), &name])
         }
-        parts.push(name.as_str());
-        Key::from_iter(parts)
     }
 
     /// A key under the job's folder in the store: `<prefix>/jobs/<id>/<parts…>`; each part may

@@ -117,7 +117,7 @@ async fn run_resumed(engine: &Engine, job_id: Uuid) {
         }
         Ok(Some(job)) if job.status == JobStatus::Cancelling => {
             let handle = JobHandle::new(engine.store().clone(), job_id);
-            log_append(handle.cancelled(job.stage).await, "job-cancelled");
+            end_job(engine, job_id, handle.cancelled(job.stage).await, "job-cancelled").await;
         }
         Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
         Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
@@ -195,9 +195,7 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
             // Cancelled just as the last stage ended: the client asked to stop, so honour it.
             remove_dir(&job.job_dir).await;
-            if log_append(handle.cancelled(Some(Stage::Render)).await, "job-cancelled") {
-                forget_stages(engine, job_id).await;
-            }
+            end_job(engine, job_id, handle.cancelled(Some(Stage::Render)).await, "job-cancelled").await;
             tracing::info!("job cancelled after its last stage");
         }
         Ok((job, Ok(output))) => {
@@ -213,18 +211,20 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             };
             match stored {
                 Ok(()) => {
-                    if log_append(handle.complete(output).await, "job-completed") {
-                        forget_stages(engine, job_id).await;
-                    }
+                    end_job(engine, job_id, handle.complete(output).await, "job-completed").await;
                     tracing::info!("job completed");
                 }
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "storing the video failed");
                     remove_dir(&job.job_dir).await;
                     let message = "storing the video failed; the cause is in the server log".to_owned();
-                    if log_append(handle.fail(Some(Stage::Render), "internal", message).await, "job-failed") {
-                        forget_stages(engine, job_id).await;
-                    }
+                    end_job(
+                        engine,
+                        job_id,
+                        handle.fail(Some(Stage::Render), "internal", message).await,
+                        "job-failed",
+                    )
+                    .await;
                 }
             }
         }
@@ -237,17 +237,13 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
             remove_dir(&job.job_dir).await;
-            if log_append(handle.cancelled(Some(step)).await, "job-cancelled") {
-                forget_stages(engine, job_id).await;
-            }
+            end_job(engine, job_id, handle.cancelled(Some(step)).await, "job-cancelled").await;
             tracing::info!(step = step.name(), "job cancelled");
         }
         Ok((job, Err(PipelineError { step, error: StageError::Failed { code, message, cause } }))) => {
             tracing::warn!(step = step.name(), code, %message, cause = ?cause, "job failed");
             remove_dir(&job.job_dir).await;
-            if log_append(handle.fail(Some(step), code, message).await, "job-failed") {
-                forget_stages(engine, job_id).await;
-            }
+            end_job(engine, job_id, handle.fail(Some(step), code, message).await, "job-failed").await;
         }
         Err(join_error) => {
             let step = engine
@@ -266,7 +262,8 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             remove_dir(&job_dir).await;
             if !shutting_down {
                 let message = "an internal error stopped the job; the cause is in the server log".to_owned();
-                log_append(handle.fail(Some(step), "internal", message).await, "job-failed");
+                end_job(engine, job_id, handle.fail(Some(step), "internal", message).await, "job-failed")
+                    .await;
             }
         }
     }
@@ -349,11 +346,12 @@ fn log_append(outcome: lifecycle::Outcome, what: &str) -> bool {
     }
 }
 
-/// Deletes the stage artifacts every attempt of an ended job left in the store (see
-/// `pipeline::artifacts`); no attempt will need them. A failure leaves keys behind, which cost
-/// space, not correctness.
-async fn forget_stages(engine: &Engine, job_id: Uuid) {
-    if engine.objects().in_place() {
+/// Logs the append of a job's terminal event; once it is in, deletes the stage artifacts every
+/// attempt left in the store (see `pipeline::artifacts`), since no attempt will need them. A
+/// refused append means another attempt owns the job: its artifacts stay. A failed delete
+/// leaves keys behind, which cost space, not correctness.
+async fn end_job(engine: &Engine, job_id: Uuid, outcome: lifecycle::Outcome, what: &str) {
+    if !log_append(outcome, what) || engine.objects().in_place() {
         return;
     }
     match engine.objects().delete_stages(job_id).await {

@@ -160,7 +160,8 @@ async fn cached_group(
     for (index, (job_id, _, decide)) in group.iter().enumerate() {
         let before = match states.remove(job_id) {
             Some(state) => Some(state),
-            None => known.get(job_id).cloned().inspect(|s| {
+            // Taken out, not copied: a commit puts the new state back, a fallback reads the row.
+            None => known.remove(job_id).inspect(|s| {
                 fresh.entry(*job_id).or_insert(s.last_event_id);
             }),
         };

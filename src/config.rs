@@ -158,6 +158,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Host names this server answers to besides the loopback ones (comma-separated, `name` or
+    /// `name:port`): on a loopback address any other `Host` is refused (DNS rebinding).
+    #[arg(long, env = "AURA_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Serve without tokens on a non-loopback address (only on a network you trust).
     #[arg(long, env = "AURA_INSECURE_OPEN", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub insecure_open: bool,

@@ -36,6 +36,15 @@ pub enum AppError {
     Unavailable { reason: &'static str, detail: String, retry_after_secs: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A body that is not `application/json`: 415.
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// A request another web site made through the user's browser: 403 `cross-site`.
+    #[error("{0}")]
+    CrossSite(String),
+    /// A `Host` this server does not answer to (DNS rebinding): 403 `host-not-allowed`.
+    #[error("this server does not answer to that host name")]
+    HostNotAllowed,
     /// The data folder's disk is below `AURA_MIN_FREE_MB`: 507.
     #[error("not enough free disk space")]
     InsufficientStorage,
@@ -63,6 +72,8 @@ impl AppError {
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::CrossSite(_) | AppError::HostNotAllowed => StatusCode::FORBIDDEN,
             AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             AppError::OutputExpired => StatusCode::GONE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,6 +213,27 @@ impl IntoResponse for AppError {
                 "this resource does not answer that method",
                 none,
             ),
+            AppError::UnsupportedMediaType => problem(
+                status,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the request body must be JSON sent as Content-Type: application/json",
+                none,
+            ),
+            AppError::CrossSite(detail) => {
+                rejected("cross-site");
+                problem(status, "cross-site", "Cross-site request refused", &detail, none)
+            }
+            AppError::HostNotAllowed => {
+                rejected("host-not-allowed");
+                problem(
+                    status,
+                    "host-not-allowed",
+                    "Host not allowed",
+                    "this server answers only to loopback names and the names in AURA_ALLOWED_HOSTS",
+                    none,
+                )
+            }
             AppError::InsufficientStorage => {
                 rejected("insufficient-storage");
                 let mut res = problem(

@@ -52,8 +52,19 @@ impl FromRequestParts<AppState> for OwnedJob {
     }
 }
 
-/// The raw body, with its rejections (too large, unreadable) as problem+json.
+/// A JSON body, not yet parsed, with its rejections as problem+json: `415` unless it is sent as
+/// `application/json` (an HTML form on another site can post `text/plain` without a preflight;
+/// see `sites.rs`), `413` past 64 KiB, `400` when unreadable.
 pub struct Body(pub Bytes);
+
+/// Whether a `Content-Type` says JSON: `application/json`, parameters (`charset`) allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
 
 /// How much of a too-large body is still read (and dropped) before answering 413. Closing a
 /// connection with unread request bytes makes the kernel send a reset, and a client can lose
@@ -65,6 +76,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
     async fn from_request(req: axum::extract::Request, _state: &S) -> Result<Self, AppError> {
         use futures_util::StreamExt;
+        // Checked once the size is: an oversized body is 413 whatever it claims to be.
+        let json = is_json(req.headers());
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -89,6 +102,9 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         }
         if total > MAX_BODY_BYTES {
             return Err(AppError::PayloadTooLarge);
+        }
+        if !json {
+            return Err(AppError::UnsupportedMediaType);
         }
         Ok(Body(body.freeze()))
     }

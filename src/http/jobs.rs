@@ -51,6 +51,7 @@ pub struct Created {
         (status = 201, description = "Created; Location names the job", body = Created),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body not sent as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid values, each named by its JSON path", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The data folder's disk is below AURA_MIN_FREE_MB", body = Problem, content_type = "application/problem+json"),
     ))]

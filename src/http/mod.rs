@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod router;
 pub mod session;
+pub mod sites;
 pub mod state;
 pub mod stored;
 pub mod ui;

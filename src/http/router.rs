@@ -1,5 +1,5 @@
-//! The router: every resource's routes merged, the credentials middleware, the body limit,
-//! tracing and CORS. Each resource module owns its routes; this file only puts them together.
+//! The router: every resource's routes merged, the host and origin checks, the credentials
+//! middleware, the body limit, tracing and CORS. Each resource module owns its routes; this file only puts them together.
 
 use anyhow::Context;
 use axum::Router;
@@ -11,11 +11,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::AppError;
 use crate::http::extract::MAX_BODY_BYTES;
+use crate::http::sites;
 use crate::http::state::AppState;
 use crate::http::{events, health, jobs, openapi, session, ui, webhooks, ws};
 
 /// The whole HTTP surface: each module owns its routes, the root only merges them.
 pub fn router(state: AppState) -> Router {
+    let sites = state.sites().clone();
     Router::new()
         .merge(jobs::router())
         .merge(events::router())
@@ -29,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_credentials))
+        // Outside the credentials: a foreign host or site is refused before anything else.
+        .layer(axum::middleware::from_fn_with_state(sites, sites::guard))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

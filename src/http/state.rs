@@ -10,6 +10,7 @@ use crate::access::auth::Auth;
 use crate::access::limits::{Limits, StreamCounter};
 use crate::config::ServeConfig;
 use crate::engine::Engine;
+use crate::http::sites::Sites;
 use crate::store::Store;
 use crate::streaming;
 use crate::webhooks::Webhooks;
@@ -22,6 +23,7 @@ pub struct AppState {
 
 struct Inner {
     settings: ServeConfig,
+    sites: Arc<Sites>,
     store: Store,
     engine: Engine,
     streaming: streaming::Context,
@@ -49,6 +51,7 @@ impl AppState {
         let Parts { settings, store, engine, streaming, metrics, auth, limits, webhooks } = parts;
         AppState {
             inner: Arc::new(Inner {
+                sites: Arc::new(Sites::from_config(&settings)),
                 settings,
                 store,
                 engine,
@@ -64,6 +67,11 @@ impl AppState {
 
     pub fn settings(&self) -> &ServeConfig {
         &self.inner.settings
+    }
+
+    /// The host and origin rules (`sites.rs`), parsed once from the settings.
+    pub fn sites(&self) -> &Arc<Sites> {
+        &self.inner.sites
     }
 
     /// Reads; every write goes through the engine.

@@ -173,6 +173,7 @@ fn unknown() -> AppError {
     responses(
         (status = 201, description = "Registered; the secret is shown only in this answer", body = CreatedWebhook),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body not sent as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already 100 endpoints", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad URL (not http/https, too long, a private address) or an unknown event type", body = Problem, content_type = "application/problem+json"),

@@ -3,8 +3,9 @@
 //! one thing SSE cannot do, a cancel sent on the same connection.
 //!
 //! Everything is checked at the handshake, as for a stream: credentials (the middleware, as
-//! for every `/api` route), the origin (an `Origin` that is neither this host nor one of
-//! `AURA_CORS_ORIGINS` gets `403`, since a browser sends cookies with a cross-site WebSocket),
+//! for every `/api` route), the origin (the rule of every `POST`, `sites.rs`: an `Origin` that is
+//! neither this host nor one of `AURA_CORS_ORIGINS` gets `403 cross-site`, since a browser
+//! sends cookies with a cross-site WebSocket),
 //! the query, ownership, then the global and per-owner stream caps. The socket then follows the
 //! hub on its own (`streaming::follow`), so it costs the zero-copy SSE path nothing.
 //!
@@ -19,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -61,7 +62,7 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol. Each event is one text message {\"id\": N, \"type\": \"…\", \"data\": {…}} with the same id and data as on the event streams. The client may send {\"resume\": N} first, {\"cancel\": \"<jobId>\"} (answered {\"cancelled\": snapshot} or {\"error\": problem}, the socket stays open) and {\"ping\": x} (answered {\"pong\": x}). Closes with 1000 after a job socket's terminal event, 1001 when the stream's lifetime or the server ends."),
         (status = 400, description = "Not a WebSocket handshake, or a bad id, resume point or batch window", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "An origin that is neither this host nor in AURA_CORS_ORIGINS, or another owner's job", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An origin that is neither this host nor in AURA_CORS_ORIGINS (cross-site), a host name the server does not answer to (host-not-allowed), or another owner's job", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "A named job does not exist", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many open streams", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -72,9 +73,8 @@ pub async fn websocket(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    if !origin_allowed(&headers, &app.settings().cors_origins) {
-        return Err(AppError::Forbidden("this origin may not open a WebSocket here".into()));
-    }
+    // The same rule as every POST and DELETE (`sites.rs`); the host was checked by the router.
+    app.sites().check_origin(&headers)?;
     let query = parse_query(query.as_deref())?;
     let explicit_resume =
         headers.contains_key("last-event-id") || query.iter().any(|(k, _)| k == "lastEventId");
@@ -103,21 +103,6 @@ pub async fn websocket(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| session.run(socket))
         .into_response())
-}
-
-/// Whether a handshake's `Origin` may open a socket: none (not a browser), this host's own, or
-/// one of `AURA_CORS_ORIGINS`.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else { return true };
-    let Ok(origin) = origin.to_str() else { return false };
-    if allowed.iter().any(|o| o.trim() == origin) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (origin.split_once("://"), host) {
-        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
-        _ => false,
-    }
 }
 
 /// One open socket.
@@ -277,24 +262,6 @@ fn close(code: u16, reason: &'static str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_no_origin_the_same_host_or_a_listed_origin_may_open_a_socket() {
-        let with = |origin: Option<&str>| {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, "127.0.0.1:5005".parse().expect("host"));
-            if let Some(o) = origin {
-                h.insert(header::ORIGIN, o.parse().expect("origin"));
-            }
-            origin_allowed(&h, &["https://app.example.com".to_owned()])
-        };
-        assert!(with(None));
-        assert!(with(Some("http://127.0.0.1:5005")));
-        assert!(with(Some("https://app.example.com")));
-        assert!(!with(Some("https://evil.example.com")));
-        assert!(!with(Some("http://127.0.0.1:5006")));
-        assert!(!with(Some("null")));
-    }
 
     #[test]
     fn a_resume_message_names_a_non_negative_id() {

@@ -28,8 +28,8 @@ const TAKEOVER: [bool; 2] = [true, false];
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The start of a request that never ends: what a slowloris client sends.
-const STREAM_HEAD: &[u8] = b"GET /api/events HTTP/1.1\r\nHost: x\r\n";
-const OTHER_HEAD: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: x\r\n";
+const STREAM_HEAD: &[u8] = b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n";
+const OTHER_HEAD: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n";
 
 /// This process opens thousands of sockets: its soft open-file limit goes up to the hard one.
 fn raise_fd_limit() -> TestResult {
@@ -246,7 +246,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_but_a_st
         })
         .await?;
         let addr = addr_of(&app.base)?;
-        let health = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let health = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
         // Idle after a response: closed after the idle timeout, not the (shorter) header one.
         let mut idle = TcpStream::connect(addr).await?;
@@ -308,7 +308,8 @@ async fn a_request_head_over_16_kib_is_answered_431() -> TestResult {
         let addr = addr_of(&app.base)?;
         for path in ["/api/events", "/api/health"] {
             for size in [64 * 1024, 200 * 1000] {
-                let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(size));
+                let raw =
+                    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(size));
                 let status = status_of(addr, raw.into_bytes()).await?;
                 assert!(
                     status.starts_with("HTTP/1.1 431"),
@@ -317,7 +318,10 @@ async fn a_request_head_over_16_kib_is_answered_431() -> TestResult {
             }
         }
         // A large head that stays under the limit is served.
-        let raw = format!("GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(12 * 1024));
+        let raw = format!(
+            "GET /api/health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(12 * 1024)
+        );
         let status = status_of(addr, raw.into_bytes()).await?;
         assert!(status.starts_with("HTTP/1.1 200"), "takeover {takeover}: {status:?}");
     }
@@ -332,12 +336,12 @@ async fn stalled_stream(addr: SocketAddr, path: &str, reuse: bool) -> TestResult
     let mut conn = socket.connect(addr).await?;
     if reuse {
         assert!(
-            request(&mut conn, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            request(&mut conn, b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .await?
                 .starts_with("HTTP/1.1 200")
         );
     }
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
     Ok(conn)
 }
 

@@ -286,7 +286,13 @@ async fn oversized_bodies_get_413_with_or_without_a_content_length() -> TestResu
     for size in [64 * 1024 + 1, 200 * 1024, 900 * 1024] {
         for _ in 0..10 {
             let body = format!("{{\"brief\": {{\"topic\": \"{}\"}}}}", "x".repeat(size));
-            let res = app.client.post(app.url("/api/jobs")).body(body).send().await?;
+            let res = app
+                .client
+                .post(app.url("/api/jobs"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
             assert_problem(&res, 413);
         }
     }

@@ -25,6 +25,7 @@ mod recovery;
 mod restart;
 mod security;
 mod shared_access;
+mod sites;
 mod sockets;
 mod streams;
 mod transports;

@@ -62,7 +62,13 @@ async fn the_openapi_document_is_3_1_and_real_responses_validate_against_it() ->
         assert_eq!(status, want);
         check(&doc, "post", "/api/jobs", status, &problem)?;
     }
-    let res = app.client.post(app.url("/api/jobs")).body("{").send().await?;
+    let res = app
+        .client
+        .post(app.url("/api/jobs"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await?;
     assert_eq!(res.status(), 400);
     check(&doc, "post", "/api/jobs", 400, &res.json().await?)?;
 

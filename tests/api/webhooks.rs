@@ -331,7 +331,13 @@ async fn private_file_overlong_or_unknown_event_registrations_are_422_and_store_
         assert_eq!(problem["field"], field, "{problem}");
         assert!(!problem.to_string().contains("whsec_"));
     }
-    let res = open.client.post(open.url("/api/webhooks")).body("{not json").send().await?;
+    let res = open
+        .client
+        .post(open.url("/api/webhooks"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
     assert_eq!(res.status(), 400);
     for app in [&strict, &open] {
         let (_, list) = app.get_json("/api/webhooks").await?;

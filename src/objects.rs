@@ -153,7 +153,16 @@ impl Objects {
                 (Arc::new(store), String::new(), in_place)
             }
             Location::S3 { bucket, prefix } => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Few quick retries inside the client: a store that stays down is the caller's to
+                // wait for (a video waits with `waiting-for-storage`, retried with backoff), not a
+                // request that hangs for object_store's default three minutes.
+                let retry = object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: std::time::Duration::from_secs(10),
+                    ..Default::default()
+                };
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
                 for (key, value) in &options.0 {
                     let key = key
                         .parse()

@@ -20,6 +20,10 @@ pub const OUTPUT_EXPIRED: &str = "output-expired";
 /// once there is room again.
 pub const WAITING_FOR_DISK: &str = "waiting-for-disk";
 
+/// The `warning` code of a job whose video (or stage artifact) the object store could not take:
+/// the render is kept and storing it is retried with backoff.
+pub const WAITING_FOR_STORAGE: &str = "waiting-for-storage";
+
 /// The owner of every job while Aura runs without tokens.
 pub const LOCAL_OWNER: &str = "local";
 

@@ -5,14 +5,80 @@
 //! nothing happens. Otherwise the video goes under its per-attempt key, the stored size is
 //! checked against the rendered one, and only then is the job's local folder removed: a
 //! `job-completed` is never appended for a video the store does not hold.
+//!
+//! A store that cannot take the video (down, unreachable, refusing) does not fail the job: the
+//! render is kept, a `warning` `waiting-for-storage` is appended once, and storing is retried
+//! with a backoff that doubles up to [`MAX_BACKOFF`], until it succeeds, the job is cancelled or
+//! the server shuts down (the job then stays Running for a later attempt).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::event::JobOutput;
+use crate::domain::job::{Stage, WAITING_FOR_STORAGE};
 use crate::engine::Engine;
+use crate::engine::lifecycle::JobHandle;
+
+/// The first wait after a failed attempt to store a video.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How storing a video ended.
+pub enum Stored {
+    /// The store holds the video (or the store is the data folder).
+    Yes,
+    /// The job was cancelled while the video waited: it was not stored.
+    Cancelled,
+    /// The server is shutting down: the job stays Running for a later attempt.
+    ShuttingDown,
+}
+
+/// Stores the video like [`publish`], retrying with backoff while the store fails (see the
+/// module's doc). The render stays on disk until it is stored.
+pub async fn publish_until_stored(
+    engine: &Engine,
+    handle: &JobHandle,
+    cancel: &CancellationToken,
+    job_dir: &Path,
+    ext: &str,
+    output: &JobOutput,
+) -> Stored {
+    let shutdown = engine.shutdown_token();
+    let job_id = handle.job_id();
+    let mut backoff = FIRST_BACKOFF;
+    let mut warned = false;
+    loop {
+        let attempt = tokio::select! {
+            stored = publish(engine, job_id, handle.attempt(), job_dir, ext, output) => stored,
+            () = shutdown.cancelled() => return Stored::ShuttingDown,
+        };
+        let Err(e) = attempt else { return Stored::Yes };
+        tracing::warn!(%job_id, error = format!("{e:#}"), retry_in = ?backoff, "storing the video failed; retrying");
+        if !warned {
+            let message =
+                "the object store could not take the video: it is kept and storing is retried".to_owned();
+            match handle.warn(Some(Stage::Render), WAITING_FOR_STORAGE, message).await {
+                Ok(Ok(_)) => warned = true,
+                Ok(Err(refusal)) => {
+                    tracing::info!(%refusal, "the job changed while its video waited for the store");
+                    return Stored::Cancelled;
+                }
+                Err(e) => tracing::warn!(error = %e, "storing waiting-for-storage failed; trying again"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = cancel.cancelled() => return Stored::Cancelled,
+            () = shutdown.cancelled() => return Stored::ShuttingDown,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
 
 /// Stores the video rendered into `job_dir` by `attempt` (the worker's own, which fences the
 /// `job-completed` that follows); then removes `job_dir`, which held only that video. A no-op

@@ -25,7 +25,7 @@ use crate::engine::Engine;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::pipeline::progress::Reporter;
 use crate::engine::pipeline::{self, Job, PipelineError, StageError};
-use crate::engine::publish;
+use crate::engine::publish::{self, Stored};
 
 /// How often an idle worker looks for work even without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -200,31 +200,25 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((job, Ok(output))) => {
             remove_dir(&job.work_dir).await;
-            // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed.
-            let shutdown = engine.shutdown_token();
-            let stored = tokio::select! {
-                stored = publish::publish(engine, job_id, job.handle.attempt(), &job.job_dir, ext, &output) => stored,
-                () = shutdown.cancelled() => {
-                    tracing::info!("shutdown while storing the video: the job stays Running for a later attempt");
-                    return;
-                }
-            };
+            // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed; a
+            // store that fails is retried, with the render kept (`publish`).
+            let stored =
+                publish::publish_until_stored(engine, &handle, &job.cancel, &job.job_dir, ext, &output).await;
             match stored {
-                Ok(()) => {
+                Stored::Yes => {
                     end_job(engine, job_id, handle.complete(output).await, "job-completed").await;
                     tracing::info!("job completed");
                 }
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "storing the video failed");
+                Stored::Cancelled => {
                     remove_dir(&job.job_dir).await;
-                    let message = "storing the video failed; the cause is in the server log".to_owned();
-                    end_job(
-                        engine,
-                        job_id,
-                        handle.fail(Some(Stage::Render), "internal", message).await,
-                        "job-failed",
-                    )
-                    .await;
+                    end_job(engine, job_id, handle.cancelled(Some(Stage::Render)).await, "job-cancelled")
+                        .await;
+                    tracing::info!("job cancelled while its video waited for the store");
+                }
+                Stored::ShuttingDown => {
+                    tracing::info!(
+                        "shutdown while storing the video: the job stays Running for a later attempt"
+                    );
                 }
             }
         }

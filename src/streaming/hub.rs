@@ -5,7 +5,9 @@
 //! [`Fanout::deliver`] strictly in id order, once, as shared `Arc<StoredEvent>`s, so a live stream
 //! never queries SQLite. SQLite serialises writers and AUTOINCREMENT hands out ids in commit
 //! order, so "every id up to the highest committed one is visible" holds for any reader: the tail
-//! fills a gap before a group from the table, then publishes the group.
+//! fills a gap before a group from the table, then publishes the group. A gap it cannot fill (a
+//! read failed) holds the group back instead: it is published later from the table, never
+//! before an id below it.
 //!
 //! The newest events (`AURA_STREAM_BUFFER` of them) are also kept in memory, in order, so that a
 //! stream resuming among them, or catching up on them before it joins the fan-out, does not read
@@ -139,6 +141,13 @@ async fn tail(hub: Arc<Hub>, store: Store, mut feed: CommitFeed, shutdown: Cance
                     catch_up(&hub, &store, first - 1, &mut owners).await;
                 }
                 let after = hub.last_published();
+                if first > after + 1 {
+                    // The ids before this group could not be read (the database is away, or
+                    // another node's commit is not visible yet): publishing the group would
+                    // move past them for good. It is committed, so the next read of the table
+                    // (the poll here, or the PostgreSQL tail) publishes it, in order.
+                    continue;
+                }
                 group.retain(|e| e.id > after);
                 hub.publish(group);
             }

@@ -28,14 +28,14 @@ const LEASE_SECS: u64 = 3;
 const BOUND: Duration = Duration::from_secs(120);
 
 /// An `aura serve` process on a shared database, with its log in its data folder.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    base: String,
+    pub base: String,
     dir: PathBuf,
 }
 
 impl Node {
-    async fn start(root: &Path, name: &str, db: &str, workers: u32, ffmpeg: &Path) -> TestResult<Node> {
+    pub async fn start(root: &Path, name: &str, db: &str, workers: u32, ffmpeg: &Path) -> TestResult<Node> {
         Node::start_storing(root, name, db, workers, ffmpeg, None).await
     }
 
@@ -85,7 +85,7 @@ impl Node {
         std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         Node::log_of(&self.dir)
     }
 
@@ -97,14 +97,14 @@ impl Node {
 }
 
 /// An ffmpeg that waits `secs` before each run, so that a test can act mid-stage.
-fn slow_ffmpeg(dir: &Path, secs: f64) -> TestResult<PathBuf> {
+pub(crate) fn slow_ffmpeg(dir: &Path, secs: f64) -> TestResult<PathBuf> {
     let path = dir.join("slow-ffmpeg");
     std::fs::write(&path, format!("#!/bin/sh\nsleep {secs}\nexec ffmpeg \"$@\"\n"))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
 
-async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
+pub(crate) async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
     let body = json!({"brief": {"topic": topic}, "planSpec": {"targetDuration": format!("00:00:{seconds:02}")},
                       "renderSpec": {"res": "480p", "fps": 10}});
     let res = reqwest::Client::new().post(format!("{base}/api/jobs")).json(&body).send().await?;
@@ -115,7 +115,7 @@ async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
     Ok(created["jobId"].as_str().ok_or("no jobId")?.to_owned())
 }
 
-async fn job(base: &str, id: &str) -> TestResult<Value> {
+pub(crate) async fn job(base: &str, id: &str) -> TestResult<Value> {
     Ok(reqwest::Client::new().get(format!("{base}/api/jobs/{id}")).send().await?.json().await?)
 }
 

@@ -23,8 +23,8 @@ use crate::pipeline::{completed, small_job};
 
 const ACCESS_KEY: &str = "aura-test-access";
 const SECRET_KEY: &str = "aura-test-secret-key";
-const BUCKET: &str = "videos";
-const PREFIX: &str = "aura/test";
+pub(crate) const BUCKET: &str = "videos";
+pub(crate) const PREFIX: &str = "aura/test";
 
 /// A running `s3s-fs`, killed when dropped.
 pub(crate) struct S3 {
@@ -81,8 +81,13 @@ impl S3 {
         Ok(S3 { _child: child, root, port })
     }
 
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The client settings that reach this server.
-    fn options(&self) -> S3Options {
+    pub(crate) fn options(&self) -> S3Options {
         S3Options(
             [
                 ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),

@@ -1,0 +1,83 @@
+//! The object store under faults (API.md "Disk": a video that cannot be stored waits with a
+//! `warning` `waiting-for-storage` and is retried with backoff; the local render is deleted only
+//! once the stored copy is verified). A real `s3s-fs` behind the fault proxy of `faults.rs`, a
+//! real render.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::faults::{FaultProxy, Mode};
+use crate::helpers::{TestApp, TestResult, spawn_app_with};
+use crate::objects::{BUCKET, PREFIX, S3, output_files};
+use crate::pipeline::{completed, small_job};
+
+/// The longest the job may take to reach the store's fault.
+const BOUND: Duration = Duration::from_secs(180);
+
+/// One render worker whose videos go to `s3` through `proxy`.
+async fn spawn_through(s3: &S3, proxy: &FaultProxy) -> TestResult<TestApp> {
+    let mut options = s3.options();
+    for (key, value) in &mut options.0 {
+        if key == "aws_endpoint" {
+            *value = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    spawn_app_with(|cfg| {
+        cfg.workers = Some(1);
+        cfg.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}"));
+        cfg.storage_options = options;
+    })
+    .await
+}
+
+/// The job's `warning` events with `code`.
+async fn warnings(app: &TestApp, id: Uuid, code: &str) -> TestResult<Vec<Value>> {
+    Ok(app
+        .history(id)
+        .await?
+        .into_iter()
+        .filter(|e| e["type"] == "warning" && e["data"]["code"] == code)
+        .collect())
+}
+
+#[tokio::test]
+async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_the_store_is_back()
+-> TestResult {
+    let s3 = S3::start().await?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], s3.port()))).await?;
+    let app = spawn_through(&s3, &proxy).await?;
+    let id = app.create(&small_job("Stored once the store is back", "Square1x1", "mp4", "h264")).await?;
+    // The store goes away while the job renders.
+    proxy.set(Mode::Refuse);
+    proxy.cut_all();
+
+    let deadline = Instant::now() + BOUND;
+    while warnings(&app, id, "waiting-for-storage").await?.is_empty() {
+        let job = app.job(id).await?;
+        assert!(
+            !matches!(job["status"].as_str(), Some("Completed" | "Failed" | "Cancelled")),
+            "job ended: {job}"
+        );
+        assert!(Instant::now() < deadline, "no waiting-for-storage warning: {:?}", app.history(id).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.job(id).await?["status"], "Running", "the job waits, it does not fail");
+    let kept = output_files(&app.data_path(""));
+    assert_eq!(kept.len(), 1, "the render is kept while the store is away: {kept:?}");
+    assert!(s3.videos().is_empty(), "nothing reached the store");
+
+    // The store comes back: the next retry stores the video, and only then is the render removed.
+    proxy.set(Mode::Pass);
+    let job = completed(&app, id).await?;
+    assert_eq!(s3.videos().len(), 1, "the bucket holds the video");
+    let left = output_files(&app.data_path(""));
+    assert!(left.is_empty(), "the local render is deleted once stored: {left:?}");
+    let whole = app.output(id, None).await?;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(Some(whole.bytes().await?.len() as u64), job["output"]["sizeBytes"].as_u64());
+    assert_eq!(warnings(&app, id, "waiting-for-storage").await?.len(), 1, "one warning for one outage");
+    app.stop().await
+}

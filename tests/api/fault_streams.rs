@@ -1,0 +1,92 @@
+//! Streams under database faults (API.md "Several nodes on PostgreSQL": "a client that
+//! reconnects ... misses nothing and sees nothing twice"): real nodes, a real PostgreSQL behind
+//! the fault proxy of `faults.rs`, real ffmpeg, and a subscriber that resumes like EventSource.
+//! What it saw is checked against the table.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Node, create, job};
+use crate::faults::{FaultProxy, check_exactly_once, follow_all, is_pg_writer};
+use crate::helpers::TestResult;
+use crate::postgres::database;
+
+/// The longest any one wait here may take.
+const BOUND: Duration = Duration::from_secs(240);
+
+/// Every `(id, type)` in the table, ascending.
+async fn table(db: &str) -> TestResult<Vec<(i64, String)>> {
+    let mut conn = sqlx::PgConnection::connect(db).await?;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, type FROM events ORDER BY id").fetch_all(&mut conn).await?;
+    conn.close().await?;
+    Ok(rows)
+}
+
+/// Cancels `jobs` on `base` and waits until each has ended.
+async fn end_all(base: &str, jobs: &[String]) -> TestResult {
+    let client = reqwest::Client::new();
+    for id in jobs {
+        client.post(format!("{base}/api/jobs/{id}/cancel")).send().await?;
+    }
+    let deadline = Instant::now() + BOUND;
+    for id in jobs {
+        loop {
+            let status = job(base, id).await?["status"].as_str().unwrap_or_default().to_owned();
+            if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("job {id} is still {status}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// A worker node's reads of the shared log fail every 50 ms while its own writer commits and
+/// another node appends: the worker's fan-out must never publish its own group past an id it
+/// has not read, so its subscriber gets every stored event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_on_a_node_whose_reads_are_cut_every_50_ms_misses_nothing_and_sees_nothing_twice()
+-> TestResult {
+    let db = database().await?;
+    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
+    let proxy = Arc::new(proxy);
+    let root = tempfile::tempdir()?;
+    let ffmpeg = Path::new("ffmpeg");
+    let api = Node::start(root.path(), "api", &db, 0, ffmpeg).await?;
+    let worker = Node::start(root.path(), "worker", &proxied, 1, ffmpeg).await?;
+
+    let stop = CancellationToken::new();
+    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+    let subscriber = follow_all(vec![worker.base.clone()], stop.clone(), through.clone(), BOUND);
+
+    // The worker renders (its own commits) while the API node appends others' events.
+    let mut jobs = vec![create(&api.base, "rendered under cuts", 2).await?];
+    let cutter =
+        proxy.cut_repeatedly(Duration::from_millis(50), Duration::from_secs(12), |h| !is_pg_writer(h));
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        jobs.push(create(&api.base, "appended elsewhere", 2).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cutter.await?;
+    assert!(proxy.cuts() > 20, "the proxy cut only {} connections", proxy.cuts());
+
+    end_all(&api.base, &jobs).await?;
+    let stored = table(&db).await?;
+    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+    stop.cancel();
+    let seen = subscriber.await??;
+    check_exactly_once(&seen, &stored);
+    drop(worker);
+    drop(api);
+    Ok(())
+}

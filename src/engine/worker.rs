@@ -178,8 +178,8 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             (job, result)
         });
         match task.await {
-            Ok((back, Err(PipelineError { step, error: StageError::DiskFull(cause) }))) => {
-                tracing::warn!(step = step.name(), cause = ?cause, "the disk is full; the job waits for space");
+            Ok((back, Err(PipelineError { step, error }))) if disk_full(engine, &error) => {
+                tracing::warn!(step = step.name(), cause = ?error, "the disk is full; the job waits for space");
                 parked += 1;
                 match park(engine, &back, step, parked).await {
                     Parked::Resumed => job = back,
@@ -260,6 +260,22 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
                     .await;
             }
         }
+    }
+}
+
+/// Whether a stage failed because the disk is full: it said so (`StageError::DiskFull`), or it
+/// failed in any other way while the data folder's disk is below `AURA_MIN_FREE_MB`. The second
+/// catches what no wording does: a program that reports `ENOSPC` in its own words, a truncated
+/// file that makes the next step fail. A real failure on a low disk is tried again once there
+/// is room, and fails then.
+fn disk_full(engine: &Engine, error: &StageError) -> bool {
+    match error {
+        StageError::DiskFull(_) => true,
+        StageError::Failed { .. } => {
+            engine.disk().refresh();
+            engine.disk().is_low()
+        }
+        StageError::Cancelled => false,
     }
 }
 

@@ -126,9 +126,16 @@ fn fill_disk(path: &Path) -> TestResult<u64> {
 
 /// An ffmpeg that waits a moment before each run, so that a test can fill the disk between a
 /// stage's start and its first write.
-fn slow_ffmpeg(dir: &Path) -> TestResult<PathBuf> {
+const SLOW_FFMPEG: &str = "#!/bin/sh\nsleep 0.5\nexec ffmpeg \"$@\"\n";
+
+/// The same, but it never says "No space left on device": it reports a full disk in other words,
+/// as a program in another language, or a step that reads a truncated file, would.
+const SLOW_FFMPEG_OTHER_WORDS: &str = "#!/bin/bash\nsleep 0.5\n\
+    ffmpeg \"$@\" 2> >(sed -u 's/No space left on device/Input\\/output error/g' >&2)\n";
+
+fn slow_ffmpeg(dir: &Path, script: &str) -> TestResult<PathBuf> {
     let path = dir.join("slow-ffmpeg");
-    std::fs::write(&path, "#!/bin/sh\nsleep 0.5\nexec ffmpeg \"$@\"\n")?;
+    std::fs::write(&path, script)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
@@ -137,8 +144,10 @@ fn slow_ffmpeg(dir: &Path) -> TestResult<PathBuf> {
 async fn a_full_disk_mid_render_parks_the_job_and_freeing_space_completes_it_exactly_once() -> TestResult {
     // Filled as Audio starts: its first ffmpeg waits half a second, and Aura's own write of the
     // narration text comes first, so `ENOSPC` reaches one of our writes.
-    full_disk_parks(|e| e.kind == "step-status" && e.data["step"] == "Audio" && e.data["state"] == "Started")
-        .await
+    full_disk_parks(SLOW_FFMPEG, |e| {
+        e.kind == "step-status" && e.data["step"] == "Audio" && e.data["state"] == "Started"
+    })
+    .await
 }
 
 #[tokio::test]
@@ -146,18 +155,31 @@ async fn a_disk_that_fills_under_ffmpeg_parks_the_job_instead_of_failing_it_with
 {
     // Filled as Render starts: its ffmpeg (after half a second) is the first to write, and
     // says "No space left on device" itself.
-    full_disk_parks(|e| e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started")
-        .await
+    full_disk_parks(SLOW_FFMPEG, |e| {
+        e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_where_no_program_says_so_still_parks_the_job() -> TestResult {
+    // Filled as Render starts (its ffmpeg is the first to write), under an ffmpeg that reports
+    // the full disk in other words: the free space, not the wording, tells a full disk from a
+    // failure.
+    full_disk_parks(SLOW_FFMPEG_OTHER_WORDS, |e| {
+        e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
+    })
+    .await
 }
 
 /// Fills the data folder's disk when `fill_when` sees an event, checks that the job parks
 /// (warning `waiting-for-disk`, still Running, 507 and 503), frees the space, and checks that
 /// it completes with every event exactly once.
-async fn full_disk_parks(fill_when: impl Fn(&Sse) -> bool) -> TestResult {
+async fn full_disk_parks(ffmpeg: &str, fill_when: impl Fn(&Sse) -> bool) -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let Some(_mount) = Tmpfs::mount(&data, "64m", false)? else { return Ok(()) };
-    let ffmpeg = slow_ffmpeg(dir.path())?;
+    let ffmpeg = slow_ffmpeg(dir.path(), ffmpeg)?;
     // The database lives beside the small disk, so that only the job's files run out of room.
     let database = dir.path().join("aura.db").to_string_lossy().into_owned();
     let app = spawn_app_in(tempfile::tempdir()?, |cfg| {

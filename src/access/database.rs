@@ -157,14 +157,15 @@ impl PgAuth {
         Ok(())
     }
 
-    /// Starts a session for the token `name`; `401` if that token is gone.
-    pub(crate) async fn start_session(&self, name: &str) -> Result<String, AppError> {
+    /// Starts a session of the token `token`; its id and the token's name, or `401` when
+    /// `token` is no token (or was revoked in the meantime).
+    pub(crate) async fn start_session(&self, token: &str) -> Result<(String, String), AppError> {
+        self.caller(Credential::Token(token)).await?.ok_or(AppError::Unauthorized)?;
         let id = random_hex()?;
-        let started = self.db.start_session(&digest(&id), name, SESSION_SECS).await.map_err(unavailable)?;
-        if !started {
-            return Err(AppError::Unauthorized);
-        }
-        Ok(id)
+        let started =
+            self.db.start_session(&digest(&id), &digest(token), SESSION_SECS).await.map_err(unavailable)?;
+        let name = started.ok_or(AppError::Unauthorized)?;
+        Ok((id, name))
     }
 
     /// Ends the session `id` in the database (so on every node within [`FRESH`]) and at once on

@@ -34,8 +34,7 @@ fn cookie(app: &AppState, value: &str, max_age: u64) -> Result<HeaderValue, AppE
 async fn sign_in(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
     let request: SignIn = serde_json::from_slice(&body)
         .map_err(|_| AppError::bad_request("Malformed JSON", "send {\"token\": \"<token>\"}"))?;
-    let name = app.auth().token_name(&request.token).await?.ok_or(AppError::Unauthorized)?;
-    let id = app.auth().start_session(&name).await?;
+    let (id, name) = app.auth().start_session(&request.token).await?;
     tracing::info!(owner = %name, "browser session started");
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(header::SET_COOKIE, cookie(&app, &id, SESSION_SECS)?);

@@ -202,6 +202,40 @@ async fn a_session_survives_a_restart_and_ends_with_its_token() -> TestResult {
     Ok(())
 }
 
+/// API.md: a browser session belongs to the token that opened it, not to the token's name.
+#[tokio::test]
+async fn a_session_ends_with_its_token_and_a_new_token_of_the_same_name_does_not_revive_it() -> TestResult {
+    let s = spawn_secured(|_| {}).await?;
+    let old = s.tokens.create("rotated", true)?;
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": old})).send().await?;
+    assert_eq!(res.status(), 204);
+    let cookie = session_cookie(&res)?;
+    let metrics = || s.app.client.get(s.app.url("/metrics")).header("cookie", &cookie);
+    assert_eq!(metrics().send().await?.status(), 200, "the session of the admin token");
+
+    assert!(s.tokens.revoke("rotated")?);
+    assert_refused_soon(metrics, "the session of a revoked token").await?;
+    let new = s.tokens.create("rotated", true)?;
+    assert_eq!(s.req(Method::GET, "/metrics", &new).send().await?.status(), 200, "the new token");
+    // The old session stays ended, also once every cache has had time to expire (a PostgreSQL
+    // node trusts an answer for a second): it is refused on every try for two seconds.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert_unauthorized(&metrics().send().await?, "an old session under a new token of its name");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A session opened with the new token works; the old token cannot open one.
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": old})).send().await?;
+    assert_unauthorized(&res, "signing in with the revoked token");
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": new})).send().await?;
+    assert_eq!(res.status(), 204);
+    let renewed = session_cookie(&res)?;
+    let res = s.app.client.get(s.app.url("/metrics")).header("cookie", &renewed).send().await?;
+    assert_eq!(res.status(), 200, "a session of the new token");
+    assert_unauthorized(&metrics().send().await?, "the old session, after the new one started");
+    Ok(())
+}
+
 #[tokio::test]
 async fn changes_to_the_tokens_file_apply_without_a_restart() -> TestResult {
     let s = spawn_secured(|_| {}).await?;

@@ -196,7 +196,7 @@ async fn a_browser_signed_in_on_one_server_is_signed_in_on_another_and_signing_o
     // A session started through one node's `Auth` and ended through another's, the same way.
     let (c, _c) = node(&url).await?;
     let (d, _d) = node(&url).await?;
-    let id = c.start_session("alice").await?;
+    let (id, _) = c.start_session(&alice).await?;
     assert_eq!(who(d.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
     d.end_session(&id).await?;
     until_refused(&c, &cookie(&id)?).await?;
@@ -212,7 +212,7 @@ async fn revoking_a_token_ends_its_sessions_on_every_node_within_a_second() -> T
     let alice = create(&url, "alice", false).await?;
     let (a, _a) = node(&url).await?;
     let (b, _b) = node(&url).await?;
-    let id = a.start_session("alice").await?;
+    let (id, _) = a.start_session(&alice).await?;
     // Both nodes have just seen the session and the token: their caches hold them.
     for n in [&a, &b] {
         assert_eq!(who(n.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
@@ -226,13 +226,19 @@ async fn revoking_a_token_ends_its_sessions_on_every_node_within_a_second() -> T
         assert!(took <= Duration::from_millis(1500), "a revoked token's session lived {took:?}");
         until_refused(n, &bearer(&alice)?).await?;
     }
-    // A new token of the same name does not bring the old sessions back.
-    let _alice = create(&url, "alice", false).await?;
+    // A new token of the same name does not bring the old sessions back, and the old token
+    // opens no new one.
+    let renewed = create(&url, "alice", false).await?;
     assert_eq!(who(b.authenticate(&cookie(&id)?).await), Err(StatusCode::UNAUTHORIZED));
-    // A session can no longer be started for a name whose token is gone.
+    assert_eq!(a.start_session(&alice).await.err().map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
+    let (renewed_id, name) = b.start_session(&renewed).await?;
+    assert_eq!(name, "alice");
+    assert_eq!(who(a.authenticate(&cookie(&renewed_id)?).await), Ok(("alice".into(), Role::User)));
+    // A session can no longer be started with a token that is gone.
     let (code, _, _) = aura_token(&url, &["revoke", "alice"]).await?;
     assert_eq!(code, 0);
-    assert_eq!(a.start_session("alice").await.err().map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
+    until_refused(&a, &bearer(&renewed)?).await?;
+    assert_eq!(a.start_session(&renewed).await.err().map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
     Ok(())
 }
 
@@ -241,7 +247,7 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
     let cluster = OwnCluster::start()?;
     let alice = create(&cluster.url, "alice", false).await?;
     let (a, _a) = node(&cluster.url).await?;
-    let id = a.start_session("alice").await?;
+    let (id, _) = a.start_session(&alice).await?;
     assert_eq!(who(a.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
 
     cluster.pause()?;
@@ -265,7 +271,7 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
         );
     }
     assert!(a.has_tokens().await, "not knowing counts as having tokens");
-    assert!(a.start_session("alice").await.is_err());
+    assert!(a.start_session(&alice).await.is_err());
 
     // Back again: the same node lets the token in without a restart.
     cluster.resume()?;

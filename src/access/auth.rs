@@ -20,9 +20,14 @@
 //!
 //! With a PostgreSQL `AURA_DATABASE_URL`, tokens and sessions live in the database instead of
 //! those files (see [`crate::access::database`]), so every node sharing it knows the same ones.
+//!
+//! A credential that proves no caller is charged to its client address's budget
+//! ([`crate::access::lookups`]): past it, `429` rather than `401`. One that proves a caller is
+//! never charged nor held back.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,6 +37,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
 use crate::access::database::PgAuth;
+use crate::access::lookups::Lookups;
 use crate::domain::job::{JobState, LOCAL_OWNER};
 use crate::error::AppError;
 use crate::store::is_postgres;
@@ -519,6 +525,8 @@ enum Backend {
 /// Tokens, sessions and whether the server may run open; part of the HTTP state.
 pub struct Auth {
     backend: Backend,
+    /// Every client address's budget of unknown credentials.
+    lookups: Lookups,
     /// Loopback, or `--insecure-open`: with no tokens, requests are let in as `local`.
     open_allowed: bool,
     /// `Secure` on the session cookie: everywhere but plain HTTP on loopback.
@@ -543,6 +551,7 @@ impl Auth {
         };
         Ok(Auth {
             backend,
+            lookups: Lookups::default(),
             open_allowed: settings.is_loopback() || settings.insecure_open,
             secure_cookie: !settings.is_loopback(),
         })
@@ -557,39 +566,47 @@ impl Auth {
         }
     }
 
-    /// The caller a request's headers prove, or 401; not knowing the tokens (a poisoned lock, an
+    /// The caller a request's headers prove, or 401 (429 once the client address `from` has
+    /// presented too many unknown credentials); not knowing the tokens (a poisoned lock, an
     /// unreadable file, an unreachable database) is a 500 or a 503, never open.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
+    pub async fn authenticate(&self, headers: &HeaderMap, from: Option<IpAddr>) -> Result<Caller, AppError> {
         match &self.backend {
             Backend::File { tokens, sessions } => {
                 let tokens = tokens.current()?;
                 if tokens.is_empty() {
                     return self.open_caller();
                 }
-                match presented(headers)? {
-                    Credential::Token(token) => {
-                        find_token(&tokens, token).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
-                    }
-                    Credential::Session(id) => {
-                        let token = sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
-                        // The token that opened it, by its digest: not whichever token has its name now.
-                        match tokens.iter().find(|e| same_digest(&e.hash, &token)) {
-                            Some(entry) => Ok(entry.caller()),
+                let caller = match presented(headers)? {
+                    Credential::Token(token) => find_token(&tokens, token).map(TokenEntry::caller),
+                    Credential::Session(id) => match sessions.lookup(id)? {
+                        // The token that opened it, by its digest: not whichever token has its
+                        // name now.
+                        Some(token) => match tokens.iter().find(|e| same_digest(&e.hash, &token)) {
+                            Some(entry) => Some(entry.caller()),
                             None => {
                                 sessions.forget(id)?;
-                                Err(AppError::Unauthorized)
+                                None
                             }
-                        }
-                    }
-                }
+                        },
+                        None => None,
+                    },
+                };
+                caller.map_or_else(|| self.unknown(from), Ok)
             }
             Backend::Postgres(pg) => {
                 if !pg.any_token().await? {
                     return self.open_caller();
                 }
-                pg.caller(presented(headers)?).await?.ok_or(AppError::Unauthorized)
+                let caller = pg.caller(presented(headers)?, &self.lookups, from).await?;
+                caller.ok_or(AppError::Unauthorized)
             }
         }
+    }
+
+    /// A credential that proves no caller: `401`, or `429` once `from` has presented too many.
+    fn unknown<T>(&self, from: Option<IpAddr>) -> Result<T, AppError> {
+        self.lookups.take(from)?;
+        Err(AppError::Unauthorized)
     }
 
     /// With no tokens at all: the open-mode caller where open mode is allowed.
@@ -598,24 +615,23 @@ impl Auth {
         if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) }
     }
 
-    /// The name of the token `token`, if it is one.
-    pub async fn token_name(&self, token: &str) -> Result<Option<String>, AppError> {
-        match &self.backend {
-            Backend::File { tokens, .. } => Ok(find_token(&tokens.current()?, token).map(|e| e.name.clone())),
-            Backend::Postgres(pg) => Ok(pg.caller(Credential::Token(token)).await?.map(|c| c.name)),
-        }
-    }
-
     /// Starts a browser session of the token `token`, which it belongs to from then on; returns
-    /// its id (the cookie's value) and the token's name. `401` when `token` is no token.
-    pub async fn start_session(&self, token: &str) -> Result<(String, String), AppError> {
+    /// its id (the cookie's value) and the token's name. `401` when `token` is no token (`429`
+    /// once the client address `from` has presented too many unknown credentials).
+    pub async fn start_session(
+        &self,
+        token: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(String, String), AppError> {
         match &self.backend {
             Backend::File { tokens, sessions } => {
                 let tokens = tokens.current()?;
-                let entry = find_token(&tokens, token).ok_or(AppError::Unauthorized)?;
-                Ok((sessions.start(entry.hash).await?, entry.name.clone()))
+                match find_token(&tokens, token) {
+                    Some(entry) => Ok((sessions.start(entry.hash).await?, entry.name.clone())),
+                    None => self.unknown(from),
+                }
             }
-            Backend::Postgres(pg) => pg.start_session(token).await,
+            Backend::Postgres(pg) => pg.start_session(token, &self.lookups, from).await,
         }
     }
 

@@ -12,15 +12,22 @@
 //! create`/`revoke` take effect without a restart.
 //!
 //! A browser signs in with `POST /api/session`: the cookie holds a random session id, and the
-//! server keeps only the id's SHA-256 and the token's name in `<tokens-file>.sessions`, so
-//! sessions survive a restart and `DELETE /api/session` really ends one. A session is as good as
-//! its token: revoking the token ends its sessions.
+//! server keeps only the id's SHA-256 and the SHA-256 of the token that opened it in
+//! `<tokens-file>.sessions`, so sessions survive a restart and `DELETE /api/session` really ends
+//! one. A session belongs to that token, not to its name: revoking the token ends its sessions,
+//! and a new token made later under the same name has another digest, so it does not bring them
+//! back.
 //!
 //! With a PostgreSQL `AURA_DATABASE_URL`, tokens and sessions live in the database instead of
 //! those files (see [`crate::access::database`]), so every node sharing it knows the same ones.
+//!
+//! A credential that proves no caller is charged to its client address's budget
+//! ([`crate::access::lookups`]): past it, `429` rather than `401`. One that proves a caller is
+//! never charged nor held back.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +37,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
 use crate::access::database::PgAuth;
+use crate::access::lookups::Lookups;
 use crate::domain::job::{JobState, LOCAL_OWNER};
 use crate::error::AppError;
 use crate::store::is_postgres;
@@ -405,11 +413,19 @@ impl TokenStore {
     }
 }
 
-/// Browser sessions: SHA-256 of the session id → (token name, expiry in Unix seconds), kept in
-/// memory and in a file beside the tokens file.
+/// One browser session: the token that opened it, by its digest, and its expiry.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    token: [u8; 32],
+    /// Unix seconds.
+    expires: u64,
+}
+
+/// Browser sessions by the SHA-256 of their id, kept in memory and in a file beside the tokens
+/// file, one `SESSION-SHA256 TOKEN-SHA256 EXPIRES` line each.
 struct Sessions {
     path: PathBuf,
-    map: Mutex<HashMap<[u8; 32], (String, u64)>>,
+    map: Mutex<HashMap<[u8; 32], Session>>,
     /// Serializes file writes, so the file always ends with the newest snapshot.
     write: tokio::sync::Mutex<()>,
 }
@@ -426,21 +442,42 @@ impl Sessions {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let now = now_secs();
-        let map = text
-            .lines()
-            .filter_map(|line| {
-                let mut f = line.split_whitespace();
-                let (hash, name, expires) = (from_hex(f.next()?)?, f.next()?, f.next()?.parse::<u64>().ok()?);
-                (expires > now && valid_name(name)).then(|| (hash, (name.to_owned(), expires)))
-            })
-            .collect();
+        let mut skipped = 0;
+        let mut map = HashMap::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut f = line.split_whitespace();
+            // A line from before sessions recorded their token (`HASH NAME EXPIRES`) says only a
+            // name, which a later token may have taken: that session is not kept.
+            let parsed =
+                (|| Some((from_hex(f.next()?)?, from_hex(f.next()?)?, f.next()?.parse::<u64>().ok()?)))();
+            match parsed {
+                Some((hash, token, expires)) if expires > now => {
+                    map.insert(hash, Session { token, expires });
+                }
+                Some(_) => {}
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "sessions that do not name the token that opened them were dropped; their browsers sign in again"
+            );
+        }
         Ok(Sessions { path, map: Mutex::new(map), write: tokio::sync::Mutex::new(()) })
     }
 
-    fn lookup(&self, id: &str) -> Result<Option<String>, Poisoned> {
+    /// The digest of the token that opened the unexpired session `id`.
+    fn lookup(&self, id: &str) -> Result<Option<[u8; 32]>, Poisoned> {
         let key = digest(id);
         let map = lock(&self.map, "sessions")?;
-        Ok(map.get(&key).filter(|(_, expires)| *expires > now_secs()).map(|(name, _)| name.clone()))
+        Ok(map.get(&key).filter(|s| s.expires > now_secs()).map(|s| s.token))
+    }
+
+    /// Forgets the session `id` in memory (its token is gone); the file follows at the next write.
+    fn forget(&self, id: &str) -> Result<(), Poisoned> {
+        lock(&self.map, "sessions")?.remove(&digest(id));
+        Ok(())
     }
 
     async fn persist(&self) -> Result<(), AppError> {
@@ -448,8 +485,10 @@ impl Sessions {
         let now = now_secs();
         let text: String = {
             let mut map = lock(&self.map, "sessions")?;
-            map.retain(|_, (_, expires)| *expires > now);
-            map.iter().map(|(hash, (name, expires))| format!("{} {name} {expires}\n", to_hex(hash))).collect()
+            map.retain(|_, s| s.expires > now);
+            map.iter()
+                .map(|(hash, s)| format!("{} {} {}\n", to_hex(hash), to_hex(&s.token), s.expires))
+                .collect()
         };
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_private(&path, &text))
@@ -458,9 +497,11 @@ impl Sessions {
         Ok(())
     }
 
-    async fn start(&self, name: &str) -> Result<String, AppError> {
+    /// Starts a session of the token whose digest is `token`; returns its id.
+    async fn start(&self, token: [u8; 32]) -> Result<String, AppError> {
         let id = random_hex()?;
-        lock(&self.map, "sessions")?.insert(digest(&id), (name.to_owned(), now_secs() + SESSION_SECS));
+        lock(&self.map, "sessions")?
+            .insert(digest(&id), Session { token, expires: now_secs() + SESSION_SECS });
         self.persist().await?;
         Ok(id)
     }
@@ -484,6 +525,8 @@ enum Backend {
 /// Tokens, sessions and whether the server may run open; part of the HTTP state.
 pub struct Auth {
     backend: Backend,
+    /// Every client address's budget of unknown credentials.
+    lookups: Lookups,
     /// Loopback, or `--insecure-open`: with no tokens, requests are let in as `local`.
     open_allowed: bool,
     /// `Secure` on the session cookie: everywhere but plain HTTP on loopback.
@@ -508,6 +551,7 @@ impl Auth {
         };
         Ok(Auth {
             backend,
+            lookups: Lookups::default(),
             open_allowed: settings.is_loopback() || settings.insecure_open,
             secure_cookie: !settings.is_loopback(),
         })
@@ -522,33 +566,47 @@ impl Auth {
         }
     }
 
-    /// The caller a request's headers prove, or 401; not knowing the tokens (a poisoned lock, an
+    /// The caller a request's headers prove, or 401 (429 once the client address `from` has
+    /// presented too many unknown credentials); not knowing the tokens (a poisoned lock, an
     /// unreadable file, an unreachable database) is a 500 or a 503, never open.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
+    pub async fn authenticate(&self, headers: &HeaderMap, from: Option<IpAddr>) -> Result<Caller, AppError> {
         match &self.backend {
             Backend::File { tokens, sessions } => {
                 let tokens = tokens.current()?;
                 if tokens.is_empty() {
                     return self.open_caller();
                 }
-                match presented(headers)? {
-                    Credential::Token(token) => {
-                        find_token(&tokens, token).map(TokenEntry::caller).ok_or(AppError::Unauthorized)
-                    }
-                    Credential::Session(id) => {
-                        let name = sessions.lookup(id)?.ok_or(AppError::Unauthorized)?;
-                        let entry = tokens.iter().find(|e| e.name == name);
-                        entry.map(TokenEntry::caller).ok_or(AppError::Unauthorized)
-                    }
-                }
+                let caller = match presented(headers)? {
+                    Credential::Token(token) => find_token(&tokens, token).map(TokenEntry::caller),
+                    Credential::Session(id) => match sessions.lookup(id)? {
+                        // The token that opened it, by its digest: not whichever token has its
+                        // name now.
+                        Some(token) => match tokens.iter().find(|e| same_digest(&e.hash, &token)) {
+                            Some(entry) => Some(entry.caller()),
+                            None => {
+                                sessions.forget(id)?;
+                                None
+                            }
+                        },
+                        None => None,
+                    },
+                };
+                caller.map_or_else(|| self.unknown(from), Ok)
             }
             Backend::Postgres(pg) => {
                 if !pg.any_token().await? {
                     return self.open_caller();
                 }
-                pg.caller(presented(headers)?).await?.ok_or(AppError::Unauthorized)
+                let caller = pg.caller(presented(headers)?, &self.lookups, from).await?;
+                caller.ok_or(AppError::Unauthorized)
             }
         }
+    }
+
+    /// A credential that proves no caller: `401`, or `429` once `from` has presented too many.
+    fn unknown<T>(&self, from: Option<IpAddr>) -> Result<T, AppError> {
+        self.lookups.take(from)?;
+        Err(AppError::Unauthorized)
     }
 
     /// With no tokens at all: the open-mode caller where open mode is allowed.
@@ -557,19 +615,23 @@ impl Auth {
         if self.open_allowed { Ok(Caller::open()) } else { Err(AppError::Unauthorized) }
     }
 
-    /// The name of the token `token`, if it is one.
-    pub async fn token_name(&self, token: &str) -> Result<Option<String>, AppError> {
+    /// Starts a browser session of the token `token`, which it belongs to from then on; returns
+    /// its id (the cookie's value) and the token's name. `401` when `token` is no token (`429`
+    /// once the client address `from` has presented too many unknown credentials).
+    pub async fn start_session(
+        &self,
+        token: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(String, String), AppError> {
         match &self.backend {
-            Backend::File { tokens, .. } => Ok(find_token(&tokens.current()?, token).map(|e| e.name.clone())),
-            Backend::Postgres(pg) => Ok(pg.caller(Credential::Token(token)).await?.map(|c| c.name)),
-        }
-    }
-
-    /// Starts a browser session for the token named `name`; returns its id (the cookie's value).
-    pub async fn start_session(&self, name: &str) -> Result<String, AppError> {
-        match &self.backend {
-            Backend::File { sessions, .. } => sessions.start(name).await,
-            Backend::Postgres(pg) => pg.start_session(name).await,
+            Backend::File { tokens, sessions } => {
+                let tokens = tokens.current()?;
+                match find_token(&tokens, token) {
+                    Some(entry) => Ok((sessions.start(entry.hash).await?, entry.name.clone())),
+                    None => self.unknown(from),
+                }
+            }
+            Backend::Postgres(pg) => pg.start_session(token, &self.lookups, from).await,
         }
     }
 
@@ -644,6 +706,21 @@ mod tests {
             [("alice", false), ("root", true)]
         );
         assert!(!text.contains("secret"));
+    }
+
+    #[test]
+    fn a_sessions_file_keeps_sessions_that_name_their_token_and_drops_those_that_name_a_name()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("tokens.sessions");
+        let (kept, old, token) = (digest("kept"), digest("old"), digest("aura_token"));
+        let later = now_secs() + 3600;
+        let text = format!("{} {} {later}\n{} alice {later}\n", to_hex(&kept), to_hex(&token), to_hex(&old));
+        std::fs::write(&path, text)?;
+        let sessions = Sessions::load(path)?;
+        assert_eq!(sessions.lookup("kept")?, Some(token));
+        assert_eq!(sessions.lookup("old")?, None, "a session tied to a name only is not kept");
+        Ok(())
     }
 
     #[test]

@@ -5,20 +5,28 @@
 //! [`FRESH`]: a revoked token or an ended session keeps working on another node for at most
 //! that long, and a token or session created on one node works on every other at once (a
 //! credential this node has never seen is looked up, never assumed bad). Unknown credentials are
-//! remembered as unknown for as long, and looking up ones this node has not seen is rate-limited
-//! ([`MISSES_PER_SEC`]), so a flood of made-up tokens cannot become a flood of queries; past the
-//! limit the caller gets a `503` with `Retry-After`, and callers this node already knows are not
-//! held back by it. Whether any token exists (open mode) is cached the same way.
+//! remembered as unknown for as long. A credential that proves no caller, and every lookup of
+//! one this node has not verified, is charged to the client address's budget
+//! ([`crate::access::lookups`]), so a flood of made-up tokens cannot become a flood of queries:
+//! past it that address gets a `429` with `Retry-After` and no query. Re-checking a caller this
+//! node has verified is never charged nor held back. Whether any token exists (open mode) is
+//! cached the same way.
+//!
+//! The answers are two LRU caches of [`MAX_ANSWERS`] each, one for callers and one for
+//! credentials that proved none: a flood only ever pushes out its own oldest answers, never a
+//! verified caller's, and nothing is dropped wholesale.
 //!
 //! When the database cannot answer, the caller is refused with a `503`: never let in.
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hashlink::LruCache;
 
 use crate::access::auth::{Caller, Credential, Role, SESSION_SECS, digest, random_hex};
+use crate::access::lookups::Lookups;
 use crate::error::AppError;
 use crate::store::StoreError;
 use crate::store::postgres::access::{PgAccess, TokenRow};
@@ -27,25 +35,62 @@ use crate::sync::lock;
 /// How long an answer from the database is trusted.
 const FRESH: Duration = Duration::from_secs(1);
 
-/// Lookups per second of credentials this node has no answer for (and their burst).
-const MISSES_PER_SEC: f64 = 50.0;
-
-/// Most answers remembered; past it the stale ones are dropped, then all if need be.
-const MAX_KNOWN: usize = 10_000;
+/// Answers remembered of each kind (callers, and credentials that proved none); past it the
+/// least recently used answer of that kind is forgotten.
+const MAX_ANSWERS: usize = 10_000;
 
 /// Connections of the pool that serves tokens and sessions.
 const CONNECTIONS: u32 = 2;
 
-/// What this node last learned about one credential: the caller it proves, or none.
-struct Known {
-    caller: Option<Caller>,
-    at: Instant,
+/// A credential: whether it is a session's id, and its digest.
+type Key = (bool, [u8; 32]);
+
+/// What this node last learned about credentials, and when.
+struct Answers {
+    /// Credentials that proved a caller.
+    callers: LruCache<Key, (Caller, Instant)>,
+    /// Credentials that proved none.
+    unknown: LruCache<Key, Instant>,
 }
 
-/// The miss budget: a token bucket of lookups.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// What [`Answers::seen`] knows about one credential.
+enum Seen {
+    /// A fresh answer: the caller, or none.
+    Fresh(Option<Caller>),
+    /// A caller this node verified more than [`FRESH`] ago: re-checked, never charged.
+    Stale,
+    /// Nothing fresh: a lookup, charged to the client address.
+    Unseen,
+}
+
+impl Answers {
+    fn new() -> Answers {
+        Answers { callers: LruCache::new(MAX_ANSWERS), unknown: LruCache::new(MAX_ANSWERS) }
+    }
+
+    fn seen(&mut self, key: &Key) -> Seen {
+        if let Some((caller, at)) = self.callers.get(key) {
+            return if at.elapsed() < FRESH { Seen::Fresh(Some(caller.clone())) } else { Seen::Stale };
+        }
+        match self.unknown.get(key) {
+            Some(at) if at.elapsed() < FRESH => Seen::Fresh(None),
+            _ => Seen::Unseen,
+        }
+    }
+
+    fn remember(&mut self, key: Key, caller: Option<Caller>) {
+        let now = Instant::now();
+        match caller {
+            Some(caller) => {
+                self.unknown.remove(&key);
+                self.callers.insert(key, (caller, now));
+            }
+            None => {
+                self.callers.remove(&key);
+                self.unknown.insert(key, now);
+            }
+        }
+    }
 }
 
 /// Tokens and sessions in PostgreSQL, with the cache in front.
@@ -53,9 +98,7 @@ pub(crate) struct PgAuth {
     db: PgAccess,
     /// Whether the tokens table had a row, and when that was learned.
     any: Mutex<Option<(bool, Instant)>>,
-    /// Answers by (is a session, digest of the credential).
-    known: Mutex<HashMap<(bool, [u8; 32]), Known>>,
-    misses: Mutex<Bucket>,
+    answers: Mutex<Answers>,
 }
 
 /// Logs why the database could not answer and refuses the caller with a `503`.
@@ -79,12 +122,7 @@ impl PgAuth {
         let db = PgAccess::open(url, CONNECTIONS)
             .await
             .context("connecting to the database for tokens and sessions")?;
-        let auth = PgAuth {
-            db,
-            any: Mutex::new(None),
-            known: Mutex::new(HashMap::new()),
-            misses: Mutex::new(Bucket { tokens: MISSES_PER_SEC, at: Instant::now() }),
-        };
+        let auth = PgAuth { db, any: Mutex::new(None), answers: Mutex::new(Answers::new()) };
         auth.any_token().await.map_err(|e| anyhow::anyhow!("reading the tokens table: {e}"))?;
         Ok(auth)
     }
@@ -101,70 +139,57 @@ impl PgAuth {
         Ok(any)
     }
 
-    /// The caller `credential` proves, if any.
-    pub(crate) async fn caller(&self, credential: Credential<'_>) -> Result<Option<Caller>, AppError> {
+    /// The caller `credential` proves, if any. A credential that proves none, and a lookup of
+    /// one this node has not verified, is charged to `from` in `lookups` (`429` past its budget;
+    /// a lookup that finds a caller is given back).
+    pub(crate) async fn caller(
+        &self,
+        credential: Credential<'_>,
+        lookups: &Lookups,
+        from: Option<IpAddr>,
+    ) -> Result<Option<Caller>, AppError> {
         let (session, secret) = match credential {
             Credential::Token(token) => (false, token),
             Credential::Session(id) => (true, id),
         };
         let key = (session, digest(secret));
-        let known_caller = {
-            let known = lock(&self.known, "credentials")?;
-            match known.get(&key) {
-                Some(k) if k.at.elapsed() < FRESH => return Ok(k.caller.clone()),
-                Some(k) => k.caller.is_some(),
-                None => false,
+        let seen = lock(&self.answers, "credentials")?.seen(&key);
+        let charged = match seen {
+            Seen::Fresh(Some(caller)) => return Ok(Some(caller)),
+            Seen::Fresh(None) => {
+                lookups.take(from)?;
+                return Ok(None);
+            }
+            Seen::Stale => false,
+            Seen::Unseen => {
+                lookups.take(from)?;
+                true
             }
         };
-        // Re-checking a caller this node knew is not a miss: a flood cannot lock them out.
-        if !known_caller && !self.take_miss()? {
-            return Err(AppError::Unavailable {
-                reason: "credential-lookups",
-                detail: "too many unknown credentials at once; retry shortly".into(),
-                retry_after_secs: 1,
-            });
-        }
         let row =
             if session { self.db.session_token(&key.1).await } else { self.db.token_by_digest(&key.1).await };
         let caller = row.map_err(unavailable)?.map(caller_of);
-        self.remember(key, caller.clone())?;
+        if charged && caller.is_some() {
+            lookups.refund(from)?;
+        }
+        lock(&self.answers, "credentials")?.remember(key, caller.clone());
         Ok(caller)
     }
 
-    /// Takes one lookup from the miss budget; `false` when it is spent.
-    fn take_miss(&self) -> Result<bool, AppError> {
-        let mut bucket = lock(&self.misses, "credential lookups")?;
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.at).as_secs_f64() * MISSES_PER_SEC;
-        bucket.tokens = (bucket.tokens + refill).min(MISSES_PER_SEC);
-        bucket.at = now;
-        if bucket.tokens < 1.0 {
-            return Ok(false);
-        }
-        bucket.tokens -= 1.0;
-        Ok(true)
-    }
-
-    fn remember(&self, key: (bool, [u8; 32]), caller: Option<Caller>) -> Result<(), AppError> {
-        let mut known = lock(&self.known, "credentials")?;
-        if known.len() >= MAX_KNOWN {
-            known.retain(|_, k| k.at.elapsed() < FRESH);
-            if known.len() >= MAX_KNOWN {
-                known.clear();
-            }
-        }
-        known.insert(key, Known { caller, at: Instant::now() });
-        Ok(())
-    }
-
-    /// Starts a session for the token `name`; `401` if that token is gone.
-    pub(crate) async fn start_session(&self, name: &str) -> Result<String, AppError> {
+    /// Starts a session of the token `token`; its id and the token's name, or `401` when
+    /// `token` is no token (or was revoked in the meantime).
+    pub(crate) async fn start_session(
+        &self,
+        token: &str,
+        lookups: &Lookups,
+        from: Option<IpAddr>,
+    ) -> Result<(String, String), AppError> {
+        self.caller(Credential::Token(token), lookups, from).await?.ok_or(AppError::Unauthorized)?;
         let id = random_hex()?;
-        let started = self.db.start_session(&digest(&id), name, SESSION_SECS).await.map_err(unavailable)?;
-        if !started {
-            return Err(AppError::Unauthorized);
-        }
-        Ok(id)
+        let started =
+            self.db.start_session(&digest(&id), &digest(token), SESSION_SECS).await.map_err(unavailable)?;
+        let name = started.ok_or(AppError::Unauthorized)?;
+        Ok((id, name))
     }
 
     /// Ends the session `id` in the database (so on every node within [`FRESH`]) and at once on
@@ -172,7 +197,27 @@ impl PgAuth {
     pub(crate) async fn end_session(&self, id: &str) -> Result<(), AppError> {
         let key = (true, digest(id));
         self.db.end_session(&key.1).await.map_err(unavailable)?;
-        lock(&self.known, "credentials")?.remove(&key);
+        lock(&self.answers, "credentials")?.callers.remove(&key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_unknown_credentials_never_pushes_out_a_verified_caller() {
+        let mut answers = Answers::new();
+        let alice = (false, digest("alice's token"));
+        answers.remember(alice, Some(Caller { name: "alice".into(), role: Role::User }));
+        for n in 0..3 * MAX_ANSWERS {
+            answers.remember((false, digest(&format!("made up {n}"))), None);
+        }
+        assert!(matches!(answers.seen(&alice), Seen::Fresh(Some(c)) if c.name == "alice"));
+        assert_eq!(answers.unknown.len(), MAX_ANSWERS, "the oldest unknown ones were forgotten");
+        let newest = (false, digest(&format!("made up {}", 3 * MAX_ANSWERS - 1)));
+        assert!(matches!(answers.seen(&newest), Seen::Fresh(None)));
+        assert!(matches!(answers.seen(&(false, digest("made up 0"))), Seen::Unseen));
     }
 }

@@ -188,10 +188,18 @@ fn add_access(doc: &mut Value) {
             } else if path == "/metrics" {
                 responses.insert("403".into(), problem("Not an admin token"));
             }
-            if path.ends_with("/events") || path == "/api/ws" || (path == "/api/jobs" && method == "post") {
-                responses
-                    .insert("429".into(), problem("A per-owner limit; `Retry-After` says when to try again"));
-            }
+            let per_owner =
+                path.ends_with("/events") || path == "/api/ws" || (path == "/api/jobs" && method == "post");
+            responses.insert(
+                "429".into(),
+                problem(if per_owner {
+                    "A per-owner limit, or too many unknown credentials from this client address; \
+                     `Retry-After` says when to try again"
+                } else {
+                    "Too many unknown credentials from this client address; `Retry-After` says when to \
+                     try again"
+                }),
+            );
             if let Some(op) = operation.as_object_mut() {
                 op.insert("security".into(), json!([{}, {"bearer": []}, {"session": []}]));
             }
@@ -208,7 +216,8 @@ fn add_access(doc: &mut Value) {
                 "responses": {
                     "204": {"description": "Signed in; Set-Cookie: aura_session=…; HttpOnly; SameSite=Strict; Path=/"},
                     "400": problem("Malformed JSON"),
-                    "401": problem("Not a valid token")
+                    "401": problem("Not a valid token"),
+                    "429": problem("Too many unknown credentials from this client address; `Retry-After` says when to try again")
                 }
             },
             "delete": {

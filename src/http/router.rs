@@ -91,7 +91,8 @@ pub async fn require_credentials(
     if request.method() == Method::OPTIONS || !needs_credentials(request.uri().path()) {
         return Ok(next.run(request).await);
     }
-    let caller = app.auth().authenticate(request.headers()).await?;
+    let from = crate::access::lookups::client_ip(request.extensions());
+    let caller = app.auth().authenticate(request.headers(), from).await?;
     if request.uri().path() == "/metrics" && !caller.sees_all() {
         return Err(AppError::Forbidden("metrics need an admin token".into()));
     }

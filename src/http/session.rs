@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use crate::access::auth::{SESSION_COOKIE, SESSION_SECS, session_cookie};
+use crate::access::lookups::ClientIp;
 use crate::error::AppError;
 use crate::http::extract::Body;
 use crate::http::state::AppState;
@@ -31,11 +32,15 @@ fn cookie(app: &AppState, value: &str, max_age: u64) -> Result<HeaderValue, AppE
 }
 
 /// `POST /api/session {"token": "…"}`: a browser session for that token's owner, as a cookie.
-async fn sign_in(State(app): State<AppState>, Body(body): Body) -> Result<Response, AppError> {
+/// A bad token is charged to the client address's budget of unknown credentials, as on any route.
+async fn sign_in(
+    State(app): State<AppState>,
+    ClientIp(from): ClientIp,
+    Body(body): Body,
+) -> Result<Response, AppError> {
     let request: SignIn = serde_json::from_slice(&body)
         .map_err(|_| AppError::bad_request("Malformed JSON", "send {\"token\": \"<token>\"}"))?;
-    let name = app.auth().token_name(&request.token).await?.ok_or(AppError::Unauthorized)?;
-    let id = app.auth().start_session(&name).await?;
+    let (id, name) = app.auth().start_session(&request.token, from).await?;
     tracing::info!(owner = %name, "browser session started");
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(header::SET_COOKIE, cookie(&app, &id, SESSION_SECS)?);

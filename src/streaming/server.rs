@@ -25,6 +25,10 @@
 //!
 //! `AURA_STREAM_TAKEOVER=false` skips the sniffer: hyper serves every connection and stream.
 //!
+//! Either way every request carries its connection's peer address as axum's
+//! `ConnectInfo<SocketAddr>` (the budget of unknown credentials is per client address, see
+//! `access::lookups`).
+//!
 //! Shutdown: no new connections, hyper's connections close gracefully, streams end (the
 //! fan-out closes them; a stream blocked on a client that stopped reading gives up within a
 //! second), and this returns once every connection task has finished, or after a grace period.
@@ -32,6 +36,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -39,6 +44,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -105,7 +111,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, _)) => {
+            Ok((socket, peer)) => {
                 backoff = MIN_BACKOFF;
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Past the cap: closed at once, so that the cap bounds descriptors.
@@ -115,6 +121,7 @@ pub async fn serve(
                 };
                 connections.spawn(connection(
                     socket,
+                    peer,
                     permit,
                     router.clone(),
                     settings.clone(),
@@ -157,6 +164,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 async fn connection(
     mut socket: TcpStream,
+    peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     router: Router,
     settings: Arc<Settings>,
@@ -168,19 +176,20 @@ async fn connection(
     // Small frames must leave at once: an event stream is latency, not throughput.
     let _ = socket.set_nodelay(true);
     if !settings.takeover {
-        Box::pin(serve_hyper(socket, Bytes::new(), accepted, router, &settings, closing)).await;
+        Box::pin(serve_hyper(socket, peer, Bytes::new(), accepted, router, &settings, closing)).await;
         return;
     }
     let mut head = BytesMut::with_capacity(1024);
     match sniff(&mut socket, &mut head, accepted + settings.header_timeout).await {
-        Sniffed::Stream(request) => {
+        Sniffed::Stream(mut request) => {
             // Kept for hours from here on: nothing the request needed stays allocated.
             drop(head);
+            request.extensions_mut().insert(ConnectInfo(peer));
             serve_stream(socket, *request, router, settings.write_timeout).await;
         }
         // Boxed so that hyper's connection state is not part of every stream's task.
         Sniffed::Other => {
-            Box::pin(serve_hyper(socket, head.freeze(), accepted, router, &settings, closing)).await;
+            Box::pin(serve_hyper(socket, peer, head.freeze(), accepted, router, &settings, closing)).await;
         }
         Sniffed::TooLarge => too_large(socket, settings.write_timeout).await,
         Sniffed::Gone => {}
@@ -370,6 +379,7 @@ fn http_date() -> String {
 /// ends, a head is late, it has been idle too long, or shutdown has closed it.
 async fn serve_hyper(
     socket: TcpStream,
+    peer: SocketAddr,
     prefix: Bytes,
     accepted: Instant,
     router: Router,
@@ -384,7 +394,7 @@ async fn serve_hyper(
         write_timeout: settings.write_timeout,
         stall: None,
     };
-    let service = Tracked { router, activity: activity.clone() };
+    let service = Tracked { router, activity: activity.clone(), peer };
     let conn = hyper::server::conn::http1::Builder::new()
         // Without a timer hyper's header timeout is silently off. Its timer starts as soon as
         // a response is done, so on its own it would close idle connections after the header
@@ -518,10 +528,12 @@ impl Drop for InFlight {
     }
 }
 
-/// The router as hyper's service, counting requests in flight until their bodies end.
+/// The router as hyper's service, counting requests in flight until their bodies end; each
+/// request gets the connection's peer address.
 struct Tracked {
     router: Router,
     activity: Arc<Activity>,
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -529,9 +541,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Guarded>, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
         let router = self.router.clone();
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         Box::pin(async move {
             let Ok(response) = router.oneshot(request.map(Body::new)).await;
             Ok(response.map(|body| Guarded { body, _in_flight: in_flight }))

@@ -202,6 +202,132 @@ async fn a_session_survives_a_restart_and_ends_with_its_token() -> TestResult {
     Ok(())
 }
 
+/// API.md: a browser session belongs to the token that opened it, not to the token's name.
+#[tokio::test]
+async fn a_session_ends_with_its_token_and_a_new_token_of_the_same_name_does_not_revive_it() -> TestResult {
+    let s = spawn_secured(|_| {}).await?;
+    let old = s.tokens.create("rotated", true)?;
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": old})).send().await?;
+    assert_eq!(res.status(), 204);
+    let cookie = session_cookie(&res)?;
+    let metrics = || s.app.client.get(s.app.url("/metrics")).header("cookie", &cookie);
+    assert_eq!(metrics().send().await?.status(), 200, "the session of the admin token");
+
+    assert!(s.tokens.revoke("rotated")?);
+    assert_refused_soon(metrics, "the session of a revoked token").await?;
+    let new = s.tokens.create("rotated", true)?;
+    assert_eq!(s.req(Method::GET, "/metrics", &new).send().await?.status(), 200, "the new token");
+    // The old session stays ended, also once every cache has had time to expire (a PostgreSQL
+    // node trusts an answer for a second): it is refused on every try for two seconds.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert_unauthorized(&metrics().send().await?, "an old session under a new token of its name");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A session opened with the new token works; the old token cannot open one.
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": old})).send().await?;
+    assert_unauthorized(&res, "signing in with the revoked token");
+    let res = s.app.client.post(s.app.url("/api/session")).json(&json!({"token": new})).send().await?;
+    assert_eq!(res.status(), 204);
+    let renewed = session_cookie(&res)?;
+    let res = s.app.client.get(s.app.url("/metrics")).header("cookie", &renewed).send().await?;
+    assert_eq!(res.status(), 200, "a session of the new token");
+    assert_unauthorized(&metrics().send().await?, "the old session, after the new one started");
+    Ok(())
+}
+
+/// A client bound to `ip`: all of 127.0.0.0/8 is loopback, so each test "address" is its own.
+fn client_from(ip: [u8; 4]) -> TestResult<reqwest::Client> {
+    let ip = std::net::IpAddr::from(ip);
+    Ok(reqwest::Client::builder().local_address(ip).pool_max_idle_per_host(0).build()?)
+}
+
+/// API.md: lookups of unknown credentials are limited per client address. Flooders on three
+/// addresses (one of them the legitimate client's own, 127.0.0.1) send made-up bearer tokens
+/// for two seconds; they get `401` until their address's budget is spent, then `429`. All the
+/// while, tokens the server knows get `200` on every poll, and a token presented for the first
+/// time from an address that is not flooding gets in too.
+#[tokio::test]
+async fn a_flood_of_made_up_tokens_costs_the_flooder_429_and_every_known_token_keeps_working() -> TestResult {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const FLOOD: Duration = Duration::from_secs(2);
+    const MOST_PER_FLOODER: usize = 5_000;
+    let s = spawn_secured(|_| {}).await?;
+    let get = |client: &reqwest::Client, path: &str, token: &str| {
+        client.get(s.app.url(path)).bearer_auth(token.to_owned()).send()
+    };
+    let legit = client_from([127, 0, 0, 1])?;
+    assert_eq!(get(&legit, "/api/jobs", &s.alice).await?.status(), 200);
+    assert_eq!(get(&legit, "/metrics", &s.root).await?.status(), 200);
+
+    let throttled = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let flood_from = |ip: [u8; 4]| {
+        let (throttled, get) = (&throttled, &get);
+        async move {
+            let client = client_from(ip)?;
+            let start = std::time::Instant::now();
+            let (mut refused, mut limited) = (0usize, 0usize);
+            while start.elapsed() < FLOOD && refused + limited < MOST_PER_FLOODER {
+                let made_up = format!("aura_{}", Uuid::new_v4().simple());
+                let res = get(&client, "/api/jobs", &made_up).await?;
+                match res.status().as_u16() {
+                    401 => refused += 1,
+                    429 => {
+                        assert_problem(&res, 429, "a flooder past its budget");
+                        let retry: u64 = res.headers()["retry-after"].to_str()?.parse()?;
+                        assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+                        let body: Value = res.json().await?;
+                        assert_eq!(body["type"], "urn:aura:problem:too-many-requests");
+                        limited += 1;
+                        throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => return Err(format!("a made-up token from {ip:?} got {other}").into()),
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((refused, limited))
+        }
+    };
+    let flood = async {
+        let answers =
+            futures_util::future::join_all([[127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]].map(flood_from))
+                .await;
+        done.store(true, Ordering::Relaxed);
+        answers
+    };
+    let known = async {
+        let mut polls = 0;
+        let mut newcomer = None;
+        while !done.load(Ordering::Relaxed) {
+            let res = get(&legit, "/api/jobs", &s.alice).await?;
+            assert_eq!(res.status(), 200, "a known token during the flood, poll {polls}");
+            polls += 1;
+            // Once the flood is being held back, a token this server has not seen yet, from an
+            // address of its own, is looked up and let in.
+            if newcomer.is_none() && throttled.load(Ordering::Relaxed) > 0 {
+                let res = get(&client_from([127, 0, 0, 9])?, "/api/jobs", &s.bob).await?;
+                newcomer = Some(res.status().as_u16());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((polls, newcomer))
+    };
+    let (answers, known) = tokio::time::timeout(WAIT, async { tokio::join!(flood, known) }).await?;
+    let (polls, newcomer) = known?;
+    for (ip, answer) in [1, 2, 3].iter().zip(answers) {
+        let (refused, limited) = answer?;
+        assert!(limited > 0, "127.0.0.{ip}: {refused} refused with 401, none held back with 429");
+        assert!(refused <= 100, "127.0.0.{ip}: {refused} made-up tokens looked up in {FLOOD:?}");
+    }
+    assert!(polls >= 10, "the known token was polled {polls} times");
+    assert_eq!(newcomer, Some(200), "a new caller from another address during the flood");
+    assert_eq!(get(&legit, "/metrics", &s.root).await?.status(), 200, "the admin after the flood");
+    let metrics = get(&legit, "/metrics", &s.root).await?.text().await?;
+    assert!(metrics.contains("aura_rejections_total{reason=\"credential-lookups\"}"), "{metrics}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn changes_to_the_tokens_file_apply_without_a_restart() -> TestResult {
     let s = spawn_secured(|_| {}).await?;

@@ -90,7 +90,7 @@ fn who(result: Result<Caller, AppError>) -> Result<(String, Role), StatusCode> {
 async fn until_refused(node: &Auth, headers: &HeaderMap) -> TestResult<Duration> {
     let start = Instant::now();
     loop {
-        match who(node.authenticate(headers).await) {
+        match who(node.authenticate(headers, None).await) {
             Err(StatusCode::UNAUTHORIZED) => return Ok(start.elapsed()),
             Ok(_) if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
             other => return Err(format!("still {other:?} after {:?}", start.elapsed()).into()),
@@ -106,17 +106,17 @@ async fn a_token_made_with_the_cli_in_the_database_works_on_two_nodes_at_once() 
     let (b, _b) = node(&url).await?;
     for n in [&a, &b] {
         assert!(n.has_tokens().await);
-        assert_eq!(who(n.authenticate(&bearer(&root)?).await), Ok(("root".into(), Role::Admin)));
+        assert_eq!(who(n.authenticate(&bearer(&root)?, None).await), Ok(("root".into(), Role::Admin)));
         // Tokens exist, so no credentials is no entry (not the open-mode caller).
-        assert_eq!(who(n.authenticate(&HeaderMap::new()).await), Err(StatusCode::UNAUTHORIZED));
-        assert_eq!(who(n.authenticate(&bearer("aura_made_up")?).await), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(who(n.authenticate(&HeaderMap::new(), None).await), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(who(n.authenticate(&bearer("aura_made_up")?, None).await), Err(StatusCode::UNAUTHORIZED));
     }
 
     // A token made while both nodes run works on both at once: no node waits for a cache.
     let alice = create(&url, "alice", false).await?;
     for n in [&a, &b] {
-        assert_eq!(who(n.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
-        assert_eq!(n.token_name(&alice).await.ok().flatten().as_deref(), Some("alice"));
+        assert_eq!(who(n.authenticate(&bearer(&alice)?, None).await), Ok(("alice".into(), Role::User)));
+        assert_eq!(n.start_session(&alice, None).await.ok().map(|(_, name)| name).as_deref(), Some("alice"));
     }
 
     // The CLI's other commands print exactly what they print with a tokens file.
@@ -196,8 +196,8 @@ async fn a_browser_signed_in_on_one_server_is_signed_in_on_another_and_signing_o
     // A session started through one node's `Auth` and ended through another's, the same way.
     let (c, _c) = node(&url).await?;
     let (d, _d) = node(&url).await?;
-    let id = c.start_session("alice").await?;
-    assert_eq!(who(d.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
+    let (id, _) = c.start_session(&alice, None).await?;
+    assert_eq!(who(d.authenticate(&cookie(&id)?, None).await), Ok(("alice".into(), Role::User)));
     d.end_session(&id).await?;
     until_refused(&c, &cookie(&id)?).await?;
     a.stop().await?;
@@ -212,11 +212,11 @@ async fn revoking_a_token_ends_its_sessions_on_every_node_within_a_second() -> T
     let alice = create(&url, "alice", false).await?;
     let (a, _a) = node(&url).await?;
     let (b, _b) = node(&url).await?;
-    let id = a.start_session("alice").await?;
+    let (id, _) = a.start_session(&alice, None).await?;
     // Both nodes have just seen the session and the token: their caches hold them.
     for n in [&a, &b] {
-        assert_eq!(who(n.authenticate(&cookie(&id)?).await), Ok(("alice".into(), Role::User)));
-        assert_eq!(who(n.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
+        assert_eq!(who(n.authenticate(&cookie(&id)?, None).await), Ok(("alice".into(), Role::User)));
+        assert_eq!(who(n.authenticate(&bearer(&alice)?, None).await), Ok(("alice".into(), Role::User)));
     }
 
     let (code, _, err) = aura_token(&url, &["revoke", "alice"]).await?;
@@ -226,13 +226,22 @@ async fn revoking_a_token_ends_its_sessions_on_every_node_within_a_second() -> T
         assert!(took <= Duration::from_millis(1500), "a revoked token's session lived {took:?}");
         until_refused(n, &bearer(&alice)?).await?;
     }
-    // A new token of the same name does not bring the old sessions back.
-    let _alice = create(&url, "alice", false).await?;
-    assert_eq!(who(b.authenticate(&cookie(&id)?).await), Err(StatusCode::UNAUTHORIZED));
-    // A session can no longer be started for a name whose token is gone.
+    // A new token of the same name does not bring the old sessions back, and the old token
+    // opens no new one.
+    let renewed = create(&url, "alice", false).await?;
+    assert_eq!(who(b.authenticate(&cookie(&id)?, None).await), Err(StatusCode::UNAUTHORIZED));
+    assert_eq!(a.start_session(&alice, None).await.err().map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
+    let (renewed_id, name) = b.start_session(&renewed, None).await?;
+    assert_eq!(name, "alice");
+    assert_eq!(who(a.authenticate(&cookie(&renewed_id)?, None).await), Ok(("alice".into(), Role::User)));
+    // A session can no longer be started with a token that is gone.
     let (code, _, _) = aura_token(&url, &["revoke", "alice"]).await?;
     assert_eq!(code, 0);
-    assert_eq!(a.start_session("alice").await.err().map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
+    until_refused(&a, &bearer(&renewed)?).await?;
+    assert_eq!(
+        a.start_session(&renewed, None).await.err().map(|e| e.status()),
+        Some(StatusCode::UNAUTHORIZED)
+    );
     Ok(())
 }
 
@@ -241,15 +250,15 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
     let cluster = OwnCluster::start()?;
     let alice = create(&cluster.url, "alice", false).await?;
     let (a, _a) = node(&cluster.url).await?;
-    let id = a.start_session("alice").await?;
-    assert_eq!(who(a.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
+    let (id, _) = a.start_session(&alice, None).await?;
+    assert_eq!(who(a.authenticate(&bearer(&alice)?, None).await), Ok(("alice".into(), Role::User)));
 
     cluster.pause()?;
     // Once what this node knew is older than a second, nobody gets in: not the token, not the
     // session, not an unknown token, and not a caller without credentials (no open mode).
     let start = Instant::now();
     loop {
-        match who(a.authenticate(&bearer(&alice)?).await) {
+        match who(a.authenticate(&bearer(&alice)?, None).await) {
             Err(StatusCode::SERVICE_UNAVAILABLE) => break,
             Ok(_) if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
             other => {
@@ -258,19 +267,19 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
         }
     }
     for headers in [bearer(&alice)?, cookie(&id)?, bearer("aura_made_up")?, HeaderMap::new()] {
-        let answer = who(a.authenticate(&headers).await);
+        let answer = who(a.authenticate(&headers, None).await);
         assert!(
             matches!(answer, Err(StatusCode::SERVICE_UNAVAILABLE | StatusCode::UNAUTHORIZED)),
             "{answer:?}"
         );
     }
     assert!(a.has_tokens().await, "not knowing counts as having tokens");
-    assert!(a.start_session("alice").await.is_err());
+    assert!(a.start_session(&alice, None).await.is_err());
 
     // Back again: the same node lets the token in without a restart.
     cluster.resume()?;
     let start = Instant::now();
-    while who(a.authenticate(&bearer(&alice)?).await).is_err() {
+    while who(a.authenticate(&bearer(&alice)?, None).await).is_err() {
         assert!(start.elapsed() < WAIT, "the token never worked again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -278,34 +287,46 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
 }
 
 #[tokio::test]
-async fn a_flood_of_made_up_tokens_is_not_a_query_each_and_known_callers_still_get_in() -> TestResult {
+async fn a_flood_of_made_up_tokens_is_not_a_query_each_and_costs_only_its_own_address() -> TestResult {
+    use std::net::{IpAddr, Ipv4Addr};
     let url = database().await?;
     let alice = create(&url, "alice", false).await?;
     let (a, _a) = node(&url).await?;
-    assert_eq!(who(a.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
+    let flooder = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let other = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+    assert_eq!(who(a.authenticate(&bearer(&alice)?, flooder).await), Ok(("alice".into(), Role::User)));
 
     let mut refused = 0;
     let mut held_back = 0;
     let start = Instant::now();
     for n in 0..1000 {
-        match who(a.authenticate(&bearer(&format!("aura_made_up_{n}"))?).await) {
+        match who(a.authenticate(&bearer(&format!("aura_made_up_{n}"))?, flooder).await) {
             Err(StatusCode::UNAUTHORIZED) => refused += 1,
-            Err(StatusCode::SERVICE_UNAVAILABLE) => held_back += 1,
+            Err(StatusCode::TOO_MANY_REQUESTS) => held_back += 1,
             other => return Err(format!("a made-up token got {other:?}").into()),
         }
     }
-    // Looked up at most at the miss budget's rate (50 a second, burst 50); the rest are held
-    // back with a 503 and no query.
-    let budget = 50 + (start.elapsed().as_secs_f64() * 50.0).ceil() as usize;
+    // Looked up at most at the address's budget (10 a second, burst 30); the rest are held
+    // back with a 429 and no query.
+    let budget = 30 + (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
     assert!(refused <= budget, "{refused} lookups in {:?}", start.elapsed());
     assert!(held_back >= 1000 - budget, "{held_back}");
 
-    // Meanwhile a caller this node knows still gets in, even after its cache entry went stale.
+    // Another address has a budget of its own: a token this node has not seen yet gets in
+    // from there, and a made-up one is a plain 401.
+    let bob = create(&url, "bob", false).await?;
+    assert_eq!(who(a.authenticate(&bearer(&bob)?, other).await), Ok(("bob".into(), Role::User)));
+    assert_eq!(who(a.authenticate(&bearer("aura_made_up_x")?, other).await), Err(StatusCode::UNAUTHORIZED));
+
+    // Meanwhile a caller this node knows still gets in from the flooding address, even after
+    // its cache entry went stale, and its lookups are not charged.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for n in 0..200 {
-        let _ = a.authenticate(&bearer(&format!("aura_more_made_up_{n}"))?).await;
+        let _ = a.authenticate(&bearer(&format!("aura_more_made_up_{n}"))?, flooder).await;
     }
-    assert_eq!(who(a.authenticate(&bearer(&alice)?).await), Ok(("alice".into(), Role::User)));
+    for _ in 0..50 {
+        assert_eq!(who(a.authenticate(&bearer(&alice)?, flooder).await), Ok(("alice".into(), Role::User)));
+    }
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 //!
 //! With SQLite, tokens live in a file beside the data (see `access::auth`); with PostgreSQL the
 //! `tokens` and `sessions` tables replace that file. Only SHA-256 digests are stored, never a
-//! token or a session id, and a session row is deleted with its token (`ON DELETE CASCADE`), so
-//! revoking a token ends its sessions on every node in the same transaction. Expiry is judged on
+//! token or a session id. A session row names the token that opened it by the token's digest,
+//! not its name, and is deleted with it (`ON DELETE CASCADE`): revoking a token ends its sessions
+//! on every node in the same transaction, and a new token of the same name (another digest)
+//! never answers for them. Expiry is judged on
 //! the database's clock, the one clock every node shares.
 //!
 //! This is SQL only: caching, and deciding who a caller is, stay in `access::auth`.
@@ -94,11 +96,12 @@ impl PgAccess {
         Ok(row.map(|r| TokenRow { name: r.name, admin: r.admin }))
     }
 
-    /// The token of the unexpired session whose id has the digest `digest`, if there is one.
+    /// The token that opened the unexpired session whose id has the digest `digest`, if both
+    /// are there.
     pub async fn session_token(&self, digest: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         let row = sqlx::query!(
             r#"SELECT t.name, t.role = 'admin' AS "admin!"
-               FROM sessions s JOIN tokens t ON t.name = s.token_name
+               FROM sessions s JOIN tokens t ON t.digest = s.token_digest
                WHERE s.digest = $1 AND s.expires_at > now()"#,
             &digest[..]
         )
@@ -107,24 +110,31 @@ impl PgAccess {
         Ok(row.map(|r| TokenRow { name: r.name, admin: r.admin }))
     }
 
-    /// Starts a session for the token `name`, lasting `secs` on the database's clock, and sweeps
-    /// sessions that have expired. `false` when the token is gone (revoked in the meantime).
-    pub async fn start_session(&self, digest: &[u8; 32], name: &str, secs: u64) -> Result<bool, StoreError> {
+    /// Starts a session (its id's digest `digest`) of the token whose digest is `token`, lasting
+    /// `secs` on the database's clock, and sweeps sessions that have expired. The token's name,
+    /// or `None` when there is no such token (revoked in the meantime).
+    pub async fn start_session(
+        &self,
+        digest: &[u8; 32],
+        token: &[u8; 32],
+        secs: u64,
+    ) -> Result<Option<String>, StoreError> {
         // Seconds as a float: `make_interval` takes them so, and a session lasts days, not ages.
         let secs = secs as f64;
         let mut tx = self.pool.begin().await?;
         sqlx::query!("DELETE FROM sessions WHERE expires_at <= now()").execute(&mut *tx).await?;
-        let done = sqlx::query!(
-            r#"INSERT INTO sessions (digest, token_name, expires_at)
-               SELECT $1, name, now() + make_interval(secs => $3::float8) FROM tokens WHERE name = $2"#,
+        let name = sqlx::query_scalar!(
+            r#"INSERT INTO sessions (digest, token_name, token_digest, expires_at)
+               SELECT $1, name, digest, now() + make_interval(secs => $3::float8) FROM tokens WHERE digest = $2
+               RETURNING token_name"#,
             &digest[..],
-            name,
+            &token[..],
             secs
         )
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(name)
     }
 
     /// Ends the session whose id has the digest `digest` (nothing if there is none).

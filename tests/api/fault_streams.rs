@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Node, create, job};
+use crate::cluster::{Node, create, job, slow_ffmpeg};
 use crate::faults::{FaultProxy, check_exactly_once, follow_all, is_pg_writer};
 use crate::helpers::TestResult;
-use crate::postgres::database;
+use crate::postgres::{OwnCluster, database};
 
 /// The longest any one wait here may take.
 const BOUND: Duration = Duration::from_secs(240);
@@ -88,5 +88,100 @@ async fn a_subscriber_on_a_node_whose_reads_are_cut_every_50_ms_misses_nothing_a
     check_exactly_once(&seen, &stored);
     drop(worker);
     drop(api);
+    Ok(())
+}
+
+/// A worker node's writer connections are cut every 200 ms while it renders: some commits fail,
+/// some succeed unseen by the node (the outcome is unknown to it). The job still ends
+/// `Completed` (on this node or, after its lease lapsed, as a new attempt on it again), nobody
+/// records a cancel nobody asked for, and a subscriber on the other node sees every stored event
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_writer_is_cut_mid_commit_still_completes_and_every_stream_is_exact() -> TestResult {
+    let db = database().await?;
+    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
+    let proxy = Arc::new(proxy);
+    let root = tempfile::tempdir()?;
+    let ffmpeg = Path::new("ffmpeg");
+    let api = Node::start(root.path(), "api", &db, 0, ffmpeg).await?;
+    let worker = Node::start(root.path(), "worker", &proxied, 1, ffmpeg).await?;
+
+    let stop = CancellationToken::new();
+    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let id = create(&api.base, "written under cuts", 4).await?;
+    let cutter = proxy.cut_repeatedly(Duration::from_millis(200), Duration::from_secs(10), is_pg_writer);
+
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
+        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    cutter.await?;
+    assert!(proxy.cuts() > 0, "the proxy cut no writer connection");
+    let stored = table(&db).await?;
+    assert_eq!(status, "Completed", "events: {stored:?}");
+    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
+    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+    stop.cancel();
+    let seen = subscriber.await??;
+    check_exactly_once(&seen, &stored);
+    Ok(())
+}
+
+/// PostgreSQL is frozen (SIGSTOP, as a paused VM or a stalled disk would) for 10 s, longer
+/// than the nodes' lease, while a job renders: nothing fails, no cancel is invented, the job
+/// completes (perhaps as a new attempt after `node-lost`), and a subscriber that keeps
+/// reconnecting sees every stored event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no_cancel() -> TestResult {
+    let cluster = OwnCluster::start()?;
+    let db = cluster.url.clone();
+    let root = tempfile::tempdir()?;
+    let ffmpeg = slow_ffmpeg(root.path(), 0.5)?;
+    let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
+    let worker = Node::start(root.path(), "worker", &db, 1, &ffmpeg).await?;
+
+    let stop = CancellationToken::new();
+    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+    let subscriber =
+        follow_all(vec![api.base.clone(), worker.base.clone()], stop.clone(), through.clone(), BOUND);
+    let id = create(&api.base, "rendered across a frozen database", 6).await?;
+    // Frozen once the job runs.
+    let deadline = Instant::now() + BOUND;
+    while job(&api.base, &id).await?["status"] != "Running" {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.signal("STOP")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.signal("CONT")?;
+
+    let status = loop {
+        let status = match job(&api.base, &id).await {
+            Ok(job) => job["status"].as_str().unwrap_or_default().to_owned(),
+            Err(_) => String::new(),
+        };
+        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored = table(&db).await?;
+    assert_eq!(status, "Completed", "events: {stored:?}\nworker log: {}", worker.log());
+    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
+    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+    stop.cancel();
+    let seen = subscriber.await??;
+    check_exactly_once(&seen, &stored);
     Ok(())
 }

@@ -68,6 +68,20 @@ impl OwnCluster {
     pub fn resume(&self) -> Result<(), String> {
         postgres_sh(&["resume", &self.dir]).map(drop)
     }
+
+    /// Stops every process of the server with `signal` (`STOP` freezes it: connections stay
+    /// open and nothing answers, like a paused VM; `CONT` thaws it).
+    pub fn signal(&self, signal: &str) -> Result<(), String> {
+        let pid_file = std::path::Path::new(&self.dir).join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).map_err(|e| format!("reading {pid_file:?}: {e}"))?;
+        let pid = text.lines().next().unwrap_or_default().trim().to_owned();
+        let children = Command::new("pkill").args([&format!("-{signal}"), "-P", &pid]).status();
+        let parent = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        match (children, parent) {
+            (Ok(_), Ok(p)) if p.success() => Ok(()),
+            other => Err(format!("signalling PostgreSQL ({pid}): {other:?}")),
+        }
+    }
 }
 
 impl Drop for OwnCluster {

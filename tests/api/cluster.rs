@@ -89,7 +89,7 @@ impl Node {
         Node::log_of(&self.dir)
     }
 
-    async fn sigkill(&mut self) -> TestResult {
+    pub async fn sigkill(&mut self) -> TestResult {
         self.child.start_kill()?;
         self.child.wait().await?;
         Ok(())
@@ -132,7 +132,7 @@ async fn open(base: &str, path: &str, last: i64) -> TestResult<SseStream> {
 }
 
 /// The node whose lease a job has now, if any.
-async fn lease_holder(db: &str, id: &str) -> TestResult<Option<String>> {
+pub(crate) async fn lease_holder(db: &str, id: &str) -> TestResult<Option<String>> {
     let mut conn = sqlx::PgConnection::connect(db).await?;
     let node: Option<Option<String>> = sqlx::query_scalar("SELECT node FROM leases WHERE job_id = $1")
         .bind(id)

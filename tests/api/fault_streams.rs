@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Node, create, job, slow_ffmpeg};
+use crate::cluster::{Node, create, job, lease_holder, slow_ffmpeg};
 use crate::faults::{FaultProxy, check_exactly_once, follow_all, is_pg_writer};
 use crate::helpers::TestResult;
 use crate::postgres::{OwnCluster, database};
@@ -184,4 +184,82 @@ async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no
     let seen = subscriber.await??;
     check_exactly_once(&seen, &stored);
     Ok(())
+}
+
+/// Kills (SIGKILL) the worker node that runs a job while the job is in `stage` (any, when
+/// `None`: as soon as it is claimed); the other
+/// worker continues it as a new attempt, it completes once, and a subscriber on the API node
+/// sees every stored event exactly once.
+async fn killed_during(stage: Option<&str>) -> TestResult {
+    let db = database().await?;
+    let root = tempfile::tempdir()?;
+    let ffmpeg = slow_ffmpeg(root.path(), 0.3)?;
+    let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
+    let mut workers = vec![
+        Node::start(root.path(), "worker-1", &db, 1, &ffmpeg).await?,
+        Node::start(root.path(), "worker-2", &db, 1, &ffmpeg).await?,
+    ];
+    let stop = CancellationToken::new();
+    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let id = create(&api.base, &format!("killed during {stage:?}"), 4).await?;
+
+    let deadline = Instant::now() + BOUND;
+    let holder = loop {
+        let snapshot = job(&api.base, &id).await?;
+        if stage.is_none_or(|stage| snapshot["stage"] == stage)
+            && snapshot["status"] == "Running"
+            && let Some(holder) = lease_holder(&db, &id).await?
+        {
+            break holder;
+        }
+        let ended = matches!(snapshot["status"].as_str(), Some("Completed" | "Failed" | "Cancelled"));
+        assert!(!ended && Instant::now() < deadline, "the job never ran {stage:?}: {snapshot}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim = if holder == "worker-1" { 0 } else { 1 };
+    workers[victim].sigkill().await?;
+    let survivor = &workers[1 - victim];
+
+    let status = loop {
+        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
+        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the job is still {status}; survivor's log: {}", survivor.log()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored = table(&db).await?;
+    assert_eq!(status, "Completed", "events: {stored:?}");
+    let kinds = |kind: &str| stored.iter().filter(|(_, k)| k == kind).count();
+    assert_eq!(kinds("job-completed"), 1, "completed once: {stored:?}");
+    assert_eq!(kinds("job-cancelled"), 0, "a cancel nobody asked for: {stored:?}");
+    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+    stop.cancel();
+    let seen = subscriber.await??;
+    check_exactly_once(&seen, &stored);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_as_soon_as_it_claims_a_job_loses_nothing() -> TestResult {
+    // Script takes no time worth aiming at: this kills right after the claim, in Script or so.
+    killed_during(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_during_audio_loses_nothing() -> TestResult {
+    killed_during(Some("Audio")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_during_timeline_loses_nothing() -> TestResult {
+    killed_during(Some("Timeline")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_during_render_loses_nothing() -> TestResult {
+    killed_during(Some("Render")).await
 }

@@ -195,7 +195,7 @@ async fn killed_during(stage: Option<&str>) -> TestResult {
     let root = tempfile::tempdir()?;
     let ffmpeg = slow_ffmpeg(root.path(), 0.3)?;
     let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
-    let mut workers = vec![
+    let mut workers = [
         Node::start(root.path(), "worker-1", &db, 1, &ffmpeg).await?,
         Node::start(root.path(), "worker-2", &db, 1, &ffmpeg).await?,
     ];

@@ -24,6 +24,10 @@ pub const WAITING_FOR_DISK: &str = "waiting-for-disk";
 /// the render is kept and storing it is retried with backoff.
 pub const WAITING_FOR_STORAGE: &str = "waiting-for-storage";
 
+/// The `warning` code of a job whose stage could not reach the database: it continues as a new
+/// attempt once the database answers again.
+pub const DATABASE_UNAVAILABLE: &str = "database-unavailable";
+
 /// The owner of every job while Aura runs without tokens.
 pub const LOCAL_OWNER: &str = "local";
 

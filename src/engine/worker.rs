@@ -20,12 +20,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::domain::job::{JobStatus, Stage, WAITING_FOR_DISK};
+use crate::domain::job::{DATABASE_UNAVAILABLE, JobStatus, Stage, WAITING_FOR_DISK};
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::pipeline::progress::Reporter;
 use crate::engine::pipeline::{self, Job, PipelineError, StageError};
 use crate::engine::publish::{self, Stored};
+use crate::store::StoreError;
 
 /// How often an idle worker looks for work even without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -178,6 +179,13 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             (job, result)
         });
         match task.await {
+            Ok((back, Err(PipelineError { step, error }))) if store_fault(&error) => {
+                tracing::warn!(step = step.name(), cause = ?error, "the database is unreachable; the job waits for it");
+                match wait_for_database(engine, &back, step).await {
+                    Parked::Resumed => job = back,
+                    Parked::Stopped(error) => break Ok((back, Err(PipelineError { step, error }))),
+                }
+            }
             Ok((back, Err(PipelineError { step, error }))) if disk_full(engine, &error) => {
                 tracing::warn!(step = step.name(), cause = ?error, "the disk is full; the job waits for space");
                 parked += 1;
@@ -276,6 +284,58 @@ fn disk_full(engine: &Engine, error: &StageError) -> bool {
             engine.disk().is_low()
         }
         StageError::Cancelled => false,
+    }
+}
+
+/// Whether a stage failed only because the database could not be reached (an append or a read
+/// of the job's own state failed: a cut connection, a pool that timed out, a failed group
+/// commit). Not the job's fault, and not final: the job continues as a new attempt once the
+/// database answers (see [`wait_for_database`]).
+fn store_fault(error: &StageError) -> bool {
+    let StageError::Failed { cause: Some(cause), .. } = error else { return false };
+    cause.chain().any(|e| {
+        matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Sqlx(_) | StoreError::GroupFailed(_)))
+    })
+}
+
+/// The longest wait between two tries to reach the database for a job that waits for it.
+const DATABASE_POLL_MAX: Duration = Duration::from_secs(10);
+
+/// Waits for a database that could not take a stage's events: tries to give the job a new
+/// attempt (which reuses every verified stage) with a growing pause, until it succeeds, the job
+/// turns out to have changed meanwhile (cancelled, or continued by another node after its lease
+/// lapsed: this worker stops), or it is cancelled or the server stops. The new attempt carries
+/// a `warning` `database-unavailable` naming the step.
+async fn wait_for_database(engine: &Engine, job: &Job, step: Stage) -> Parked {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            () = job.cancel.cancelled() => return Parked::Stopped(StageError::Cancelled),
+            () = tokio::time::sleep(pause) => {}
+        }
+        match lifecycle::resume_parked(engine.store(), job.id, job.handle.attempt()).await {
+            Ok(Ok(applied)) => {
+                job.handle.set_attempt(applied.state.attempt);
+                let message = format!(
+                    "the database could not be reached during {}: the job continues as a new attempt",
+                    step.name()
+                );
+                log_append(
+                    job.handle.warn(Some(step), DATABASE_UNAVAILABLE, message).await,
+                    "database-unavailable",
+                );
+                tracing::info!(step = step.name(), "the database answers again; the job continues");
+                return Parked::Resumed;
+            }
+            Ok(Err(refusal)) => {
+                tracing::info!(%refusal, "the job changed while the database was unreachable");
+                return Parked::Stopped(StageError::Cancelled);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the database is still unreachable");
+                pause = (pause * 2).min(DATABASE_POLL_MAX);
+            }
+        }
     }
 }
 

@@ -48,20 +48,43 @@ impl Node {
         ffmpeg: &Path,
         storage: Option<&S3>,
     ) -> TestResult<Node> {
+        let (args, env) = match storage {
+            Some(s3) => {
+                let (url, env) = s3.for_process();
+                (vec!["--storage-url".to_owned(), url], env)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Node::start_with(root, name, db, workers, ffmpeg, &args, &env).await
+    }
+
+    /// A node with further `aura serve` arguments and environment. A node started again under
+    /// the same name keeps its data folder, and its log grows.
+    pub async fn start_with(
+        root: &Path,
+        name: &str,
+        db: &str,
+        workers: u32,
+        ffmpeg: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> TestResult<Node> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("node.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
         let mut command = Command::new(AURA);
         command.args(["serve", "--addr", &addr, "--data-dir"]).arg(dir.join("data"));
-        if let Some(s3) = storage {
-            let (url, env) = s3.for_process();
-            command.args(["--storage-url", &url]).envs(env);
-        }
+        command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
         let child = command
             .args(["--database-url", db, "--node-name", name, "--workers", &workers.to_string()])
-            .args(["--lease-secs", &LEASE_SECS.to_string(), "--ffmpeg"])
+            .args(if args.iter().any(|a| a == "--lease-secs") {
+                Vec::new()
+            } else {
+                vec!["--lease-secs".to_owned(), LEASE_SECS.to_string()]
+            })
+            .arg("--ffmpeg")
             .arg(ffmpeg)
             .env("RUST_LOG", "warn,aura=info")
             .stdin(Stdio::null())

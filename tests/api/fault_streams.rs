@@ -12,7 +12,7 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, create, job, lease_holder, slow_ffmpeg};
-use crate::faults::{FaultProxy, check_exactly_once, follow_all, is_pg_writer};
+use crate::faults::{FaultProxy, Mode, check_exactly_once, follow_all, is_pg_writer};
 use crate::helpers::TestResult;
 use crate::postgres::{OwnCluster, database};
 
@@ -262,4 +262,52 @@ async fn a_worker_killed_during_timeline_loses_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_during_render_loses_nothing() -> TestResult {
     killed_during(Some("Render")).await
+}
+
+/// A worker node loses the database (every connection refused and cut) for 12 s mid-render,
+/// shorter than its lease: appends of its stage events fail meanwhile. The job does not fail:
+/// it waits for the database and continues (a new attempt, `warning` `database-unavailable`
+/// when an append failed), completes, and the stream is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_loses_the_database_mid_render_waits_for_it_instead_of_failing_the_job() -> TestResult {
+    let db = database().await?;
+    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
+    let root = tempfile::tempdir()?;
+    let ffmpeg = slow_ffmpeg(root.path(), 0.3)?;
+    let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
+    let lease = ["--lease-secs".to_owned(), "30".to_owned()];
+    let worker = Node::start_with(root.path(), "worker", &proxied, 1, &ffmpeg, &lease, &[]).await?;
+    let stop = CancellationToken::new();
+    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let id = create(&api.base, "rendered across a lost database", 8).await?;
+
+    let deadline = Instant::now() + BOUND;
+    while job(&api.base, &id).await?["stage"] != "Visuals" {
+        assert!(Instant::now() < deadline, "the job never reached Visuals");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.set(Mode::Refuse);
+    proxy.cut_all();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.set(Mode::Pass);
+
+    let status = loop {
+        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
+        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored = table(&db).await?;
+    assert_eq!(status, "Completed", "events: {stored:?}\nworker log: {}", worker.log());
+    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
+    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+    stop.cancel();
+    let seen = subscriber.await??;
+    check_exactly_once(&seen, &stored);
+    Ok(())
 }

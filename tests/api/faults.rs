@@ -288,6 +288,13 @@ pub fn follow_all(
 
 /// The checker: `seen` must be exactly `table` (every stored id), once each, in ascending order.
 pub fn check_exactly_once(seen: &Seen, table: &[(i64, String)]) {
+    if let Err(e) = verify_exactly_once(seen, table) {
+        panic!("{e}");
+    }
+}
+
+/// [`check_exactly_once`] as a verdict: what was lost, repeated, out of order or never stored.
+pub fn verify_exactly_once(seen: &Seen, table: &[(i64, String)]) -> Result<(), String> {
     let ids: Vec<i64> = seen.events.iter().map(|(id, _)| *id).collect();
     let mut repeated = Vec::new();
     let mut out_of_order = Vec::new();
@@ -302,14 +309,16 @@ pub fn check_exactly_once(seen: &Seen, table: &[(i64, String)]) {
     let lost: Vec<&(i64, String)> = table.iter().filter(|(id, _)| !saw.contains(id)).collect();
     let stored: BTreeSet<i64> = table.iter().map(|(id, _)| *id).collect();
     let invented: Vec<i64> = saw.difference(&stored).copied().collect();
-    assert!(
-        lost.is_empty() && repeated.is_empty() && out_of_order.is_empty() && invented.is_empty(),
+    if lost.is_empty() && repeated.is_empty() && out_of_order.is_empty() && invented.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
         "lost {lost:?}, repeated {repeated:?}, out of order {out_of_order:?}, never stored {invented:?} \
          ({} seen over {} connections, {} stored)",
         ids.len(),
         seen.reconnects,
         table.len()
-    );
+    ))
 }
 
 /// The harness itself: each mode does what it says on a real TCP echo server, and a cut closes

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod bench;
+mod chaos;
 mod cli;
 mod cluster;
 mod connections;

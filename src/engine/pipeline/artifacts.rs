@@ -52,7 +52,19 @@ async fn fingerprint(path: PathBuf) -> anyhow::Result<(u64, String)> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, String)> {
         let mut file = std::fs::File::open(&path).context("opening an artifact")?;
         let mut hasher = Sha256::new();
-        let size = std::io::copy(&mut file, &mut hasher).context("reading an artifact")?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match std::io::Read::read(&mut file, &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read.context("reading an artifact")?,
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
         let digest = hasher.finalize();
         Ok((size, digest.iter().map(|b| format!("{b:02x}")).collect()))
     })

@@ -266,7 +266,7 @@ struct Resume {
 
 impl Resume {
     /// The recorded output of `step` if it and every stage before it can be skipped.
-    async fn skip<T: serde::de::DeserializeOwned>(
+    async fn skip<T: serde::de::DeserializeOwned + artifacts::Supplies>(
         &mut self,
         job: &Job,
         step: Stage,

@@ -205,6 +205,7 @@ impl Job {
     fn child(&self, program: &Path, deadline: Deadline) -> Process {
         Process::new(program)
             .job(self.id)
+            .recorded_in(self.work_dir.join("processes"), self.handle.attempt())
             .current_dir(&self.work_dir)
             .timeout(deadline.remaining())
             .cancel_on(self.cancel.clone())

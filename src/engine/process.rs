@@ -5,11 +5,17 @@
 //! SIGKILL, so nothing a stage started outlives it. Errors are typed so the pipeline can tell a
 //! missing binary from a failing one; the stderr tail goes to the log, never to a client.
 //! A clippy `disallowed-types` entry keeps `tokio::process::Command` out of every other module.
+//!
+//! **Only its own.** Because children run in their own groups they survive a SIGKILL of the
+//! server, and the next start must stop them ([`kill_recorded_orphans`]). It must stop nothing
+//! else — an operator's shell in a job folder included — so it never looks at working folders or
+//! arguments: a child started for a job records its group (its id, its leader's start time in
+//! clock ticks since boot, the boot's id and the attempt) in `<job>/work/processes/<pgid>` while it
+//! runs, and only a group whose leader still has that start time in that boot is killed.
 #![allow(clippy::disallowed_types)]
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -54,6 +60,8 @@ pub struct Process {
     timeout: Duration,
     cancel: CancellationToken,
     job_id: Option<Uuid>,
+    /// Where the child's group is recorded while it runs, and for which attempt.
+    record: Option<(PathBuf, u32)>,
 }
 
 /// What a finished child wrote to stdout (when it was not consumed line by line).
@@ -71,6 +79,7 @@ impl Process {
             timeout: Duration::from_secs(60),
             cancel: CancellationToken::new(),
             job_id: None,
+            record: None,
         }
     }
 
@@ -106,6 +115,13 @@ impl Process {
 
     pub fn job(mut self, job_id: Uuid) -> Self {
         self.job_id = Some(job_id);
+        self
+    }
+
+    /// Records the child's process group in `dir` (a job's `work/processes`) while it runs, so
+    /// that the next start can stop it if this server dies first (see [`kill_recorded_orphans`]).
+    pub fn recorded_in(mut self, dir: impl Into<PathBuf>, attempt: u32) -> Self {
+        self.record = Some((dir.into(), attempt));
         self
     }
 
@@ -157,6 +173,10 @@ impl Process {
             Err(e) => return Err(ProcessError::Io { program, source: e }),
         };
         let _running = RunningGauge::new();
+        let _record = match (&self.record, child.id()) {
+            (Some((dir, attempt)), Some(pid)) => GroupRecord::write(dir, pid, *attempt),
+            _ => None,
+        };
         let stderr = child.stderr.take().map(|s| tokio::spawn(stderr_tail(s)));
         let stdout = child.stdout.take();
         let work = async {
@@ -274,47 +294,96 @@ impl Drop for RunningGauge {
     }
 }
 
-/// Kills (SIGKILL, whole process group) every process still working under `dir`: children a
-/// previous server started there before it died. A process counts when its working folder or
-/// any argument lies under `dir`. Returns how many groups were killed.
-///
-/// Aura's children run in their own process groups so that cancel can kill a whole tree; the
-/// flip side is that they survive a SIGKILL of the server. The next start cleans up here,
-/// before it resumes the jobs those children worked for.
-pub fn kill_orphans_under(dir: &Path) -> usize {
-    let Ok(dir) = std::fs::canonicalize(dir) else { return 0 };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
-    let me = std::process::id();
-    let mut groups = std::collections::BTreeSet::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == me {
-            continue;
-        }
-        let proc_dir = entry.path();
-        let cwd_inside = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
-        let arg_inside = std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
-            cmdline
-                .split(|b| *b == 0)
-                .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(&dir))
-        });
-        if !(cwd_inside || arg_inside) {
-            continue;
-        }
-        let Ok(pid) = i32::try_from(pid) else { continue };
-        match nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
-            // Never our own group: that would be the server itself.
-            Ok(pgid) if pgid != nix::unistd::getpgrp() => {
-                groups.insert(pgid);
+/// The record of one running child's process group: `<dir>/<pgid>` holding
+/// `<boot id> <leader start ticks> <attempt>`. Removed when the child has ended.
+struct GroupRecord {
+    path: PathBuf,
+}
+
+impl GroupRecord {
+    /// Writes the record of the group `pid` leads; `None` (logged) when it cannot.
+    fn write(dir: &Path, pid: u32, attempt: u32) -> Option<GroupRecord> {
+        let (Some(boot), Some(start)) = (boot_id(), start_ticks(pid)) else {
+            tracing::warn!(pid, "cannot tell a child's start time; it is not recorded");
+            return None;
+        };
+        let path = dir.join(pid.to_string());
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, format!("{boot} {start} {attempt}\n")));
+        match written {
+            Ok(()) => Some(GroupRecord { path }),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "recording a child's process group failed");
+                None
             }
-            _ => {}
         }
     }
-    for pgid in &groups {
-        tracing::warn!(pgid = pgid.as_raw(), "killing a process group left behind by a previous run");
-        let _ = killpg(*pgid, Signal::SIGKILL);
+}
+
+impl Drop for GroupRecord {
+    fn drop(&mut self) {
+        // The folder stays: another child of the job may be recording itself there right now.
+        // It goes with the job's work files.
+        let _ = std::fs::remove_file(&self.path);
     }
-    groups.len()
+}
+
+/// This boot's id: start times count from the boot, so a record of another boot names nothing.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields after its last `)`
+    // start with the state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills (SIGKILL, whole process group) the children a previous server started for the jobs
+/// under `jobs_dir` and left running when it died: each group recorded in a job's
+/// `work/processes` folder whose leader is still the process that was recorded (same pid, same start time, same
+/// boot) and still leads its group. Nothing else is touched, whatever its working folder or
+/// arguments. Every record is removed. Returns how many groups were killed.
+///
+/// A group whose leader has exited is left alone: its number may by now belong to someone
+/// else. Aura's children are ffmpeg and ffprobe, which lead their groups until they end.
+pub fn kill_recorded_orphans(jobs_dir: &Path) -> usize {
+    let Ok(jobs) = std::fs::read_dir(jobs_dir) else { return 0 };
+    let boot = boot_id();
+    let mine = nix::unistd::getpgrp();
+    let mut killed = 0;
+    for job in jobs.flatten() {
+        let dir = job.path().join("work").join("processes");
+        let Ok(records) = std::fs::read_dir(&dir) else { continue };
+        for record in records.flatten() {
+            let path = record.path();
+            let target = std::fs::read_to_string(&path).ok().and_then(|text| {
+                let pgid: u32 = record.file_name().to_str()?.parse().ok()?;
+                let mut fields = text.split_whitespace();
+                let (recorded_boot, start) = (fields.next()?, fields.next()?.parse::<u64>().ok()?);
+                let same = boot.as_deref() == Some(recorded_boot) && start_ticks(pgid) == Some(start);
+                let pid = Pid::from_raw(i32::try_from(pgid).ok()?);
+                // Still the leader of its own group, and never the server's group.
+                let leads = nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid && g != mine);
+                (same && leads).then_some(pid)
+            });
+            if let Some(pgid) = target {
+                tracing::warn!(
+                    pgid = pgid.as_raw(),
+                    "killing a process group a previous run started and left behind"
+                );
+                if killpg(pgid, Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    killed
 }
 
 /// Starts a long-running child (a server for `aura bench`): its own process group, killed

@@ -4,8 +4,10 @@
 //! Aura holds the data folder's lock, so at start it *knows* no other process is working on
 //! its jobs: every job still `Running` was orphaned. In order:
 //!
-//! 1. processes a previous run started under `<data-dir>/jobs` are killed (they run in their
-//!    own process groups and so outlive a SIGKILL of the server);
+//! 1. the process groups a previous run started for its jobs and recorded in their folders
+//!    (`<job>/work/processes/`) are killed if still running (they run in their own process groups and
+//!    so outlive a SIGKILL of the server); nothing is matched by path, so a process of someone
+//!    else's that works in a job folder is left alone (see `process::kill_recorded_orphans`);
 //! 2. each `Running` job gets `engine-restarted` and a new attempt (or `too-many-attempts`), and
 //!    is queued for the workers ahead of new jobs; each `Cancelling` job ends `Cancelled`;
 //! 3. work files of jobs that have ended are removed (a completed job keeps its video).
@@ -38,7 +40,7 @@ pub struct Recovery {
 pub async fn recover(store: &Store, data_dir: &Path, max_attempts: u32) -> anyhow::Result<Recovery> {
     let jobs_dir = data_dir.join("jobs");
     let mut done = Recovery {
-        killed_groups: crate::engine::process::kill_orphans_under(&jobs_dir),
+        killed_groups: crate::engine::process::kill_recorded_orphans(&jobs_dir),
         ..Recovery::default()
     };
     // With a shared store other nodes run the Running jobs: a lost node's jobs are found by

@@ -257,7 +257,7 @@ async fn post(
     let literal = url
         .host_str()
         .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
-    if !task.settings.allow_private && literal.is_some_and(target::is_forbidden) {
+    if literal.is_some_and(|ip| target::is_forbidden(ip, task.settings.allow_private)) {
         return Err("blocked-address");
     }
     let timestamp = unix_now();

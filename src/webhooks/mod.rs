@@ -53,7 +53,8 @@ const CONFIRM_MARGIN: Duration = Duration::from_secs(3);
 /// The webhook settings, from `aura serve`'s.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `AURA_WEBHOOK_ALLOW_PRIVATE`: endpoints may be on loopback, private or link-local addresses.
+    /// `AURA_WEBHOOK_ALLOW_PRIVATE`: endpoints may be on loopback, private or link-local addresses
+    /// (the ranges `target` marks private; never the other special-purpose ones).
     pub allow_private: bool,
     /// `AURA_WEBHOOK_TIMEOUT_SECS`: the longest one attempt may take, answer included.
     pub timeout: Duration,
@@ -113,7 +114,13 @@ impl Webhooks {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Webhooks> {
+        // No proxy, whatever HTTP(S)_PROXY or ALL_PROXY say: behind a proxy the resolver below
+        // would check only the proxy's address while the proxy resolves (and may rebind) the
+        // target. A webhook proxy, if one is ever offered, must be a setting of its own,
+        // documented as trusting that proxy to refuse what `target` refuses. No redirect is
+        // followed either: a 3xx is the answer, recorded as it is.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -381,3 +381,113 @@ async fn a_new_attempt_without_local_files_takes_verified_stages_from_the_bucket
     assert!(left.is_empty(), "the ended job's stage artifacts are gone from the bucket: {left:?}");
     app.stop().await
 }
+
+/// A FIFO outside every job folder that tells whether anything opened it: a reader blocks in
+/// `open` until a writer comes, so a thread holding the write end open-pending learns of any
+/// reader the moment it opens. [`Tripwire::tripped`] releases the thread and answers.
+struct Tripwire {
+    path: PathBuf,
+    opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    fn new(path: PathBuf) -> TestResult<Tripwire> {
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR)?;
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (o, d, p) = (opened.clone(), done.clone(), path.clone());
+        let watcher = std::thread::spawn(move || {
+            let writer = std::fs::OpenOptions::new().write(true).open(&p);
+            if !d.load(std::sync::atomic::Ordering::SeqCst) {
+                o.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            // Closing the write end gives the reader an end of file, never data.
+            drop(writer);
+        });
+        Ok(Tripwire { path, opened, done, watcher: Some(watcher) })
+    }
+
+    /// Whether anything opened the FIFO before now.
+    fn tripped(mut self) -> TestResult<bool> {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Our own reader lets the watcher's `open` return (non-blocking: it may have returned).
+        let _reader = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().read(true),
+            nix::fcntl::OFlag::O_NONBLOCK.bits(),
+        )
+        .open(&self.path)?;
+        if let Some(watcher) = self.watcher.take() {
+            watcher.join().map_err(|_| "the tripwire's thread panicked")?;
+        }
+        Ok(self.opened.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[tokio::test]
+async fn a_stored_manifest_whose_output_names_a_file_outside_the_job_folder_is_redone_with_a_warning()
+-> TestResult {
+    let store = tempfile::tempdir()?;
+    let tools = tempfile::tempdir()?;
+    let slow = tools.path().join("slow-ffmpeg");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 0.5\nexec ffmpeg \"$@\"\n")?;
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    // A folder store that is not the data folder keeps each attempt's stages, as a bucket does.
+    let storage_url = format!("file://{}", store.path().display());
+    let settings = |cfg: &mut aura::config::ServeConfig| {
+        cfg.workers = Some(1);
+        cfg.storage_url = Some(storage_url.clone());
+        cfg.ffmpeg = slow.clone();
+    };
+    let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
+    let id = app.create(&small_job("Tampered timeline", "Square1x1", "mp4", "h264")).await?;
+    let render = |e: &crate::helpers::Sse| {
+        e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
+    };
+    tokio::time::timeout(WAIT, app.follow(id, render)).await??;
+    let dir = app.keep_dir()?;
+    app.stop().await?;
+
+    // The next attempt finds no local files. Timeline's stored manifest now names, as its
+    // encoded audio, a file outside the job folder: a FIFO that tells whether anything opens it.
+    std::fs::remove_dir_all(dir.path().join("data/jobs").join(id.to_string()))?;
+    let outside = tools.path().join("secret.m4a");
+    let tripwire = Tripwire::new(outside.clone())?;
+    let manifest = store.path().join(format!("jobs/{id}/1/stages/timeline.done.json"));
+    let mut recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+    recorded["output"]["audio"] = outside.to_string_lossy().into_owned().into();
+    std::fs::write(&manifest, serde_json::to_vec(&recorded)?)?;
+
+    let app = spawn_app_in(dir, settings).await?;
+    let job = app.finished(id, Duration::from_secs(120)).await;
+    let read_outside = tripwire.tripped()?;
+    assert!(!read_outside, "a file outside the job folder was opened");
+    let job = job?;
+    assert_eq!(job["status"], "Completed", "{job}");
+    assert_eq!(job["attempt"], 2, "{job}");
+    let history = app.history(id).await?;
+    let restart = history
+        .iter()
+        .position(|e| e["data"]["code"] == "engine-restarted" || e["data"]["code"] == "node-lost")
+        .context("no warning of the interruption")?;
+    let states = |step: &str| -> Vec<String> {
+        history[restart..]
+            .iter()
+            .filter(|e| e["type"] == "step-status" && e["data"]["step"] == step)
+            .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(states("Visuals"), ["Skipped"], "Visuals came from the store");
+    assert_eq!(states("Timeline"), ["Started", "Completed"], "the tampered Timeline was done again");
+    let warning = history[restart..]
+        .iter()
+        .find(|e| e["type"] == "warning" && e["data"]["code"] == "artifact-rejected")
+        .context("no artifact-rejected warning")?;
+    assert_eq!(warning["data"]["step"], "Timeline", "{warning}");
+    assert!(
+        !warning.to_string().contains(&*outside.to_string_lossy()),
+        "the warning names no path: {warning}"
+    );
+    app.stop().await
+}

@@ -293,3 +293,62 @@ async fn sigterm_mid_render_exits_cleanly_and_the_job_resumes_on_the_next_start(
     server.kill().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restart_kills_the_ffmpeg_it_left_behind_but_not_an_unrelated_process_in_the_job_folder()
+-> TestResult {
+    if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    // Long enough to be still running at the restart, whatever the machine's speed.
+    let ffmpeg = slow_ffmpeg(dir.path(), 60.0, true)?;
+    let port = free_port()?;
+    let server = start(&data, port, &ffmpeg, &[]).await?;
+    let id = create(&server.base).await?;
+    let mut seen = Vec::new();
+    let mut stream = open(&server.base, &id, 0).await?;
+    read_until(&mut stream, &mut seen, |kind, d| {
+        kind == "step-status" && d["step"] == "Audio" && d["state"] == "Started"
+    })
+    .await?;
+    let job_dir = std::fs::canonicalize(&data)?.join("jobs").join(&id);
+    // The server's children for the job: wait (bounded) until its ffmpeg runs.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let left_behind = loop {
+        let found = job_processes(&job_dir);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ffmpeg started for the job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // An operator's process working in the job folder, in a process group of its own.
+    let mut unrelated = tokio::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(&job_dir)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let unrelated_pid = unrelated.id().ok_or("no pid")?;
+    server.kill().await?;
+
+    // The restart's recovery runs before it answers its first request.
+    let server = start(&data, port, &ffmpeg, &[]).await?;
+    assert!(unrelated.try_wait()?.is_none(), "the unrelated process was killed");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while left_behind.iter().any(|pid| alive(*pid)) {
+        assert!(tokio::time::Instant::now() < deadline, "the ffmpeg left behind survived the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!left_behind.contains(&unrelated_pid));
+    unrelated.start_kill()?;
+    unrelated.wait().await?;
+    // SIGTERM: the server stops the new attempt's children before it exits.
+    let mut server = server;
+    let pid = server.child.id().and_then(|p| i32::try_from(p).ok()).ok_or("no pid")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
+    tokio::time::timeout(WAIT, server.child.wait()).await??;
+    Ok(())
+}

@@ -348,6 +348,182 @@ async fn private_file_overlong_or_unknown_event_registrations_are_422_and_store_
 }
 
 #[tokio::test]
+async fn special_purpose_addresses_beyond_private_ones_are_422_even_when_private_ones_are_allowed()
+-> TestResult {
+    let strict = spawn_app_with(|_| {}).await?;
+    let open = app_allowing_private(|_| {}).await?;
+    // Benchmarking, reserved, IETF protocol assignments, documentation, broadcast, multicast,
+    // NAT64 of loopback, 6to4, Teredo, discard-only and IPv4-mapped benchmarking addresses.
+    for url in [
+        "http://198.18.0.1:9/hook",
+        "http://198.19.255.254/hook",
+        "http://240.0.0.1:9/hook",
+        "http://192.0.0.1:9/hook",
+        "http://192.0.2.1:9/hook",
+        "http://255.255.255.255:9/hook",
+        "http://224.0.0.1:9/hook",
+        "http://[64:ff9b::7f00:1]:9/hook",
+        "http://[64:ff9b:1::1]:9/hook",
+        "http://[2002:7f00:1::1]:9/hook",
+        "http://[2001::1]:9/hook",
+        "http://[100::1]:9/hook",
+        "http://[::ffff:198.18.0.1]:9/hook",
+    ] {
+        for app in [&strict, &open] {
+            let res = app.client.post(app.url("/api/webhooks")).json(&json!({"url": url})).send().await?;
+            assert_eq!(res.status(), 422, "{url}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            let problem: Value = res.json().await?;
+            assert_eq!(problem["field"], "url", "{problem}");
+        }
+    }
+    for app in [&strict, &open] {
+        assert!(app.state.store().webhooks().await?.is_empty(), "nothing was stored");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stored_endpoint_on_a_refused_address_gets_no_connection_and_its_attempt_says_blocked_address()
+-> TestResult {
+    // Stored as another node or an older version might have (its registration check skipped):
+    // the delivery refuses the address when it connects.
+    let app = app_allowing_private(|cfg| cfg.webhook_timeout_secs = 2).await?;
+    let endpoint = app
+        .state
+        .webhooks()
+        .create(aura::webhooks::NewEndpoint {
+            url: "http://198.18.0.1:9/hook".into(),
+            events: vec!["job-cancelled".into()],
+        })
+        .await?
+        .ok_or("not registered")?;
+    cancelled_job(&app, "refused").await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, log) = app.get_json(&format!("/api/webhooks/{}/deliveries", endpoint.id)).await?;
+        if let Some(d) = log["deliveries"].as_array().and_then(|d| d.last()) {
+            assert_eq!(d["error"], "blocked-address", "{d}");
+            assert_eq!(d["statusCode"], Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redirect_is_recorded_as_the_answer_and_never_followed() -> TestResult {
+    let target = Receiver::start(Mode::Always(200)).await?;
+    let location = target.url.clone();
+    let redirecting = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let location = location.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, location)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, redirecting).await });
+    let app = app_allowing_private(|_| {}).await?;
+    let (webhook, _) = register(&app, &url, &["job-cancelled"]).await?;
+    cancelled_job(&app, "redirected").await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, log) = app.get_json(&format!("/api/webhooks/{webhook}/deliveries")).await?;
+        let attempts = log["deliveries"].as_array().map_or(0, Vec::len);
+        if attempts >= 2 {
+            for d in log["deliveries"].as_array().into_iter().flatten() {
+                assert_eq!(
+                    (d["statusCode"].as_i64(), d["outcome"].as_str()),
+                    (Some(307), Some("retrying")),
+                    "{d}"
+                );
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "fewer than two attempts logged: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(target.got().is_empty(), "the redirect was followed");
+    Ok(())
+}
+
+/// A forward proxy on loopback that counts the connections it gets and answers each with 502.
+async fn counting_proxy() -> TestResult<(String, Arc<std::sync::atomic::AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
+            });
+        }
+    });
+    Ok((url, count))
+}
+
+#[tokio::test]
+async fn deliveries_ignore_the_proxy_that_http_proxy_https_proxy_and_all_proxy_name() -> TestResult {
+    let receiver = Receiver::start(Mode::Always(200)).await?;
+    let (proxy, connections) = counting_proxy().await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(AURA);
+    command
+        .args(["serve", "--addr", &addr, "--workers", "0", "--webhook-allow-private", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if crate::helpers::on_postgres() {
+        command.arg("--database-url").arg(crate::helpers::postgres_database_for(dir.path()).await?);
+    }
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        command.env(name, &proxy);
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        command.env_remove(name);
+    }
+    let mut server = command.spawn()?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    tokio::time::timeout(WAIT, async {
+        while client.get(format!("{base}/api/health")).send().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    let res = client
+        .post(format!("{base}/api/webhooks"))
+        .json(&json!({"url": receiver.url, "events": ["job-status"]}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let res =
+        client.post(format!("{base}/api/jobs")).json(&json!({"brief": {"topic": "proxied?"}})).send().await?;
+    assert_eq!(res.status(), 201);
+    let got = receiver.wait_until(WAIT, |got| !got.is_empty()).await;
+    let through_proxy = connections.load(std::sync::atomic::Ordering::SeqCst);
+    server.start_kill()?;
+    server.wait().await?;
+    assert_eq!(through_proxy, 0, "the delivery went to the proxy");
+    assert_eq!(got?.len(), 1, "the receiver got the event directly");
+    Ok(())
+}
+
+#[tokio::test]
 async fn past_one_hundred_endpoints_a_registration_is_409_and_user_tokens_get_403() -> TestResult {
     let mut tokens = None;
     let app = app_allowing_private(|cfg| {

@@ -17,6 +17,17 @@
 //! manifest, and writes the local manifest. The Render stage's one file is the video, which
 //! `publish` stores moments later, so it is not uploaded twice. A store error is logged and only
 //! means "not verified": the stage runs again, the job does not fail.
+//!
+//! **Names are checked like files.** A manifest is only as trustworthy as the folder or bucket
+//! it came from, and a stage's output names the files later stages hand to ffmpeg (the clips,
+//! the narration, the clip list, the encoded audio). So before anything uses an output, every
+//! name it supplies ([`Supplies`]) must be a plain file name (no separator, no `..`, no leading
+//! dot) with the extension this job gives such a file, and one of the files the same manifest
+//! recorded under `work/` (so inside the job folder and verified by size and SHA-256); the
+//! Render output must name this job's video. An output that fails is not used: the stage runs
+//! again, after a `warning` event `artifact-rejected`, and the manifest's files are not even
+//! downloaded. What the clip list says inside is read by ffmpeg's concat demuxer in its safe
+//! mode (Aura never passes `-safe 0`), which refuses absolute paths and `..`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +36,12 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::audio::Narration;
+use super::render::{Timeline, narration_extension};
+use super::script::Script;
+use super::visuals::{Clip, clip_extension};
 use super::{Job, StageError};
+use crate::domain::event::JobOutput;
 use crate::domain::job::Stage;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,7 +68,19 @@ async fn fingerprint(path: PathBuf) -> anyhow::Result<(u64, String)> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, String)> {
         let mut file = std::fs::File::open(&path).context("opening an artifact")?;
         let mut hasher = Sha256::new();
-        let size = std::io::copy(&mut file, &mut hasher).context("reading an artifact")?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match std::io::Read::read(&mut file, &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read.context("reading an artifact")?,
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
         let digest = hasher.finalize();
         Ok((size, digest.iter().map(|b| format!("{b:02x}")).collect()))
     })
@@ -114,22 +142,136 @@ async fn upload(job: &Job, stage: Stage, files: &[FileRecord], manifest: Vec<u8>
     Ok(())
 }
 
-/// The recorded output of `stage`, if its manifest exists and every file it names is intact:
-/// in the job's folder, else (a store that is not in place) in the store from an earlier attempt.
-pub async fn verified<T: DeserializeOwned>(job: &Job, stage: Stage) -> Option<T> {
+/// What a stage's output hands to later stages, checked before a recorded output is used.
+pub trait Supplies {
+    /// Every work-folder file name the output supplies, with the extension this job gives it.
+    fn names(&self, job: &Job) -> Vec<(&str, &'static str)>;
+
+    /// Whether the rest of the output is what this job would have produced.
+    fn consistent(&self, _job: &Job) -> bool {
+        true
+    }
+}
+
+impl Supplies for Script {
+    fn names(&self, _job: &Job) -> Vec<(&str, &'static str)> {
+        Vec::new()
+    }
+}
+
+impl Supplies for Narration {
+    fn names(&self, _job: &Job) -> Vec<(&str, &'static str)> {
+        self.files.iter().map(|f| (f.as_str(), "wav")).collect()
+    }
+}
+
+impl Supplies for Vec<Clip> {
+    fn names(&self, job: &Job) -> Vec<(&str, &'static str)> {
+        let ext = clip_extension(job.spec.render_spec.codec);
+        self.iter().map(|c| (c.file.as_str(), ext)).collect()
+    }
+}
+
+impl Supplies for Timeline {
+    fn names(&self, job: &Job) -> Vec<(&str, &'static str)> {
+        vec![
+            (self.clip_list.as_str(), "txt"),
+            (self.audio.as_str(), narration_extension(job.spec.render_spec.container)),
+        ]
+    }
+}
+
+impl Supplies for JobOutput {
+    fn names(&self, _job: &Job) -> Vec<(&str, &'static str)> {
+        Vec::new()
+    }
+
+    fn consistent(&self, job: &Job) -> bool {
+        self.video_path == job.relative_output && self.video_url == format!("/api/jobs/{}/output", job.id)
+    }
+}
+
+/// Whether `name` is a plain file name with extension `ext`: no separator, no `..`, no
+/// leading dot, nothing but one normal path component.
+fn plain_name(name: &str, ext: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && path.components().count() == 1
+        && matches!(path.components().next(), Some(std::path::Component::Normal(_)))
+        && path.extension().is_some_and(|e| e == ext)
+}
+
+/// The manifest's output, if every name it supplies is a plain file name with the expected
+/// extension and one of the files the manifest recorded under `work/`; else why not.
+fn accepted<T: DeserializeOwned + Supplies>(job: &Job, manifest: &Manifest) -> Result<T, &'static str> {
+    let output: T =
+        serde_json::from_value(manifest.output.clone()).map_err(|_| "its output does not read")?;
+    if !output.consistent(job) {
+        return Err("its output does not name this job's video");
+    }
+    for (name, ext) in output.names(job) {
+        if !plain_name(name, ext) {
+            return Err("it names a file that is not a plain work file name of the expected type");
+        }
+        let recorded = format!("work/{name}");
+        if !manifest.files.iter().any(|f| f.path == recorded) {
+            return Err("it names a file it did not record");
+        }
+    }
+    Ok(output)
+}
+
+/// Says, in a `warning` event, that a recorded stage was not used.
+async fn rejected(job: &Job, stage: Stage, source: &str, why: &str) {
+    tracing::warn!(
+        stage = stage.name(),
+        source,
+        why,
+        "a recorded stage output was rejected; redoing the stage"
+    );
+    let message =
+        format!("the {} stage recorded in {source} was not used: {why}; it runs again", stage.name());
+    match job.handle.warn(Some(stage), ARTIFACT_REJECTED, message).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(refusal)) => tracing::warn!(%refusal, "the artifact warning was refused"),
+        Err(e) => tracing::warn!(error = %e, "could not store the artifact warning"),
+    }
+}
+
+/// The `warning` code of a recorded stage whose output names what it may not.
+pub const ARTIFACT_REJECTED: &str = "artifact-rejected";
+
+/// The recorded output of `stage`, if its manifest exists and every file it names is intact and
+/// every name its output supplies is one of those files: in the job's folder, else (a store
+/// that is not in place) in the store from an earlier attempt.
+pub async fn verified<T: DeserializeOwned + Supplies>(job: &Job, stage: Stage) -> Option<T> {
     if let Some(manifest) = verified_locally(job, stage).await {
-        return serde_json::from_value(manifest.output).ok();
+        return match accepted(job, &manifest) {
+            Ok(output) => Some(output),
+            Err(why) => {
+                // Not used again: the stage's new run records a new one.
+                let _ = tokio::fs::remove_file(manifest_path(job, stage)).await;
+                rejected(job, stage, "the job folder", why).await;
+                None
+            }
+        };
     }
     if job.objects.in_place() || stage == Stage::Render {
         return None;
     }
     for attempt in (1..job.handle.attempt()).rev() {
-        match fetch(job, stage, attempt).await {
-            Ok(Some(output)) => {
+        match fetch::<T>(job, stage, attempt).await {
+            Ok(Fetched::Verified(output)) => {
                 tracing::info!(stage = stage.name(), attempt, "a stage's artifacts came from the store");
-                return serde_json::from_value(output).ok();
+                return Some(output);
             }
-            Ok(None) => {}
+            Ok(Fetched::Absent) => {}
+            Ok(Fetched::Rejected(why)) => {
+                rejected(job, stage, "the object store", why).await;
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(
                     stage = stage.name(),
@@ -167,25 +309,43 @@ async fn verified_locally(job: &Job, stage: Stage) -> Option<Manifest> {
     Some(manifest)
 }
 
+/// What an earlier attempt stored for a stage.
+enum Fetched<T> {
+    /// Downloaded, every file verified, the local manifest written.
+    Verified(T),
+    /// No manifest, or one whose files do not check out.
+    Absent,
+    /// A manifest whose output names what it may not (see [`accepted`]); nothing was downloaded.
+    Rejected(&'static str),
+}
+
 /// Downloads `stage` as `attempt` stored it into the job's folder and verifies every file
-/// against the stored manifest; then writes the local manifest. `Ok(None)` when that attempt
-/// stored no manifest for the stage, or what it stored does not check out.
-async fn fetch(job: &Job, stage: Stage, attempt: u32) -> anyhow::Result<Option<serde_json::Value>> {
+/// against the stored manifest; then writes the local manifest. The output's names are checked
+/// before anything is downloaded.
+async fn fetch<T: DeserializeOwned + Supplies>(
+    job: &Job,
+    stage: Stage,
+    attempt: u32,
+) -> anyhow::Result<Fetched<T>> {
     let name = key_name(stage);
     let key = job.objects.stage_key(job.id, attempt, &name, None);
     let bytes = match job.objects.get_bytes(&key).await {
         Ok(bytes) => bytes,
-        Err(crate::objects::ObjectError::NotFound) => return Ok(None),
+        Err(crate::objects::ObjectError::NotFound) => return Ok(Fetched::Absent),
         Err(e) => return Err(e.into()),
     };
-    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else { return Ok(None) };
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else { return Ok(Fetched::Absent) };
     if manifest.stage != stage {
-        return Ok(None);
+        return Ok(Fetched::Absent);
     }
+    let output = match accepted::<T>(job, &manifest) {
+        Ok(output) => output,
+        Err(why) => return Ok(Fetched::Rejected(why)),
+    };
     for f in &manifest.files {
         let path = job.job_dir.join(&f.path);
         if !is_inside(&job.job_dir, &path) {
-            return Ok(None);
+            return Ok(Fetched::Absent);
         }
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await.context("creating an artifact's folder")?;
@@ -196,7 +356,7 @@ async fn fetch(job: &Job, stage: Stage, attempt: u32) -> anyhow::Result<Option<s
             Ok((size, sha)) if size == f.size && sha == f.sha256 => {}
             _ => {
                 tracing::info!(stage = stage.name(), file = %f.path, attempt, "a stored artifact does not match its manifest");
-                return Ok(None);
+                return Ok(Fetched::Absent);
             }
         }
     }
@@ -204,10 +364,40 @@ async fn fetch(job: &Job, stage: Stage, attempt: u32) -> anyhow::Result<Option<s
     let tmp = target.with_extension("json.tmp");
     tokio::fs::write(&tmp, &bytes).await.context("writing a fetched manifest")?;
     tokio::fs::rename(&tmp, &target).await.context("putting a fetched manifest in place")?;
-    Ok(Some(manifest.output))
+    Ok(Fetched::Verified(output))
 }
 
 /// Recorded paths are Aura's own, but a manifest is a file: never follow it out of the job folder.
 fn is_inside(dir: &Path, path: &Path) -> bool {
     path.components().all(|c| !matches!(c, std::path::Component::ParentDir)) && path.starts_with(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_name;
+
+    #[test]
+    fn only_plain_file_names_with_the_expected_extension_pass() {
+        for ok in ["clip01.mp4", "narr03.wav", "clips.txt", "narration.m4a", "a b.mp4"] {
+            let ext = ok.rsplit('.').next().unwrap_or_default();
+            assert!(plain_name(ok, ext), "{ok}");
+        }
+        for (bad, ext) in [
+            ("../../etc/passwd", "mp4"),
+            ("/etc/passwd", "mp4"),
+            ("/tmp/x.mp4", "mp4"),
+            ("../clip01.mp4", "mp4"),
+            ("sub/clip01.mp4", "mp4"),
+            ("sub\\clip01.mp4", "mp4"),
+            ("..", "mp4"),
+            (".", "mp4"),
+            ("", "mp4"),
+            (".hidden.mp4", "mp4"),
+            ("clip01.mkv", "mp4"),
+            ("clip01", "mp4"),
+            ("clip01.mp4\0.txt", "txt"),
+        ] {
+            assert!(!plain_name(bad, ext), "{bad:?}");
+        }
+    }
 }

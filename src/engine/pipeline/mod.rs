@@ -205,6 +205,7 @@ impl Job {
     fn child(&self, program: &Path, deadline: Deadline) -> Process {
         Process::new(program)
             .job(self.id)
+            .recorded_in(self.work_dir.join("processes"), self.handle.attempt())
             .current_dir(&self.work_dir)
             .timeout(deadline.remaining())
             .cancel_on(self.cancel.clone())
@@ -266,7 +267,7 @@ struct Resume {
 
 impl Resume {
     /// The recorded output of `step` if it and every stage before it can be skipped.
-    async fn skip<T: serde::de::DeserializeOwned>(
+    async fn skip<T: serde::de::DeserializeOwned + artifacts::Supplies>(
         &mut self,
         job: &Job,
         step: Stage,

@@ -32,8 +32,18 @@ fn audio_codec_args(container: Container, bitrate_k: u32) -> (Vec<String>, &'sta
         Container::Webm => "libopus",
         Container::Mp4 | Container::Mkv => "aac",
     };
-    let ext = if codec == "aac" { "m4a" } else { "mka" };
-    (vec!["-c:a".into(), codec.into(), "-b:a".into(), format!("{bitrate_k}k")], ext)
+    (
+        vec!["-c:a".into(), codec.into(), "-b:a".into(), format!("{bitrate_k}k")],
+        narration_extension(container),
+    )
+}
+
+/// The encoded narration's file extension for a container: `m4a` (AAC) or `mka` (Opus).
+pub fn narration_extension(container: Container) -> &'static str {
+    match container {
+        Container::Webm => "mka",
+        Container::Mp4 | Container::Mkv => "m4a",
+    }
 }
 
 async fn write_work(job: &Job, name: &str, text: String) -> Result<(), StageError> {

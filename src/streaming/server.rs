@@ -17,8 +17,12 @@
 //! - a head over 16 KiB is answered `431` and the connection closed;
 //! - a keep-alive connection with no request in flight for the idle timeout is closed (an open
 //!   stream is a request in flight);
-//! - a client that takes no byte of a response for the write timeout is dropped (`sink` for a
-//!   stream that owns its socket, [`Watched`] for hyper);
+//! - a client that takes no byte of a response for the write timeout is dropped: a write of
+//!   ours that waits fails (`sink` for a stream that owns its socket, [`Watched`] for hyper and
+//!   every WebSocket), and bytes already handed to the kernel count too — every connection has
+//!   `TCP_USER_TIMEOUT` set to the write timeout, so the kernel drops a connection whose data
+//!   has waited that long unacknowledged or behind a zero window (a replay that fit in the send
+//!   buffer, then nothing more to write until the next event or heartbeat);
 //! - past the connection cap (a semaphore sized from the open-file limit) a new connection is
 //!   closed at once, so the process never runs out of descriptors; an accept error that is
 //!   not about one connection (`EMFILE`) pauses the loop with a bounded back-off.
@@ -175,6 +179,10 @@ async fn connection(
     let accepted = Instant::now();
     // Small frames must leave at once: an event stream is latency, not throughput.
     let _ = socket.set_nodelay(true);
+    // Bytes the kernel holds for a client that takes none count against the write timeout
+    // too, not only a write that waits: the kernel drops the connection once data has waited
+    // unacknowledged, or behind a zero window, for the write timeout.
+    let _ = socket2::SockRef::from(&socket).set_tcp_user_timeout(Some(settings.write_timeout));
     if !settings.takeover {
         Box::pin(serve_hyper(socket, peer, Bytes::new(), accepted, router, &settings, closing)).await;
         return;

@@ -344,4 +344,24 @@ mod tests {
         assert_eq!(resume_of(r#"{"resume": -1}"#), None);
         assert_eq!(resume_of(r#"{"cancel": "x"}"#), None);
     }
+
+    #[test]
+    fn a_socket_is_pinged_at_once_and_overdue_only_after_a_whole_timeout_without_a_pong() {
+        let timeout = Duration::from_secs(30);
+        let mut pings = Pings::new(timeout);
+        let start = Instant::now();
+        assert!(pings.due() <= start, "the first ping is due at once");
+        assert!(!pings.overdue(start + timeout * 10), "nothing is overdue before a ping went out");
+        pings.sent();
+        let sent = Instant::now();
+        assert!(!pings.overdue(sent + timeout - Duration::from_millis(1)));
+        assert!(pings.overdue(sent + timeout));
+        // A second ping (a heartbeat) does not move the oldest unanswered one.
+        pings.sent();
+        assert!(pings.due() <= sent + timeout);
+        pings.answered();
+        let answered = Instant::now();
+        assert!(!pings.overdue(answered + timeout * 10));
+        assert!(pings.due() >= answered + timeout / 3 - Duration::from_millis(1));
+    }
 }

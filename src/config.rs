@@ -128,6 +128,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Seconds a WebSocket may leave a ping unanswered; then it is closed. The server pings
+    /// every open socket (a third of this after the last pong).
+    #[arg(long, env = "AURA_WS_PONG_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ws_pong_secs: u64,
+
     /// `true`: a stream asked for as a connection's first request writes straight onto its
     /// socket (the accept loop hands it over). `false`: every stream is served through hyper.
     #[arg(long, env = "AURA_STREAM_TAKEOVER", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]

@@ -14,8 +14,17 @@
 //! (and keeps the socket open), `{"ping": x}` with `{"pong": x}`, and WebSocket pings with pongs.
 //! A job's socket closes with 1000 after its terminal event; 1001 when the stream's lifetime or
 //! the server ends (resume from the last id).
+//!
+//! A socket must stay answerable: the server pings it at once and again a third of
+//! `AURA_WS_PONG_SECS` after each pong ([`Pings`]), and closes it (1001) once a ping has gone
+//! unanswered for `AURA_WS_PONG_SECS` — a client that stopped reading, or a peer that is gone.
+//! Every write gives up after the write timeout without progress (the connection's socket,
+//! `streaming::server`), or a moment after shutdown or the stream's deadline. The socket holds
+//! its connection's slot in `AURA_MAX_CONNECTIONS` until it closes (`streaming::server`).
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection};
@@ -44,6 +53,8 @@ const RESUME_WAIT: Duration = Duration::from_millis(300);
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Bytes read from the socket at once; small, since it is allocated for the socket's life.
 const READ_BUFFER: usize = 4 * 1024;
+/// How long the close frame of a socket that stopped answering may take to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {
     Router::new().route(PATH, get(websocket))
@@ -118,6 +129,8 @@ struct Session {
 impl Session {
     async fn run(mut self, socket: WebSocket) {
         let (mut tx, mut rx) = socket.split();
+        let bounds = self.follower.bounds();
+        let mut pings = Pings::new(Duration::from_secs(self.app.settings().ws_pong_secs));
         if self.wait_for_resume
             && let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await
         {
@@ -125,53 +138,71 @@ impl Session {
                 Some(Ok(Message::Text(text))) => match resume_of(&text) {
                     Some(resume) => self.follower.resume_from(resume),
                     None => {
-                        if self.answer(&text, &mut tx).await.is_err() {
+                        if !sent(bounds.within(self.answer(&text, &mut tx)).await) {
                             return;
                         }
                     }
                 },
+                Some(Ok(Message::Pong(_))) => pings.answered(),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             }
         }
         if self.ended.is_some_and(|last| self.follower.last_sent() >= last) {
-            let _ = tx.send(close(1000, "the job has ended")).await;
+            let _ = bounds.within(tx.send(close(1000, "the job has ended"))).await;
             return;
         }
         loop {
             tokio::select! {
                 next = self.follower.next() => {
-                    let sent = match next {
-                        Next::Events(events) => send_events(&mut tx, &events).await,
-                        Next::Idle => tx.send(Message::Ping(bytes::Bytes::new())).await,
+                    let written = match next {
+                        Next::Events(events) => bounds.within(send_events(&mut tx, &events)).await,
+                        Next::Idle => {
+                            pings.sent();
+                            bounds.within(tx.send(Message::Ping(bytes::Bytes::new()))).await
+                        }
                         Next::End(end) => {
                             let frame = match end {
                                 End::Finished => close(1000, "the job has ended"),
                                 End::Expired | End::ShuttingDown => close(1001, "resume from the last id"),
                                 End::Failed => close(1011, "resume from the last id"),
                             };
-                            let _ = tx.send(frame).await;
+                            let _ = bounds.within(tx.send(frame)).await;
                             return;
                         }
                     };
-                    if sent.is_err() {
+                    if !sent(written) {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(pings.due()) => {
+                    if pings.overdue(Instant::now()) {
+                        metrics::counter!("aura_ws_pong_timeouts_total").increment(1);
+                        let frame = close(1001, "no pong; resume from the last id");
+                        let _ = tokio::time::timeout(CLOSE_WAIT, tx.send(frame)).await;
+                        return;
+                    }
+                    pings.sent();
+                    if !sent(bounds.within(tx.send(Message::Ping(bytes::Bytes::new()))).await) {
                         return;
                     }
                 }
                 message = rx.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if self.answer(&text, &mut tx).await.is_err() {
+                        if !sent(bounds.within(self.answer(&text, &mut tx)).await) {
                             return;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let problem = problem_of(bad_message()).await;
-                        if tx.send(text_message(&json!({ "error": problem }))).await.is_err() {
+                        let reply = text_message(&json!({ "error": problem }));
+                        if !sent(bounds.within(tx.send(reply)).await) {
                             return;
                         }
                     }
-                    // Pings are answered by the library; pongs need nothing.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Pong(_))) => pings.answered(),
+                    // Pings are answered by the library.
+                    Some(Ok(Message::Ping(_))) => {}
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 }
             }
@@ -216,6 +247,50 @@ impl Session {
             Err(Refusal::NotFound) => Err(not_found()),
             Err(Refusal::Conflict(detail) | Refusal::Invalid(detail)) => Err(AppError::Conflict(detail)),
         }
+    }
+}
+
+/// Whether a write went out: it ended without an error, before shutdown or the stream's
+/// deadline cut it off.
+fn sent(written: Option<Result<(), axum::Error>>) -> bool {
+    matches!(written, Some(Ok(())))
+}
+
+/// When a socket is pinged, and whether it has left a ping unanswered for too long.
+struct Pings {
+    /// `AURA_WS_PONG_SECS`.
+    timeout: Duration,
+    /// When the oldest unanswered ping went out.
+    waiting_since: Option<Instant>,
+    /// When the next ping goes out, while none is unanswered.
+    next: Instant,
+}
+
+impl Pings {
+    /// The first ping goes out at once.
+    fn new(timeout: Duration) -> Self {
+        Pings { timeout, waiting_since: None, next: Instant::now() }
+    }
+
+    /// When [`Pings::overdue`] or the next ping is due.
+    fn due(&self) -> Instant {
+        self.waiting_since.map_or(self.next, |since| since + self.timeout)
+    }
+
+    /// A ping went out (a scheduled one or a heartbeat).
+    fn sent(&mut self) {
+        self.waiting_since.get_or_insert_with(Instant::now);
+    }
+
+    /// A pong came back: the socket is answering.
+    fn answered(&mut self) {
+        self.waiting_since = None;
+        self.next = Instant::now() + self.timeout / 3;
+    }
+
+    /// Whether a ping has gone unanswered for the whole timeout.
+    fn overdue(&self, now: Instant) -> bool {
+        self.waiting_since.is_some_and(|since| now >= since + self.timeout)
     }
 }
 
@@ -268,5 +343,25 @@ mod tests {
         assert_eq!(resume_of(r#"{"resume": 41}"#), Some(41));
         assert_eq!(resume_of(r#"{"resume": -1}"#), None);
         assert_eq!(resume_of(r#"{"cancel": "x"}"#), None);
+    }
+
+    #[test]
+    fn a_socket_is_pinged_at_once_and_overdue_only_after_a_whole_timeout_without_a_pong() {
+        let timeout = Duration::from_secs(30);
+        let mut pings = Pings::new(timeout);
+        let start = Instant::now();
+        assert!(pings.due() <= start, "the first ping is due at once");
+        assert!(!pings.overdue(start + timeout * 10), "nothing is overdue before a ping went out");
+        pings.sent();
+        let sent = Instant::now();
+        assert!(!pings.overdue(sent + timeout - Duration::from_millis(1)));
+        assert!(pings.overdue(sent + timeout));
+        // A second ping (a heartbeat) does not move the oldest unanswered one.
+        pings.sent();
+        assert!(pings.due() <= sent + timeout);
+        pings.answered();
+        let answered = Instant::now();
+        assert!(!pings.overdue(answered + timeout * 10));
+        assert!(pings.due() >= answered + timeout / 3 - Duration::from_millis(1));
     }
 }

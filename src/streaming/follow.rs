@@ -26,7 +26,7 @@ use crate::store::EventFilter;
 use crate::streaming::fanout;
 use crate::streaming::gzip::Gzip;
 use crate::streaming::sink::Sink;
-use crate::streaming::stream::Context;
+use crate::streaming::stream::{Bounds, Context};
 
 /// Events read from the table per catch-up.
 const PAGE: u32 = 2000;
@@ -117,6 +117,11 @@ impl Follower {
 
     pub fn last_sent(&self) -> i64 {
         self.last_sent
+    }
+
+    /// What ends this stream's writes besides the write timeout: shutdown and its deadline.
+    pub fn bounds(&self) -> Bounds {
+        Bounds { shutdown: self.ctx.shutdown().clone(), deadline: self.deadline }
     }
 
     /// Waits for the next thing to send. Cancel-safe.
@@ -251,15 +256,18 @@ pub fn collapse(events: Vec<Arc<StoredEvent>>) -> Vec<Arc<StoredEvent>> {
         .collect()
 }
 
-/// Runs a batched or compressed event stream to its end, writing into `sink`.
+/// Runs a batched or compressed event stream to its end, writing into `sink`. Every write
+/// gives up after the write timeout without progress (`sink`), or a moment after shutdown or
+/// the stream's deadline (`Bounds`), whichever comes first.
 pub async fn sse(mut follower: Follower, gzip: bool, sink: Arc<Sink>) {
+    let bounds = follower.bounds();
     let mut gzip = gzip.then(Gzip::default);
     let mut encode = |bytes: Bytes| match gzip.as_mut() {
         Some(gzip) => gzip.encode(&bytes),
         None => bytes,
     };
     let preamble = Bytes::from(format!("retry: {}\n\n", follower.ctx.retry_ms()));
-    if sink.push(encode(preamble)).await.is_err() {
+    if bounds.write(sink.push(encode(preamble))).await.is_err() {
         return;
     }
     loop {
@@ -278,14 +286,19 @@ pub async fn sse(mut follower: Follower, gzip: bool, sink: Arc<Sink>) {
             Next::Idle => Bytes::from_static(b": keepalive\n\n"),
             Next::End(_) => break,
         };
-        if sink.push(encode(bytes)).await.is_err() {
+        if let Err(e) = bounds.write(sink.push(encode(bytes))).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                metrics::counter!("aura_streams_stalled_total").increment(1);
+            }
             return;
         }
     }
-    if let Some(gzip) = gzip.as_mut() {
-        let _ = sink.push(gzip.finish()).await;
+    if let Some(gzip) = gzip.as_mut()
+        && bounds.write(sink.push(gzip.finish())).await.is_err()
+    {
+        return;
     }
-    sink.finish().await;
+    bounds.finish(&sink).await;
 }
 
 #[cfg(test)]

@@ -17,10 +17,15 @@
 //! - a head over 16 KiB is answered `431` and the connection closed;
 //! - a keep-alive connection with no request in flight for the idle timeout is closed (an open
 //!   stream is a request in flight);
-//! - a client that takes no byte of a response for the write timeout is dropped (`sink` for a
-//!   stream that owns its socket, [`Watched`] for hyper);
+//! - a client that takes no byte of a response for the write timeout is dropped: a write of
+//!   ours that waits fails (`sink` for a stream that owns its socket, [`Watched`] for hyper and
+//!   every WebSocket), and bytes already handed to the kernel count too — every connection has
+//!   `TCP_USER_TIMEOUT` set to the write timeout, so the kernel drops a connection whose data
+//!   has waited that long unacknowledged or behind a zero window (a replay that fit in the send
+//!   buffer, then nothing more to write until the next event or heartbeat);
 //! - past the connection cap (a semaphore sized from the open-file limit) a new connection is
-//!   closed at once, so the process never runs out of descriptors; an accept error that is
+//!   closed at once, so the process never runs out of descriptors; a connection upgraded to a
+//!   WebSocket keeps its slot until the socket closes; an accept error that is
 //!   not about one connection (`EMFILE`) pauses the loop with a bounded back-off.
 //!
 //! `AURA_STREAM_TAKEOVER=false` skips the sniffer: hyper serves every connection and stream.
@@ -170,13 +175,18 @@ async fn connection(
     settings: Arc<Settings>,
     closing: watch::Receiver<()>,
 ) {
-    // Held for the connection's life: the cap counts open connections.
-    let _permit = permit;
+    // Held for the connection's life: the cap counts open connections. hyper's socket carries
+    // it (`Watched`), so that a WebSocket upgraded from it holds it until the socket closes.
     let accepted = Instant::now();
     // Small frames must leave at once: an event stream is latency, not throughput.
     let _ = socket.set_nodelay(true);
+    // Bytes the kernel holds for a client that takes none count against the write timeout
+    // too, not only a write that waits: the kernel drops the connection once data has waited
+    // unacknowledged, or behind a zero window, for the write timeout.
+    let _ = socket2::SockRef::from(&socket).set_tcp_user_timeout(Some(settings.write_timeout));
     if !settings.takeover {
-        Box::pin(serve_hyper(socket, peer, Bytes::new(), accepted, router, &settings, closing)).await;
+        Box::pin(serve_hyper((socket, permit), peer, Bytes::new(), accepted, router, &settings, closing))
+            .await;
         return;
     }
     let mut head = BytesMut::with_capacity(1024);
@@ -186,13 +196,18 @@ async fn connection(
             drop(head);
             request.extensions_mut().insert(ConnectInfo(peer));
             serve_stream(socket, *request, router, settings.write_timeout).await;
+            drop(permit);
         }
         // Boxed so that hyper's connection state is not part of every stream's task.
         Sniffed::Other => {
-            Box::pin(serve_hyper(socket, peer, head.freeze(), accepted, router, &settings, closing)).await;
+            let prefix = head.freeze();
+            Box::pin(serve_hyper((socket, permit), peer, prefix, accepted, router, &settings, closing)).await;
         }
-        Sniffed::TooLarge => too_large(socket, settings.write_timeout).await,
-        Sniffed::Gone => {}
+        Sniffed::TooLarge => {
+            too_large(socket, settings.write_timeout).await;
+            drop(permit);
+        }
+        Sniffed::Gone => drop(permit),
     }
 }
 
@@ -376,9 +391,10 @@ fn http_date() -> String {
 }
 
 /// hyper serves the connection, reading first the bytes `sniff` took (`prefix`), until it
-/// ends, a head is late, it has been idle too long, or shutdown has closed it.
+/// ends, a head is late, it has been idle too long, or shutdown has closed it. The socket's
+/// slot in the cap goes with it, into a WebSocket the connection is upgraded to.
 async fn serve_hyper(
-    socket: TcpStream,
+    (socket, permit): (TcpStream, OwnedSemaphorePermit),
     peer: SocketAddr,
     prefix: Bytes,
     accepted: Instant,
@@ -390,6 +406,7 @@ async fn serve_hyper(
     let io = Watched {
         prefix,
         io: socket,
+        _permit: permit,
         activity: activity.clone(),
         write_timeout: settings.write_timeout,
         stall: None,
@@ -580,10 +597,12 @@ impl hyper::body::Body for Guarded {
 
 /// A socket served by hyper: the bytes the sniffer took are read again first, reads are
 /// reported to the connection's [`Activity`], and a write that takes no byte for the write
-/// timeout fails.
+/// timeout fails. It holds the connection's slot in the cap: when a WebSocket upgrade takes
+/// the socket from hyper, the slot goes with it and is freed only when the socket closes.
 struct Watched {
     prefix: Bytes,
     io: TcpStream,
+    _permit: OwnedSemaphorePermit,
     activity: Arc<Activity>,
     write_timeout: Duration,
     /// Armed when a write could take nothing; cleared by any write that takes bytes.

@@ -11,7 +11,9 @@
 //!
 //! Every write that waits has a deadline: a client that takes no byte for the write timeout
 //! (`AURA_WRITE_TIMEOUT_SECS`) gets an error, and its stream ends (it resumes from its
-//! `Last-Event-ID` when it reads again).
+//! `Last-Event-ID` when it reads again). A write the kernel took whole waits for nothing; if
+//! the client then takes none of it, the kernel drops the connection after the same timeout
+//! (`TCP_USER_TIMEOUT`, set by `server`), and [`Sink::closed`] and every later write see it.
 
 use std::cell::OnceCell;
 use std::io::{self, IoSlice};

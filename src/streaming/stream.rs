@@ -432,24 +432,30 @@ impl Subscriber {
 }
 
 /// What bounds every wait of a stream's task besides the write timeout: shutdown and the
-/// stream's deadline.
-struct Bounds {
-    shutdown: CancellationToken,
-    deadline: Instant,
+/// stream's deadline. Followers (`follow`) and WebSockets (`http::ws`) use it too.
+pub struct Bounds {
+    pub shutdown: CancellationToken,
+    pub deadline: Instant,
 }
 
 impl Bounds {
     /// Runs a write to its end (the sink fails it after the write timeout without progress),
     /// or fails it [`FINISH_GRACE`] after shutdown or the stream's deadline.
-    async fn write(&self, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    pub async fn write(&self, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+        self.within(write).await.unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Runs `work` to its end, or gives up on it ([`None`]) [`FINISH_GRACE`] after shutdown or
+    /// the stream's deadline.
+    pub async fn within<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         tokio::select! {
-            written = write => written,
-            () = self.cutoff() => Err(io::ErrorKind::TimedOut.into()),
+            done = work => Some(done),
+            () = self.cutoff() => None,
         }
     }
 
     /// Ends the response, within the same bounds as any write.
-    async fn finish(&self, sink: &Sink) {
+    pub async fn finish(&self, sink: &Sink) {
         let finish = async {
             sink.finish().await;
             Ok(())

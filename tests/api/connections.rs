@@ -10,14 +10,17 @@ use std::time::Duration;
 use aura::config::Synchronous;
 use aura::domain::job::Stage;
 use aura::engine::lifecycle::{self, JobHandle};
+use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
 
 use crate::cli::{ServerProcess, free_port};
-use crate::helpers::{TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
 use crate::sockets::append_a_lot;
 
 /// Both ways a stream can be served.
@@ -331,6 +334,11 @@ async fn a_request_head_over_16_kib_is_answered_431() -> TestResult {
 /// Opens a stream on a socket with a 4 KiB receive buffer that the caller then leaves unread;
 /// `reuse` sends a health request first, so that hyper serves the stream.
 async fn stalled_stream(addr: SocketAddr, path: &str, reuse: bool) -> TestResult<TcpStream> {
+    stalled_request(addr, path, "", reuse).await
+}
+
+/// [`stalled_stream`] with more header lines (`extra`, each ending in CRLF).
+async fn stalled_request(addr: SocketAddr, path: &str, extra: &str, reuse: bool) -> TestResult<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut conn = socket.connect(addr).await?;
@@ -341,13 +349,18 @@ async fn stalled_stream(addr: SocketAddr, path: &str, reuse: bool) -> TestResult
                 .starts_with("HTTP/1.1 200")
         );
     }
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").as_bytes()).await?;
     Ok(conn)
 }
 
 /// The ids of the whole events in what a stream's response delivered before it was cut: the
 /// chunked body is read as far as it goes, and an event counts only if its blank line came.
 fn whole_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
+    whole_ids_of(&chunked_body(raw)?)
+}
+
+/// The body of a chunked response, as far as it goes.
+fn chunked_body(raw: &[u8]) -> TestResult<Vec<u8>> {
     let start = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no response head")? + 4;
     let mut rest = &raw[start..];
     let mut body = Vec::new();
@@ -360,7 +373,12 @@ fn whole_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
         }
         rest = &data[size + 2..];
     }
-    let text = String::from_utf8_lossy(&body).into_owned();
+    Ok(body)
+}
+
+/// The ids of the whole events (their blank line came) in an SSE body cut anywhere.
+fn whole_ids_of(body: &[u8]) -> TestResult<Vec<i64>> {
+    let text = String::from_utf8_lossy(body).into_owned();
     let whole = text.rfind("\n\n").map_or("", |end| &text[..end]);
     Ok(whole.lines().filter_map(|l| l.strip_prefix("id: ")).map(str::parse).collect::<Result<_, _>>()?)
 }
@@ -402,11 +420,8 @@ async fn a_stalled_reader_loses_its_stream_after_the_write_timeout_and_resumes_m
         }
 
         // The client reads again: what reached it, then the rest from its last whole event.
-        let mut raw = Vec::new();
         // (On a reused connection the health response before it was read already.)
-        tokio::time::timeout(WAIT * 3, conn.read_to_end(&mut raw)).await.map_err(|_| {
-            format!("takeover {takeover}: the cut stream never reached its end ({} bytes)", raw.len())
-        })??;
+        let raw = read_rest(&mut conn, &format!("takeover {takeover}")).await?;
         let mut seen = whole_event_ids(&raw)?;
         let all = app.sql_event_ids(id).await?;
         assert!(seen.len() < all.len(), "takeover {takeover}: the stream was cut");
@@ -494,5 +509,359 @@ async fn sigterm_with_twenty_stalled_readers_exits_within_ten_seconds() -> TestR
         assert!(started.elapsed() < Duration::from_secs(4), "takeover {takeover}: {:?}", started.elapsed());
         assert_eq!(status.code(), Some(0), "takeover {takeover}");
     }
+    Ok(())
+}
+
+/// Both ways a stream is served: on its own socket, or by hyper (`reuse` the connection with
+/// the takeover on, or every connection with it off).
+const WAYS: [(bool, bool); 3] = [(true, false), (true, true), (false, false)];
+
+/// The write timeout of the stall tests below, and how late after it a stream may still close.
+const STALL_TIMEOUT: u64 = 3;
+const STALL_BOUND: Duration = Duration::from_secs(3);
+
+/// An app whose stalled streams end after [`STALL_TIMEOUT`], with a small memory of recent
+/// events, so that a catch-up reads the table.
+async fn app_for_stalls(
+    takeover: bool,
+    tweak: impl FnOnce(&mut aura::config::ServeConfig),
+) -> TestResult<TestApp> {
+    spawn_app_with(|c| {
+        c.write_timeout_secs = STALL_TIMEOUT;
+        c.stream_buffer = 16;
+        c.synchronous = Synchronous::Normal;
+        c.stream_takeover = takeover;
+        tweak(c);
+    })
+    .await
+}
+
+/// `n` warnings of about 1.6 KB each on `job`, then its end: megabytes of log in a few seconds
+/// (16 appends in flight, so that they commit in groups). Their text is random letters, so
+/// that gzip cannot shrink it to nothing, and a batch window collapses none of them.
+async fn append_filler(app: &TestApp, job: Uuid, n: usize) -> TestResult {
+    const LETTERS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    lifecycle::claim(app.state.store(), job).await??;
+    let handle = JobHandle::new(app.state.store().clone(), job);
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut messages = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut text = format!("filler {i} ");
+        for _ in 0..1600 {
+            // xorshift64: cheap, and incompressible enough.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            text.push(char::from(LETTERS[(state & 63) as usize]));
+        }
+        messages.push(text);
+    }
+    let appended: Vec<_> = futures_util::stream::iter(messages)
+        .map(|message| {
+            let handle = handle.clone();
+            async move { handle.warn(None, "filler", message).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for outcome in appended {
+        outcome??;
+    }
+    handle.cancelled(None).await??;
+    Ok(())
+}
+
+/// Waits until `app` has `n` streams open.
+async fn streams_open(app: &TestApp, n: usize, what: &str) -> TestResult {
+    tokio::time::timeout(WAIT, async {
+        while app.state.streams().open() != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| format!("{what}: {} streams open, not {n}", app.state.streams().open()).into())
+}
+
+/// Waits until no stream of `app` is open (its own count, and `aura_open_streams_total` on
+/// `/metrics`), failing once `deadline` has passed.
+async fn streams_closed_by(app: &TestApp, deadline: Instant, what: &str) -> TestResult {
+    loop {
+        let open = app.state.streams().open();
+        let gauge = app.metric("aura_open_streams_total").await?;
+        if open == 0 && gauge == 0.0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: {open} streams still open ({gauge} on /metrics)").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads what a stalled client was sent, once the server has dropped its connection: to the
+/// end, or to the reset that a connection the kernel gave up on ends with.
+async fn read_rest(conn: &mut TcpStream, what: &str) -> TestResult<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + WAIT * 3;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return Ok(raw),
+            Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
+            Err(_) => return Err(format!("{what}: the cut stream never ended ({} bytes)", raw.len()).into()),
+        }
+    }
+}
+
+/// `seen`, the ids a cut stream delivered whole, followed by what a plain stream resumed from
+/// its last one sends up to the newest of `all`: every event once, in order, is `all`.
+async fn resume_after(app: &TestApp, mut seen: Vec<i64>, all: &[i64], what: &str) -> TestResult {
+    let last = *all.last().ok_or("no events")?;
+    assert!(seen.len() < all.len(), "{what}: the stream was cut ({} of {} events)", seen.len(), all.len());
+    let resume = seen.last().copied().unwrap_or(0).to_string();
+    let mut rest = app.stream("/api/events", &[("Last-Event-ID", &resume)]).await?;
+    // Megabytes replayed from the table by a debug build on a busy machine: a wide bound.
+    seen.extend(
+        tokio::time::timeout(WAIT * 3, rest.ids_until(last))
+            .await
+            .map_err(|_| format!("{what}: the resumed stream did not reach {last}"))??,
+    );
+    assert_eq!(seen, all, "{what}: every event once, in order");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stall_during_a_catch_up_lose_their_streams_after_the_write_timeout_and_resume_missing_nothing()
+-> TestResult {
+    let _heavy = HEAVY.lock().await;
+    for (takeover, reuse) in WAYS {
+        let what = format!("takeover {takeover}, reuse {reuse}");
+        let app = app_for_stalls(takeover, |_| {}).await?;
+        let job = app.create_job("a log to catch up on").await?;
+        // About 2.5 MB, read back from the table: more than the client's socket buffer holds, not
+        // more than the kernel may hold for it on the server's side once the replay is written.
+        append_filler(&app, job, 1500).await?;
+        let all = app.sql_event_ids(job).await?;
+        let addr = addr_of(&app.base)?;
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            readers.push(stalled_request(addr, "/api/events", "Last-Event-ID: 0\r\n", reuse).await?);
+        }
+        let opened = Instant::now();
+        streams_open(&app, 3, &what).await?;
+        streams_closed_by(&app, opened + Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND, &what).await?;
+        for mut conn in readers {
+            let raw = read_rest(&mut conn, &what).await?;
+            resume_after(&app, whole_event_ids(&raw)?, &all, &what).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes as much of a gzip stream cut anywhere as there is.
+fn gunzip_cut(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = decoder.read(&mut buf)
+        && n > 0
+    {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_compressed_readers_that_stall_lose_their_streams_after_the_write_timeout_and_resume_missing_nothing()
+-> TestResult {
+    let _heavy = HEAVY.lock().await;
+    for (takeover, reuse) in WAYS {
+        let what = format!("takeover {takeover}, reuse {reuse}");
+        let app = app_for_stalls(takeover, |c| c.stream_compression = aura::config::StreamCompression::Gzip)
+            .await?;
+        let job = app.create_job("a log to follow").await?;
+        // About 500 kB, 400 kB once compressed: far more than the client's socket buffer holds,
+        // and little enough that a debug build encodes it well within the write timeout.
+        append_filler(&app, job, 300).await?;
+        let all = app.sql_event_ids(job).await?;
+        let addr = addr_of(&app.base)?;
+        let mut batched =
+            stalled_request(addr, "/api/events?batch=1000ms", "Last-Event-ID: 0\r\n", reuse).await?;
+        let mut gzipped =
+            stalled_request(addr, "/api/events", "Last-Event-ID: 0\r\nAccept-Encoding: gzip\r\n", reuse)
+                .await?;
+        let opened = Instant::now();
+        streams_open(&app, 2, &what).await?;
+        streams_closed_by(&app, opened + Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND, &what).await?;
+        let raw = read_rest(&mut batched, &what).await?;
+        resume_after(&app, whole_event_ids(&raw)?, &all, &format!("{what}, batched")).await?;
+        let raw = read_rest(&mut gzipped, &what).await?;
+        let body = gunzip_cut(&chunked_body(&raw)?);
+        resume_after(&app, whole_ids_of(&body)?, &all, &format!("{what}, gzip")).await?;
+    }
+    Ok(())
+}
+
+/// The handshake headers of a WebSocket client.
+const WS_HANDSHAKE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// Opens a WebSocket by hand and reads the `101` answer: nothing on this side answers the
+/// server's pings, whether the caller then reads the raw frames or not.
+async fn raw_websocket(addr: SocketAddr, path: &str) -> TestResult<TcpStream> {
+    let mut conn = TcpStream::connect(addr).await?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{WS_HANDSHAKE}\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tokio::time::timeout(WAIT, conn.read(&mut byte)).await?? == 0 {
+            return Err("closed during the handshake".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head)?;
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("no upgrade: {head}").into());
+    }
+    Ok(conn)
+}
+
+/// The ids of the events a WebSocket client reads until the socket closes or fails.
+async fn ws_ids_to_close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> TestResult<Vec<i64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut ids = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT * 3, ws.next()).await? {
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(&text)?;
+                ids.extend(value["id"].as_i64());
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Ok(ids),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_stops_reading_during_a_catch_up_is_closed_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    let _heavy = HEAVY.lock().await;
+    let app = app_for_stalls(true, |_| {}).await?;
+    let job = app.create_job("a log a socket stops reading").await?;
+    append_filler(&app, job, 1500).await?;
+    let all = app.sql_event_ids(job).await?;
+    let addr = addr_of(&app.base)?;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let conn = socket.connect(addr).await?;
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/api/ws?lastEventId=0"), conn).await?;
+    let opened = Instant::now();
+    streams_open(&app, 1, "websocket").await?;
+    streams_closed_by(&app, opened + Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND, "websocket").await?;
+
+    // The client reads again: what reached it, then a socket resumed from its last id.
+    let seen = ws_ids_to_close(&mut stalled).await?;
+    assert!(seen.len() < all.len(), "the socket was cut ({} of {} events)", seen.len(), all.len());
+    let resume = seen.last().copied().unwrap_or(0);
+    let (mut rest, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
+            .await?;
+    let rest = ws_ids_to_close(&mut rest).await?;
+    assert_eq!([seen, rest].concat(), all, "every event once, in order");
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_websockets_hold_their_connection_slots_until_they_close() -> TestResult {
+    let app = spawn_app_with(|c| c.max_connections = Some(3)).await?;
+    let addr = addr_of(&app.base)?;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(raw_websocket(addr, "/api/ws").await?);
+    }
+    streams_open(&app, 3, "three sockets").await?;
+    // Every slot is a socket's: a further connection is closed at once, as often as it comes.
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(addr).await?;
+        let _ = extra.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert!(
+            closed_by(&mut extra, Instant::now() + Duration::from_secs(1)).await,
+            "a connection past the cap was kept while three WebSockets were open"
+        );
+    }
+    // One socket closes: its slot serves the next connection.
+    drop(sockets.pop());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let closed = Instant::now();
+    while health_latency(&client, &app.base).await.is_none() {
+        assert!(closed.elapsed() < WAIT, "no connection was served after a socket closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.state.streams().open(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_that_never_answers_a_ping_is_closed_after_the_pong_timeout_and_frees_its_slot()
+-> TestResult {
+    const PONG: Duration = Duration::from_secs(2);
+    let app = spawn_app_with(|c| {
+        c.ws_pong_secs = PONG.as_secs();
+        c.max_connections = Some(2);
+    })
+    .await?;
+    let addr = addr_of(&app.base)?;
+    // tokio-tungstenite answers every ping while it reads: this one reads all along, on a task
+    // of its own, and hands on the text it gets.
+    let (mut answering, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws")).await?;
+    let (texts, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let mut reader = tokio::spawn(async move {
+        while let Some(message) = answering.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    let _ = texts.send(text.to_string());
+                }
+                Ok(Message::Close(frame)) => return format!("closed: {frame:?}"),
+                Err(e) => return format!("failed: {e}"),
+                Ok(_) => {}
+            }
+        }
+        "ended".to_owned()
+    });
+    let mut silent = raw_websocket(addr, "/api/ws").await?;
+    let opened = Instant::now();
+    streams_open(&app, 2, "two sockets").await?;
+
+    // The silent one reads (the pings among what it reads) but never answers.
+    let bound = opened + PONG + Duration::from_secs(3);
+    assert!(closed_by(&mut silent, bound).await, "a socket that never answered a ping is still open");
+    // Its connection slot is free: a request is served beside the answering socket.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let closed = Instant::now();
+    while health_latency(&client, &app.base).await.is_none() {
+        assert!(closed.elapsed() < WAIT, "the silent socket's connection slot was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    streams_open(&app, 1, "the answering socket").await?;
+
+    // The answering one outlives three pong timeouts and still gets events.
+    if let Ok(end) = tokio::time::timeout(PONG * 3, &mut reader).await {
+        return Err(format!("the answering socket ended: {:?}", end?).into());
+    }
+    let job = app.create_job("heard by the answering socket").await?;
+    let first = *app.sql_event_ids(job).await?.first().ok_or("no event")?;
+    loop {
+        let text = tokio::time::timeout(WAIT, heard.recv()).await?.ok_or("the answering socket ended")?;
+        let value: Value = serde_json::from_str(&text)?;
+        if value["id"].as_i64() == Some(first) {
+            break;
+        }
+    }
+    reader.abort();
     Ok(())
 }

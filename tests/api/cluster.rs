@@ -23,23 +23,22 @@ use crate::postgres::{OwnCluster, database};
 
 const AURA: &str = env!("CARGO_BIN_EXE_aura");
 /// Lease time of the nodes in these tests: short, so a lost node's job continues soon.
-const LEASE_SECS: u64 = 3;
+pub(crate) const LEASE_SECS: u64 = 3;
 /// The longest any one wait here may take.
-const BOUND: Duration = Duration::from_secs(120);
+pub(crate) const BOUND: Duration = Duration::from_secs(120);
 
 /// An `aura serve` process on a shared database, with its log in its data folder.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    base: String,
-    dir: PathBuf,
+    pub base: String,
+    pub dir: PathBuf,
 }
 
 impl Node {
-    async fn start(root: &Path, name: &str, db: &str, workers: u32, ffmpeg: &Path) -> TestResult<Node> {
-        Node::start_storing(root, name, db, workers, ffmpeg, None).await
+    pub async fn start(root: &Path, name: &str, db: &str, workers: u32, ffmpeg: &Path) -> TestResult<Node> {
+        Node::start_with(root, name, db, workers, ffmpeg, None, &[]).await
     }
 
-    /// A node whose videos go to `storage` (an S3-compatible server) instead of its data folder.
     async fn start_storing(
         root: &Path,
         name: &str,
@@ -47,6 +46,20 @@ impl Node {
         workers: u32,
         ffmpeg: &Path,
         storage: Option<&S3>,
+    ) -> TestResult<Node> {
+        Node::start_with(root, name, db, workers, ffmpeg, storage, &[]).await
+    }
+
+    /// A node whose videos go to `storage` (an S3-compatible server) instead of its data folder,
+    /// with `env` (`AURA_*` settings) added to its environment.
+    pub async fn start_with(
+        root: &Path,
+        name: &str,
+        db: &str,
+        workers: u32,
+        ffmpeg: &Path,
+        storage: Option<&S3>,
+        env: &[(&str, &str)],
     ) -> TestResult<Node> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -64,6 +77,7 @@ impl Node {
             .args(["--lease-secs", &LEASE_SECS.to_string(), "--ffmpeg"])
             .arg(ffmpeg)
             .env("RUST_LOG", "warn,aura=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -85,7 +99,7 @@ impl Node {
         std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         Node::log_of(&self.dir)
     }
 
@@ -97,14 +111,14 @@ impl Node {
 }
 
 /// An ffmpeg that waits `secs` before each run, so that a test can act mid-stage.
-fn slow_ffmpeg(dir: &Path, secs: f64) -> TestResult<PathBuf> {
+pub(crate) fn slow_ffmpeg(dir: &Path, secs: f64) -> TestResult<PathBuf> {
     let path = dir.join("slow-ffmpeg");
     std::fs::write(&path, format!("#!/bin/sh\nsleep {secs}\nexec ffmpeg \"$@\"\n"))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
 
-async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
+pub(crate) async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
     let body = json!({"brief": {"topic": topic}, "planSpec": {"targetDuration": format!("00:00:{seconds:02}")},
                       "renderSpec": {"res": "480p", "fps": 10}});
     let res = reqwest::Client::new().post(format!("{base}/api/jobs")).json(&body).send().await?;
@@ -115,7 +129,7 @@ async fn create(base: &str, topic: &str, seconds: u32) -> TestResult<String> {
     Ok(created["jobId"].as_str().ok_or("no jobId")?.to_owned())
 }
 
-async fn job(base: &str, id: &str) -> TestResult<Value> {
+pub(crate) async fn job(base: &str, id: &str) -> TestResult<Value> {
     Ok(reqwest::Client::new().get(format!("{base}/api/jobs/{id}")).send().await?.json().await?)
 }
 
@@ -151,7 +165,7 @@ async fn table_ids(db: &str) -> TestResult<Vec<i64>> {
 }
 
 /// How many events of `kind` the table holds for a job.
-async fn count_of(db: &str, id: &str, kind: &str) -> TestResult<i64> {
+pub(crate) async fn count_of(db: &str, id: &str, kind: &str) -> TestResult<i64> {
     let mut conn = sqlx::PgConnection::connect(db).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE job_id = $1 AND type = $2")
         .bind(id)
@@ -318,7 +332,7 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
 }
 
 /// Pids of processes whose command line names `needle`.
-fn processes_naming(needle: &str) -> BTreeSet<u32> {
+pub(crate) fn processes_naming(needle: &str) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
     for e in entries.flatten() {

@@ -12,6 +12,7 @@ mod damaged;
 mod disk;
 mod docs;
 mod fanout;
+mod faults_engine;
 mod helpers;
 mod jobs_api;
 mod layers;

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
+use sqlx::Connection;
 
-use crate::cluster::{BOUND, Node, count_of, create, job, processes_naming, slow_ffmpeg};
+use crate::cluster::{BOUND, LEASE_SECS, Node, count_of, create, job, processes_naming, slow_ffmpeg};
 use crate::helpers::TestResult;
 use crate::postgres::database;
 
@@ -45,6 +46,17 @@ async fn ended(node: &Node, id: &str, bound: Duration) -> TestResult<Value> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The job's history, oldest first.
+async fn history(node: &Node, id: &str) -> TestResult<Vec<Value>> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/api/jobs/{id}/history?limit=10000", node.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body.as_array().ok_or("history is not an array")?.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -95,6 +107,62 @@ async fn a_cancel_the_workers_ring_lost_in_a_burst_of_creations_still_ends_the_j
     assert_eq!(count_of(&db, &id, "job-completed").await?, 0, "a Cancelling job never completes");
     assert_eq!(count_of(&db, &id, "job-cancelled").await?, 1, "it is cancelled once");
     assert!(processes_naming(&needle).is_empty(), "nothing runs for the cancelled job");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_renewal_blocks_past_the_lease_stops_its_ffmpeg_and_records_no_cancel()
+-> TestResult {
+    let db = database().await?;
+    let root = tempfile::tempdir()?;
+    let ffmpeg = slow_ffmpeg(root.path(), 2.0)?;
+    // One node: nobody else could take the job over, only the node itself once its lease expired.
+    let worker = Node::start(root.path(), "worker", &db, 1, &ffmpeg).await?;
+    let id = create(&worker.base, "outlive a blocked lease", 20).await?;
+    let needle = ffmpeg_running(&worker, &id).await?;
+
+    // A test connection holds the job's lease row: renewals wait on it, while the worker's
+    // appends (which leave the lease alone) still go through.
+    let mut holder = sqlx::PgConnection::connect(&db).await?;
+    let mut lock = holder.begin().await?;
+    let held: Option<i64> = sqlx::query_scalar("SELECT attempt FROM leases WHERE job_id = $1 FOR UPDATE")
+        .bind(&id)
+        .fetch_optional(&mut *lock)
+        .await?;
+    assert_eq!(held, Some(1), "the lease of the first attempt is held");
+    let locked = Instant::now();
+
+    // Within the lease time (plus a renewal period and a margin) the node gives the job up: its
+    // ffmpeg is gone, and stays gone for two seconds, while the row is still held.
+    let bound = Duration::from_secs(LEASE_SECS + 5);
+    let mut last_seen = Instant::now();
+    while last_seen.elapsed() < Duration::from_secs(2) {
+        if !processes_naming(&needle).is_empty() {
+            last_seen = Instant::now();
+        }
+        assert!(
+            locked.elapsed() < bound + Duration::from_secs(2),
+            "the job's ffmpeg still ran {:?} after its lease could no longer be renewed; log: {}",
+            last_seen.duration_since(locked),
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.rollback().await?;
+    holder.close().await?;
+
+    // The job continues as a new attempt, says why, and completes; nobody cancelled it.
+    let snapshot = ended(&worker, &id, Duration::from_secs(240)).await?;
+    let events = history(&worker, &id).await?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(!kinds.contains(&"job-cancelled"), "lease loss is not a cancel: {kinds:?}");
+    assert!(
+        events.iter().any(|e| e["type"] == "warning" && e["data"]["code"] == "node-lost"),
+        "the new attempt says why: {kinds:?}"
+    );
+    assert!(snapshot["attempt"].as_u64() >= Some(2), "a new attempt: {snapshot}");
+    assert_eq!(snapshot["status"], "Completed", "{snapshot}; log: {}", worker.log());
+    assert_eq!(count_of(&db, &id, "job-completed").await?, 1, "completed once");
     Ok(())
 }
 

@@ -7,8 +7,9 @@
 //! - a node whose lease renewal blocks past the lease (a test connection holds the lease row)
 //!   stops the job's ffmpeg and records no `job-cancelled` for it: the job continues as a new
 //!   attempt after `warning` `node-lost`, and completes;
+//! - a worker that missed a cancel from another node cannot complete or fail the job;
 //! - a lease is judged by the database's clock: another node does not take a job whose lease the
-//!   database says is still valid.
+//!   database says is still valid, nor one whose row someone holds (it is being renewed).
 
 use std::time::{Duration, Instant};
 
@@ -199,6 +200,62 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
     worker.cancelled(Some(Stage::Render)).await??;
     let (status, _, _) = crate::postgres::row_of(&url, id).await?;
     assert_eq!(status, "Cancelled");
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// Leases are judged by the database's clock: the lease a claim writes ends a lease time after
+/// the database's `now()`, and another node neither lists nor takes it before then, whatever
+/// its own clock says; once the database's clock is past it, the other node continues the job
+/// (`node-lost`, a new attempt that waits for any worker node).
+#[tokio::test]
+async fn a_lease_is_judged_by_the_databases_clock_and_not_taken_before_it_expires_there() -> TestResult {
+    use aura::engine::lifecycle::{self, Recovered};
+    use aura::store::Refusal;
+
+    let (url, a, b, id, attempt) = crate::postgres::two_nodes_and_a_claimed_job("clock").await?;
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM leases WHERE job_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&mut conn)
+    .await?;
+    assert!((29.0..=30.5).contains(&left), "the lease ends 30 s after the database's now(): {left} s left");
+    assert!(b.expired_leases(10).await?.is_empty(), "a valid lease is not listed as expired");
+    let early = lifecycle::recover_expired(&b, id, 3).await?;
+    assert!(matches!(early, Err(Refusal::Conflict(_))), "taken before it expired: {early:?}");
+
+    // The database's clock passes the lease's end (as a lease time passing would).
+    sqlx::query("UPDATE leases SET expires_at = now() - interval '1 second' WHERE job_id = $1")
+        .bind(id.to_string())
+        .execute(&mut conn)
+        .await?;
+    assert_eq!(b.expired_leases(10).await?, vec![id], "an expired lease is listed");
+    // While someone holds the row (its node renewing it this very moment), a takeover neither
+    // waits for it nor takes it: the next sweep decides.
+    let mut renewing = sqlx::PgConnection::connect(&url).await?;
+    let mut held = renewing.begin().await?;
+    sqlx::query("SELECT 1 FROM leases WHERE job_id = $1 FOR UPDATE")
+        .bind(id.to_string())
+        .execute(&mut *held)
+        .await?;
+    let busy = tokio::time::timeout(Duration::from_secs(5), lifecycle::recover_expired(&b, id, 3))
+        .await
+        .map_err(|_| "a takeover waited on a lease row someone holds")??;
+    assert!(matches!(busy, Err(Refusal::Conflict(_))), "taken while held: {busy:?}");
+    held.rollback().await?;
+    renewing.close().await?;
+    assert_eq!(lifecycle::recover_expired(&b, id, 3).await??, Recovered::Resumed);
+    let (status, row_attempt, _) = crate::postgres::row_of(&url, id).await?;
+    assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));
+    let holder: Option<Option<String>> = sqlx::query_scalar("SELECT node FROM leases WHERE job_id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut conn)
+        .await?;
+    assert_eq!(holder, Some(None), "the new attempt waits for any worker node");
+    conn.close().await?;
     a.close().await;
     b.close().await;
     Ok(())

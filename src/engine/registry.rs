@@ -228,9 +228,11 @@ impl Engine {
     }
 
     /// Reads the status of every job this node runs from the table and stops those cancelled
-    /// meanwhile (and those that ended or went on as another attempt elsewhere). For when this
-    /// node may have missed events: the ring of recent events moved past what
-    /// [`Engine::observe`] last saw. It costs one read per running job, and only then.
+    /// meanwhile. For when this node may have missed events: the ring of recent events moved
+    /// past what [`Engine::observe`] last saw. It costs one read per running job, and only
+    /// then. A job that ended or went on as another attempt is left to the fence and the lease
+    /// renewal, which already stop it (an attempt this node has just begun may not be in its
+    /// handle yet).
     pub async fn recheck_running(&self) {
         for (job_id, attempt) in self.running_attempts() {
             match self.store().job(job_id).await {
@@ -238,7 +240,6 @@ impl Engine {
                     tracing::info!(%job_id, "a cancel this node had missed: stopping the job");
                     self.cancel_running(job_id);
                 }
-                Ok(Some(s)) if s.status.is_terminal() || s.attempt != attempt => self.lose(job_id),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, %job_id, "reading a running job's status failed"),
             }

@@ -304,8 +304,12 @@ async fn observe(hub: std::sync::Arc<Hub>, engine: Engine, shutdown: Cancellatio
                 engine.observe(&events);
                 seen = through;
             }
-            // Too far behind for memory: the lease renewal still finds a lost or ended job.
-            None => seen = now,
+            // The ring moved past what this node last saw: the events in between may hold a
+            // cancel of a job it runs, so it reads those jobs' statuses from the table.
+            None => {
+                seen = now;
+                engine.recheck_running().await;
+            }
         }
     }
 }

@@ -4,8 +4,11 @@
 //! 1. renews the leases of the jobs this node runs; a job whose lease this node no longer holds
 //!    (another node took it over after it expired) has its processes killed here, and its
 //!    worker's writes are refused by the attempt's fence (see `lifecycle::JobHandle::fenced`).
-//!    A node that could not renew for a whole lease time (it lost the database) stops its jobs
-//!    itself: by the database's clock they may be another node's already;
+//!    A node that could not renew for a whole lease time (it lost the database, or the renewal
+//!    timed out: it may take at most a third of the lease, see `Node::guard_timeout`) stops
+//!    its jobs itself: by the database's clock they may be another node's already. Losing a
+//!    lease is not a cancel: the worker kills the job's processes and appends nothing terminal
+//!    (`Engine::lose`), and the job continues as a new attempt after `warning` `node-lost`;
 //! 2. turns every expired lease, whichever node held it, into a new attempt of its job (or ends
 //!    it, like a restart does on one machine), which waits for any worker node to take it.
 //!

@@ -2,7 +2,8 @@
 //! against the job's current state, appending its events through the single append path.
 //!
 //! The API handlers use [`create`] and [`cancel`]; the pipeline holds a [`JobHandle`] and calls
-//! `start_stage`, `progress`, `complete_stage`, `warn`, `fail`, `complete` and `cancelled`.
+//! `start_stage`, `progress`, `complete_stage`, `warn`, `fail`, `complete` and `cancelled`,
+//! each decided by [`decide_report`] (a Cancelling job takes only `job-cancelled`).
 //! Overall percent is clamped here so it never goes down within one attempt.
 
 use uuid::Uuid;
@@ -14,7 +15,7 @@ use crate::domain::event::{
 use crate::domain::job::{JobState, JobStatus, OUTPUT_EXPIRED, Stage, round1};
 use crate::domain::spec::JobSpec;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
@@ -153,12 +154,126 @@ fn live(state: Option<&JobState>) -> Result<&JobState, Refusal> {
 /// job over (its lease had expired), so this node's writes must not count.
 fn fence(s: &JobState, attempt: Option<u32>) -> Result<(), Refusal> {
     match attempt {
-        Some(mine) if s.attempt != mine => Err(Refusal::Conflict(format!(
-            "the job continues as attempt {}; attempt {mine} may no longer write",
-            s.attempt
-        ))),
+        Some(mine) if s.attempt != mine => Err(Refused::Superseded { now: s.attempt, mine }.into()),
         _ => Ok(()),
     }
+}
+
+/// What the worker running a job asks to append: one command per [`JobHandle`] method.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    StartStage(Stage),
+    SkipStage(Stage),
+    Progress { step: Stage, pct: f64, message: String },
+    CompleteStage { step: Stage, message: String },
+    Warn { step: Option<Stage>, code: String, message: String },
+    Error { step: Option<Stage>, code: String, message: String },
+    Fail { step: Option<Stage>, code: String, message: String },
+    Complete(JobOutput),
+    Cancelled(Option<Stage>),
+}
+
+/// Why a worker's [`Report`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NotFound,
+    /// The job has ended: nothing more is written for it.
+    Ended(JobStatus),
+    /// The job went on as attempt `now`: attempt `mine` may no longer write (its node lost the
+    /// lease, or the job was resumed elsewhere).
+    Superseded {
+        now: u32,
+        mine: u32,
+    },
+    /// The job is Cancelling: the cancel wins, and the only thing left to append is
+    /// `job-cancelled`. Neither a stage's work nor `job-completed` nor `job-failed` can take the
+    /// job anywhere else.
+    Cancelling,
+}
+
+impl Refused {
+    /// Whether the job is no longer this worker's at all (it ended, or went on as another
+    /// attempt): then the worker appends nothing more, not even a terminal event.
+    pub fn job_left(self) -> bool {
+        !matches!(self, Refused::Cancelling)
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(r: Refused) -> Refusal {
+        match r {
+            Refused::NotFound => Refusal::NotFound,
+            Refused::Ended(status) => Refusal::Conflict(format!("the job is already {}", status.name())),
+            Refused::Superseded { now, mine } => Refusal::Conflict(format!(
+                "the job continues as attempt {now}; attempt {mine} may no longer write"
+            )),
+            Refused::Cancelling => {
+                Refusal::Conflict("the job is being cancelled; only job-cancelled may end it".into())
+            }
+        }
+    }
+}
+
+/// The decision on a worker's report against the job's state (`None`: no such job), for the
+/// attempt the worker runs (`None`: not fenced, as tests and benchmarks drive jobs).
+///
+/// A job that has ended takes nothing; an attempt the job has moved past writes nothing; a
+/// Cancelling job takes only `job-cancelled`, so a Cancelling job always ends Cancelled. Every
+/// other report is accepted.
+pub fn decide_report(
+    state: Option<&JobState>,
+    attempt: Option<u32>,
+    report: &Report,
+) -> Result<Vec<EventBody>, Refused> {
+    let s = state.ok_or(Refused::NotFound)?;
+    if s.status.is_terminal() {
+        return Err(Refused::Ended(s.status));
+    }
+    if let Some(mine) = attempt
+        && s.attempt != mine
+    {
+        return Err(Refused::Superseded { now: s.attempt, mine });
+    }
+    if s.status == JobStatus::Cancelling && !matches!(report, Report::Cancelled(_)) {
+        return Err(Refused::Cancelling);
+    }
+    Ok(match report {
+        Report::StartStage(step) => {
+            vec![EventBody::StepStatus(StepStatusData { step: *step, state: StepState::Started })]
+        }
+        Report::SkipStage(step) => {
+            let step = *step;
+            let percent = round1(s.percent.max(step.band().1));
+            vec![
+                EventBody::StepStatus(StepStatusData { step, state: StepState::Skipped }),
+                EventBody::StepProgress(StepProgressData {
+                    step,
+                    progress_pct: 100.0,
+                    percent,
+                    message: format!("{} kept from an earlier attempt", step.name()),
+                }),
+            ]
+        }
+        Report::Progress { step, pct, message } => vec![progress_event(s, *step, *pct, message.clone())],
+        Report::CompleteStage { step, message } => vec![
+            progress_event(s, *step, 100.0, message.clone()),
+            EventBody::StepStatus(StepStatusData { step: *step, state: StepState::Completed }),
+        ],
+        Report::Warn { step, code, message } => {
+            vec![EventBody::Warning(NoticeData { code: code.clone(), message: message.clone(), step: *step })]
+        }
+        Report::Error { step, code, message } => {
+            vec![EventBody::Error(NoticeData { code: code.clone(), message: message.clone(), step: *step })]
+        }
+        Report::Fail { step, code, message } => {
+            let error = JobError { code: code.clone(), message: message.clone() };
+            vec![EventBody::JobFailed(JobFailedData { step: *step, error })]
+        }
+        Report::Complete(output) => {
+            vec![EventBody::JobCompleted(JobCompletedData { output: output.clone() })]
+        }
+        Report::Cancelled(step) => vec![EventBody::JobCancelled(JobCancelledData { step: *step })],
+    })
 }
 
 /// A worker's handle on the job it runs.
@@ -168,20 +283,32 @@ pub struct JobHandle {
     job_id: Uuid,
     /// The attempt this worker runs, when its writes are fenced (see [`JobHandle::fenced`]).
     attempt: Option<Arc<AtomicU32>>,
-    /// Cancelled when a write was refused because the attempt is no longer the job's.
+    /// Cancelled when a write was refused because the job is no longer this attempt's (it
+    /// ended, or went on as another attempt): the worker stops and appends nothing more.
     lost: CancellationToken,
+    /// Cancelled when a write was refused because the job is Cancelling: the worker stops its
+    /// processes and appends `job-cancelled` (see [`JobHandle::stopping`]).
+    stop: Option<CancellationToken>,
 }
 
 impl JobHandle {
     /// A handle whose writes are not fenced (tests and benchmarks drive jobs with it).
     pub fn new(store: Store, job_id: Uuid) -> Self {
-        JobHandle { store, job_id, attempt: None, lost: CancellationToken::new() }
+        JobHandle { store, job_id, attempt: None, lost: CancellationToken::new(), stop: None }
     }
 
     /// A worker's handle on `attempt` of the job: every write is refused once the job has moved
-    /// on to another attempt, and `lost` is then cancelled (the worker kills its processes).
+    /// on to another attempt or ended, and `lost` is then cancelled (the worker kills its
+    /// processes and appends nothing more).
     pub fn fenced(store: Store, job_id: Uuid, attempt: u32, lost: CancellationToken) -> Self {
-        JobHandle { store, job_id, attempt: Some(Arc::new(AtomicU32::new(attempt))), lost }
+        JobHandle { store, job_id, attempt: Some(Arc::new(AtomicU32::new(attempt))), lost, stop: None }
+    }
+
+    /// `stop` is cancelled when a write is refused because the job is Cancelling (a cancel this
+    /// node had not heard of yet): the worker kills its processes and ends the job Cancelled.
+    pub fn stopping(mut self, stop: CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     pub fn job_id(&self) -> Uuid {
@@ -200,104 +327,88 @@ impl JobHandle {
         }
     }
 
-    async fn decide(
-        &self,
-        f: impl Fn(&JobState) -> Result<Vec<EventBody>, Refusal> + Send + Sync + 'static,
-    ) -> Outcome {
+    /// Appends what `report` decides on the writer. A decision may run more than once (see
+    /// `store::Decide`); the reason of the last refusal is what the answer says.
+    async fn report(&self, report: Report) -> Outcome {
         let attempt = self.attempt.as_ref().map(|a| a.load(Ordering::Acquire));
+        let why = Arc::new(AtomicU8::new(NOT_REFUSED));
+        let seen = why.clone();
         let outcome = self
             .store
             .apply(
                 self.job_id,
                 Box::new(move |state| {
-                    let s = live(state)?;
-                    fence(s, attempt)?;
-                    f(s)
+                    decide_report(state, attempt, &report).map_err(|refused| {
+                        seen.store(if refused.job_left() { JOB_LEFT } else { CANCELLING }, Ordering::Release);
+                        Refusal::from(refused)
+                    })
                 }),
             )
             .await;
-        if let Ok(Err(Refusal::Conflict(_))) = &outcome
-            && attempt.is_some()
-        {
-            // Ended, or taken over: either way this worker's processes have nothing left to do.
-            self.lost.cancel();
+        if let Ok(Err(_)) = &outcome {
+            match why.load(Ordering::Acquire) {
+                // Ended, or taken over: this worker's processes have nothing left to do.
+                JOB_LEFT if attempt.is_some() => self.lost.cancel(),
+                // A cancel this worker missed: stop, and end the job Cancelled.
+                CANCELLING => {
+                    if let Some(stop) = &self.stop {
+                        stop.cancel();
+                    }
+                }
+                _ => {}
+            }
         }
         outcome
     }
 
+    /// Whether a refused write said the job is Cancelling (see [`JobHandle::stopping`]).
+    pub fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(CancellationToken::is_cancelled)
+    }
+
     pub async fn start_stage(&self, step: Stage) -> Outcome {
-        self.decide(move |_| {
-            Ok(vec![EventBody::StepStatus(StepStatusData { step, state: StepState::Started })])
-        })
-        .await
+        self.report(Report::StartStage(step)).await
     }
 
     pub async fn skip_stage(&self, step: Stage) -> Outcome {
-        self.decide(move |s| {
-            let percent = round1(s.percent.max(step.band().1));
-            Ok(vec![
-                EventBody::StepStatus(StepStatusData { step, state: StepState::Skipped }),
-                EventBody::StepProgress(StepProgressData {
-                    step,
-                    progress_pct: 100.0,
-                    percent,
-                    message: format!("{} kept from an earlier attempt", step.name()),
-                }),
-            ])
-        })
-        .await
+        self.report(Report::SkipStage(step)).await
     }
 
     /// `pct` percent through `step`; overall percent never goes below what was reported.
     pub async fn progress(&self, step: Stage, pct: f64, message: String) -> Outcome {
-        self.decide(move |s| Ok(vec![progress_event(s, step, pct, message.clone())])).await
+        self.report(Report::Progress { step, pct, message }).await
     }
 
     /// The stage's 100 % (always sent) and its `Completed`.
     pub async fn complete_stage(&self, step: Stage, message: String) -> Outcome {
-        self.decide(move |s| {
-            Ok(vec![
-                progress_event(s, step, 100.0, message.clone()),
-                EventBody::StepStatus(StepStatusData { step, state: StepState::Completed }),
-            ])
-        })
-        .await
+        self.report(Report::CompleteStage { step, message }).await
     }
 
     pub async fn warn(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
-        let code = code.to_owned();
-        self.decide(move |_| {
-            Ok(vec![EventBody::Warning(NoticeData { code: code.clone(), message: message.clone(), step })])
-        })
-        .await
+        self.report(Report::Warn { step, code: code.to_owned(), message }).await
     }
 
     pub async fn error(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
-        let code = code.to_owned();
-        self.decide(move |_| {
-            Ok(vec![EventBody::Error(NoticeData { code: code.clone(), message: message.clone(), step })])
-        })
-        .await
+        self.report(Report::Error { step, code: code.to_owned(), message }).await
     }
 
     pub async fn fail(&self, step: Option<Stage>, code: &str, message: String) -> Outcome {
-        let code = code.to_owned();
-        self.decide(move |_| {
-            let error = JobError { code: code.clone(), message: message.clone() };
-            Ok(vec![EventBody::JobFailed(JobFailedData { step, error })])
-        })
-        .await
+        self.report(Report::Fail { step, code: code.to_owned(), message }).await
     }
 
     pub async fn complete(&self, output: JobOutput) -> Outcome {
-        self.decide(move |_| Ok(vec![EventBody::JobCompleted(JobCompletedData { output: output.clone() })]))
-            .await
+        self.report(Report::Complete(output)).await
     }
 
     pub async fn cancelled(&self, step: Option<Stage>) -> Outcome {
-        self.decide(move |_| Ok(vec![EventBody::JobCancelled(JobCancelledData { step })])).await
+        self.report(Report::Cancelled(step)).await
     }
 }
+
+/// How [`JobHandle::report`]'s decision last ended.
+const NOT_REFUSED: u8 = 0;
+const JOB_LEFT: u8 = 1;
+const CANCELLING: u8 = 2;
 
 fn progress_event(s: &JobState, step: Stage, pct: f64, message: String) -> EventBody {
     let pct = round1(pct.clamp(0.0, 100.0));
@@ -411,4 +522,121 @@ async fn interrupted(
         JobStatus::Failed => Recovered::GaveUp,
         _ => Recovered::Resumed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    /// A job in `status` at attempt 1 (`None`: no such job).
+    fn job(status: Option<JobStatus>) -> Option<JobState> {
+        let status = status?;
+        let spec = JobSpec::from_value(&serde_json::json!({"brief": {"topic": "table"}})).ok()?;
+        let mut s = JobState::apply(
+            None,
+            Uuid::nil(),
+            1,
+            OffsetDateTime::UNIX_EPOCH,
+            &EventBody::JobStatus(JobStatusData {
+                status: JobStatus::Queued,
+                stage: None,
+                percent: 0.0,
+                attempt: Some(0),
+                owner: None,
+                request: Some(Box::new(spec)),
+            }),
+        )
+        .ok()?;
+        s.status = status;
+        s.attempt = 1;
+        s.stage = Some(Stage::Visuals);
+        s.percent = 40.0;
+        Some(s)
+    }
+
+    fn reports() -> Vec<Report> {
+        let output = JobOutput {
+            video_path: "jobs/x/output.mp4".into(),
+            video_url: "/api/jobs/x/output".into(),
+            size_bytes: 1,
+            duration_sec: 1.0,
+        };
+        vec![
+            Report::StartStage(Stage::Render),
+            Report::SkipStage(Stage::Render),
+            Report::Progress { step: Stage::Visuals, pct: 50.0, message: "half".into() },
+            Report::CompleteStage { step: Stage::Visuals, message: "done".into() },
+            Report::Warn { step: None, code: "w".into(), message: "w".into() },
+            Report::Error { step: None, code: "e".into(), message: "e".into() },
+            Report::Fail { step: Some(Stage::Render), code: "ffmpeg-failed".into(), message: "f".into() },
+            Report::Complete(output),
+            Report::Cancelled(Some(Stage::Render)),
+        ]
+    }
+
+    /// What a report leaves the job as, folded the way the store folds it.
+    fn status_after(state: &JobState, events: &[EventBody]) -> Option<JobStatus> {
+        let mut s = state.clone();
+        for (n, e) in events.iter().enumerate() {
+            s = JobState::apply(Some(s), state.job_id, 2 + n as i64, OffsetDateTime::UNIX_EPOCH, e).ok()?;
+        }
+        Some(s.status)
+    }
+
+    /// Every report in every state, for the attempt the job is on, another one, and unfenced.
+    #[test]
+    fn each_report_in_each_state_is_decided_as_the_table_says() {
+        use JobStatus::*;
+        let statuses = [
+            None,
+            Some(Queued),
+            Some(Running),
+            Some(Cancelling),
+            Some(Completed),
+            Some(Failed),
+            Some(Cancelled),
+        ];
+        for status in statuses {
+            let state = job(status);
+            for report in reports() {
+                for attempt in [Some(1), Some(2), None] {
+                    let got = decide_report(state.as_ref(), attempt, &report);
+                    let is_cancel = matches!(report, Report::Cancelled(_));
+                    let want: Result<(), Refused> = match status {
+                        None => Err(Refused::NotFound),
+                        Some(done @ (Completed | Failed | Cancelled)) => Err(Refused::Ended(done)),
+                        Some(_) if attempt == Some(2) => Err(Refused::Superseded { now: 1, mine: 2 }),
+                        Some(Cancelling) if !is_cancel => Err(Refused::Cancelling),
+                        Some(_) => Ok(()),
+                    };
+                    let case = format!("{report:?} in {status:?} for attempt {attempt:?}");
+                    match (&got, want) {
+                        (Ok(events), Ok(())) => {
+                            assert!(!events.is_empty(), "{case}: appends something");
+                            let (Some(before), Some(after)) =
+                                (state.as_ref(), state.as_ref().and_then(|s| status_after(s, events)))
+                            else {
+                                panic!("{case}: the events fold");
+                            };
+                            // From Cancelling the only way out is Cancelled.
+                            if before.status == Cancelling {
+                                assert_eq!(after, Cancelled, "{case}");
+                            }
+                        }
+                        (Err(refused), Err(wanted)) => assert_eq!(*refused, wanted, "{case}"),
+                        _ => panic!("{case}: got {got:?}, wanted {want:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_for_cancelling_leaves_the_job_to_its_worker() {
+        assert!(!Refused::Cancelling.job_left(), "the worker still ends the job Cancelled");
+        assert!(Refused::Superseded { now: 2, mine: 1 }.job_left());
+        assert!(Refused::Ended(JobStatus::Completed).job_left());
+        assert!(Refused::NotFound.job_left());
+    }
 }

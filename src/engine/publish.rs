@@ -36,6 +36,8 @@ pub enum Stored {
     Cancelled,
     /// The server is shutting down: the job stays Running for a later attempt.
     ShuttingDown,
+    /// The job left this node (its lease was lost): nothing more is written for this attempt.
+    Left,
 }
 
 /// Stores the video like [`publish`], retrying with backoff while the store fails (see the
@@ -44,6 +46,7 @@ pub async fn publish_until_stored(
     engine: &Engine,
     handle: &JobHandle,
     cancel: &CancellationToken,
+    leave: &CancellationToken,
     job_dir: &Path,
     ext: &str,
     output: &JobOutput,
@@ -74,6 +77,7 @@ pub async fn publish_until_stored(
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = cancel.cancelled() => return Stored::Cancelled,
+            () = leave.cancelled() => return Stored::Left,
             () = shutdown.cancelled() => return Stored::ShuttingDown,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -23,11 +23,25 @@ use crate::objects::Objects;
 use crate::store::{Applied, Refusal, Store, StoreError};
 use crate::sync::lock;
 
-/// A job this node runs: the token that kills its processes, and the handle that knows its
-/// attempt (for the lease renewals of a shared store).
+/// A job this node runs: its tokens, and the handle that knows its attempt (for the lease
+/// renewals of a shared store).
 struct Running {
-    cancel: CancellationToken,
+    tokens: RunTokens,
     handle: Option<JobHandle>,
+}
+
+/// How a job this node runs is stopped, and why.
+#[derive(Clone)]
+pub struct RunTokens {
+    /// The job leaves this node without a word from it: the server shuts down (this token is a
+    /// child of the shutdown token), or this node lost the job's lease, or the job went on as
+    /// another attempt or ended elsewhere. Its processes are killed and the worker appends
+    /// nothing terminal: another attempt (on any node, after `node-lost`, or after the next
+    /// start's recovery) continues the job.
+    pub leave: CancellationToken,
+    /// Kills the job's processes: a cancel (the worker then appends `job-cancelled`), or
+    /// anything that cancels `leave` (this token is its child).
+    pub stop: CancellationToken,
 }
 
 /// Cheap to clone: everything is behind one `Arc`.
@@ -115,16 +129,18 @@ impl Engine {
         Ok(applied)
     }
 
-    /// Registers a job a worker is running; its token is cancelled by [`Engine::cancel`].
-    pub fn register_running(&self, job_id: Uuid) -> CancellationToken {
-        let token = self.inner.shutdown.child_token();
+    /// Registers a job a worker is running: [`Engine::cancel`] (or a cancel this node observes)
+    /// cancels its `stop` token, [`Engine::lose`] and shutdown its `leave` token.
+    pub fn register_running(&self, job_id: Uuid) -> RunTokens {
+        let leave = self.inner.shutdown.child_token();
+        let tokens = RunTokens { stop: leave.child_token(), leave };
         match lock(&self.inner.running, "running jobs") {
             Ok(mut running) => {
-                running.insert(job_id, Running { cancel: token.clone(), handle: None });
+                running.insert(job_id, Running { tokens: tokens.clone(), handle: None });
             }
             Err(e) => tracing::error!(error = %e, %job_id, "cannot register a running job"),
         }
-        token
+        tokens
     }
 
     pub fn unregister_running(&self, job_id: Uuid) {
@@ -162,11 +178,20 @@ impl Engine {
         }
     }
 
-    /// Stops a job whose lease this node lost: its processes are killed; whatever the worker
-    /// then writes is refused by the attempt's fence.
+    /// Stops a job whose lease this node lost: its processes are killed and its worker appends
+    /// nothing terminal (lease loss is not a cancel). Once the lease has expired by the
+    /// database's clock, any node continues the job as a new attempt (`warning` `node-lost`);
+    /// whatever the old attempt still tries to write is refused by its fence.
     pub fn lose(&self, job_id: Uuid) {
         tracing::warn!(%job_id, "this node lost the job's lease; stopping its processes");
-        self.cancel_running(job_id);
+        match lock(&self.inner.running, "running jobs") {
+            Ok(running) => {
+                if let Some(job) = running.get(&job_id) {
+                    job.tokens.leave.cancel();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, %job_id, "cannot reach the running job to stop it"),
+        }
     }
 
     /// What this node learns from events committed by any node: a job asked to stop while
@@ -190,15 +215,34 @@ impl Engine {
         }
     }
 
-    /// Tells the worker running `job_id`, if any, to stop it.
+    /// Tells the worker running `job_id`, if any, to stop it (it then appends `job-cancelled`).
     fn cancel_running(&self, job_id: Uuid) {
         match lock(&self.inner.running, "running jobs") {
             Ok(running) => {
                 if let Some(job) = running.get(&job_id) {
-                    job.cancel.cancel();
+                    job.tokens.stop.cancel();
                 }
             }
             Err(e) => tracing::error!(error = %e, %job_id, "cannot reach the running job to cancel it"),
+        }
+    }
+
+    /// Reads the status of every job this node runs from the table and stops those cancelled
+    /// meanwhile. For when this node may have missed events: the ring of recent events moved
+    /// past what [`Engine::observe`] last saw. It costs one read per running job, and only
+    /// then. A job that ended or went on as another attempt is left to the fence and the lease
+    /// renewal, which already stop it (an attempt this node has just begun may not be in its
+    /// handle yet).
+    pub async fn recheck_running(&self) {
+        for (job_id, attempt) in self.running_attempts() {
+            match self.store().job(job_id).await {
+                Ok(Some(s)) if s.status == JobStatus::Cancelling && s.attempt == attempt => {
+                    tracing::info!(%job_id, "a cancel this node had missed: stopping the job");
+                    self.cancel_running(job_id);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %job_id, "reading a running job's status failed"),
+            }
         }
     }
 

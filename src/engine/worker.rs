@@ -118,7 +118,7 @@ async fn run_resumed(engine: &Engine, job_id: Uuid) {
         }
         Ok(Some(job)) if job.status == JobStatus::Cancelling => {
             let handle = JobHandle::new(engine.store().clone(), job_id);
-            end_job(engine, job_id, handle.cancelled(job.stage).await, "job-cancelled").await;
+            end_job(engine, &handle, handle.cancelled(job.stage).await, "job-cancelled", job.stage).await;
         }
         Ok(_) => tracing::debug!(%job_id, "a resumed job is no longer Running"),
         Err(e) => tracing::error!(%job_id, error = %e, "reading a resumed job failed"),
@@ -147,8 +147,10 @@ fn absolute(dir: &Path) -> PathBuf {
 /// Runs one claimed job to its end (or to shutdown) and records how it ended.
 #[tracing::instrument(skip_all, fields(job_id = %job_id))]
 async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSpec, attempt: u32) {
-    let cancel = engine.register_running(job_id);
-    let handle = JobHandle::fenced(engine.store().clone(), job_id, attempt, cancel.clone());
+    let tokens = engine.register_running(job_id);
+    let cancel = tokens.stop.clone();
+    let handle = JobHandle::fenced(engine.store().clone(), job_id, attempt, tokens.leave.clone())
+        .stopping(cancel.clone());
     engine.attach_handle(&handle);
     let settings = engine.settings();
     let job_dir = absolute(&settings.data_dir).join("jobs").join(job_id.to_string());
@@ -199,34 +201,62 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
     };
     engine.unregister_running(job_id);
     let shutting_down = engine.shutdown_token().is_cancelled();
+    if tokens.leave.is_cancelled() && !shutting_down {
+        // The lease was lost (or the job went on as another attempt, or ended, elsewhere): this
+        // node writes nothing more for it. Lease loss is not a cancel: the job continues as a
+        // new attempt (`node-lost`), which may reuse this attempt's verified stages.
+        tracing::warn!("the job left this node (its lease was lost); nothing is appended for this attempt");
+        return;
+    }
     match outcome {
         Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
             // Cancelled just as the last stage ended: the client asked to stop, so honour it.
             remove_dir(&job.job_dir).await;
-            end_job(engine, job_id, handle.cancelled(Some(Stage::Render)).await, "job-cancelled").await;
-            tracing::info!("job cancelled after its last stage");
+            let cancelled = handle.cancelled(Some(Stage::Render)).await;
+            end_job(engine, &handle, cancelled, "job-cancelled", Some(Stage::Render)).await;
         }
         Ok((job, Ok(output))) => {
             remove_dir(&job.work_dir).await;
             // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed; a
             // store that fails is retried, with the render kept (`publish`).
-            let stored =
-                publish::publish_until_stored(engine, &handle, &job.cancel, &job.job_dir, ext, &output).await;
+            let stored = publish::publish_until_stored(
+                engine,
+                &handle,
+                &job.cancel,
+                &tokens.leave,
+                &job.job_dir,
+                ext,
+                &output,
+            )
+            .await;
             match stored {
                 Stored::Yes => {
-                    end_job(engine, job_id, handle.complete(output).await, "job-completed").await;
-                    tracing::info!("job completed");
+                    let completed = handle.complete(output).await;
+                    if matches!(completed, Ok(Err(_))) && handle.stopped() {
+                        // Refused: the job is Cancelling. The video goes, as after any cancel.
+                        remove_dir(&job.job_dir).await;
+                        if !engine.objects().in_place() {
+                            let key = engine.objects().output_key(job_id, job.handle.attempt(), ext);
+                            if let Err(e) = engine.objects().delete(&key).await {
+                                tracing::warn!(error = %e, "removing a cancelled job's stored video failed");
+                            }
+                        }
+                    }
+                    end_job(engine, &handle, completed, "job-completed", Some(Stage::Render)).await;
                 }
                 Stored::Cancelled => {
                     remove_dir(&job.job_dir).await;
-                    end_job(engine, job_id, handle.cancelled(Some(Stage::Render)).await, "job-cancelled")
-                        .await;
+                    let cancelled = handle.cancelled(Some(Stage::Render)).await;
+                    end_job(engine, &handle, cancelled, "job-cancelled", Some(Stage::Render)).await;
                     tracing::info!("job cancelled while its video waited for the store");
                 }
                 Stored::ShuttingDown => {
                     tracing::info!(
                         "shutdown while storing the video: the job stays Running for a later attempt"
                     );
+                }
+                Stored::Left => {
+                    tracing::warn!("the job left this node while its video waited for the store");
                 }
             }
         }
@@ -239,13 +269,13 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         }
         Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
             remove_dir(&job.job_dir).await;
-            end_job(engine, job_id, handle.cancelled(Some(step)).await, "job-cancelled").await;
-            tracing::info!(step = step.name(), "job cancelled");
+            end_job(engine, &handle, handle.cancelled(Some(step)).await, "job-cancelled", Some(step)).await;
         }
         Ok((job, Err(PipelineError { step, error: StageError::Failed { code, message, cause } }))) => {
             tracing::warn!(step = step.name(), code, %message, cause = ?cause, "job failed");
             remove_dir(&job.job_dir).await;
-            end_job(engine, job_id, handle.fail(Some(step), code, message).await, "job-failed").await;
+            end_job(engine, &handle, handle.fail(Some(step), code, message).await, "job-failed", Some(step))
+                .await;
         }
         Err(join_error) => {
             let step = engine
@@ -264,8 +294,8 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             remove_dir(&job_dir).await;
             if !shutting_down {
                 let message = "an internal error stopped the job; the cause is in the server log".to_owned();
-                end_job(engine, job_id, handle.fail(Some(step), "internal", message).await, "job-failed")
-                    .await;
+                let failed = handle.fail(Some(step), "internal", message).await;
+                end_job(engine, &handle, failed, "job-failed", Some(step)).await;
             }
         }
     }
@@ -416,15 +446,35 @@ fn log_append(outcome: lifecycle::Outcome, what: &str) -> bool {
     }
 }
 
-/// Logs the append of a job's terminal event; once it is in, deletes the stage artifacts every
-/// attempt left in the store (see `pipeline::artifacts`), since no attempt will need them. A
-/// refused append means another attempt owns the job: its artifacts stay. A failed delete
-/// leaves keys behind, which cost space, not correctness.
-async fn end_job(engine: &Engine, job_id: Uuid, outcome: lifecycle::Outcome, what: &str) {
-    if !log_append(outcome, what) || engine.objects().in_place() {
+/// Logs the append of a job's terminal event (`what`, at `step`). A `job-completed` or
+/// `job-failed` refused because the job is Cancelling (a cancel this node had not heard of)
+/// ends the job Cancelled instead: the cancel wins. Once a terminal event is in, deletes the
+/// stage artifacts every attempt left in the store (see `pipeline::artifacts`), since no
+/// attempt will need them. A refusal for any other reason means another attempt owns the job
+/// (or it ended): its artifacts stay. A failed delete leaves keys behind, which cost space, not
+/// correctness.
+async fn end_job(
+    engine: &Engine,
+    handle: &JobHandle,
+    outcome: lifecycle::Outcome,
+    what: &str,
+    step: Option<Stage>,
+) {
+    let (outcome, what) = match outcome {
+        Ok(Err(refusal)) if handle.stopped() && what != "job-cancelled" => {
+            tracing::info!(%refusal, "the job was cancelled before its {what}: it ends Cancelled");
+            (handle.cancelled(step).await, "job-cancelled")
+        }
+        other => (other, what),
+    };
+    if !log_append(outcome, what) {
         return;
     }
-    match engine.objects().delete_stages(job_id).await {
+    tracing::info!(step = step.map(Stage::name), "{what}");
+    if engine.objects().in_place() {
+        return;
+    }
+    match engine.objects().delete_stages(handle.job_id()).await {
         Ok(n) => tracing::debug!(deleted = n, "the job's stage artifacts were removed from the store"),
         Err(e) => tracing::warn!(error = %e, "removing the job's stage artifacts from the store failed"),
     }

@@ -23,15 +23,15 @@ use crate::postgres::{OwnCluster, database};
 
 const AURA: &str = env!("CARGO_BIN_EXE_aura");
 /// Lease time of the nodes in these tests: short, so a lost node's job continues soon.
-const LEASE_SECS: u64 = 3;
+pub(crate) const LEASE_SECS: u64 = 3;
 /// The longest any one wait here may take.
-const BOUND: Duration = Duration::from_secs(120);
+pub(crate) const BOUND: Duration = Duration::from_secs(120);
 
 /// An `aura serve` process on a shared database, with its log in its data folder.
 pub(crate) struct Node {
     child: Child,
     pub base: String,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl Node {
@@ -174,7 +174,7 @@ async fn table_ids(db: &str) -> TestResult<Vec<i64>> {
 }
 
 /// How many events of `kind` the table holds for a job.
-async fn count_of(db: &str, id: &str, kind: &str) -> TestResult<i64> {
+pub(crate) async fn count_of(db: &str, id: &str, kind: &str) -> TestResult<i64> {
     let mut conn = sqlx::PgConnection::connect(db).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE job_id = $1 AND type = $2")
         .bind(id)
@@ -341,7 +341,7 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
 }
 
 /// Pids of processes whose command line names `needle`.
-fn processes_naming(needle: &str) -> BTreeSet<u32> {
+pub(crate) fn processes_naming(needle: &str) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
     for e in entries.flatten() {

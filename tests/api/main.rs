@@ -16,6 +16,7 @@ mod fanout;
 mod fault_storage;
 mod fault_streams;
 mod faults;
+mod faults_engine;
 mod helpers;
 mod jobs_api;
 mod layers;

@@ -222,7 +222,7 @@ async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_wh
 
 /// Two nodes' stores on one fresh database, and a job node `a` created and claimed: the job's
 /// id and the claim's attempt.
-async fn two_nodes_and_a_claimed_job(
+pub(crate) async fn two_nodes_and_a_claimed_job(
     topic: &str,
 ) -> TestResult<(String, aura::store::Store, aura::store::Store, Uuid, u32)> {
     use aura::engine::lifecycle;
@@ -241,7 +241,7 @@ async fn two_nodes_and_a_claimed_job(
 }
 
 /// A job's status and attempt as its `jobs` row has them.
-async fn row_of(url: &str, id: Uuid) -> TestResult<(String, i64, i64)> {
+pub(crate) async fn row_of(url: &str, id: Uuid) -> TestResult<(String, i64, i64)> {
     let mut conn = sqlx::PgConnection::connect(url).await?;
     Ok(sqlx::query_as("SELECT status, attempt, last_event_id FROM jobs WHERE job_id = $1")
         .bind(id.to_string())

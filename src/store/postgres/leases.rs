@@ -3,15 +3,34 @@
 //! decisions that start and end attempts (see [`super::writer`]); these are the rest. Times are
 //! the database's clock, never a node's.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use super::PgLog;
 use super::writer::Node;
 use crate::store::StoreError;
 
+/// How long past its own statement timeout a guarded query waits for the server to answer
+/// before the connection is given up (the server's timeout normally answers first).
+const CLIENT_GRACE: Duration = Duration::from_secs(1);
+
+fn timed_out(what: &str) -> StoreError {
+    StoreError::Sqlx(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took longer than a third of the lease"),
+    )))
+}
+
 impl PgLog {
     /// Renews this node's leases on `jobs` (job id and attempt); returns the jobs whose lease
     /// this node no longer holds for that attempt (another node took over, or the job ended).
+    ///
+    /// A renewal that cannot finish within [`Node::guard_timeout`] (a third of the lease) is an
+    /// error, never a wait: the server ends the statement itself (`statement_timeout`, so a
+    /// lock it waits on is let go on the server too), and should the server not answer at all (a
+    /// half-open connection) the connection is dropped a second later. Either way the caller
+    /// sees a failed renewal in time to stop its jobs before the lease expires for good.
     pub(in crate::store) async fn renew_leases(
         &self,
         node: &Node,
@@ -22,18 +41,39 @@ impl PgLog {
         }
         let ids: Vec<String> = jobs.iter().map(|(id, _)| id.to_string()).collect();
         let attempts: Vec<i64> = jobs.iter().map(|(_, a)| i64::from(*a)).collect();
-        let renewed = sqlx::query_scalar!(
-            "UPDATE leases AS l SET expires_at = now() + make_interval(secs => $4)
-             FROM unnest($1::text[], $2::int8[]) AS m(job_id, attempt)
-             WHERE l.job_id = m.job_id AND l.attempt = m.attempt AND l.node = $3
-             RETURNING l.job_id",
-            &ids,
-            &attempts,
-            node.name.as_ref(),
-            node.lease_secs
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let bound = node.guard_timeout();
+        let mut conn = tokio::time::timeout(bound, self.pool.acquire())
+            .await
+            .map_err(|_| timed_out("a connection"))??;
+        let renewal = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let millis = bound.as_millis().to_string();
+            sqlx::query_scalar!("SELECT set_config('statement_timeout', $1, true)", millis)
+                .fetch_one(&mut *tx)
+                .await?;
+            let renewed = sqlx::query_scalar!(
+                "UPDATE leases AS l SET expires_at = now() + make_interval(secs => $4)
+                 FROM unnest($1::text[], $2::int8[]) AS m(job_id, attempt)
+                 WHERE l.job_id = m.job_id AND l.attempt = m.attempt AND l.node = $3
+                 RETURNING l.job_id",
+                &ids,
+                &attempts,
+                node.name.as_ref(),
+                node.lease_secs
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(renewed)
+        };
+        let renewed = match tokio::time::timeout(bound + CLIENT_GRACE, renewal).await {
+            Ok(renewed) => renewed?,
+            Err(_) => {
+                // The server did not answer: this connection cannot be trusted again.
+                conn.close_on_drop();
+                return Err(timed_out("the renewal"));
+            }
+        };
         Ok(jobs.iter().map(|(id, _)| *id).filter(|id| !renewed.contains(&id.to_string())).collect())
     }
 

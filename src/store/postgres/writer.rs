@@ -56,6 +56,13 @@ impl Node {
         Node { name: Arc::from(name), lease_secs: lease_secs as f64 }
     }
 
+    /// The longest a query that guards a lease (its renewal) may take: a third of the lease,
+    /// the renewal period, so a renewal that hangs fails in time for the next one and the node
+    /// learns well before the lease ends that it may lose it. At least 100 ms.
+    pub fn guard_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64((self.lease_secs / 3.0).max(0.1))
+    }
+
     /// The default name: the host name and this process's id.
     pub fn default_for_process(lease_secs: u64) -> Node {
         Node::new(&default_name(), lease_secs)
@@ -237,10 +244,15 @@ async fn locked_group(
     for (job_id, _, _) in group {
         known.remove(job_id);
     }
+    // A takeover locks the expired lease rows it decides on. One another transaction holds (the
+    // holder renewing it at this moment, or anyone else) is skipped, not waited for: the lease
+    // may be renewed when that commits, and this writer, which serves every append of the
+    // node, never waits on a lease. The next sweep looks again.
     let expired = if group.iter().any(|(_, op, _)| *op == LeaseOp::Orphan) {
         let ids = sqlx::query_scalar!(
             "SELECT job_id FROM leases
-             WHERE job_id = ANY($1::text[]) AND node IS NOT NULL AND expires_at < now()",
+             WHERE job_id = ANY($1::text[]) AND node IS NOT NULL AND expires_at < now()
+             FOR UPDATE SKIP LOCKED",
             &keys
         )
         .fetch_all(&mut *tx)

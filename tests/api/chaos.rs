@@ -21,7 +21,7 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, create, job, slow_ffmpeg};
-use crate::faults::{FaultProxy, Mode, Seen, follow_all, is_pg_writer, verify_exactly_once};
+use crate::faults::{FaultProxy, Mode, Seen, follow_hopping, is_pg_writer, verify_exactly_once};
 use crate::helpers::TestResult;
 use crate::objects::S3;
 use crate::postgres::OwnCluster;
@@ -164,7 +164,8 @@ async fn chaos() -> TestResult {
             } else {
                 vec![steady.base.clone(), api.base.clone()]
             };
-            follow_all(bases, stop.clone(), through.clone(), bound)
+            let hop = Duration::from_millis(2000 + 150 * (n as u64 % 20));
+            follow_hopping(bases, stop.clone(), through.clone(), bound, Some(hop))
         })
         .collect();
 

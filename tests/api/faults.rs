@@ -232,12 +232,24 @@ pub fn follow_all(
     through: Arc<AtomicU64>,
     bound: Duration,
 ) -> JoinHandle<TestResult<Seen>> {
+    follow_hopping(bases, stop, through, bound, None)
+}
+
+/// [`follow_all`], which also drops its connection on purpose every `hop` (and so moves to the
+/// next base), as a client on a flaky network would.
+pub fn follow_hopping(
+    bases: Vec<String>,
+    stop: CancellationToken,
+    through: Arc<AtomicU64>,
+    bound: Duration,
+    hop: Option<Duration>,
+) -> JoinHandle<TestResult<Seen>> {
     tokio::spawn(async move {
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
         let deadline = Instant::now() + bound;
         let mut seen = Seen::default();
         let mut last = 0i64;
-        let mut hop = 0usize;
+        let mut turn = 0usize;
         loop {
             let done = |last: i64| stop.is_cancelled() && last >= through.load(Ordering::Relaxed) as i64;
             if done(last) {
@@ -250,8 +262,8 @@ pub fn follow_all(
                 )
                 .into());
             }
-            let base = &bases[hop % bases.len()];
-            hop += 1;
+            let base = &bases[turn % bases.len()];
+            turn += 1;
             let res = client
                 .get(format!("{base}/api/events"))
                 .header("last-event-id", last.to_string())
@@ -267,8 +279,13 @@ pub fn follow_all(
             }
             seen.reconnects += 1;
             let mut stream = SseStream::new(res);
-            // Read until the stream drops, or (once asked to stop) it has caught up.
+            let hop_at = hop.map(|h| Instant::now() + h);
+            // Read until the stream drops, it is time to hop, or (once asked to stop) it has
+            // caught up.
             loop {
+                if hop_at.is_some_and(|at| Instant::now() >= at) {
+                    break;
+                }
                 let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
                 match next {
                     Ok(Ok(Some(SseItem::Event { id: Some(id), event, .. }))) => {

@@ -81,3 +81,74 @@ async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_t
     assert_eq!(warnings(&app, id, "waiting-for-storage").await?.len(), 1, "one warning for one outage");
     app.stop().await
 }
+
+/// A new attempt, on a node without the job's local files, cannot reach the store that holds
+/// its verified stage artifacts: it does not wait on them nor fail, it does those stages again;
+/// its finished video waits for the store (`waiting-for-storage`) until it is back.
+#[tokio::test]
+async fn a_new_attempt_that_cannot_reach_the_stored_stages_redoes_them_and_completes() -> TestResult {
+    let s3 = S3::start().await?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], s3.port()))).await?;
+    let tools = tempfile::tempdir()?;
+    let slow = tools.path().join("slow-ffmpeg");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 0.5\nexec ffmpeg \"$@\"\n")?;
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut options = s3.options();
+    for (key, value) in &mut options.0 {
+        if key == "aws_endpoint" {
+            *value = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    let settings = |cfg: &mut aura::config::ServeConfig| {
+        cfg.workers = Some(1);
+        cfg.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}"));
+        cfg.storage_options = options.clone();
+        cfg.ffmpeg = slow.clone();
+    };
+    let mut app = crate::helpers::spawn_app_in(tempfile::tempdir()?, settings).await?;
+    let id = app.create(&small_job("Stages out of reach", "Square1x1", "mp4", "h264")).await?;
+    let visuals = |e: &crate::helpers::Sse| {
+        e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started"
+    };
+    tokio::time::timeout(BOUND, app.follow(id, visuals)).await??;
+    let dir = app.keep_dir()?;
+    app.stop().await?;
+    assert!(!s3.stage_files().is_empty(), "Script and Audio stored their artifacts");
+
+    // The next attempt finds no local files, as on another node, and the store is away.
+    std::fs::remove_dir_all(dir.path().join("data/jobs").join(id.to_string()))?;
+    proxy.set(Mode::Refuse);
+    let app = crate::helpers::spawn_app_in(dir, settings).await?;
+    let deadline = Instant::now() + BOUND;
+    while warnings(&app, id, "waiting-for-storage").await?.is_empty() {
+        let job = app.job(id).await?;
+        assert!(
+            !matches!(job["status"].as_str(), Some("Completed" | "Failed" | "Cancelled")),
+            "job ended: {job}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the video never waited for the store: {:?}",
+            app.history(id).await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set(Mode::Pass);
+    let job = completed(&app, id).await?;
+    assert_eq!(job["attempt"], 2, "{job}");
+    let history = app.history(id).await?;
+    let second = history
+        .iter()
+        .position(|e| {
+            e["type"] == "job-status" && e["data"]["status"] == "Running" && e["data"]["attempt"] == 2
+        })
+        .ok_or("no second attempt")?;
+    let script: Vec<&Value> = history[second..]
+        .iter()
+        .filter(|e| e["type"] == "step-status" && e["data"]["step"] == "Script")
+        .map(|e| &e["data"]["state"])
+        .collect();
+    assert_eq!(script, ["Started", "Completed"], "Script was done again, not waited for");
+    assert_eq!(s3.videos().len(), 1, "the bucket holds the video");
+    app.stop().await
+}

@@ -43,6 +43,19 @@ async fn warnings(app: &TestApp, id: Uuid, code: &str) -> TestResult<Vec<Value>>
         .collect())
 }
 
+/// Waits (bounded) for the job's `waiting-for-storage` warning; the job must not end meanwhile.
+async fn waiting_for_storage(app: &TestApp, id: Uuid) -> TestResult {
+    let deadline = Instant::now() + BOUND;
+    while warnings(app, id, "waiting-for-storage").await?.is_empty() {
+        let job = app.job(id).await?;
+        let ended = matches!(job["status"].as_str(), Some("Completed" | "Failed" | "Cancelled"));
+        assert!(!ended, "job ended: {job}");
+        assert!(Instant::now() < deadline, "no waiting-for-storage warning: {:?}", app.history(id).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_the_store_is_back()
 -> TestResult {
@@ -54,16 +67,7 @@ async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_t
     proxy.set(Mode::Refuse);
     proxy.cut_all();
 
-    let deadline = Instant::now() + BOUND;
-    while warnings(&app, id, "waiting-for-storage").await?.is_empty() {
-        let job = app.job(id).await?;
-        assert!(
-            !matches!(job["status"].as_str(), Some("Completed" | "Failed" | "Cancelled")),
-            "job ended: {job}"
-        );
-        assert!(Instant::now() < deadline, "no waiting-for-storage warning: {:?}", app.history(id).await?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    waiting_for_storage(&app, id).await?;
     assert_eq!(app.job(id).await?["status"], "Running", "the job waits, it does not fail");
     let kept = output_files(&app.data_path(""));
     assert_eq!(kept.len(), 1, "the render is kept while the store is away: {kept:?}");
@@ -119,20 +123,7 @@ async fn a_new_attempt_that_cannot_reach_the_stored_stages_redoes_them_and_compl
     std::fs::remove_dir_all(dir.path().join("data/jobs").join(id.to_string()))?;
     proxy.set(Mode::Refuse);
     let app = crate::helpers::spawn_app_in(dir, settings).await?;
-    let deadline = Instant::now() + BOUND;
-    while warnings(&app, id, "waiting-for-storage").await?.is_empty() {
-        let job = app.job(id).await?;
-        assert!(
-            !matches!(job["status"].as_str(), Some("Completed" | "Failed" | "Cancelled")),
-            "job ended: {job}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the video never waited for the store: {:?}",
-            app.history(id).await?
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    waiting_for_storage(&app, id).await?;
     proxy.set(Mode::Pass);
     let job = completed(&app, id).await?;
     assert_eq!(job["attempt"], 2, "{job}");

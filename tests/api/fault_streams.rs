@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, create, job, lease_holder, slow_ffmpeg};
-use crate::faults::{FaultProxy, Mode, check_exactly_once, follow_all, is_pg_writer};
+use crate::faults::{FaultProxy, Mode, Seen, check_exactly_once, follow_all, is_pg_writer};
 use crate::helpers::TestResult;
 use crate::postgres::{OwnCluster, database};
 
@@ -26,6 +27,75 @@ async fn table(db: &str) -> TestResult<Vec<(i64, String)>> {
         sqlx::query_as("SELECT id, type FROM events ORDER BY id").fetch_all(&mut conn).await?;
     conn.close().await?;
     Ok(rows)
+}
+
+/// An EventSource-like subscriber of every job's events on some nodes (`faults::follow_all`).
+struct Subscriber {
+    stop: CancellationToken,
+    through: Arc<AtomicU64>,
+    task: JoinHandle<TestResult<Seen>>,
+}
+
+impl Subscriber {
+    fn follow(bases: Vec<String>) -> Subscriber {
+        let stop = CancellationToken::new();
+        let through = Arc::new(AtomicU64::new(i64::MAX as u64));
+        let task = follow_all(bases, stop.clone(), through.clone(), BOUND);
+        Subscriber { stop, through, task }
+    }
+
+    /// Waits until it has seen the last of `stored`, then checks it saw all of it exactly once.
+    async fn check(self, stored: &[(i64, String)]) -> TestResult {
+        self.through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
+        self.stop.cancel();
+        let seen = self.task.await??;
+        check_exactly_once(&seen, stored);
+        Ok(())
+    }
+}
+
+/// Waits (until `deadline`) for job `id` to end; its status. `node`'s log explains a timeout.
+async fn ended(base: &str, id: &str, deadline: Instant, node: &Node) -> TestResult<String> {
+    loop {
+        let status = match job(base, id).await {
+            Ok(job) => job["status"].as_str().unwrap_or_default().to_owned(),
+            Err(_) => String::new(),
+        };
+        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the job is still {status}; the node's log: {}", node.log()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The table once a job ended `status`: it must have completed, and nobody asked for a cancel.
+async fn completed_without_cancel(db: &str, status: &str) -> TestResult<Vec<(i64, String)>> {
+    let stored = table(db).await?;
+    assert_eq!(status, "Completed", "events: {stored:?}");
+    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
+    Ok(stored)
+}
+
+/// A database, an API-only node on it, and a worker node on it through a fault proxy.
+struct Cluster {
+    db: String,
+    proxy: Arc<FaultProxy>,
+    api: Node,
+    worker: Node,
+    _root: tempfile::TempDir,
+}
+
+async fn worker_behind_a_proxy() -> TestResult<Cluster> {
+    let db = database().await?;
+    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
+    let root = tempfile::tempdir()?;
+    let ffmpeg = Path::new("ffmpeg");
+    let api = Node::start(root.path(), "api", &db, 0, ffmpeg).await?;
+    let worker = Node::start(root.path(), "worker", &proxied, 1, ffmpeg).await?;
+    Ok(Cluster { db, proxy: Arc::new(proxy), api, worker, _root: root })
 }
 
 /// Cancels `jobs` on `base` and waits until each has ended.
@@ -56,17 +126,9 @@ async fn end_all(base: &str, jobs: &[String]) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_subscriber_on_a_node_whose_reads_are_cut_every_50_ms_misses_nothing_and_sees_nothing_twice()
 -> TestResult {
-    let db = database().await?;
-    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
-    let proxy = Arc::new(proxy);
-    let root = tempfile::tempdir()?;
-    let ffmpeg = Path::new("ffmpeg");
-    let api = Node::start(root.path(), "api", &db, 0, ffmpeg).await?;
-    let worker = Node::start(root.path(), "worker", &proxied, 1, ffmpeg).await?;
+    let Cluster { db, proxy, api, worker, _root } = worker_behind_a_proxy().await?;
 
-    let stop = CancellationToken::new();
-    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
-    let subscriber = follow_all(vec![worker.base.clone()], stop.clone(), through.clone(), BOUND);
+    let subscriber = Subscriber::follow(vec![worker.base.clone()]);
 
     // The worker renders (its own commits) while the API node appends others' events.
     let mut jobs = vec![create(&api.base, "rendered under cuts", 2).await?];
@@ -81,13 +143,8 @@ async fn a_subscriber_on_a_node_whose_reads_are_cut_every_50_ms_misses_nothing_a
     assert!(proxy.cuts() > 20, "the proxy cut only {} connections", proxy.cuts());
 
     end_all(&api.base, &jobs).await?;
-    let stored = table(&db).await?;
-    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
-    stop.cancel();
-    let seen = subscriber.await??;
-    check_exactly_once(&seen, &stored);
+    subscriber.check(&table(&db).await?).await?;
     drop(worker);
-    drop(api);
     Ok(())
 }
 
@@ -98,40 +155,18 @@ async fn a_subscriber_on_a_node_whose_reads_are_cut_every_50_ms_misses_nothing_a
 /// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_whose_writer_is_cut_mid_commit_still_completes_and_every_stream_is_exact() -> TestResult {
-    let db = database().await?;
-    let (proxy, proxied) = FaultProxy::for_postgres(&db).await?;
-    let proxy = Arc::new(proxy);
-    let root = tempfile::tempdir()?;
-    let ffmpeg = Path::new("ffmpeg");
-    let api = Node::start(root.path(), "api", &db, 0, ffmpeg).await?;
-    let worker = Node::start(root.path(), "worker", &proxied, 1, ffmpeg).await?;
+    let Cluster { db, proxy, api, worker, _root } = worker_behind_a_proxy().await?;
 
-    let stop = CancellationToken::new();
-    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
-    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let subscriber = Subscriber::follow(vec![api.base.clone()]);
     let id = create(&api.base, "written under cuts", 4).await?;
     let cutter = proxy.cut_repeatedly(Duration::from_millis(200), Duration::from_secs(10), is_pg_writer);
 
     let deadline = Instant::now() + BOUND;
-    let status = loop {
-        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
-        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = ended(&api.base, &id, deadline, &worker).await?;
     cutter.await?;
     assert!(proxy.cuts() > 0, "the proxy cut no writer connection");
-    let stored = table(&db).await?;
-    assert_eq!(status, "Completed", "events: {stored:?}");
-    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
-    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
-    stop.cancel();
-    let seen = subscriber.await??;
-    check_exactly_once(&seen, &stored);
+    let stored = completed_without_cancel(&db, &status).await?;
+    subscriber.check(&stored).await?;
     Ok(())
 }
 
@@ -148,10 +183,7 @@ async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no
     let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
     let worker = Node::start(root.path(), "worker", &db, 1, &ffmpeg).await?;
 
-    let stop = CancellationToken::new();
-    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
-    let subscriber =
-        follow_all(vec![api.base.clone(), worker.base.clone()], stop.clone(), through.clone(), BOUND);
+    let subscriber = Subscriber::follow(vec![api.base.clone(), worker.base.clone()]);
     let id = create(&api.base, "rendered across a frozen database", 6).await?;
     // Frozen once the job runs.
     let deadline = Instant::now() + BOUND;
@@ -163,26 +195,9 @@ async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no
     tokio::time::sleep(Duration::from_secs(10)).await;
     cluster.signal("CONT")?;
 
-    let status = loop {
-        let status = match job(&api.base, &id).await {
-            Ok(job) => job["status"].as_str().unwrap_or_default().to_owned(),
-            Err(_) => String::new(),
-        };
-        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let stored = table(&db).await?;
-    assert_eq!(status, "Completed", "events: {stored:?}\nworker log: {}", worker.log());
-    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
-    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
-    stop.cancel();
-    let seen = subscriber.await??;
-    check_exactly_once(&seen, &stored);
+    let status = ended(&api.base, &id, deadline, &worker).await?;
+    let stored = completed_without_cancel(&db, &status).await?;
+    subscriber.check(&stored).await?;
     Ok(())
 }
 
@@ -199,9 +214,7 @@ async fn killed_during(stage: Option<&str>) -> TestResult {
         Node::start(root.path(), "worker-1", &db, 1, &ffmpeg).await?,
         Node::start(root.path(), "worker-2", &db, 1, &ffmpeg).await?,
     ];
-    let stop = CancellationToken::new();
-    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
-    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let subscriber = Subscriber::follow(vec![api.base.clone()]);
     let id = create(&api.base, &format!("killed during {stage:?}"), 4).await?;
 
     let deadline = Instant::now() + BOUND;
@@ -221,26 +234,11 @@ async fn killed_during(stage: Option<&str>) -> TestResult {
     workers[victim].sigkill().await?;
     let survivor = &workers[1 - victim];
 
-    let status = loop {
-        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
-        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the job is still {status}; survivor's log: {}", survivor.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let stored = table(&db).await?;
-    assert_eq!(status, "Completed", "events: {stored:?}");
-    let kinds = |kind: &str| stored.iter().filter(|(_, k)| k == kind).count();
-    assert_eq!(kinds("job-completed"), 1, "completed once: {stored:?}");
-    assert_eq!(kinds("job-cancelled"), 0, "a cancel nobody asked for: {stored:?}");
-    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
-    stop.cancel();
-    let seen = subscriber.await??;
-    check_exactly_once(&seen, &stored);
-    Ok(())
+    let status = ended(&api.base, &id, deadline, survivor).await?;
+    let stored = completed_without_cancel(&db, &status).await?;
+    let completions = stored.iter().filter(|(_, kind)| kind == "job-completed").count();
+    assert_eq!(completions, 1, "completed once: {stored:?}");
+    subscriber.check(&stored).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -277,9 +275,7 @@ async fn a_worker_that_loses_the_database_mid_render_waits_for_it_instead_of_fai
     let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
     let lease = ["--lease-secs".to_owned(), "30".to_owned()];
     let worker = Node::start_with(root.path(), "worker", &proxied, 1, &ffmpeg, &lease, &[]).await?;
-    let stop = CancellationToken::new();
-    let through = Arc::new(AtomicU64::new(i64::MAX as u64));
-    let subscriber = follow_all(vec![api.base.clone()], stop.clone(), through.clone(), BOUND);
+    let subscriber = Subscriber::follow(vec![api.base.clone()]);
     let id = create(&api.base, "rendered across a lost database", 8).await?;
 
     let deadline = Instant::now() + BOUND;
@@ -292,22 +288,8 @@ async fn a_worker_that_loses_the_database_mid_render_waits_for_it_instead_of_fai
     tokio::time::sleep(Duration::from_secs(12)).await;
     proxy.set(Mode::Pass);
 
-    let status = loop {
-        let status = job(&api.base, &id).await?["status"].as_str().unwrap_or_default().to_owned();
-        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the job is still {status}; worker log: {}", worker.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let stored = table(&db).await?;
-    assert_eq!(status, "Completed", "events: {stored:?}\nworker log: {}", worker.log());
-    assert!(!stored.iter().any(|(_, kind)| kind == "job-cancelled"), "a cancel nobody asked for: {stored:?}");
-    through.store(stored.last().map_or(0, |(id, _)| *id) as u64, Ordering::Relaxed);
-    stop.cancel();
-    let seen = subscriber.await??;
-    check_exactly_once(&seen, &stored);
+    let status = ended(&api.base, &id, deadline, &worker).await?;
+    let stored = completed_without_cancel(&db, &status).await?;
+    subscriber.check(&stored).await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, create, job, lease_holder, slow_ffmpeg};
 use crate::faults::{FaultProxy, Mode, Seen, check_exactly_once, follow_all, is_pg_writer};
-use crate::helpers::TestResult;
+use crate::helpers::{SseStream, TestResult};
 use crate::postgres::{OwnCluster, database};
 
 /// The longest any one wait here may take.
@@ -208,7 +208,8 @@ async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no
 async fn killed_during(stage: Option<&str>) -> TestResult {
     let db = database().await?;
     let root = tempfile::tempdir()?;
-    let ffmpeg = slow_ffmpeg(root.path(), 0.3)?;
+    // A second per ffmpeg run: every stage lasts long enough to be caught in it.
+    let ffmpeg = slow_ffmpeg(root.path(), 1.0)?;
     let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
     let mut workers = [
         Node::start(root.path(), "worker-1", &db, 1, &ffmpeg).await?,
@@ -217,19 +218,24 @@ async fn killed_during(stage: Option<&str>) -> TestResult {
     let subscriber = Subscriber::follow(vec![api.base.clone()]);
     let id = create(&api.base, &format!("killed during {stage:?}"), 4).await?;
 
+    // The job's own stream says when the stage starts: the kill follows within milliseconds,
+    // which a stage as short as Timeline (its narration was encoded during Visuals) needs.
     let deadline = Instant::now() + BOUND;
-    let holder = loop {
-        let snapshot = job(&api.base, &id).await?;
-        if stage.is_none_or(|stage| snapshot["stage"] == stage)
-            && snapshot["status"] == "Running"
-            && let Some(holder) = lease_holder(&db, &id).await?
-        {
-            break holder;
+    let res = reqwest::get(format!("{}/api/jobs/{id}/events", api.base)).await?;
+    let mut events = SseStream::new(res);
+    loop {
+        let (_, kind, data) = tokio::time::timeout_at(deadline.into(), events.next_event())
+            .await??
+            .ok_or_else(|| format!("the job ended before {stage:?} started"))?;
+        let started = match stage {
+            Some(stage) => kind == "step-status" && data["step"] == stage && data["state"] == "Started",
+            None => kind == "job-status" && data["status"] == "Running",
+        };
+        if started {
+            break;
         }
-        let ended = matches!(snapshot["status"].as_str(), Some("Completed" | "Failed" | "Cancelled"));
-        assert!(!ended && Instant::now() < deadline, "the job never ran {stage:?}: {snapshot}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    let holder = lease_holder(&db, &id).await?.ok_or("the running job has no lease")?;
     let victim = if holder == "worker-1" { 0 } else { 1 };
     workers[victim].sigkill().await?;
     let survivor = &workers[1 - victim];

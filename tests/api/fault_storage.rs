@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::faults::{FaultProxy, Mode};
 use crate::helpers::{TestApp, TestResult, spawn_app_with};
-use crate::objects::{BUCKET, PREFIX, S3, output_files};
+use crate::objects::{BUCKET, PREFIX, S3, output_files, restart_in, states_after};
 use crate::pipeline::{completed, small_job};
 
 /// The longest the job may take to reach the store's fault.
@@ -128,17 +128,7 @@ async fn a_new_attempt_that_cannot_reach_the_stored_stages_redoes_them_and_compl
     let job = completed(&app, id).await?;
     assert_eq!(job["attempt"], 2, "{job}");
     let history = app.history(id).await?;
-    let second = history
-        .iter()
-        .position(|e| {
-            e["type"] == "job-status" && e["data"]["status"] == "Running" && e["data"]["attempt"] == 2
-        })
-        .ok_or("no second attempt")?;
-    let script: Vec<&Value> = history[second..]
-        .iter()
-        .filter(|e| e["type"] == "step-status" && e["data"]["step"] == "Script")
-        .map(|e| &e["data"]["state"])
-        .collect();
+    let script = states_after(&history[restart_in(&history)?..], "Script");
     assert_eq!(script, ["Started", "Completed"], "Script was done again, not waited for");
     assert_eq!(s3.videos().len(), 1, "the bucket holds the video");
     app.stop().await

@@ -161,6 +161,24 @@ async fn spawn_on(s3: &S3, tweak: impl FnOnce(&mut aura::config::ServeConfig)) -
     .await
 }
 
+/// Where a job's history says it was interrupted: `engine-restarted` with SQLite; with
+/// PostgreSQL the stopped node's lease ran out, and the new attempt says `node-lost`.
+pub(crate) fn restart_in(history: &[serde_json::Value]) -> TestResult<usize> {
+    Ok(history
+        .iter()
+        .position(|e| e["data"]["code"] == "engine-restarted" || e["data"]["code"] == "node-lost")
+        .context("no warning of the interruption")?)
+}
+
+/// The states `step` went through in `history`, in order.
+pub(crate) fn states_after(history: &[serde_json::Value], step: &str) -> Vec<String> {
+    history
+        .iter()
+        .filter(|e| e["type"] == "step-status" && e["data"]["step"] == step)
+        .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Every file under `dir` whose name starts with `output.`.
 pub(crate) fn output_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -362,19 +380,8 @@ async fn a_new_attempt_without_local_files_takes_verified_stages_from_the_bucket
     let job = completed(&app, id).await?;
     assert_eq!(job["attempt"], 2, "{job}");
     let history = app.history(id).await?;
-    // The restart's warning: `engine-restarted` with SQLite; with PostgreSQL the stopped node's
-    // lease ran out, and the new attempt says `node-lost`.
-    let restart = history
-        .iter()
-        .position(|e| e["data"]["code"] == "engine-restarted" || e["data"]["code"] == "node-lost")
-        .context("no warning of the interruption")?;
-    let states = |step: &str| -> Vec<String> {
-        history[restart..]
-            .iter()
-            .filter(|e| e["type"] == "step-status" && e["data"]["step"] == step)
-            .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let restart = restart_in(&history)?;
+    let states = |step: &str| states_after(&history[restart..], step);
     assert_eq!(states("Script"), ["Skipped"], "Script came from the bucket");
     assert_eq!(states("Audio"), ["Started", "Completed"], "the altered Audio was done again");
     let left = s3.stage_files_after_cleanup().await;
@@ -467,17 +474,8 @@ async fn a_stored_manifest_whose_output_names_a_file_outside_the_job_folder_is_r
     assert_eq!(job["status"], "Completed", "{job}");
     assert_eq!(job["attempt"], 2, "{job}");
     let history = app.history(id).await?;
-    let restart = history
-        .iter()
-        .position(|e| e["data"]["code"] == "engine-restarted" || e["data"]["code"] == "node-lost")
-        .context("no warning of the interruption")?;
-    let states = |step: &str| -> Vec<String> {
-        history[restart..]
-            .iter()
-            .filter(|e| e["type"] == "step-status" && e["data"]["step"] == step)
-            .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let restart = restart_in(&history)?;
+    let states = |step: &str| states_after(&history[restart..], step);
     assert_eq!(states("Visuals"), ["Skipped"], "Visuals came from the store");
     assert_eq!(states("Timeline"), ["Started", "Completed"], "the tampered Timeline was done again");
     let warning = history[restart..]

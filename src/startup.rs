@@ -191,7 +191,7 @@ impl Application {
             // A cancel sent to another node reaches this node's processes through the log.
             tokio::spawn(observe(hub.clone(), engine.clone(), shutdown.clone()));
         }
-        let streaming = streaming::Context::new(streaming::stream::ContextParts {
+        let streaming = streaming::Context::new(streaming::context::ContextParts {
             store: store.clone(),
             hub,
             shutdown: shutdown.clone(),

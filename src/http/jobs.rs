@@ -45,8 +45,12 @@ pub struct Created {
 }
 
 /// Create a job.
+/// Placeholder named in the create route's annotation; `openapi` replaces its schema by
+/// `JobRequest` (the request as clients send it, with its defaults).
+pub type JobRequestDoc = crate::domain::spec::JobSpec;
+
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs",
-    request_body(content = crate::http::openapi::JobRequestDoc, description = "Only brief.topic is required; every other field has a default"),
+    request_body(content = JobRequestDoc, description = "Only brief.topic is required; every other field has a default"),
     responses(
         (status = 201, description = "Created; Location names the job", body = Created),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),

@@ -40,9 +40,6 @@ use crate::http::state::AppState;
 )]
 struct ApiDoc;
 
-/// Placeholder named in the create route's annotation; replaced by `JobRequest` below.
-pub type JobRequestDoc = crate::domain::spec::JobSpec;
-
 /// The event types and the schema of each one's own fields.
 const EVENT_SCHEMAS: [(&str, &str, &str); 8] = [
     ("job-status", "JobStatusEvent", "JobStatusData"),

@@ -23,10 +23,10 @@ use uuid::Uuid;
 
 use crate::domain::event::StoredEvent;
 use crate::store::EventFilter;
+use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout;
 use crate::streaming::gzip::Gzip;
 use crate::streaming::sink::Sink;
-use crate::streaming::stream::{Bounds, Context};
 
 /// Events read from the table per catch-up.
 const PAGE: u32 = 2000;

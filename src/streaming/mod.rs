@@ -7,6 +7,7 @@
 //! filter, a resume point and the slots the request holds. The stream paths are named once, in
 //! [`paths`], for the router and the accept loop's sniffer alike.
 
+pub mod context;
 pub mod fanout;
 pub mod follow;
 pub mod gzip;
@@ -16,4 +17,4 @@ pub mod server;
 pub mod sink;
 pub mod stream;
 
-pub use stream::Context;
+pub use context::Context;

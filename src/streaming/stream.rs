@@ -14,8 +14,6 @@
 //! from its `Last-Event-ID` when it reads again.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -27,14 +25,13 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::access::limits::{StreamGuard, StreamSlot};
 use crate::domain::event::StoredEvent;
 use crate::store::{EventFilter, Store};
+use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::streaming::follow::{self, Follower};
-use crate::streaming::hub::Hub;
 use crate::streaming::sink::Sink;
 
 /// Events per replay query; the first page is small so the first event goes out at once.
@@ -42,68 +39,6 @@ const REPLAY_PAGE: u32 = 2000;
 const FIRST_REPLAY_PAGE: u32 = 100;
 /// Events in the first write of a catch-up from memory.
 const FIRST_RECENT: usize = 16;
-
-/// What a stream needs of the server while it runs: cheap to clone (one `Arc`), so that an
-/// idle stream costs a pointer, not a copy of the application's state.
-#[derive(Clone)]
-pub struct Context {
-    inner: Arc<ContextParts>,
-}
-
-/// What [`Context::new`] is built from, read once at start.
-pub struct ContextParts {
-    pub store: Store,
-    pub hub: Arc<Hub>,
-    pub shutdown: CancellationToken,
-    pub retry_ms: u64,
-    pub max_stream_secs: u64,
-    /// The chunks a stream served through hyper may queue.
-    pub hyper_buffer: u64,
-    /// The longest a write may wait with no byte taken by the client.
-    pub write_timeout: Duration,
-    /// The longest a stream that follows the hub on its own stays silent.
-    pub heartbeat: Duration,
-}
-
-/// How long a stream's writes may still wait after shutdown or the stream's deadline.
-const FINISH_GRACE: Duration = Duration::from_secs(1);
-
-impl Context {
-    pub fn new(parts: ContextParts) -> Self {
-        Context { inner: Arc::new(parts) }
-    }
-
-    /// The longest a write may wait with no byte taken by the client.
-    pub fn write_timeout(&self) -> Duration {
-        self.inner.write_timeout
-    }
-
-    pub fn hub(&self) -> &Hub {
-        &self.inner.hub
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    pub fn shutdown(&self) -> &CancellationToken {
-        &self.inner.shutdown
-    }
-
-    /// The `retry:` hint every stream opens with, in milliseconds.
-    pub fn retry_ms(&self) -> u64 {
-        self.inner.retry_ms
-    }
-
-    pub fn heartbeat(&self) -> Duration {
-        self.inner.heartbeat
-    }
-
-    /// When a stream opened now must end (`AURA_MAX_STREAM_SECS`).
-    pub fn deadline(&self) -> Instant {
-        Instant::now() + Duration::from_secs(self.inner.max_stream_secs)
-    }
-}
 
 /// What a client asked of its stream beyond the events themselves. The default (no batch
 /// window, no compression) is the zero-copy path through the fan-out; anything else is a
@@ -173,8 +108,8 @@ pub fn open_until(
     let body = Body::from_stream(HyperBody {
         start: Some(start.clone()),
         rx: None,
-        capacity: ctx.inner.hyper_buffer,
-        write_timeout: ctx.inner.write_timeout,
+        capacity: ctx.hyper_buffer(),
+        write_timeout: ctx.write_timeout(),
     });
     let mut res = Response::new(body);
     res.extensions_mut().insert(start);
@@ -286,9 +221,9 @@ impl Subscriber {
             follower.end_after(ends_after);
             return Box::pin(follow::sse(follower, shape.gzip, sink)).await;
         }
-        let shutdown = self.ctx.inner.shutdown.clone();
+        let shutdown = self.ctx.shutdown().clone();
         let bounds = Bounds { shutdown: shutdown.clone(), deadline: self.deadline };
-        let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.inner.retry_ms));
+        let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.retry_ms()));
         if bounds.write(sink.push(preamble)).await.is_err() {
             return;
         }
@@ -428,47 +363,6 @@ impl Subscriber {
         self.finished |= page.finished || self.ends_after.is_some_and(|last| self.last_sent >= last);
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
-    }
-}
-
-/// What bounds every wait of a stream's task besides the write timeout: shutdown and the
-/// stream's deadline. Followers (`follow`) and WebSockets (`http::ws`) use it too.
-pub struct Bounds {
-    pub shutdown: CancellationToken,
-    pub deadline: Instant,
-}
-
-impl Bounds {
-    /// Runs a write to its end (the sink fails it after the write timeout without progress),
-    /// or fails it [`FINISH_GRACE`] after shutdown or the stream's deadline.
-    pub async fn write(&self, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
-        self.within(write).await.unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
-    }
-
-    /// Runs `work` to its end, or gives up on it ([`None`]) [`FINISH_GRACE`] after shutdown or
-    /// the stream's deadline.
-    pub async fn within<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            done = work => Some(done),
-            () = self.cutoff() => None,
-        }
-    }
-
-    /// Ends the response, within the same bounds as any write.
-    pub async fn finish(&self, sink: &Sink) {
-        let finish = async {
-            sink.finish().await;
-            Ok(())
-        };
-        let _ = self.write(finish).await;
-    }
-
-    async fn cutoff(&self) {
-        tokio::select! {
-            () = self.shutdown.cancelled() => {}
-            () = tokio::time::sleep_until(self.deadline) => {}
-        }
-        tokio::time::sleep(FINISH_GRACE).await;
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hashlink::LruCache;
 
-use crate::access::auth::{Caller, Credential, Role, SESSION_SECS, digest, random_hex};
+use crate::access::caller::{Caller, Credential, Role, SESSION_SECS, digest, random_hex};
 use crate::access::lookups::Lookups;
 use crate::error::AppError;
 use crate::store::StoreError;

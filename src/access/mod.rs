@@ -6,6 +6,7 @@
 //! calling and whether they may, the streams hold its slots while they are open.
 
 pub mod auth;
+pub mod caller;
 mod database;
 pub mod limits;
 pub mod lookups;

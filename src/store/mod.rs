@@ -8,6 +8,7 @@
 pub mod postgres;
 pub mod preflight;
 mod rows;
+pub mod webhook_writes;
 pub mod webhooks;
 pub mod writer;
 

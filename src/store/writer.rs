@@ -94,7 +94,7 @@ pub(super) type Outcome = Result<Applied, Refusal>;
 /// registration, position and delivery log), so that this task stays the only writer.
 pub(super) enum Work {
     Append(Request),
-    Webhook(super::webhooks::WriteRequest),
+    Webhook(super::webhook_writes::WriteRequest),
 }
 
 /// The writer task's handles: its queue, the commit feed for the fan-out, and its end.
@@ -136,7 +136,7 @@ async fn run(
         }
         if !webhooks.is_empty() {
             // Their own transaction: a webhook's bookkeeping never spoils a group of appends.
-            super::webhooks::write_all(&mut conn, webhooks.drain(..)).await;
+            super::webhook_writes::write_all(&mut conn, webhooks.drain(..)).await;
         }
         if group.is_empty() {
             continue;

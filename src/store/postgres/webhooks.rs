@@ -27,7 +27,7 @@ use super::PgLog;
 use crate::domain::event::StoredEvent;
 use crate::store::StoreError;
 use crate::store::rows::EventRow;
-use crate::store::webhooks::{
+use crate::store::webhook_writes::{
     Attempt, EndpointRow, KEPT_ATTEMPTS, PRUNE_EVERY, Write, WriteRequest, Written,
 };
 

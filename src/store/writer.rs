@@ -13,7 +13,7 @@
 //!
 //! Webhook bookkeeping (registrations, positions, the delivery log) rides the same queue so that
 //! this task stays the only writer; it is committed in a transaction of its own after each group
-//! of appends (see [`super::webhooks`]).
+//! of appends (see `webhook_writes`).
 //!
 //! Because the decision runs on the writer, the only connection that writes while it holds the
 //! data folder, against its cached state or rows it read just before its own transaction,

@@ -231,9 +231,10 @@ async fn full_disk_parks(ffmpeg: &str, fill_when: impl Fn(&Sse) -> bool) -> Test
             break;
         }
     }
-    let script_verified = seen
+    let script_done_before_fill = seen
         .iter()
         .any(|e| e.kind == "step-status" && e.data["step"] == "Script" && e.data["state"] == "Completed");
+
     loop {
         let e = next(&mut stream).await?;
         assert!(!["job-failed", "job-completed"].contains(&e.kind.as_str()), "ended on a full disk: {e:?}");
@@ -244,6 +245,11 @@ async fn full_disk_parks(ffmpeg: &str, fill_when: impl Fn(&Sse) -> bool) -> Test
             break;
         }
     }
+    // Script may finish just as the disk fills (its files are tiny): what counts is whether it
+    // completed before the job parked.
+    let script_verified = seen
+        .iter()
+        .any(|e| e.kind == "step-status" && e.data["step"] == "Script" && e.data["state"] == "Completed");
     // Parked: still Running, unhealthy (the free space is measured at most once a second), and
     // refusing new work.
     assert_eq!(app.job(id).await?["status"], "Running");
@@ -278,7 +284,11 @@ async fn full_disk_parks(ffmpeg: &str, fill_when: impl Fn(&Sse) -> bool) -> Test
     let skipped = seen
         .iter()
         .any(|e| e.kind == "step-status" && e.data["step"] == "Script" && e.data["state"] == "Skipped");
-    assert_eq!(skipped, script_verified, "Script was reused exactly when it had finished");
+    // Script is reused when it had finished before the disk filled; it may be reused only if it
+    // had finished before the job parked (it may finish just as the disk fills: its files are
+    // tiny, and whether they were recorded whole decides).
+    assert!(!script_done_before_fill || skipped, "Script was reused");
+    assert!(!skipped || script_verified, "Script was reused without having finished");
     // Percent never went down within an attempt.
     let mut last = 0.0;
     for e in &seen {

@@ -6,8 +6,15 @@
 //! acknowledged before a crash is never sent again, one not yet acknowledged is sent after it.
 //! Events of other types are passed over in memory and the position is stored for them at
 //! most once a second, when the task has nothing else to do.
+//!
+//! An acknowledgement that could not be recorded (the database went away, or the delivery lock
+//! was lost, between the 2xx and its write) is kept in this node's memory ([`Acknowledged`]):
+//! when this node delivers again it starts after it, and stores it with its next position. Only
+//! a node that dies in that moment, or another node that takes over before the database answers
+//! again, sends such an event twice; receivers tell a repeat by its `webhook-id`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +38,31 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// The wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// The newest event each endpoint answered 2xx for on this node, whether or not the database
+/// took the record: positions only grow, so this node never sends an event again below it.
+#[derive(Default)]
+pub struct Acknowledged(Mutex<HashMap<Uuid, i64>>);
+
+impl Acknowledged {
+    fn note(&self, endpoint: Uuid, id: i64) {
+        if let Ok(mut acked) = self.0.lock() {
+            let newest = acked.entry(endpoint).or_insert(id);
+            *newest = (*newest).max(id);
+        }
+    }
+
+    fn of(&self, endpoint: Uuid) -> Option<i64> {
+        self.0.lock().ok().and_then(|acked| acked.get(&endpoint).copied())
+    }
+
+    /// Forgets a deleted endpoint.
+    pub fn forget(&self, endpoint: Uuid) {
+        if let Ok(mut acked) = self.0.lock() {
+            acked.remove(&endpoint);
+        }
+    }
+}
+
 /// What one endpoint's task needs.
 pub struct Task {
     pub store: Store,
@@ -42,12 +74,14 @@ pub struct Task {
     /// This node's right to deliver: confirmed before every attempt, and the way attempts and
     /// positions are written.
     pub lock: Arc<DeliveryLock>,
-    /// Cancelled when the endpoint is deleted or this node loses the delivery lock: an
-    /// attempt in flight is abandoned.
+    /// Cancelled when the endpoint is deleted: an attempt in flight is abandoned.
     pub stop: CancellationToken,
-    /// Cancelled when the server shuts down: the attempt in flight ends and is recorded, so
+    /// Cancelled when the server shuts down or this node loses the delivery lock: the attempt
+    /// in flight ends and is recorded (through the lock's last write, see `DeliveryLock`), so
     /// that the node that delivers next does not send it again; nothing more is sent.
     pub finish: CancellationToken,
+    /// What this node delivered, recorded or not.
+    pub acked: Arc<Acknowledged>,
 }
 
 /// Why a task ends.
@@ -60,8 +94,11 @@ enum Stop {
 #[tracing::instrument(skip_all, fields(webhook_id = %task.endpoint))]
 pub async fn run(mut task: Task) {
     let Some(endpoint) = load(&task).await else { return };
-    let mut position = endpoint.position;
-    let mut stored = position;
+    let stored_position = endpoint.position;
+    // Past what this node delivered before, even if the database never heard of it; stored with
+    // the next position this task writes.
+    let mut position = stored_position.max(task.acked.of(task.endpoint).unwrap_or(0));
+    let mut stored = stored_position;
     let mut last_store = Instant::now();
     let lag = metrics::gauge!("aura_webhook_lag_events", "endpoint" => task.endpoint.to_string());
     loop {
@@ -218,6 +255,9 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
             duration_ms,
             at: format_at(at),
         };
+        if ok {
+            task.acked.note(task.endpoint, event.id);
+        }
         let advance_to = (ok || give_up).then_some(event.id);
         let record = Write::Record { endpoint: task.endpoint, attempt, advance_to };
         match task.lock.write(&task.store, record).await {

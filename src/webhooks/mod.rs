@@ -15,7 +15,8 @@
 //! PostgreSQL on exactly one node at a time. Every node tries to take it every
 //! [`TAKE_EVERY`]; the node that has it confirms it every [`CHECK_EVERY`] (and before every
 //! attempt), starts a task for each endpoint, including those registered on other nodes, and
-//! stops them all the moment the lock is lost.
+//! the moment the lock is lost lets no task start another attempt: the attempts in flight end
+//! and are recorded within the grace a node that takes the lock waits first.
 
 pub mod deliver;
 pub mod sign;
@@ -96,6 +97,8 @@ struct Inner {
     delivering: AtomicBool,
     /// The task that takes the lock and runs the deliveries.
     taking_part: Mutex<Option<JoinHandle<()>>>,
+    /// What this node's tasks delivered, recorded or not (kept across losing the lock).
+    acked: Arc<deliver::Acknowledged>,
 }
 
 /// A registration request that passed every check.
@@ -141,6 +144,7 @@ impl Webhooks {
                 registered: Notify::new(),
                 delivering: AtomicBool::new(false),
                 taking_part: Mutex::new(None),
+                acked: Arc::default(),
             }),
         };
         let handle = tokio::spawn(webhooks.clone().take_part());
@@ -170,8 +174,8 @@ impl Webhooks {
         }
     }
 
-    /// Runs a task for every endpoint until the lock is lost or the server shuts down. At
-    /// shutdown the attempts in flight end and are recorded before the lock is let go.
+    /// Runs a task for every endpoint until the lock is lost or the server shuts down. Either
+    /// way the attempts in flight end and are recorded before the lock is let go.
     async fn deliver_while_held(&self, lock: Arc<DeliveryLock>) {
         let shutdown = &self.inner.shutdown;
         let delivering = metrics::gauge!("aura_webhook_delivering");
@@ -185,6 +189,10 @@ impl Webhooks {
         };
         // Not a child of the shutdown token: a shutdown lets attempts in flight finish.
         let leading = CancellationToken::new();
+        // Cancelled at shutdown or when the lock is lost: no new attempt starts, and the one in
+        // flight ends and is recorded (a 2xx must not go unrecorded), within the grace a node
+        // that takes the lock over waits before its first attempt.
+        let finishing = shutdown.child_token();
         let mut running = JoinSet::new();
         if held {
             delivering.set(1.0);
@@ -196,7 +204,7 @@ impl Webhooks {
                 break;
             }
             match self.inner.store.webhooks().await {
-                Ok(endpoints) => self.run_tasks(&endpoints, &lock, &leading, &mut running),
+                Ok(endpoints) => self.run_tasks(&endpoints, &lock, &leading, &finishing, &mut running),
                 Err(e) => tracing::warn!(error = %e, "listing webhook endpoints failed"),
             }
             while running.try_join_next().is_some() {}
@@ -206,14 +214,11 @@ impl Webhooks {
                 () = shutdown.cancelled() => {}
             }
         }
-        if shutdown.is_cancelled() {
-            let bound = self.inner.settings.timeout + CONFIRM_MARGIN;
-            if tokio::time::timeout(bound, async { while running.join_next().await.is_some() {} })
-                .await
-                .is_err()
-            {
-                tracing::warn!("webhook attempts in flight did not end in time");
-            }
+        finishing.cancel();
+        let bound = self.inner.settings.timeout + CONFIRM_MARGIN;
+        if tokio::time::timeout(bound, async { while running.join_next().await.is_some() {} }).await.is_err()
+        {
+            tracing::warn!("webhook attempts in flight did not end in time");
         }
         leading.cancel();
         running.abort_all();
@@ -232,6 +237,7 @@ impl Webhooks {
         endpoints: &[Endpoint],
         lock: &Arc<DeliveryLock>,
         leading: &CancellationToken,
+        finishing: &CancellationToken,
         running: &mut JoinSet<()>,
     ) {
         let ids: HashSet<Uuid> = endpoints.iter().map(|e| e.id).collect();
@@ -257,7 +263,8 @@ impl Webhooks {
                 head: self.inner.head.clone(),
                 lock: lock.clone(),
                 stop: stop.clone(),
-                finish: self.inner.shutdown.clone(),
+                finish: finishing.clone(),
+                acked: self.inner.acked.clone(),
             };
             running.spawn(async move {
                 deliver::run(task).await;
@@ -397,6 +404,7 @@ impl Webhooks {
         {
             stop.cancel();
         }
+        self.inner.acked.forget(id);
         metrics::gauge!("aura_webhook_lag_events", "endpoint" => id.to_string()).set(0.0);
         Ok(written == Written::Done)
     }

@@ -941,3 +941,37 @@ async fn with_postgresql_a_node_whose_lock_session_ends_stops_delivering_and_the
     assert_eq!(got.iter().map(event_id).collect::<Vec<_>>(), expected, "each event once, in order");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_a_2xx_that_arrives_while_the_database_is_away_is_recorded_and_never_sent_again()
+-> TestResult {
+    let url = crate::postgres::database().await?;
+    // Node A reaches the database through the fault proxy and delivers; node B does not.
+    let (proxy, proxied) = crate::faults::FaultProxy::for_postgres(&url).await?;
+    let receiver = Receiver::start(Mode::Slow(200, Duration::from_millis(800))).await?;
+    let a = postgres_node(&proxied, "away-a").await?;
+    assert_eq!(delivering_node(&[&a]).await?, 0);
+    let b = postgres_node(&url, "away-b").await?;
+    register(&a, &receiver.url, &["job-cancelled"]).await?;
+    let mut expected = vec![cancelled_job(&a, "before").await?.1];
+    receiver.wait_until(WAIT, |got| !got.is_empty()).await?;
+    receiver.set_mode(Mode::Always(200));
+    // While the 2xx is on its way, A loses the database (its lock's session and every other
+    // connection) for a moment shorter than the lock's grace.
+    proxy.set(crate::faults::Mode::Refuse);
+    proxy.cut_all();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(crate::faults::Mode::Pass);
+    let nodes = [&a, &b];
+    for n in 0..3 {
+        expected.push(cancelled_job(nodes[n % 2], &format!("after {n}")).await?.1);
+    }
+    receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    // Some node delivers again (either may have taken the lock), and the marker ends the list:
+    // deliveries are in order, so a repeat would have come before it.
+    delivering_node(&nodes).await?;
+    expected.push(cancelled_job(&b, "last").await?.1);
+    let got = receiver.wait_until(WAIT, |got| got.len() >= expected.len()).await?;
+    assert_eq!(got.iter().map(event_id).collect::<Vec<_>>(), expected, "each event once, in order");
+    Ok(())
+}

@@ -37,6 +37,9 @@ const DELIVERY_LOCK: i64 = 0x6175_7261_7768_6b31;
 /// Longest wait for one query on the lock's connection; past it the lock counts as lost.
 const LOCK_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The pause between two tries to record the last attempt of a lost lock.
+const RECORD_RETRY: Duration = Duration::from_millis(200);
+
 impl PgLog {
     pub(in crate::store) async fn webhooks(&self) -> Result<Vec<EndpointRow>, StoreError> {
         Ok(sqlx::query_as!(
@@ -208,26 +211,37 @@ impl Held {
         result
     }
 
-    /// The fallback of [`Held::write`]: the attempt's outcome through the pool, within the time
-    /// no other node can be delivering.
+    /// The fallback of [`Held::write`]: the attempt's outcome through the pool, tried again
+    /// every [`RECORD_RETRY`] for as long as no other node can be delivering (a database that is
+    /// away for a moment, or frozen, often answers again within that time).
     async fn record_after_loss(&self, write: &Write) {
         let last = self.confirmed.lock().ok().and_then(|c| *c);
-        let Some(left) = last.and_then(|at| (at + self.grace).checked_duration_since(Instant::now())) else {
-            return;
-        };
-        let recorded = tokio::time::timeout(left, async {
-            let mut tx = self.pool.begin().await?;
-            let written = write_one(&mut tx, write).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(written)
-        })
-        .await;
-        match recorded {
-            Ok(Ok(_)) => tracing::info!("recorded the last attempt of a lost webhook delivery lock"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the last attempt of a lost delivery lock is not recorded")
+        let Some(until) = last.map(|at| at + self.grace) else { return };
+        let mut tries = 0u32;
+        loop {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                tracing::warn!(tries, "the last attempt of a lost delivery lock is not recorded in time");
+                return;
+            };
+            tries += 1;
+            let recorded = tokio::time::timeout(left, async {
+                let mut tx = self.pool.begin().await?;
+                let written = write_one(&mut tx, write).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(written)
+            })
+            .await;
+            match recorded {
+                Ok(Ok(_)) => {
+                    tracing::info!(tries, "recorded the last attempt of a lost webhook delivery lock");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, tries, "recording the last attempt of a lost delivery lock failed")
+                }
+                Err(_) => {}
             }
-            Err(_) => tracing::warn!("the last attempt of a lost delivery lock is not recorded in time"),
+            tokio::time::sleep(RECORD_RETRY.min(until.saturating_duration_since(Instant::now()))).await;
         }
     }
 

@@ -72,7 +72,9 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Attempts a job gets across server restarts before it fails with `too-many-attempts`.
+    /// Attempts a job gets across interruptions (a restart, a lost node) before it fails with
+    /// `too-many-attempts`. The new attempts that follow a wait for disk, store or database do not
+    /// count.
     #[arg(long, env = "AURA_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 

@@ -463,12 +463,39 @@ pub async fn recover_expired(
     interrupted(store, job_id, max_attempts, Interruption::LeaseExpired).await
 }
 
+/// The `warning` codes of the interruptions `AURA_MAX_ATTEMPTS` counts.
+const INTERRUPTIONS: [&str; 2] = ["engine-restarted", "node-lost"];
+
+/// How many times the job was interrupted (a restart or a lost node), from its events. A job
+/// parked for a full disk, a store or a database that went away also continues as a new
+/// attempt, but those waits are not interruptions: they never use up `AURA_MAX_ATTEMPTS`.
+async fn interruptions(store: &Store, job_id: Uuid) -> Result<u32, StoreError> {
+    let filter = crate::store::EventFilter::Jobs(vec![job_id]);
+    let (mut after, mut count) = (0, 0u32);
+    loop {
+        let page = store.events_after(&filter, after, 1000).await?;
+        let Some(last) = page.last() else { return Ok(count) };
+        after = last.id;
+        count += page
+            .iter()
+            .filter(|e| e.kind == "warning")
+            .filter(|e| {
+                serde_json::from_str::<NoticeData>(e.data())
+                    .is_ok_and(|w| INTERRUPTIONS.contains(&w.code.as_str()))
+            })
+            .count() as u32;
+    }
+}
+
 async fn interrupted(
     store: &Store,
     job_id: Uuid,
     max_attempts: u32,
     why: Interruption,
 ) -> Result<Result<Recovered, Refusal>, StoreError> {
+    // Read before the decision: only this node's lease decision may add one, and it is refused
+    // unless the job is still the one read here.
+    let before = interruptions(store, job_id).await?;
     let lease = match why {
         Interruption::Restart => LeaseOp::Keep,
         Interruption::LeaseExpired => LeaseOp::Orphan,
@@ -483,9 +510,9 @@ async fn interrupted(
                 let where_ =
                     step.map_or("before its first stage".to_owned(), |st| format!("in {}", st.name()));
                 let (code, what) = match why {
-                    Interruption::Restart => ("engine-restarted", "the server restarted"),
+                    Interruption::Restart => (INTERRUPTIONS[0], "the server restarted"),
                     Interruption::LeaseExpired => {
-                        ("node-lost", "the node running the job stopped renewing its lease")
+                        (INTERRUPTIONS[1], "the node running the job stopped renewing its lease")
                     }
                 };
                 match s.status {
@@ -496,14 +523,14 @@ async fn interrupted(
                             message: format!("{what} while the job was {where_} (attempt {})", s.attempt),
                             step,
                         });
-                        let next = if s.attempt >= max_attempts {
+                        let next = if before + 1 >= max_attempts {
                             EventBody::JobFailed(JobFailedData {
                                 step,
                                 error: JobError {
                                     code: "too-many-attempts".into(),
                                     message: format!(
                                         "the job was interrupted {} times; giving up",
-                                        s.attempt
+                                        before + 1
                                     ),
                                 },
                             })

@@ -305,6 +305,56 @@ async fn full_disk_parks(ffmpeg: &str, fill_when: impl Fn(&Sse) -> bool) -> Test
     Ok(())
 }
 
+#[tokio::test]
+async fn a_wait_for_disk_does_not_use_up_one_of_the_jobs_attempts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let Some(_mount) = Tmpfs::mount(&data, "64m", false)? else { return Ok(()) };
+    let ffmpeg = slow_ffmpeg(dir.path(), SLOW_FFMPEG)?;
+    let database = dir.path().join("aura.db").to_string_lossy().into_owned();
+    // Two attempts: one interruption is survived, a second is not.
+    let config = |cfg: &mut aura::config::ServeConfig| {
+        cfg.data_dir = data.clone();
+        cfg.database_url = Some(database.clone());
+        cfg.workers = Some(1);
+        cfg.min_free_mb = 16;
+        cfg.ffmpeg = ffmpeg.clone();
+        cfg.max_attempts = 2;
+    };
+    let app = spawn_app_in(tempfile::tempdir()?, config).await?;
+    let id = app.create(&small_job("parks, then restarts")).await?;
+    let filler = data.join("filler.bin");
+    // The disk fills as Audio starts; once the job waits for it, space comes back.
+    let mut parked = false;
+    let seen = tokio::time::timeout(
+        Duration::from_secs(120),
+        app.follow(id, |e| {
+            if started("Audio")(e) && !parked {
+                parked = fill_disk(&filler).is_ok();
+            }
+            if e.kind == "warning" && e.data["code"] == "waiting-for-disk" {
+                let _ = std::fs::remove_file(&filler);
+            }
+            // The new attempt after the wait: the server stops there.
+            e.kind == "job-status" && e.data["status"] == "Running" && e.data["attempt"] == 2
+        }),
+    )
+    .await??;
+    assert!(seen.iter().any(|e| e.kind == "warning" && e.data["code"] == "waiting-for-disk"), "{seen:?}");
+    app.stop().await?;
+
+    // The restart interrupts attempt 2: it is the job's first interruption, so it goes on.
+    let app = spawn_app_in(tempfile::tempdir()?, config).await?;
+    let job = app.finished(id, Duration::from_secs(120)).await?;
+    assert_eq!(job["status"], "Completed", "{job}");
+    let restarted =
+        app.history(id).await?.into_iter().filter(|e| e["data"]["code"] == "engine-restarted").count();
+    assert_eq!(restarted, 1);
+    assert_eq!(job["attempt"], 3);
+    app.stop().await?;
+    Ok(())
+}
+
 /// The job's event ids as the table holds them.
 async fn table_ids(database: &Path, id: Uuid) -> TestResult<Vec<i64>> {
     use sqlx::ConnectOptions;

@@ -9,7 +9,8 @@
 //! A store that cannot take the video (down, unreachable, refusing) does not fail the job: the
 //! render is kept, a `warning` `waiting-for-storage` is appended once, and storing is retried
 //! with a backoff that doubles up to [`MAX_BACKOFF`], until it succeeds, the job is cancelled or
-//! the server shuts down (the job then stays Running for a later attempt).
+//! the server shuts down (the job then stays Running for a later attempt). A stage's artifacts
+//! wait the same way ([`StoreWait`], used by `pipeline::artifacts`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,34 +54,59 @@ pub async fn publish_until_stored(
 ) -> Stored {
     let shutdown = engine.shutdown_token();
     let job_id = handle.job_id();
-    let mut backoff = FIRST_BACKOFF;
-    let mut warned = false;
+    let mut wait = StoreWait::default();
     loop {
         let attempt = tokio::select! {
             stored = publish(engine, job_id, handle.attempt(), job_dir, ext, output) => stored,
             () = shutdown.cancelled() => return Stored::ShuttingDown,
         };
         let Err(e) = attempt else { return Stored::Yes };
-        tracing::warn!(%job_id, error = format!("{e:#}"), retry_in = ?backoff, "storing the video failed; retrying");
-        if !warned {
-            let message =
-                "the object store could not take the video: it is kept and storing is retried".to_owned();
-            match handle.warn(Some(Stage::Render), WAITING_FOR_STORAGE, message).await {
-                Ok(Ok(_)) => warned = true,
-                Ok(Err(refusal)) => {
-                    tracing::info!(%refusal, "the job changed while its video waited for the store");
-                    return Stored::Cancelled;
-                }
-                Err(e) => tracing::warn!(error = %e, "storing waiting-for-storage failed; trying again"),
-            }
-        }
+        tracing::warn!(%job_id, error = format!("{e:#}"), "storing the video failed; retrying");
+        let message = "the object store could not take the video: it is kept and storing is retried";
+        let Some(backoff) = wait.failed(handle, Stage::Render, message).await else {
+            return Stored::Cancelled;
+        };
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = cancel.cancelled() => return Stored::Cancelled,
             () = leave.cancelled() => return Stored::Left,
             () = shutdown.cancelled() => return Stored::ShuttingDown,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The wait of a job whose files the store cannot take (its video, or a stage's artifacts):
+/// one `warning` `waiting-for-storage` for the outage, and a backoff that doubles from
+/// [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
+pub struct StoreWait {
+    backoff: Duration,
+    warned: bool,
+}
+
+impl Default for StoreWait {
+    fn default() -> Self {
+        StoreWait { backoff: FIRST_BACKOFF, warned: false }
+    }
+}
+
+impl StoreWait {
+    /// After a failed put: appends the warning (naming `step`) unless it already is, and
+    /// answers how long to wait before the next try; `None` when the job refused the warning
+    /// (it was cancelled, or continued elsewhere): it must not wait any longer.
+    pub async fn failed(&mut self, handle: &JobHandle, step: Stage, message: &str) -> Option<Duration> {
+        if !self.warned {
+            match handle.warn(Some(step), WAITING_FOR_STORAGE, message.to_owned()).await {
+                Ok(Ok(_)) => self.warned = true,
+                Ok(Err(refusal)) => {
+                    tracing::info!(%refusal, "the job changed while its files waited for the store");
+                    return None;
+                }
+                Err(e) => tracing::warn!(error = %e, "storing waiting-for-storage failed; trying again"),
+            }
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Some(wait)
     }
 }
 

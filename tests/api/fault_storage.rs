@@ -63,7 +63,11 @@ async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_t
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], s3.port()))).await?;
     let app = spawn_through(&s3, &proxy).await?;
     let id = app.create(&small_job("Stored once the store is back", "Square1x1", "mp4", "h264")).await?;
-    // The store goes away while the job renders.
+    // The store goes away while the job renders (after every earlier stage stored its artifacts).
+    let render = |e: &crate::helpers::Sse| {
+        e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
+    };
+    tokio::time::timeout(BOUND, app.follow(id, render)).await??;
     proxy.set(Mode::Refuse);
     proxy.cut_all();
 
@@ -82,6 +86,32 @@ async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_t
     let whole = app.output(id, None).await?;
     assert_eq!(whole.status(), 200);
     assert_eq!(Some(whole.bytes().await?.len() as u64), job["output"]["sizeBytes"].as_u64());
+    assert_eq!(warnings(&app, id, "waiting-for-storage").await?.len(), 1, "one warning for one outage");
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_stage_whose_artifacts_the_store_cannot_take_waits_with_a_warning_before_the_next_stage()
+-> TestResult {
+    let s3 = S3::start().await?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], s3.port()))).await?;
+    let app = spawn_through(&s3, &proxy).await?;
+    // The store is away before the first stage ends.
+    proxy.set(Mode::Refuse);
+    let id = app.create(&small_job("Artifacts wait for the store", "Square1x1", "mp4", "h264")).await?;
+
+    waiting_for_storage(&app, id).await?;
+    let warning = warnings(&app, id, "waiting-for-storage").await?.remove(0);
+    assert_eq!(warning["data"]["step"], "Script", "the first stage's artifacts wait: {warning}");
+    // While they wait, the job is Running and no later stage has started.
+    let job = app.job(id).await?;
+    assert_eq!((job["status"].as_str(), job["stage"].as_str()), (Some("Running"), Some("Script")), "{job}");
+    let history = app.history(id).await?;
+    assert!(states_after(&history, "Audio").is_empty(), "Audio started before Script was stored");
+
+    proxy.set(Mode::Pass);
+    completed(&app, id).await?;
+    assert_eq!(s3.videos().len(), 1, "the bucket holds the video");
     assert_eq!(warnings(&app, id, "waiting-for-storage").await?.len(), 1, "one warning for one outage");
     app.stop().await
 }

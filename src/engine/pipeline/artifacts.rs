@@ -15,7 +15,9 @@
 //! local manifest is missing or fails, `verified` looks for the stage in the store, newest earlier
 //! attempt first, downloads its files into the job folder, checks size and SHA-256 against that
 //! manifest, and writes the local manifest. The Render stage's one file is the video, which
-//! `publish` stores moments later, so it is not uploaded twice. A store error is logged and only
+//! `publish` stores moments later, so it is not uploaded twice. A store that cannot take a
+//! stage's artifacts makes the job wait (`warning` `waiting-for-storage`, retried with backoff,
+//! as for the video) before the next stage starts. A store that cannot give them back only
 //! means "not verified": the stage runs again, the job does not fail.
 //!
 //! **Names are checked like files.** A manifest is only as trustworthy as the folder or bucket
@@ -43,6 +45,7 @@ use super::visuals::{Clip, clip_extension};
 use super::{Job, StageError};
 use crate::domain::event::JobOutput;
 use crate::domain::job::Stage;
+use crate::engine::publish::StoreWait;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -113,14 +116,36 @@ pub async fn record<T: Serialize>(
     file.sync_all().await.context("syncing a manifest")?;
     drop(file);
     tokio::fs::rename(&tmp, &target).await.context("putting a manifest in place")?;
-    if !job.objects.in_place()
-        && stage != Stage::Render
-        && let Err(e) = upload(job, stage, &manifest.files, bytes).await
-    {
-        // Only a later attempt on another node misses it: it redoes the stage.
-        tracing::warn!(stage = stage.name(), error = format!("{e:#}"), "storing a stage's artifacts failed");
+    if !job.objects.in_place() && stage != Stage::Render {
+        store(job, stage, &manifest.files, bytes).await?;
     }
     Ok(())
+}
+
+/// Uploads the stage's artifacts, waiting while the store cannot take them (API.md: a stage
+/// artifact that cannot be stored waits with `waiting-for-storage`, retried with backoff): the
+/// next stage starts only once they are stored, so a later attempt on any node can reuse them.
+async fn store(job: &Job, stage: Stage, files: &[FileRecord], manifest: Vec<u8>) -> Result<(), StageError> {
+    let mut wait = StoreWait::default();
+    loop {
+        let Err(e) = upload(job, stage, files, manifest.clone()).await else { return Ok(()) };
+        tracing::warn!(
+            stage = stage.name(),
+            error = format!("{e:#}"),
+            "storing a stage's artifacts failed; retrying"
+        );
+        let message = format!(
+            "the object store could not take {}'s artifacts: the job waits and storing is retried",
+            stage.name()
+        );
+        let Some(backoff) = wait.failed(&job.handle, stage, &message).await else {
+            return Err(StageError::Cancelled);
+        };
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = job.cancel.cancelled() => return Err(StageError::Cancelled),
+        }
+    }
 }
 
 /// The stage's name as it appears in keys.

@@ -204,7 +204,7 @@ impl Store {
     /// The shared store: this node's writer feeds its own commits to the fan-out at once, its
     /// tail every node's (the hub keeps each id once, in order).
     async fn open_postgres(url: &str, node: Node) -> Result<(Store, CommitFeed), StoreError> {
-        let log = PgLog::open(url, PG_CONNECTIONS).await?;
+        let log = PgLog::open(url, PG_CONNECTIONS, node.guard_timeout()).await?;
         let after = log.max_event_id().await?;
         let close = CancellationToken::new();
         let (feed_tx, feed) = mpsc::unbounded_channel();

@@ -267,3 +267,36 @@ async fn a_lease_is_judged_by_the_databases_clock_and_not_taken_before_it_expire
     b.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_that_waits_on_a_held_lock_fails_within_a_third_of_the_lease_instead_of_hanging()
+-> TestResult {
+    let db = database().await?;
+    let root = tempfile::tempdir()?;
+    let ffmpeg = slow_ffmpeg(root.path(), 0.1)?;
+    let api = Node::start(root.path(), "api", &db, 0, &ffmpeg).await?;
+    create(&api.base, "before the lock", 2).await?;
+
+    // A test connection holds the event counter's row: every append waits on it.
+    let mut holder = sqlx::PgConnection::connect(&db).await?;
+    let mut lock = holder.begin().await?;
+    sqlx::query("SELECT last_id FROM event_counter FOR UPDATE").execute(&mut *lock).await?;
+    let client = reqwest::Client::new();
+    let asked = Instant::now();
+    let res = client
+        .post(format!("{}/api/jobs", api.base))
+        .json(&serde_json::json!({"brief": {"topic": "behind a held lock"}}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await?;
+    let took = asked.elapsed();
+    let status = res.status().as_u16();
+    lock.rollback().await?;
+    // The writer's statements end after a third of the lease (1 s here), and the answer says so.
+    assert!(status >= 500, "a create behind a held lock answered {status}");
+    assert!(took < Duration::from_secs(LEASE_SECS), "the create waited {took:?} on the held lock");
+
+    // Released: appends go through again.
+    create(&api.base, "after the lock", 2).await?;
+    Ok(())
+}

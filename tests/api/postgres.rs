@@ -119,9 +119,9 @@ async fn three_nodes_appending_at_once_give_a_tail_every_id_once_in_ascending_or
     // a fourth connection tails the log at `id > last` while they race.
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(PgLog::open(&url, 2).await?);
+        nodes.push(PgLog::open(&url, 2, std::time::Duration::from_secs(10)).await?);
     }
-    let reader = PgLog::open(&url, 1).await?;
+    let reader = PgLog::open(&url, 1, std::time::Duration::from_secs(10)).await?;
     let mut writers = Vec::new();
     for (k, node) in nodes.iter().enumerate() {
         let node = node.clone();
@@ -192,10 +192,16 @@ async fn take(
 async fn a_tail_that_loses_the_database_for_a_while_hands_on_every_event_once_when_it_returns() -> TestResult
 {
     let pg = OwnCluster::start()?;
-    let writer = PgLog::open(&pg.url, 2).await?;
+    let writer = PgLog::open(&pg.url, 2, std::time::Duration::from_secs(10)).await?;
     let close = CancellationToken::new();
     let (feed_tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
-    tail::spawn(PgLog::open(&pg.url, 1).await?, pg.url.clone(), 0, feed_tx, close.clone());
+    tail::spawn(
+        PgLog::open(&pg.url, 1, std::time::Duration::from_secs(10)).await?,
+        pg.url.clone(),
+        0,
+        feed_tx,
+        close.clone(),
+    );
     let job = Uuid::new_v4();
     let mut ids = Vec::new();
     for i in 0..50 {

@@ -3,24 +3,11 @@
 //! decisions that start and end attempts (see [`super::writer`]); these are the rest. Times are
 //! the database's clock, never a node's.
 
-use std::time::Duration;
-
 use uuid::Uuid;
 
 use super::PgLog;
-use super::writer::Node;
+use super::writer::{CLIENT_GRACE, Node, timed_out};
 use crate::store::StoreError;
-
-/// How long past its own statement timeout a guarded query waits for the server to answer
-/// before the connection is given up (the server's timeout normally answers first).
-const CLIENT_GRACE: Duration = Duration::from_secs(1);
-
-fn timed_out(what: &str) -> StoreError {
-    StoreError::Sqlx(sqlx::Error::Io(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("{what} took longer than a third of the lease"),
-    )))
-}
 
 impl PgLog {
     /// Renews this node's leases on `jobs` (job id and attempt); returns the jobs whose lease

@@ -76,7 +76,9 @@ pub struct PgLog {
 impl PgLog {
     /// Connects to `url` (`postgres://…`) with a pool of `connections` and applies the
     /// PostgreSQL migrations (PostgreSQL serializes concurrent migrators with an advisory lock).
-    pub async fn open(url: &str, connections: u32) -> Result<PgLog, StoreError> {
+    /// `guard` bounds each statement of the writer's connections (`statement_timeout`): its
+    /// commits are fenced by leases, and a query that guards a lease ends before the lease does.
+    pub async fn open(url: &str, connections: u32, guard: std::time::Duration) -> Result<PgLog, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
@@ -90,9 +92,10 @@ impl PgLog {
         let writer_pool = PgPoolOptions::new()
             .max_connections(WRITER_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(
-                options.application_name("aura-writer").options([("plan_cache_mode", "force_generic_plan")]),
-            );
+            .connect_lazy_with(options.application_name("aura-writer").options([
+                ("plan_cache_mode", "force_generic_plan".to_owned()),
+                ("statement_timeout", format!("{}ms", guard.as_millis().max(1))),
+            ]));
         let committed = Arc::new(Notify::new());
         let voice: Arc<str> = Arc::from(Uuid::new_v4().simple().to_string());
         tokio::spawn(notifier(pool.clone(), committed.clone(), voice.clone()));

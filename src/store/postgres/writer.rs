@@ -39,6 +39,17 @@ use crate::store::writer::{
     decide_one, gather, settle, take_decide, with_ids,
 };
 
+/// How long past its own statement timeout a guarded query waits for the server to answer
+/// before the connection is given up (the server's timeout normally answers first).
+pub(super) const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(super) fn timed_out(what: &str) -> StoreError {
+    StoreError::Sqlx(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took longer than a third of the lease"),
+    )))
+}
+
 /// Most job states the writer keeps for its one-statement groups; past it the cache starts over.
 const KNOWN_LIMIT: usize = 20_000;
 
@@ -124,7 +135,16 @@ async fn run(
         }
         let started = Instant::now();
         let requests: Vec<_> = group.iter_mut().map(|r| (r.job_id, r.lease, take_decide(r))).collect();
-        let result = write_group(&pool, &node, &requests, &mut known).await;
+        // Bounded like every query that guards a lease: the server ends a statement after a
+        // third of the lease (`statement_timeout` on these connections), and a server that does
+        // not answer at all is given up a moment later. The outcome is then unknown, as when a
+        // connection is cut mid-commit: what did commit reaches every stream through the tail.
+        let bound = node.guard_timeout() + CLIENT_GRACE;
+        let result = match tokio::time::timeout(bound, write_group(&pool, &node, &requests, &mut known)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(timed_out("a group commit")),
+        };
         match &result {
             Ok(_) => committed.notify_one(),
             Err(_) => known.clear(),

@@ -313,117 +313,112 @@ async fn narrate(job: &Job, script: &Script) -> Result<audio::Narration, StageEr
 /// verified artifacts survived an earlier attempt is reported `Skipped` instead of run again.
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
 pub async fn run(job: &Job) -> Result<JobOutput, PipelineError> {
-    let at = |step: Stage| move |error: StageError| PipelineError { step, error };
     tokio::fs::create_dir_all(&job.work_dir)
         .await
         .context("creating the work folder")
-        .map_err(|e| at(Stage::Script)(e.into()))?;
+        .map_err(|e| PipelineError { step: Stage::Script, error: e.into() })?;
     let mut resume = Resume { possible: true };
+    let script: Script = stage(job, &mut resume, Stage::Script, || write_script(job)).await?;
+    let (narration, clips, encoded) = sound_and_pictures(job, &mut resume, &script).await?;
+    let timeline: render::Timeline = stage(job, &mut resume, Stage::Timeline, || async {
+        let step = Stage::Timeline;
+        let deadline = job.start(step).await?;
+        let timeline = render::assemble(job, &script, &clips, &narration, encoded, deadline).await?;
+        let files = [timeline.clip_list.clone(), "narration.txt".to_owned(), timeline.audio.clone()];
+        job.finish_recorded(step, "Timeline assembled".into(), &timeline, in_work(&files)).await?;
+        Ok(timeline)
+    })
+    .await?;
+    stage(job, &mut resume, Stage::Render, || async {
+        let step = Stage::Render;
+        let deadline = job.start(step).await?;
+        let output = render::render(job, &timeline, deadline).await?;
+        let file = Path::new(&output.video_path).file_name().map(|f| f.to_string_lossy().into_owned());
+        job.finish_recorded(step, "Video rendered".into(), &output, file.into_iter().collect()).await?;
+        Ok(output)
+    })
+    .await
+}
 
+/// One stage: its output from an earlier attempt when that is verified (see [`Resume`]), else
+/// what `work` makes of it (which starts, reports and records the stage); a failure either way
+/// is tagged with `step`.
+async fn stage<T, F, Fut>(job: &Job, resume: &mut Resume, step: Stage, work: F) -> Result<T, PipelineError>
+where
+    T: serde::de::DeserializeOwned + artifacts::Supplies,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StageError>>,
+{
+    let tagged = |error| PipelineError { step, error };
+    match resume.skip(job, step).await.map_err(tagged)? {
+        Some(kept) => Ok(kept),
+        None => work().await.map_err(tagged),
+    }
+}
+
+/// Script: the scenes and their narration text, from the request alone.
+async fn write_script(job: &Job) -> Result<Script, StageError> {
     let step = Stage::Script;
-    let script: Script = match resume.skip(job, step).await.map_err(at(step))? {
-        Some(script) => script,
-        None => {
-            job.start(step).await.map_err(at(step))?;
-            let script = TemplateWriter.write(&job.spec).map_err(|e| at(step)(e.into()))?;
-            let json = serde_json::to_vec_pretty(&script)
-                .context("encoding the script")
-                .map_err(|e| at(step)(e.into()))?;
-            tokio::fs::write(job.work("script.json"), json)
-                .await
-                .context("writing script.json")
-                .map_err(|e| at(step)(e.into()))?;
-            let n = script.scenes.len();
-            job.finish_recorded(
-                step,
-                format!("Script ready: {n} scene{}", plural(n)),
-                &script,
-                in_work([&"script.json".to_owned()]),
-            )
-            .await
-            .map_err(at(step))?;
-            script
-        }
-    };
+    job.start(step).await?;
+    let script = TemplateWriter.write(&job.spec)?;
+    let json = serde_json::to_vec_pretty(&script).context("encoding the script")?;
+    tokio::fs::write(job.work("script.json"), json).await.context("writing script.json")?;
     let n = script.scenes.len();
+    let message = format!("Script ready: {n} scene{}", plural(n));
+    job.finish_recorded(step, message, &script, in_work([&"script.json".to_owned()])).await?;
+    Ok(script)
+}
 
-    // Audio and Visuals overlap: the scene clips start encoding while the narration is
-    // synthesized, and the narration is encoded to the final audio codec while the clips still
-    // encode, so neither leaves a core idle. The events still read in stage order: Visuals is
-    // `Started` once Audio has `Completed`, and its progress goes out only from then on.
+/// What Audio and Visuals hand on: the narration, the clips, and the narration encoded to the
+/// final audio codec (none when both stages were kept; a failed encode fails Timeline).
+type SoundAndPictures = (audio::Narration, Vec<visuals::Clip>, Option<Result<render::Encoded, StageError>>);
+
+/// Audio and Visuals, overlapped: the scene clips start encoding while the narration is
+/// synthesized, and the narration is encoded to the final audio codec while the clips still
+/// encode, so neither leaves a core idle. The events still read in stage order: Visuals is
+/// `Started` once Audio has `Completed`, and its progress goes out only from then on.
+async fn sound_and_pictures(
+    job: &Job,
+    resume: &mut Resume,
+    script: &Script,
+) -> Result<SoundAndPictures, PipelineError> {
+    let at = |step: Stage| move |error: StageError| PipelineError { step, error };
     let narration_kept: Option<audio::Narration> =
         resume.skip(job, Stage::Audio).await.map_err(at(Stage::Audio))?;
     let clips_kept: Option<Vec<visuals::Clip>> = match narration_kept {
         Some(_) => resume.skip(job, Stage::Visuals).await.map_err(at(Stage::Visuals))?,
         None => None,
     };
-    let (narration, clips, encoded) = match (narration_kept, clips_kept) {
-        (Some(narration), Some(clips)) => (narration, clips, None),
-        (narration_kept, _) => {
-            let visuals_started = tokio::sync::Notify::new();
-            let video = async {
-                let clips = visuals::render_scenes(job, &script, job.deadline()).await;
-                // A failed clip fails Visuals, so it is reported once Visuals has started.
-                visuals_started.notified().await;
-                clips.map_err(at(Stage::Visuals))
-            };
-            let sound = async {
-                let narration = match narration_kept {
-                    Some(narration) => narration,
-                    None => narrate(job, &script).await.map_err(at(Stage::Audio))?,
-                };
-                job.start(Stage::Visuals).await.map_err(at(Stage::Visuals))?;
-                visuals_started.notify_one();
-                // A failed encode fails Timeline, which waits for it.
-                let encoded =
-                    render::encode_narration(job, script.duration_sec(), &narration, job.deadline()).await;
-                Ok((narration, encoded))
-            };
-            let (clips, (narration, encoded)) = tokio::try_join!(video, sound)?;
-            let step = Stage::Visuals;
-            let files: Vec<String> = clips.iter().map(|c| c.file.clone()).collect();
-            job.finish_recorded(
-                step,
-                format!("Rendered {n} scene clip{}", plural(n)),
-                &clips,
-                in_work(&files),
-            )
-            .await
-            .map_err(at(step))?;
-            (narration, clips, Some(encoded))
-        }
+    let narration_kept = match (narration_kept, clips_kept) {
+        (Some(narration), Some(clips)) => return Ok((narration, clips, None)),
+        (narration_kept, _) => narration_kept,
     };
-
-    let step = Stage::Timeline;
-    let timeline: render::Timeline = match resume.skip(job, step).await.map_err(at(step))? {
-        Some(timeline) => timeline,
-        None => {
-            let deadline = job.start(step).await.map_err(at(step))?;
-            let timeline = render::assemble(job, &script, &clips, &narration, encoded, deadline)
-                .await
-                .map_err(at(step))?;
-            let files = [timeline.clip_list.clone(), "narration.txt".to_owned(), timeline.audio.clone()];
-            job.finish_recorded(step, "Timeline assembled".into(), &timeline, in_work(&files))
-                .await
-                .map_err(at(step))?;
-            timeline
-        }
+    let visuals_started = tokio::sync::Notify::new();
+    let video = async {
+        let clips = visuals::render_scenes(job, script, job.deadline()).await;
+        // A failed clip fails Visuals, so it is reported once Visuals has started.
+        visuals_started.notified().await;
+        clips.map_err(at(Stage::Visuals))
     };
-
-    let step = Stage::Render;
-    let output: JobOutput = match resume.skip(job, step).await.map_err(at(step))? {
-        Some(output) => output,
-        None => {
-            let deadline = job.start(step).await.map_err(at(step))?;
-            let output = render::render(job, &timeline, deadline).await.map_err(at(step))?;
-            let file = Path::new(&output.video_path).file_name().map(|f| f.to_string_lossy().into_owned());
-            job.finish_recorded(step, "Video rendered".into(), &output, file.into_iter().collect())
-                .await
-                .map_err(at(step))?;
-            output
-        }
+    let sound = async {
+        let narration = match narration_kept {
+            Some(narration) => narration,
+            None => narrate(job, script).await.map_err(at(Stage::Audio))?,
+        };
+        job.start(Stage::Visuals).await.map_err(at(Stage::Visuals))?;
+        visuals_started.notify_one();
+        // A failed encode fails Timeline, which waits for it.
+        let encoded = render::encode_narration(job, script.duration_sec(), &narration, job.deadline()).await;
+        Ok((narration, Some(encoded)))
     };
-    Ok(output)
+    let (clips, (narration, encoded)) = tokio::try_join!(video, sound)?;
+    let n = script.scenes.len();
+    let files: Vec<String> = clips.iter().map(|c| c.file.clone()).collect();
+    let message = format!("Rendered {n} scene clip{}", plural(n));
+    job.finish_recorded(Stage::Visuals, message, &clips, in_work(&files))
+        .await
+        .map_err(at(Stage::Visuals))?;
+    Ok((narration, clips, encoded))
 }
 
 #[cfg(test)]

@@ -697,10 +697,14 @@ async fn batched_and_compressed_readers_that_stall_lose_their_streams_after_the_
         let raw = read_rest(&mut batched, &what).await?;
         resume_after(&app, whole_event_ids(&raw)?, &all, &format!("{what}, batched")).await?;
         let raw = read_rest(&mut gzipped, &what).await?;
-        let body = gunzip_cut(&chunked_body(&raw)?);
-        resume_after(&app, whole_ids_of(&body)?, &all, &format!("{what}, gzip")).await?;
+        resume_after(&app, whole_gzip_event_ids(&raw)?, &all, &format!("{what}, gzip")).await?;
     }
     Ok(())
+}
+
+/// [`whole_event_ids`] of a gzip-compressed response.
+fn whole_gzip_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
+    whole_ids_of(&gunzip_cut(&chunked_body(raw)?))
 }
 
 /// The handshake headers of a WebSocket client.
@@ -733,17 +737,64 @@ async fn ws_ids_to_close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> T
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    ws_ids_until(ws, i64::MAX).await
+}
+
+/// The ids of the events a WebSocket client reads until one at or past `last` arrives, or the
+/// socket closes or fails.
+async fn ws_ids_until<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, last: i64) -> TestResult<Vec<i64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut ids = Vec::new();
     loop {
         match tokio::time::timeout(WAIT * 3, ws.next()).await? {
             Some(Ok(Message::Text(text))) => {
                 let value: Value = serde_json::from_str(&text)?;
                 ids.extend(value["id"].as_i64());
+                if ids.last() >= Some(&last) {
+                    return Ok(ids);
+                }
             }
             Some(Ok(Message::Close(_)) | Err(_)) | None => return Ok(ids),
             Some(Ok(_)) => {}
         }
     }
+}
+
+/// A WebSocket client (tokio-tungstenite) on `path` with a small receive buffer, so that a
+/// stall fills it at once.
+async fn stalled_websocket(
+    addr: SocketAddr,
+    path: &str,
+) -> TestResult<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let conn = socket.connect(addr).await?;
+    Ok(tokio_tungstenite::client_async(format!("ws://{addr}{path}"), conn).await?.0)
+}
+
+/// The client reads again: what reached a stalled socket (`seen` and the rest), then a socket
+/// resumed with `?lastEventId=` from the last of them (API.md, WebSocket) up to the job's end:
+/// every event of `job` once, in order.
+async fn ws_resume_after(
+    app: &TestApp,
+    stalled: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    mut seen: Vec<i64>,
+    job: Uuid,
+    what: &str,
+) -> TestResult {
+    seen.extend(ws_ids_to_close(stalled).await?);
+    let all = app.sql_event_ids(job).await?;
+    assert!(seen.len() < all.len(), "{what}: the socket was cut ({} of {} events)", seen.len(), all.len());
+    let resume = seen.last().copied().unwrap_or(0);
+    let addr = addr_of(&app.base)?;
+    let (mut rest, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
+            .await?;
+    let rest = ws_ids_to_close(&mut rest).await?;
+    assert_eq!([seen, rest].concat(), all, "{what}: every event once, in order");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,27 +804,11 @@ async fn a_websocket_that_stops_reading_during_a_catch_up_is_closed_after_the_wr
     let app = app_for_stalls(true, |_| {}).await?;
     let job = app.create_job("a log a socket stops reading").await?;
     append_filler(&app, job, 1500).await?;
-    let all = app.sql_event_ids(job).await?;
-    let addr = addr_of(&app.base)?;
-    let socket = TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let conn = socket.connect(addr).await?;
-    let (mut stalled, _) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/api/ws?lastEventId=0"), conn).await?;
+    let mut stalled = stalled_websocket(addr_of(&app.base)?, "/api/ws?lastEventId=0").await?;
     let opened = Instant::now();
     streams_open(&app, 1, "websocket").await?;
     streams_closed_by(&app, opened + Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND, "websocket").await?;
-
-    // The client reads again: what reached it, then a socket resumed from its last id.
-    let seen = ws_ids_to_close(&mut stalled).await?;
-    assert!(seen.len() < all.len(), "the socket was cut ({} of {} events)", seen.len(), all.len());
-    let resume = seen.last().copied().unwrap_or(0);
-    let (mut rest, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
-            .await?;
-    let rest = ws_ids_to_close(&mut rest).await?;
-    assert_eq!([seen, rest].concat(), all, "every event once, in order");
-    Ok(())
+    ws_resume_after(&app, &mut stalled, Vec::new(), job, "websocket").await
 }
 
 #[tokio::test]

@@ -630,6 +630,106 @@ async fn resume_after(app: &TestApp, mut seen: Vec<i64>, all: &[i64], what: &str
     Ok(())
 }
 
+/// The events appended while a live stream stalls: about 6.5 MB, 5 MB once compressed, more
+/// than the kernel holds between the server and a client that stopped reading (2,000 events,
+/// 2.5 MB compressed, were not), so that a write of the server's waits, not only bytes in the
+/// kernel.
+const LIVE_FILLER: usize = 4000;
+
+/// How long before the write timeout a stalled stream may seem to close: timers and the
+/// kernel's clock are not finer than this.
+const STALL_SLACK: Duration = Duration::from_millis(100);
+
+/// A stream whose client, caught up (the stream is live), stops reading now, while `job` gets
+/// [`LIVE_FILLER`] events ([`append_filler`]). The server must close the stream (its count,
+/// `aura_open_streams_total`, and its end of `conn`) within the write timeout and
+/// [`STALL_BOUND`] of the moment its bytes began to wait on the client (its end's send queue
+/// stayed non-empty: the client's buffer is full), and start closing it no sooner than the write
+/// timeout after the client stopped reading. Watched from the start, while the events are
+/// appended.
+async fn stall_while_live(app: &TestApp, job: Uuid, conn: &TcpStream, what: &str) -> TestResult {
+    let stalled = Instant::now();
+    let appended = std::sync::OnceLock::new();
+    let append = async {
+        append_filler(app, job, LIVE_FILLER).await?;
+        let _ = appended.set(Instant::now());
+        TestResult::Ok(())
+    };
+    let bound = Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND;
+    let closed = async {
+        let mut waiting_since: Option<Instant> = None;
+        // When the stream or the connection was first seen closed.
+        let mut first_closed: Option<Instant> = None;
+        loop {
+            let (open, queued) = (app.state.streams().open(), server_end_queue(conn)?);
+            let now = Instant::now();
+            if open == 0 || queued.is_none() {
+                first_closed.get_or_insert(now);
+            }
+            if open == 0 && queued.is_none() {
+                return TestResult::Ok((first_closed.unwrap_or(now), now));
+            }
+            match queued {
+                Some(0) => waiting_since = None,
+                Some(_) => {
+                    waiting_since.get_or_insert(now);
+                }
+                None => {}
+            }
+            if let Some(since) = waiting_since
+                && now >= since + bound
+            {
+                let held = if queued.is_some() { "held" } else { "closed" };
+                return Err(format!(
+                    "{what}: {open} streams open, the connection {held}, {:?} after the server's bytes began to wait",
+                    now - since
+                )
+                .into());
+            }
+            if waiting_since.is_none() && appended.get().is_some_and(|at| now >= *at + WAIT) {
+                return Err(format!("{what}: the server never wrote the filler to the stalled client").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let ((), (first_closed, closed)) = tokio::try_join!(append, closed)?;
+    streams_closed_by(app, closed + STALL_BOUND, what).await?;
+    let took = first_closed - stalled;
+    assert!(
+        took + STALL_SLACK >= Duration::from_secs(STALL_TIMEOUT),
+        "{what}: closed {took:?} after its client stopped reading, before the write timeout"
+    );
+    Ok(())
+}
+
+/// The bytes the server's end of `conn` holds for the client (sent and not acknowledged, or not
+/// sent yet), while the server holds that end open (`ESTABLISHED` in `/proc/net/tcp`); `None`
+/// once it has let go (the end is gone, closing or aborted). A stalled client sees neither
+/// without reading, which would end the stall.
+fn server_end_queue(conn: &TcpStream) -> TestResult<Option<u64>> {
+    const ESTABLISHED: &str = "01";
+    let (server, client) = (conn.peer_addr()?, conn.local_addr()?);
+    for line in std::fs::read_to_string("/proc/net/tcp")?.lines().skip(1) {
+        if let [_, local, remote, state, queues, ..] = line.split_whitespace().collect::<Vec<_>>()[..]
+            && state == ESTABLISHED
+            && proc_addr(local)? == server
+            && proc_addr(remote)? == client
+        {
+            let (tx, _rx) = queues.split_once(':').ok_or("no queues")?;
+            return Ok(Some(u64::from_str_radix(tx, 16)?));
+        }
+    }
+    Ok(None)
+}
+
+/// An address of `/proc/net/tcp`: the IPv4 address as the kernel holds it (network order),
+/// printed as a native integer, then the port.
+fn proc_addr(hex: &str) -> TestResult<SocketAddr> {
+    let (ip, port) = hex.split_once(':').ok_or("not an address")?;
+    let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16)?.to_ne_bytes());
+    Ok(SocketAddr::from((ip, u16::from_str_radix(port, 16)?)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stall_during_a_catch_up_lose_their_streams_after_the_write_timeout_and_resume_missing_nothing()
 -> TestResult {
@@ -705,6 +805,61 @@ async fn batched_and_compressed_readers_that_stall_lose_their_streams_after_the_
 /// [`whole_event_ids`] of a gzip-compressed response.
 fn whole_gzip_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
     whole_ids_of(&gunzip_cut(&chunked_body(raw)?))
+}
+
+/// Reads `conn` into `raw` until `decode` finds the event `newest` in it, whole: the stream has
+/// caught up and is live.
+async fn read_until_caught_up(
+    conn: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    decode: fn(&[u8]) -> TestResult<Vec<i64>>,
+    newest: i64,
+    what: &str,
+) -> TestResult {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let caught_up = async {
+        // Until the response head has come whole, `decode` fails: read on.
+        while !decode(raw).is_ok_and(|ids| ids.last() >= Some(&newest)) {
+            match conn.read(&mut chunk).await? {
+                0 => return Err(format!("{what}: the stream ended before it caught up").into()),
+                n => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+        TestResult::Ok(())
+    };
+    tokio::time::timeout(WAIT, caught_up).await.map_err(|_| format!("{what}: never caught up to {newest}"))?
+}
+
+/// One SSE stream each way it is served ([`WAYS`]), `path` with `extra` header lines on an app
+/// `tweak`ed: read until it is live, then stalled ([`stall_while_live`]);
+/// `decode` reads the events it delivered whole, and a resume from the last one misses none.
+async fn sse_stalls_while_live(
+    path: &str,
+    extra: &str,
+    tweak: fn(&mut aura::config::ServeConfig),
+    decode: fn(&[u8]) -> TestResult<Vec<i64>>,
+) -> TestResult {
+    let _heavy = HEAVY.lock().await;
+    for (takeover, reuse) in WAYS {
+        let what = format!("{path} {}, takeover {takeover}, reuse {reuse}", extra.trim_end());
+        let app = app_for_stalls(takeover, tweak).await?;
+        let job = app.create_job("a log followed live").await?;
+        let newest = *app.sql_event_ids(job).await?.last().ok_or("no event")?;
+        let mut conn = stalled_request(addr_of(&app.base)?, path, extra, reuse).await?;
+        streams_open(&app, 1, &what).await?;
+        let mut raw = Vec::new();
+        read_until_caught_up(&mut conn, &mut raw, decode, newest, &what).await?;
+        stall_while_live(&app, job, &conn, &what).await?;
+        raw.extend(read_rest(&mut conn, &what).await?);
+        resume_after(&app, decode(&raw)?, &app.sql_event_ids(job).await?, &what).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_stream_that_stalls_during_live_delivery_loses_its_stream_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    sse_stalls_while_live("/api/events?batch=100ms", "", |_| {}, whole_event_ids).await
 }
 
 /// The handshake headers of a WebSocket client.

@@ -862,6 +862,18 @@ async fn a_batched_stream_that_stalls_during_live_delivery_loses_its_stream_afte
     sse_stalls_while_live("/api/events?batch=100ms", "", |_| {}, whole_event_ids).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_stream_that_stalls_during_live_delivery_loses_its_stream_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    sse_stalls_while_live(
+        "/api/events",
+        "Accept-Encoding: gzip\r\n",
+        |c| c.stream_compression = aura::config::StreamCompression::Gzip,
+        whole_gzip_event_ids,
+    )
+    .await
+}
+
 /// The handshake headers of a WebSocket client.
 const WS_HANDSHAKE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";

@@ -978,6 +978,22 @@ async fn a_websocket_that_stops_reading_during_a_catch_up_is_closed_after_the_wr
     ws_resume_after(&app, &mut stalled, Vec::new(), job, "websocket").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_stops_reading_during_live_delivery_is_closed_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    let _heavy = HEAVY.lock().await;
+    let what = "live websocket";
+    let app = app_for_stalls(true, |_| {}).await?;
+    let job = app.create_job("a log a socket follows live").await?;
+    let newest = *app.sql_event_ids(job).await?.last().ok_or("no event")?;
+    let mut ws = stalled_websocket(addr_of(&app.base)?, "/api/ws?lastEventId=0").await?;
+    streams_open(&app, 1, what).await?;
+    let seen = ws_ids_until(&mut ws, newest).await?;
+    assert_eq!(seen.last(), Some(&newest), "{what}: never caught up");
+    stall_while_live(&app, job, ws.get_ref(), what).await?;
+    ws_resume_after(&app, &mut ws, seen, job, what).await
+}
+
 #[tokio::test]
 async fn open_websockets_hold_their_connection_slots_until_they_close() -> TestResult {
     let app = spawn_app_with(|c| c.max_connections = Some(3)).await?;

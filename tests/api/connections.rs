@@ -630,6 +630,106 @@ async fn resume_after(app: &TestApp, mut seen: Vec<i64>, all: &[i64], what: &str
     Ok(())
 }
 
+/// The events appended while a live stream stalls: about 6.5 MB, 5 MB once compressed, more
+/// than the kernel holds between the server and a client that stopped reading (2,000 events,
+/// 2.5 MB compressed, were not), so that a write of the server's waits, not only bytes in the
+/// kernel.
+const LIVE_FILLER: usize = 4000;
+
+/// How long before the write timeout a stalled stream may seem to close: timers and the
+/// kernel's clock are not finer than this.
+const STALL_SLACK: Duration = Duration::from_millis(100);
+
+/// A stream whose client, caught up (the stream is live), stops reading now, while `job` gets
+/// [`LIVE_FILLER`] events ([`append_filler`]). The server must close the stream (its count,
+/// `aura_open_streams_total`, and its end of `conn`) within the write timeout and
+/// [`STALL_BOUND`] of the moment its bytes began to wait on the client (its end's send queue
+/// stayed non-empty: the client's buffer is full), and start closing it no sooner than the write
+/// timeout after the client stopped reading. Watched from the start, while the events are
+/// appended.
+async fn stall_while_live(app: &TestApp, job: Uuid, conn: &TcpStream, what: &str) -> TestResult {
+    let stalled = Instant::now();
+    let appended = std::sync::OnceLock::new();
+    let append = async {
+        append_filler(app, job, LIVE_FILLER).await?;
+        let _ = appended.set(Instant::now());
+        TestResult::Ok(())
+    };
+    let bound = Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND;
+    let closed = async {
+        let mut waiting_since: Option<Instant> = None;
+        // When the stream or the connection was first seen closed.
+        let mut first_closed: Option<Instant> = None;
+        loop {
+            let (open, queued) = (app.state.streams().open(), server_end_queue(conn)?);
+            let now = Instant::now();
+            if open == 0 || queued.is_none() {
+                first_closed.get_or_insert(now);
+            }
+            if open == 0 && queued.is_none() {
+                return TestResult::Ok((first_closed.unwrap_or(now), now));
+            }
+            match queued {
+                Some(0) => waiting_since = None,
+                Some(_) => {
+                    waiting_since.get_or_insert(now);
+                }
+                None => {}
+            }
+            if let Some(since) = waiting_since
+                && now >= since + bound
+            {
+                let held = if queued.is_some() { "held" } else { "closed" };
+                return Err(format!(
+                    "{what}: {open} streams open, the connection {held}, {:?} after the server's bytes began to wait",
+                    now - since
+                )
+                .into());
+            }
+            if waiting_since.is_none() && appended.get().is_some_and(|at| now >= *at + WAIT) {
+                return Err(format!("{what}: the server never wrote the filler to the stalled client").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let ((), (first_closed, closed)) = tokio::try_join!(append, closed)?;
+    streams_closed_by(app, closed + STALL_BOUND, what).await?;
+    let took = first_closed - stalled;
+    assert!(
+        took + STALL_SLACK >= Duration::from_secs(STALL_TIMEOUT),
+        "{what}: closed {took:?} after its client stopped reading, before the write timeout"
+    );
+    Ok(())
+}
+
+/// The bytes the server's end of `conn` holds for the client (sent and not acknowledged, or not
+/// sent yet), while the server holds that end open (`ESTABLISHED` in `/proc/net/tcp`); `None`
+/// once it has let go (the end is gone, closing or aborted). A stalled client sees neither
+/// without reading, which would end the stall.
+fn server_end_queue(conn: &TcpStream) -> TestResult<Option<u64>> {
+    const ESTABLISHED: &str = "01";
+    let (server, client) = (conn.peer_addr()?, conn.local_addr()?);
+    for line in std::fs::read_to_string("/proc/net/tcp")?.lines().skip(1) {
+        if let [_, local, remote, state, queues, ..] = line.split_whitespace().collect::<Vec<_>>()[..]
+            && state == ESTABLISHED
+            && proc_addr(local)? == server
+            && proc_addr(remote)? == client
+        {
+            let (tx, _rx) = queues.split_once(':').ok_or("no queues")?;
+            return Ok(Some(u64::from_str_radix(tx, 16)?));
+        }
+    }
+    Ok(None)
+}
+
+/// An address of `/proc/net/tcp`: the IPv4 address as the kernel holds it (network order),
+/// printed as a native integer, then the port.
+fn proc_addr(hex: &str) -> TestResult<SocketAddr> {
+    let (ip, port) = hex.split_once(':').ok_or("not an address")?;
+    let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16)?.to_ne_bytes());
+    Ok(SocketAddr::from((ip, u16::from_str_radix(port, 16)?)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stall_during_a_catch_up_lose_their_streams_after_the_write_timeout_and_resume_missing_nothing()
 -> TestResult {
@@ -697,10 +797,81 @@ async fn batched_and_compressed_readers_that_stall_lose_their_streams_after_the_
         let raw = read_rest(&mut batched, &what).await?;
         resume_after(&app, whole_event_ids(&raw)?, &all, &format!("{what}, batched")).await?;
         let raw = read_rest(&mut gzipped, &what).await?;
-        let body = gunzip_cut(&chunked_body(&raw)?);
-        resume_after(&app, whole_ids_of(&body)?, &all, &format!("{what}, gzip")).await?;
+        resume_after(&app, whole_gzip_event_ids(&raw)?, &all, &format!("{what}, gzip")).await?;
     }
     Ok(())
+}
+
+/// [`whole_event_ids`] of a gzip-compressed response.
+fn whole_gzip_event_ids(raw: &[u8]) -> TestResult<Vec<i64>> {
+    whole_ids_of(&gunzip_cut(&chunked_body(raw)?))
+}
+
+/// Reads `conn` into `raw` until `decode` finds the event `newest` in it, whole: the stream has
+/// caught up and is live.
+async fn read_until_caught_up(
+    conn: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    decode: fn(&[u8]) -> TestResult<Vec<i64>>,
+    newest: i64,
+    what: &str,
+) -> TestResult {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let caught_up = async {
+        // Until the response head has come whole, `decode` fails: read on.
+        while !decode(raw).is_ok_and(|ids| ids.last() >= Some(&newest)) {
+            match conn.read(&mut chunk).await? {
+                0 => return Err(format!("{what}: the stream ended before it caught up").into()),
+                n => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+        TestResult::Ok(())
+    };
+    tokio::time::timeout(WAIT, caught_up).await.map_err(|_| format!("{what}: never caught up to {newest}"))?
+}
+
+/// One SSE stream each way it is served ([`WAYS`]), `path` with `extra` header lines on an app
+/// `tweak`ed: read until it is live, then stalled ([`stall_while_live`]);
+/// `decode` reads the events it delivered whole, and a resume from the last one misses none.
+async fn sse_stalls_while_live(
+    path: &str,
+    extra: &str,
+    tweak: fn(&mut aura::config::ServeConfig),
+    decode: fn(&[u8]) -> TestResult<Vec<i64>>,
+) -> TestResult {
+    let _heavy = HEAVY.lock().await;
+    for (takeover, reuse) in WAYS {
+        let what = format!("{path} {}, takeover {takeover}, reuse {reuse}", extra.trim_end());
+        let app = app_for_stalls(takeover, tweak).await?;
+        let job = app.create_job("a log followed live").await?;
+        let newest = *app.sql_event_ids(job).await?.last().ok_or("no event")?;
+        let mut conn = stalled_request(addr_of(&app.base)?, path, extra, reuse).await?;
+        streams_open(&app, 1, &what).await?;
+        let mut raw = Vec::new();
+        read_until_caught_up(&mut conn, &mut raw, decode, newest, &what).await?;
+        stall_while_live(&app, job, &conn, &what).await?;
+        raw.extend(read_rest(&mut conn, &what).await?);
+        resume_after(&app, decode(&raw)?, &app.sql_event_ids(job).await?, &what).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_stream_that_stalls_during_live_delivery_loses_its_stream_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    sse_stalls_while_live("/api/events?batch=100ms", "", |_| {}, whole_event_ids).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_stream_that_stalls_during_live_delivery_loses_its_stream_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    sse_stalls_while_live(
+        "/api/events",
+        "Accept-Encoding: gzip\r\n",
+        |c| c.stream_compression = aura::config::StreamCompression::Gzip,
+        whole_gzip_event_ids,
+    )
+    .await
 }
 
 /// The handshake headers of a WebSocket client.
@@ -733,17 +904,64 @@ async fn ws_ids_to_close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> T
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    ws_ids_until(ws, i64::MAX).await
+}
+
+/// The ids of the events a WebSocket client reads until one at or past `last` arrives, or the
+/// socket closes or fails.
+async fn ws_ids_until<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, last: i64) -> TestResult<Vec<i64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut ids = Vec::new();
     loop {
         match tokio::time::timeout(WAIT * 3, ws.next()).await? {
             Some(Ok(Message::Text(text))) => {
                 let value: Value = serde_json::from_str(&text)?;
                 ids.extend(value["id"].as_i64());
+                if ids.last() >= Some(&last) {
+                    return Ok(ids);
+                }
             }
             Some(Ok(Message::Close(_)) | Err(_)) | None => return Ok(ids),
             Some(Ok(_)) => {}
         }
     }
+}
+
+/// A WebSocket client (tokio-tungstenite) on `path` with a small receive buffer, so that a
+/// stall fills it at once.
+async fn stalled_websocket(
+    addr: SocketAddr,
+    path: &str,
+) -> TestResult<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let conn = socket.connect(addr).await?;
+    Ok(tokio_tungstenite::client_async(format!("ws://{addr}{path}"), conn).await?.0)
+}
+
+/// The client reads again: what reached a stalled socket (`seen` and the rest), then a socket
+/// resumed with `?lastEventId=` from the last of them (API.md, WebSocket) up to the job's end:
+/// every event of `job` once, in order.
+async fn ws_resume_after(
+    app: &TestApp,
+    stalled: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    mut seen: Vec<i64>,
+    job: Uuid,
+    what: &str,
+) -> TestResult {
+    seen.extend(ws_ids_to_close(stalled).await?);
+    let all = app.sql_event_ids(job).await?;
+    assert!(seen.len() < all.len(), "{what}: the socket was cut ({} of {} events)", seen.len(), all.len());
+    let resume = seen.last().copied().unwrap_or(0);
+    let addr = addr_of(&app.base)?;
+    let (mut rest, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
+            .await?;
+    let rest = ws_ids_to_close(&mut rest).await?;
+    assert_eq!([seen, rest].concat(), all, "{what}: every event once, in order");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,27 +971,27 @@ async fn a_websocket_that_stops_reading_during_a_catch_up_is_closed_after_the_wr
     let app = app_for_stalls(true, |_| {}).await?;
     let job = app.create_job("a log a socket stops reading").await?;
     append_filler(&app, job, 1500).await?;
-    let all = app.sql_event_ids(job).await?;
-    let addr = addr_of(&app.base)?;
-    let socket = TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let conn = socket.connect(addr).await?;
-    let (mut stalled, _) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/api/ws?lastEventId=0"), conn).await?;
+    let mut stalled = stalled_websocket(addr_of(&app.base)?, "/api/ws?lastEventId=0").await?;
     let opened = Instant::now();
     streams_open(&app, 1, "websocket").await?;
     streams_closed_by(&app, opened + Duration::from_secs(STALL_TIMEOUT) + STALL_BOUND, "websocket").await?;
+    ws_resume_after(&app, &mut stalled, Vec::new(), job, "websocket").await
+}
 
-    // The client reads again: what reached it, then a socket resumed from its last id.
-    let seen = ws_ids_to_close(&mut stalled).await?;
-    assert!(seen.len() < all.len(), "the socket was cut ({} of {} events)", seen.len(), all.len());
-    let resume = seen.last().copied().unwrap_or(0);
-    let (mut rest, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
-            .await?;
-    let rest = ws_ids_to_close(&mut rest).await?;
-    assert_eq!([seen, rest].concat(), all, "every event once, in order");
-    Ok(())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_stops_reading_during_live_delivery_is_closed_after_the_write_timeout_and_resumes_missing_nothing()
+-> TestResult {
+    let _heavy = HEAVY.lock().await;
+    let what = "live websocket";
+    let app = app_for_stalls(true, |_| {}).await?;
+    let job = app.create_job("a log a socket follows live").await?;
+    let newest = *app.sql_event_ids(job).await?.last().ok_or("no event")?;
+    let mut ws = stalled_websocket(addr_of(&app.base)?, "/api/ws?lastEventId=0").await?;
+    streams_open(&app, 1, what).await?;
+    let seen = ws_ids_until(&mut ws, newest).await?;
+    assert_eq!(seen.last(), Some(&newest), "{what}: never caught up");
+    stall_while_live(&app, job, ws.get_ref(), what).await?;
+    ws_resume_after(&app, &mut ws, seen, job, what).await
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::domain::event::JobOutput;
 use crate::domain::job::{DATABASE_UNAVAILABLE, JobStatus, Stage, WAITING_FOR_DISK};
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, JobHandle};
@@ -173,32 +174,7 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
     if matches!(engine.store().job(job_id).await, Ok(Some(s)) if s.status == JobStatus::Cancelling) {
         cancel.cancel();
     }
-    let mut job = job;
-    let mut parked = 0u32;
-    let outcome = loop {
-        let task = tokio::spawn(async move {
-            let result = pipeline::run(&job).await;
-            (job, result)
-        });
-        match task.await {
-            Ok((back, Err(PipelineError { step, error }))) if store_fault(&error) => {
-                tracing::warn!(step = step.name(), cause = ?error, "the database is unreachable; the job waits for it");
-                match wait_for_database(engine, &back, step).await {
-                    Parked::Resumed => job = back,
-                    Parked::Stopped(error) => break Ok((back, Err(PipelineError { step, error }))),
-                }
-            }
-            Ok((back, Err(PipelineError { step, error }))) if disk_full(engine, &error) => {
-                tracing::warn!(step = step.name(), cause = ?error, "the disk is full; the job waits for space");
-                parked += 1;
-                match park(engine, &back, step, parked).await {
-                    Parked::Resumed => job = back,
-                    Parked::Stopped(error) => break Ok((back, Err(PipelineError { step, error }))),
-                }
-            }
-            other => break other,
-        }
-    };
+    let outcome = run_with_waits(engine, job).await;
     engine.unregister_running(job_id);
     let shutting_down = engine.shutdown_token().is_cancelled();
     if tokens.leave.is_cancelled() && !shutting_down {
@@ -208,79 +184,114 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
         tracing::warn!("the job left this node (its lease was lost); nothing is appended for this attempt");
         return;
     }
-    match outcome {
-        Ok((job, Ok(_))) if job.cancel.is_cancelled() && !shutting_down => {
-            // Cancelled just as the last stage ended: the client asked to stop, so honour it.
-            remove_dir(&job.job_dir).await;
-            let cancelled = handle.cancelled(Some(Stage::Render)).await;
-            end_job(engine, &handle, cancelled, "job-cancelled", Some(Stage::Render)).await;
-        }
-        Ok((job, Ok(output))) => {
-            remove_dir(&job.work_dir).await;
-            // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed; a
-            // store that fails is retried, with the render kept (`publish`).
-            let stored = publish::publish_until_stored(
-                engine,
-                &handle,
-                &job.cancel,
-                &tokens.leave,
-                &job.job_dir,
-                ext,
-                &output,
-            )
-            .await;
-            match stored {
-                Stored::Yes => {
-                    let completed = handle.complete(output).await;
-                    if matches!(completed, Ok(Err(_))) && handle.stopped() {
-                        // Refused: the job is Cancelling. The video goes, as after any cancel.
-                        remove_dir(&job.job_dir).await;
-                        if !engine.objects().in_place() {
-                            let key = engine.objects().output_key(job_id, job.handle.attempt(), ext);
-                            if let Err(e) = engine.objects().delete(&key).await {
-                                tracing::warn!(error = %e, "removing a cancelled job's stored video failed");
-                            }
-                        }
-                    }
-                    end_job(engine, &handle, completed, "job-completed", Some(Stage::Render)).await;
-                }
-                Stored::Cancelled => {
-                    remove_dir(&job.job_dir).await;
-                    let cancelled = handle.cancelled(Some(Stage::Render)).await;
-                    end_job(engine, &handle, cancelled, "job-cancelled", Some(Stage::Render)).await;
-                    tracing::info!("job cancelled while its video waited for the store");
-                }
-                Stored::ShuttingDown => {
-                    tracing::info!(
-                        "shutdown while storing the video: the job stays Running for a later attempt"
-                    );
-                }
-                Stored::Left => {
-                    tracing::warn!("the job left this node while its video waited for the store");
+    let ending = match outcome {
+        Ok((job, result)) => classify(result, job.cancel.is_cancelled(), shutting_down),
+        Err(join_error) => Ending::Crashed(join_error),
+    };
+    record(engine, &handle, &tokens, &job_dir, ext, ending).await;
+}
+
+/// The pipeline's outcome, once no wait for disk space or for the database is left: a stage
+/// that failed for either reason parks the job (see [`park`], [`wait_for_database`]) and the
+/// pipeline runs again as the new attempt. `Err` when the job's task panicked or was aborted.
+async fn run_with_waits(
+    engine: &Engine,
+    mut job: Job,
+) -> Result<(Job, Result<JobOutput, PipelineError>), tokio::task::JoinError> {
+    let mut parked = 0u32;
+    loop {
+        let task = tokio::spawn(async move {
+            let result = pipeline::run(&job).await;
+            (job, result)
+        });
+        match task.await? {
+            (back, Err(PipelineError { step, error })) if store_fault(&error) => {
+                tracing::warn!(step = step.name(), cause = ?error, "the database is unreachable; the job waits for it");
+                match wait_for_database(engine, &back, step).await {
+                    Parked::Resumed => job = back,
+                    Parked::Stopped(error) => return Ok((back, Err(PipelineError { step, error }))),
                 }
             }
+            (back, Err(PipelineError { step, error })) if disk_full(engine, &error) => {
+                tracing::warn!(step = step.name(), cause = ?error, "the disk is full; the job waits for space");
+                parked += 1;
+                match park(engine, &back, step, parked).await {
+                    Parked::Resumed => job = back,
+                    Parked::Stopped(error) => return Ok((back, Err(PipelineError { step, error }))),
+                }
+            }
+            other => return Ok(other),
         }
-        Ok((_, Err(PipelineError { error: StageError::Cancelled, .. }))) if shutting_down => {
-            tracing::info!("shutdown: the job stays Running for a later attempt");
+    }
+}
+
+/// How a job's run on this node ends.
+#[derive(Debug)]
+enum Ending {
+    /// Rendered: the video goes to the store, then `job-completed`.
+    Rendered(JobOutput),
+    /// `job-cancelled` at this step (after the render too: the client asked to stop).
+    Cancelled(Stage),
+    /// `job-failed` at this step, with a code and a message safe to show.
+    Failed { step: Stage, code: &'static str, message: String, cause: Option<anyhow::Error> },
+    /// Nothing is appended: the job stays Running for a later attempt (why, for the log).
+    StaysRunning(&'static str),
+    /// The job's task panicked or was aborted: `job-failed` with `internal`.
+    Crashed(tokio::task::JoinError),
+}
+
+/// The ending of a pipeline that returned: decided from its result, whether the job was
+/// cancelled, and whether the server is shutting down; nothing else.
+fn classify(result: Result<JobOutput, PipelineError>, cancelled: bool, shutting_down: bool) -> Ending {
+    match result {
+        // Cancelled just as the last stage ended: the client asked to stop, so honour it.
+        Ok(_) if cancelled && !shutting_down => Ending::Cancelled(Stage::Render),
+        Ok(output) => Ending::Rendered(output),
+        Err(PipelineError { error: StageError::Cancelled, .. }) if shutting_down => {
+            Ending::StaysRunning("shutdown: the job stays Running for a later attempt")
         }
-        Ok((_, Err(PipelineError { step, error: StageError::DiskFull(_) }))) => {
-            // `park` handles every full disk; the job stays Running for a later attempt.
-            tracing::error!(step = step.name(), "a full disk reached the end of a job; it stays Running");
+        // `park` handles every full disk; one that reaches here leaves the job Running.
+        Err(PipelineError { error: StageError::DiskFull(_), .. }) => {
+            Ending::StaysRunning("a full disk reached the end of a job; it stays Running")
         }
-        Ok((job, Err(PipelineError { step, error: StageError::Cancelled }))) => {
-            remove_dir(&job.job_dir).await;
-            end_job(engine, &handle, handle.cancelled(Some(step)).await, "job-cancelled", Some(step)).await;
+        Err(PipelineError { step, error: StageError::Cancelled }) => Ending::Cancelled(step),
+        Err(PipelineError { step, error: StageError::Failed { code, message, cause } }) => {
+            Ending::Failed { step, code, message, cause }
         }
-        Ok((job, Err(PipelineError { step, error: StageError::Failed { code, message, cause } }))) => {
+    }
+}
+
+/// Carries out an [`Ending`]: the files, the store and the job's terminal event.
+async fn record(
+    engine: &Engine,
+    handle: &JobHandle,
+    tokens: &crate::engine::registry::RunTokens,
+    job_dir: &Path,
+    ext: &str,
+    ending: Ending,
+) {
+    match ending {
+        Ending::Rendered(output) => {
+            remove_dir(&job_dir.join("work")).await;
+            // The video reaches the store (`AURA_STORAGE_URL`) before the job is completed; a
+            // store that fails is retried, with the render kept (`publish`).
+            complete(engine, handle, tokens, job_dir, ext, output).await;
+        }
+        Ending::Cancelled(step) => {
+            remove_dir(job_dir).await;
+            end_job(engine, handle, handle.cancelled(Some(step)).await, "job-cancelled", Some(step)).await;
+        }
+        Ending::Failed { step, code, message, cause } => {
             tracing::warn!(step = step.name(), code, %message, cause = ?cause, "job failed");
-            remove_dir(&job.job_dir).await;
-            end_job(engine, &handle, handle.fail(Some(step), code, message).await, "job-failed", Some(step))
+            remove_dir(job_dir).await;
+            end_job(engine, handle, handle.fail(Some(step), code, message).await, "job-failed", Some(step))
                 .await;
         }
-        Err(join_error) => {
+        Ending::StaysRunning(why) => tracing::info!("{why}"),
+        Ending::Crashed(join_error) => {
             let step = engine
                 .store()
-                .job(job_id)
+                .job(handle.job_id())
                 .await
                 .ok()
                 .flatten()
@@ -291,13 +302,54 @@ async fn run_job(engine: &Engine, job_id: Uuid, spec: crate::domain::spec::JobSp
             } else {
                 tracing::error!(error = %join_error, "the job's task ended abnormally");
             }
-            remove_dir(&job_dir).await;
-            if !shutting_down {
+            remove_dir(job_dir).await;
+            if !engine.shutdown_token().is_cancelled() {
                 let message = "an internal error stopped the job; the cause is in the server log".to_owned();
                 let failed = handle.fail(Some(step), "internal", message).await;
-                end_job(engine, &handle, failed, "job-failed", Some(step)).await;
+                end_job(engine, handle, failed, "job-failed", Some(step)).await;
             }
         }
+    }
+}
+
+/// Stores the rendered video and appends `job-completed`; a cancel or a lost lease meanwhile
+/// ends the job as they say (see `publish`).
+async fn complete(
+    engine: &Engine,
+    handle: &JobHandle,
+    tokens: &crate::engine::registry::RunTokens,
+    job_dir: &Path,
+    ext: &str,
+    output: JobOutput,
+) {
+    let stored =
+        publish::publish_until_stored(engine, handle, &tokens.stop, &tokens.leave, job_dir, ext, &output)
+            .await;
+    match stored {
+        Stored::Yes => {
+            let completed = handle.complete(output).await;
+            if matches!(completed, Ok(Err(_))) && handle.stopped() {
+                // Refused: the job is Cancelling. The video goes, as after any cancel.
+                remove_dir(job_dir).await;
+                if !engine.objects().in_place() {
+                    let key = engine.objects().output_key(handle.job_id(), handle.attempt(), ext);
+                    if let Err(e) = engine.objects().delete(&key).await {
+                        tracing::warn!(error = %e, "removing a cancelled job's stored video failed");
+                    }
+                }
+            }
+            end_job(engine, handle, completed, "job-completed", Some(Stage::Render)).await;
+        }
+        Stored::Cancelled => {
+            remove_dir(job_dir).await;
+            let cancelled = handle.cancelled(Some(Stage::Render)).await;
+            end_job(engine, handle, cancelled, "job-cancelled", Some(Stage::Render)).await;
+            tracing::info!("job cancelled while its video waited for the store");
+        }
+        Stored::ShuttingDown => {
+            tracing::info!("shutdown while storing the video: the job stays Running for a later attempt");
+        }
+        Stored::Left => tracing::warn!("the job left this node while its video waited for the store"),
     }
 }
 
@@ -485,5 +537,55 @@ async fn remove_dir(dir: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(error = %e, "removing job files failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> JobOutput {
+        JobOutput {
+            video_path: "jobs/x/output.mp4".into(),
+            video_url: "/api/jobs/x/output".into(),
+            size_bytes: 1,
+            duration_sec: 1.0,
+        }
+    }
+
+    fn failed(step: Stage, error: StageError) -> Result<JobOutput, PipelineError> {
+        Err(PipelineError { step, error })
+    }
+
+    fn label(ending: &Ending) -> String {
+        match ending {
+            Ending::Rendered(_) => "rendered".into(),
+            Ending::Cancelled(step) => format!("cancelled in {}", step.name()),
+            Ending::Failed { step, code, .. } => format!("{code} in {}", step.name()),
+            Ending::StaysRunning(_) => "stays running".into(),
+            Ending::Crashed(_) => "crashed".into(),
+        }
+    }
+
+    #[test]
+    fn every_pipeline_result_has_one_ending() {
+        let ffmpeg = || StageError::Failed { code: "ffmpeg-failed", message: "m".into(), cause: None };
+        let disk = || StageError::DiskFull(anyhow::anyhow!("full"));
+        // (result, cancelled, shutting down) → ending
+        let table: Vec<(Result<JobOutput, PipelineError>, bool, bool, &str)> = vec![
+            (Ok(output()), false, false, "rendered"),
+            (Ok(output()), true, false, "cancelled in Render"),
+            // Shutdown cancels every job's token; a finished render still completes.
+            (Ok(output()), true, true, "rendered"),
+            (failed(Stage::Audio, StageError::Cancelled), true, false, "cancelled in Audio"),
+            (failed(Stage::Audio, StageError::Cancelled), true, true, "stays running"),
+            (failed(Stage::Visuals, disk()), false, false, "stays running"),
+            (failed(Stage::Timeline, ffmpeg()), false, false, "ffmpeg-failed in Timeline"),
+            (failed(Stage::Timeline, ffmpeg()), true, false, "ffmpeg-failed in Timeline"),
+        ];
+        for (result, cancelled, shutting_down, expected) in table {
+            let ending = classify(result, cancelled, shutting_down);
+            assert_eq!(label(&ending), expected, "cancelled {cancelled}, shutting down {shutting_down}");
+        }
     }
 }

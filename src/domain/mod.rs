@@ -4,6 +4,7 @@
 //! The bottom layer: nothing here imports anything else of the crate, so the store, the engine,
 //! the streams and the HTTP edge all speak these types and none of them owns them.
 
+pub mod command;
 pub mod event;
 pub mod job;
 pub mod spec;

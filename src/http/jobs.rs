@@ -18,9 +18,9 @@ use crate::domain::event::parse_event_id;
 use crate::domain::job::{JobState, JobStatus};
 use crate::domain::spec::{JobSpec, SpecError};
 use crate::error::{AppError, Problem};
-use crate::http::extract::{Body, OwnedJob, not_found, parse_query, query_u32};
+use crate::http::extract::{Body, OwnedJob, parse_query, query_u32};
 use crate::http::state::AppState;
-use crate::store::{EventFilter, Refusal};
+use crate::store::EventFilter;
 
 const DEFAULT_LIST_LIMIT: u32 = 50;
 const MAX_LIST_LIMIT: u32 = 500;
@@ -171,11 +171,8 @@ pub async fn cancel(
     OwnedJob { job, .. }: OwnedJob,
 ) -> Result<Response, AppError> {
     // The owner never changes, so checking it before the decision leaves no race.
-    match app.engine().cancel(job.job_id).await? {
-        Ok(applied) => Ok((StatusCode::ACCEPTED, axum::Json(applied.state)).into_response()),
-        Err(Refusal::NotFound) => Err(not_found()),
-        Err(Refusal::Conflict(detail) | Refusal::Invalid(detail)) => Err(AppError::Conflict(detail)),
-    }
+    let applied = app.engine().cancel(job.job_id).await??;
+    Ok((StatusCode::ACCEPTED, axum::Json(applied.state)).into_response())
 }
 
 /// One stored event.

@@ -41,7 +41,6 @@ use crate::error::AppError;
 use crate::http::events::{acquire, batch_window, jobs_filter, named_jobs};
 use crate::http::extract::{not_found, parse_job_id, parse_query, resume_point};
 use crate::http::state::AppState;
-use crate::store::Refusal;
 use crate::streaming::follow::{End, Follower, Next};
 use crate::streaming::stream::OpenGauge;
 
@@ -242,11 +241,8 @@ impl Session {
         let job_id = parse_job_id(raw)?;
         let job = self.app.store().job(job_id).await?.ok_or_else(not_found)?;
         self.caller.check_owns(&job)?;
-        match self.app.engine().cancel(job.job_id).await? {
-            Ok(applied) => Ok(serde_json::to_value(applied.state).map_err(anyhow::Error::from)?),
-            Err(Refusal::NotFound) => Err(not_found()),
-            Err(Refusal::Conflict(detail) | Refusal::Invalid(detail)) => Err(AppError::Conflict(detail)),
-        }
+        let applied = self.app.engine().cancel(job.job_id).await??;
+        Ok(serde_json::to_value(applied.state).map_err(anyhow::Error::from)?)
     }
 }
 

@@ -48,16 +48,8 @@ pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
 /// first, and decides again against the locked rows when another node changed one of them.
 pub type Decide = Box<dyn Fn(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send + Sync>;
 
-/// Why a decision appended nothing.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
-    #[error("no such job")]
-    NotFound,
-    #[error("{0}")]
-    Conflict(String),
-    #[error("the events do not fit the job's state: {0}")]
-    Invalid(String),
-}
+/// Why a decision appended nothing (the rules live with the commands, in the domain).
+pub use crate::domain::command::Refusal;
 
 /// What an accepted decision appended, and the job's state after it.
 #[derive(Debug, Clone)]

@@ -1,16 +1,16 @@
 //! Typed settings for `aura serve`, read once at start.
 //!
 //! Every setting is a flag and the same-named `AURA_…` environment variable (API.md), with its
-//! default here in code; nothing deeper in the crate reads the environment.
+//! default here in code; nothing deeper in the crate reads the environment. The database, SQLite
+//! or PostgreSQL, is told apart here once ([`Database`]); only the store looks at which it is.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::objects::{Location, S3Options};
-use crate::store::Durability;
 
-/// `AURA_SYNCHRONOUS`: how durable a commit is (the store's [`Durability`], as a setting).
+/// `AURA_SYNCHRONOUS`: how durable a commit is (the store's `Durability`, as a setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Synchronous {
     /// fsync on every commit: a committed event survives power loss. The default.
@@ -19,12 +19,73 @@ pub enum Synchronous {
     Normal,
 }
 
-impl From<Synchronous> for Durability {
-    fn from(s: Synchronous) -> Self {
-        match s {
-            Synchronous::Full => Durability::Full,
-            Synchronous::Normal => Durability::Normal,
+/// Where the log lives, told apart once from `AURA_DATABASE_URL` (or the data folder's default):
+/// the store opens the one it is given, and nothing else in the crate asks which it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One SQLite file, named by a path or a `sqlite:` URL: the embedded default, one process.
+    Sqlite(String),
+    /// A PostgreSQL database several nodes share, named by its `postgres://` URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// A database URL or path, or one line saying why this build cannot serve it (see
+    /// [`check_database_url`]).
+    pub fn parse(value: &str) -> anyhow::Result<Database> {
+        check_database_url(value)?;
+        Ok(Database::from(value))
+    }
+
+    /// The default: the file `aura.db` in the data folder `data_dir`.
+    pub fn in_folder(data_dir: &std::path::Path) -> Database {
+        Database::Sqlite(data_dir.join("aura.db").to_string_lossy().into_owned())
+    }
+
+    /// The URL or path as given.
+    pub fn location(&self) -> &str {
+        match self {
+            Database::Sqlite(location) | Database::Postgres(location) => location,
         }
+    }
+
+    /// [`Database::location`] fit for a log line or an error message: a URL's password is
+    /// replaced by `***`.
+    pub fn shown(&self) -> String {
+        let db = self.location();
+        match reqwest::Url::parse(db) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => db.to_owned(),
+        }
+    }
+}
+
+/// Tells the two apart without judging the value: a `postgres://` or `postgresql://` URL is
+/// PostgreSQL, anything else names an SQLite file ([`Database::parse`] also refuses unknown
+/// schemes).
+impl From<&str> for Database {
+    fn from(value: &str) -> Database {
+        let lower = value.get(..13).unwrap_or(value).to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Database::Postgres(value.to_owned())
+        } else {
+            Database::Sqlite(value.to_owned())
+        }
+    }
+}
+
+impl From<&String> for Database {
+    fn from(value: &String) -> Database {
+        Database::from(value.as_str())
+    }
+}
+
+impl From<&Database> for Database {
+    fn from(value: &Database) -> Database {
+        value.clone()
     }
 }
 
@@ -47,7 +108,8 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// SQLite database (`sqlite:path` or a file path); default `<data-dir>/aura.db`.
+    /// The database: an SQLite file (`sqlite:path` or a file path; default `<data-dir>/aura.db`),
+    /// or a `postgres://` URL that several nodes share.
     #[arg(long, env = "AURA_DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -231,12 +293,13 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
 }
 
 impl ServeConfig {
-    /// The database location: `--database-url`, else `<data-dir>/aura.db`. Call
+    /// The database: `--database-url`, else `<data-dir>/aura.db`. Call
     /// [`ServeConfig::check_database_url`] first: this does not judge the value.
-    pub fn database(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("aura.db").to_string_lossy().into_owned())
+    pub fn database(&self) -> Database {
+        match &self.database_url {
+            Some(url) => Database::from(url),
+            None => Database::in_folder(&self.data_dir),
+        }
     }
 
     /// Refuses a database URL this build cannot serve, with one line that says what to do.
@@ -250,22 +313,7 @@ impl ServeConfig {
     /// [`ServeConfig::database`] fit for a log line or an error message: a URL's password is
     /// replaced by `***`.
     pub fn database_shown(&self) -> String {
-        let db = self.database();
-        match reqwest::Url::parse(&db) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            _ => db,
-        }
-    }
-
-    /// This node, for the leases of a shared store.
-    pub fn node(&self) -> crate::store::Node {
-        match &self.node_name {
-            Some(name) => crate::store::Node::new(name, self.lease_secs),
-            None => crate::store::Node::default_for_process(self.lease_secs),
-        }
+        self.database().shown()
     }
 
     /// Where finished videos live: `--storage-url`, else the data folder. Call

@@ -1,7 +1,8 @@
 //! Aura: a job engine that turns a short brief into a rendered video through five ffmpeg
 //! stages, and streams every step of every job over lossless Server-Sent Events.
 //!
-//! The SQLite `events` table is the one source of truth; see `ARCHITECTURE.md` for the map.
+//! The `events` table, in SQLite or PostgreSQL, is the one source of truth; see `ARCHITECTURE.md`
+//! for the map.
 //! The folders are the layers, and imports point one way (a test in `tests/api/layers.rs`
 //! keeps it so): `domain` ← `store` ← `access` ← `engine`, `streaming`, `webhooks` ← `http`
 //! ← `startup` ← `cli`, `bench`.

@@ -20,8 +20,7 @@ use crate::http::router::cors_layer;
 use crate::http::state::{AppState, Parts};
 use crate::lock::DataDirLock;
 use crate::objects::Objects;
-use crate::store::Store;
-use crate::store::preflight::{self, Unusable};
+use crate::store::{Node, Store, Unusable};
 use crate::streaming::{self, hub::Hub};
 use crate::webhooks::{self, Webhooks};
 
@@ -143,9 +142,7 @@ impl Application {
         // Before anything is written: a folder or a database Aura must not use stops the start
         // with an `Unusable` (exit code 2), leaving every file as it was.
         writable_data_dir(&settings.data_dir)?;
-        if !crate::store::is_postgres(&settings.database()) {
-            preflight::inspect(&settings.database()).await?;
-        }
+        crate::store::inspect(&settings.database()).await?;
         let auth = Auth::load(&settings).await.context("loading the tokens and sessions")?;
         if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens().await {
             anyhow::bail!(
@@ -161,7 +158,7 @@ impl Application {
         let metrics = metrics_handle()?;
         let shutdown = CancellationToken::new();
         let (store, feed) =
-            Store::open_node(&settings.database(), settings.synchronous.into(), settings.node())
+            Store::open_node(settings.database(), settings.synchronous.into(), Node::configured(&settings))
                 .await
                 .with_context(|| format!("opening the database {}", settings.database_shown()))?;
         let hub = Hub::start(

@@ -18,8 +18,9 @@
 //! and a new token made later under the same name has another digest, so it does not bring them
 //! back.
 //!
-//! With a PostgreSQL `AURA_DATABASE_URL`, tokens and sessions live in the database instead of
-//! those files (see [`crate::access::database`]), so every node sharing it knows the same ones.
+//! When the database keeps credentials (one that several nodes share), tokens and sessions live
+//! there instead of those files (see [`crate::access::database`]), so every node sharing it
+//! knows the same ones. The store says whether it does ([`Credentials::open`]).
 //!
 //! A credential that proves no caller is charged to its client address's budget
 //! ([`crate::access::lookups`]): past it, `429` rather than `401`. One that proves a caller is
@@ -37,11 +38,11 @@ use axum::http::{HeaderMap, HeaderValue, header};
 
 pub use crate::access::caller::{Caller, Role, SESSION_COOKIE, SESSION_SECS};
 use crate::access::caller::{Credential, digest, random_hex, to_hex};
-use crate::access::database::PgAuth;
+use crate::access::database::DatabaseAuth;
 use crate::access::lookups::Lookups;
+use crate::config::Database;
 use crate::error::AppError;
-use crate::store::is_postgres;
-use crate::store::postgres::access::PgAccess;
+use crate::store::Credentials;
 use crate::sync::{Poisoned, lock};
 
 /// One line of the tokens file.
@@ -269,22 +270,22 @@ pub fn revoke_token(path: &Path, name: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
-/// Where `aura token` keeps tokens: the tokens file, or with a PostgreSQL database URL the
-/// database every node reads (no running server needed either way).
+/// Where `aura token` keeps tokens: the tokens file, or the database every node reads when the
+/// database keeps credentials (no running server needed either way).
 pub enum TokenStore {
     File(PathBuf),
-    Database(PgAccess),
+    Database(Credentials),
 }
 
 impl TokenStore {
-    /// The database when `database_url` is PostgreSQL's, else the tokens file `tokens_file`.
+    /// The database's credentials when `database_url` names a database that keeps them, else
+    /// the tokens file `tokens_file`.
     pub async fn open(database_url: Option<&str>, tokens_file: PathBuf) -> anyhow::Result<TokenStore> {
-        match database_url.filter(|url| is_postgres(url)) {
-            Some(url) => {
-                Ok(TokenStore::Database(PgAccess::open(url, 1).await.context("connecting to the database")?))
-            }
-            None => Ok(TokenStore::File(tokens_file)),
-        }
+        let kept = match database_url.map(Database::from) {
+            Some(database) => Credentials::open(&database).await.context("connecting to the database")?,
+            None => None,
+        };
+        Ok(kept.map_or(TokenStore::File(tokens_file), TokenStore::Database))
     }
 
     /// Stores the hash of a new token named `name` and returns the token.
@@ -432,16 +433,16 @@ impl Sessions {
     }
 }
 
-/// Where tokens and sessions live: the tokens file and its sessions file beside it (SQLite, one
-/// node), or the database every node shares (PostgreSQL).
-enum Backend {
+/// Where tokens and sessions live: the tokens file and its sessions file beside it (one node),
+/// or the database every node shares, when the store says it keeps them.
+enum Keeper {
     File { tokens: Tokens, sessions: Sessions },
-    Postgres(PgAuth),
+    Database(DatabaseAuth),
 }
 
 /// Tokens, sessions and whether the server may run open; part of the HTTP state.
 pub struct Auth {
-    backend: Backend,
+    keeper: Keeper,
     /// Every client address's budget of unknown credentials.
     lookups: Lookups,
     /// Loopback, or `--insecure-open`: with no tokens, requests are let in as `local`.
@@ -451,11 +452,14 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// The tokens file and its sessions, or, when the database URL is PostgreSQL's, the database
+    /// The tokens file and its sessions, or, when the database keeps credentials, the database
     /// (connected, migrated and read once, so that an unreachable one stops the start).
     pub async fn load(settings: &crate::config::ServeConfig) -> anyhow::Result<Auth> {
-        let backend = match settings.database_url.as_deref().filter(|url| is_postgres(url)) {
-            Some(url) => Backend::Postgres(PgAuth::open(url).await?),
+        let kept = Credentials::open(&settings.database())
+            .await
+            .context("connecting to the database for tokens and sessions")?;
+        let keeper = match kept {
+            Some(credentials) => Keeper::Database(DatabaseAuth::open(credentials).await?),
             None => {
                 let path = settings.tokens_path();
                 let mut sessions_path = path.clone().into_os_string();
@@ -463,11 +467,11 @@ impl Auth {
                 let tokens = Tokens { path, cache: Mutex::new(None) };
                 // Read now, so that a tokens file that exists but cannot be read stops the start.
                 tokens.current()?;
-                Backend::File { tokens, sessions: Sessions::load(PathBuf::from(sessions_path))? }
+                Keeper::File { tokens, sessions: Sessions::load(PathBuf::from(sessions_path))? }
             }
         };
         Ok(Auth {
-            backend,
+            keeper,
             lookups: Lookups::default(),
             open_allowed: settings.is_loopback() || settings.insecure_open,
             secure_cookie: !settings.is_loopback(),
@@ -477,9 +481,9 @@ impl Auth {
     /// Whether any token is configured right now; not knowing (a poisoned lock, an unreachable
     /// database) counts as "yes" (closed).
     pub async fn has_tokens(&self) -> bool {
-        match &self.backend {
-            Backend::File { tokens, .. } => tokens.current().map_or(true, |t| !t.is_empty()),
-            Backend::Postgres(pg) => pg.any_token().await.unwrap_or(true),
+        match &self.keeper {
+            Keeper::File { tokens, .. } => tokens.current().map_or(true, |t| !t.is_empty()),
+            Keeper::Database(db) => db.any_token().await.unwrap_or(true),
         }
     }
 
@@ -487,8 +491,8 @@ impl Auth {
     /// presented too many unknown credentials); not knowing the tokens (a poisoned lock, an
     /// unreadable file, an unreachable database) is a 500 or a 503, never open.
     pub async fn authenticate(&self, headers: &HeaderMap, from: Option<IpAddr>) -> Result<Caller, AppError> {
-        match &self.backend {
-            Backend::File { tokens, sessions } => {
+        match &self.keeper {
+            Keeper::File { tokens, sessions } => {
                 let tokens = tokens.current()?;
                 if tokens.is_empty() {
                     return self.open_caller();
@@ -510,11 +514,11 @@ impl Auth {
                 };
                 caller.map_or_else(|| self.unknown(from), Ok)
             }
-            Backend::Postgres(pg) => {
-                if !pg.any_token().await? {
+            Keeper::Database(db) => {
+                if !db.any_token().await? {
                     return self.open_caller();
                 }
-                let caller = pg.caller(presented(headers)?, &self.lookups, from).await?;
+                let caller = db.caller(presented(headers)?, &self.lookups, from).await?;
                 caller.ok_or(AppError::Unauthorized)
             }
         }
@@ -540,23 +544,23 @@ impl Auth {
         token: &str,
         from: Option<IpAddr>,
     ) -> Result<(String, String), AppError> {
-        match &self.backend {
-            Backend::File { tokens, sessions } => {
+        match &self.keeper {
+            Keeper::File { tokens, sessions } => {
                 let tokens = tokens.current()?;
                 match find_token(&tokens, token) {
                     Some(entry) => Ok((sessions.start(entry.hash).await?, entry.name.clone())),
                     None => self.unknown(from),
                 }
             }
-            Backend::Postgres(pg) => pg.start_session(token, &self.lookups, from).await,
+            Keeper::Database(db) => db.start_session(token, &self.lookups, from).await,
         }
     }
 
-    /// Ends the session `id` on the server (on every node, with PostgreSQL).
+    /// Ends the session `id` on the server (on every node, when the database keeps sessions).
     pub async fn end_session(&self, id: &str) -> Result<(), AppError> {
-        match &self.backend {
-            Backend::File { sessions, .. } => sessions.end(id).await,
-            Backend::Postgres(pg) => pg.end_session(id).await,
+        match &self.keeper {
+            Keeper::File { sessions, .. } => sessions.end(id).await,
+            Keeper::Database(db) => db.end_session(id).await,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Tokens and sessions kept in PostgreSQL, as every node sharing the database sees them, with a
-//! cache short enough that no node lags the others by more than about a second.
+//! Tokens and sessions kept in the database, as every node sharing it sees them, with a cache
+//! short enough that no node lags the others by more than about a second.
 //!
 //! Every authenticated request asks who is calling, so answers are remembered for
 //! [`FRESH`]: a revoked token or an ended session keeps working on another node for at most
@@ -22,14 +22,13 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use hashlink::LruCache;
 
 use crate::access::caller::{Caller, Credential, Role, SESSION_SECS, digest, random_hex};
 use crate::access::lookups::Lookups;
 use crate::error::AppError;
 use crate::store::StoreError;
-use crate::store::postgres::access::{PgAccess, TokenRow};
+use crate::store::{Credentials, TokenRow};
 use crate::sync::lock;
 
 /// How long an answer from the database is trusted.
@@ -38,9 +37,6 @@ const FRESH: Duration = Duration::from_secs(1);
 /// Answers remembered of each kind (callers, and credentials that proved none); past it the
 /// least recently used answer of that kind is forgotten.
 const MAX_ANSWERS: usize = 10_000;
-
-/// Connections of the pool that serves tokens and sessions.
-const CONNECTIONS: u32 = 2;
 
 /// A credential: whether it is a session's id, and its digest.
 type Key = (bool, [u8; 32]);
@@ -93,9 +89,9 @@ impl Answers {
     }
 }
 
-/// Tokens and sessions in PostgreSQL, with the cache in front.
-pub(crate) struct PgAuth {
-    db: PgAccess,
+/// Tokens and sessions in the database, with the cache in front.
+pub(crate) struct DatabaseAuth {
+    db: Credentials,
     /// Whether the tokens table had a row, and when that was learned.
     any: Mutex<Option<(bool, Instant)>>,
     answers: Mutex<Answers>,
@@ -115,14 +111,11 @@ fn caller_of(row: TokenRow) -> Caller {
     Caller { name: row.name, role: if row.admin { Role::Admin } else { Role::User } }
 }
 
-impl PgAuth {
-    /// Connects to the database at `url`, applies its migrations and reads it once, so that an
-    /// unreachable database stops the start.
-    pub(crate) async fn open(url: &str) -> anyhow::Result<PgAuth> {
-        let db = PgAccess::open(url, CONNECTIONS)
-            .await
-            .context("connecting to the database for tokens and sessions")?;
-        let auth = PgAuth { db, any: Mutex::new(None), answers: Mutex::new(Answers::new()) };
+impl DatabaseAuth {
+    /// On the database's credentials, read once, so that an unreachable database stops the
+    /// start.
+    pub(crate) async fn open(db: Credentials) -> anyhow::Result<DatabaseAuth> {
+        let auth = DatabaseAuth { db, any: Mutex::new(None), answers: Mutex::new(Answers::new()) };
         auth.any_token().await.map_err(|e| anyhow::anyhow!("reading the tokens table: {e}"))?;
         Ok(auth)
     }

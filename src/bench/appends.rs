@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Samples, Scenario};
+use crate::config::Database;
 use crate::domain::job::Stage;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::store::{Durability, Store};
@@ -28,7 +29,7 @@ async fn measure(
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let case = format!("{producers} producers");
-    let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
+    let (store, _feed) = Store::open(&*dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
     let jobs = running_jobs(&store, producers).await?;
     let per = events / producers;
     let started = Instant::now();
@@ -39,12 +40,18 @@ async fn measure(
 
     // The fair baseline first: the whole transaction in one call to SQLite's thread, as Aura's
     // writer sends a group. Then, for reference, one call per statement (the baseline before #19).
-    let raw = crate::store::raw_insert_rate(&dir.join("raw.db"), per * producers, producers, true).await?;
+    let raw =
+        crate::store::bench::raw_insert_rate(&file_at(&dir.join("raw.db")), per * producers, producers, true)
+            .await?;
     samples.add(Scenario::Appends, &case, &format!("raw SQLite, {producers} rows/txn"), "rows/s", raw);
     samples.add(Scenario::Appends, &case, "Aura / raw SQLite", "ratio", aura / raw);
-    let stepwise =
-        crate::store::raw_insert_rate(&dir.join("raw-stepwise.db"), per * producers, producers, false)
-            .await?;
+    let stepwise = crate::store::bench::raw_insert_rate(
+        &file_at(&dir.join("raw-stepwise.db")),
+        per * producers,
+        producers,
+        false,
+    )
+    .await?;
     samples.add(Scenario::Appends, &case, "raw SQLite, one call per statement", "rows/s", stepwise);
     Ok(())
 }
@@ -86,4 +93,9 @@ pub(super) async fn drive(jobs: Vec<JobHandle>, per: usize) -> anyhow::Result<()
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// The database file at `path`.
+fn file_at(path: &std::path::Path) -> Database {
+    Database::from(path.to_string_lossy().as_ref())
 }

@@ -12,7 +12,7 @@
 
 mod appends;
 mod client;
-mod postgres;
+mod nodes;
 mod render;
 mod server;
 
@@ -22,6 +22,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::config::Database;
 use server::Target;
 
 /// The scenarios, in the order they run.
@@ -34,9 +35,13 @@ pub enum Scenario {
     Appends,
     Render,
     /// Durable appends with several nodes on PostgreSQL, beside a raw batched `INSERT`.
-    PgAppends,
+    #[value(name = "pg-appends")]
+    #[serde(rename = "pg-appends")]
+    NodesAppends,
     /// Fan-out from a publishing node to API-only nodes, all on one PostgreSQL.
-    PgFanout,
+    #[value(name = "pg-fanout")]
+    #[serde(rename = "pg-fanout")]
+    NodesFanout,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,8 +79,8 @@ pub struct BenchArgs {
     /// The PostgreSQL server for pg-appends and pg-fanout (`postgres://…`, a user that may
     /// create databases: every run creates a scratch database on it and drops it). Its settings
     /// decide durability: start one with fsync on (the one-line command is in benches/README.md).
-    #[arg(long)]
-    pub postgres: Option<String>,
+    #[arg(long = "postgres")]
+    pub shared_database: Option<String>,
     /// Node counts for pg-appends.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
     pub nodes: Vec<usize>,
@@ -184,20 +189,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut checks = Checks::default();
     let remote = args.server.clone();
     let runs = args.runs;
-    let pg_scenarios = args.scenarios.iter().any(|s| matches!(s, Scenario::PgAppends | Scenario::PgFanout));
-    let database = match (&args.postgres, pg_scenarios) {
-        (Some(url), true) => Some(
-            crate::store::postgres::bench::describe_server(url)
-                .await
-                .context("reaching the --postgres server")?,
-        ),
+    let node_scenarios =
+        args.scenarios.iter().any(|s| matches!(s, Scenario::NodesAppends | Scenario::NodesFanout));
+    let database = match (&args.shared_database, node_scenarios) {
+        (Some(url), true) => crate::store::bench::describe_server(&Database::from(url))
+            .await
+            .context("reaching the --postgres server")?,
         (None, true) => anyhow::bail!(
             "pg-appends and pg-fanout need --postgres postgres://…, a server with fsync on; \
              benches/README.md has the one-line command that starts a throwaway one"
         ),
         _ => None,
     };
-    let postgres = args.postgres.clone().unwrap_or_default();
+    let shared = args.shared_database.clone().unwrap_or_default();
     for scenario in args.scenarios.clone() {
         match scenario {
             Scenario::Fanout => {
@@ -266,26 +270,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                     bar.finish_and_clear();
                 }
             }
-            Scenario::PgAppends => {
+            Scenario::NodesAppends => {
                 for &nodes in &args.nodes {
                     let what = format!("pg appends, {nodes} nodes");
                     let bar = bar(u64::from(runs), &what, args.json);
                     for _ in 0..runs {
-                        postgres::appends(
-                            &postgres,
-                            nodes,
-                            args.producers_per_node,
-                            args.appends,
-                            &mut samples,
-                        )
-                        .await
-                        .with_context(|| what.clone())?;
+                        nodes::appends(&shared, nodes, args.producers_per_node, args.appends, &mut samples)
+                            .await
+                            .with_context(|| what.clone())?;
                         bar.inc(1);
                     }
                     bar.finish_and_clear();
                 }
             }
-            Scenario::PgFanout => {
+            Scenario::NodesFanout => {
                 for &rate in &args.rates {
                     for &n in &args.subscribers {
                         for &api in &args.api_nodes {
@@ -294,7 +292,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                             let bar = bar(u64::from(runs), &format!("pg fan-out {case}"), args.json);
                             for _ in 0..runs {
                                 let load = client::Load { subscribers: n, rate, secs: args.secs };
-                                postgres::fanout(&postgres, api, load, &case, &mut samples, &mut checks)
+                                nodes::fanout(&shared, api, load, &case, &mut samples, &mut checks)
                                     .await
                                     .with_context(|| format!("pg fan-out {case}"))?;
                                 bar.inc(1);

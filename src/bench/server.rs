@@ -112,7 +112,7 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
 
 /// Writes `n` job creations (one event each) straight into a fresh store, 64 at a time.
 async fn prefill(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
-    let (store, _feed) = Store::open(&dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
+    let (store, _feed) = Store::open(&*dir.join("aura.db").to_string_lossy(), Durability::Full).await?;
     let spec = crate::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": "bench"}}))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let results: Vec<_> = futures_util::stream::iter(0..n)

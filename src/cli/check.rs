@@ -11,9 +11,10 @@ use std::path::Path;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::config::Database;
 use crate::domain::event::EventBody;
 use crate::domain::job::{JobState, JobStatus};
-use crate::store::{EventFilter, Store, StoreError, preflight};
+use crate::store::{EventFilter, Store, StoreError};
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -160,54 +161,35 @@ pub async fn run_cli(
     use anyhow::Context;
     use std::process::ExitCode;
 
-    if let Some(url) = &database_url {
-        crate::config::check_database_url(url)?;
+    let database = database_of(data_dir, database_url)?;
+    let shown = database.shown();
+    if crate::store::is_missing(&database) {
+        anyhow::bail!("there is no database at {shown}");
     }
-    let database = database_of(data_dir, database_url);
-    if crate::store::is_postgres(&database) {
-        return check_postgres(&database, data_dir, repair).await;
-    }
-    if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
-        anyhow::bail!("there is no database at {database}");
-    }
-    // SQLite's own check first, read-only: a damaged file is reported, never opened for writing.
-    if let Err(unusable) = crate::store::preflight::inspect(&database).await {
+    // The database's own check first, read-only: a damaged file is reported, never opened for
+    // writing (a database server checks its own pages).
+    if let Err(unusable) = crate::store::inspect(&database).await {
         println!("{unusable}");
         return Ok(ExitCode::FAILURE);
     }
-    let integrity = preflight::integrity_check(&database).await.context("running integrity_check")?;
+    let integrity = crate::store::integrity_check(&database).await.context("running integrity_check")?;
     if integrity.first().map(String::as_str) != Some("ok") {
-        println!("integrity_check found {} problem(s) in {database}:", integrity.len());
+        println!("integrity_check found {} problem(s) in {shown}:", integrity.len());
         for p in &integrity {
             println!("  - {p}");
         }
         return Ok(ExitCode::FAILURE);
     }
-    // A repair rewrites `jobs`: only with no server writing to the same folder.
-    let _lock = if repair { Some(crate::lock::DataDirLock::acquire(data_dir)?) } else { None };
     let (store, _feed) = Store::open(&database, crate::store::Durability::Full)
         .await
-        .with_context(|| format!("opening {database}"))?;
-    let report = check(&store, data_dir).await.context("reading the store")?;
-    print_report(&report);
-    if !repair || report.is_healthy() {
-        return Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-    }
-    repair_and_check_again(&store, &report, data_dir).await
-}
-
-/// `aura check` on PostgreSQL: the same check of the log against `jobs`; PostgreSQL checks its
-/// own pages. A repair needs no server stopped: it refuses if the log grew meanwhile.
-async fn check_postgres(
-    database: &str,
-    data_dir: &Path,
-    repair: bool,
-) -> anyhow::Result<std::process::ExitCode> {
-    use anyhow::Context;
-    use std::process::ExitCode;
-    let (store, _feed) = Store::open(database, crate::store::Durability::Full)
-        .await
-        .context("opening the PostgreSQL database")?;
+        .with_context(|| format!("opening {shown}"))?;
+    // A repair rewrites `jobs`: with one process owning the database, only with no server
+    // writing to the same folder; a shared one refuses it if the log grew meanwhile.
+    let _lock = if repair && store.node().is_none() {
+        Some(crate::lock::DataDirLock::acquire(data_dir)?)
+    } else {
+        None
+    };
     let report = check(&store, data_dir).await.context("reading the store")?;
     print_report(&report);
     let code = if !repair || report.is_healthy() {
@@ -232,8 +214,12 @@ async fn repair_and_check_again(
     Ok(if after.is_healthy() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
-fn database_of(data_dir: &Path, database_url: Option<String>) -> String {
-    database_url.unwrap_or_else(|| data_dir.join("aura.db").to_string_lossy().into_owned())
+/// `--database-url`, else `<data-dir>/aura.db`; a URL of an unknown scheme is refused.
+fn database_of(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Database> {
+    match database_url {
+        Some(url) => Database::parse(&url),
+        None => Ok(Database::in_folder(data_dir)),
+    }
 }
 
 /// `aura backup FILE`: a consistent copy of the database, taken while the server may run.
@@ -243,14 +229,15 @@ pub async fn backup_cli(
     file: &Path,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
-    let database = database_of(data_dir, database_url);
+    let database = database_of(data_dir, database_url)?;
+    let shown = database.shown();
     if file.exists() {
         anyhow::bail!("{} exists already; choose a new file for the backup", file.display());
     }
-    if !database.starts_with("sqlite:") && !Path::new(&database).exists() {
-        anyhow::bail!("there is no database at {database}");
+    if crate::store::is_missing(&database) {
+        anyhow::bail!("there is no database at {shown}");
     }
-    preflight::backup(&database, file).await.with_context(|| format!("copying {database}"))?;
+    crate::store::backup(&database, file).await.with_context(|| format!("copying {shown}"))?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     println!(
         "backup written to {} ({size} bytes); check it with `aura check --database-url {}`",

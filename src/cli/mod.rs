@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::access::auth::TokenStore;
 use crate::config::ServeConfig;
 use crate::startup::Application;
-use crate::store::preflight::Unusable;
+use crate::store::Unusable;
 use crate::telemetry;
 use client::{CliError, Client};
 

@@ -1,37 +1,40 @@
-//! The SQLite store: the only module that speaks SQL.
+//! The store, SQLite or PostgreSQL: the only module that speaks SQL, and the only one that knows
+//! which database runs.
 //!
-//! Everything else sees Aura's own types ([`JobState`], [`StoredEvent`], [`EventFilter`]), so a
-//! second backend (Postgres, for several nodes) is an addition here, not a rewrite elsewhere.
-//! Writes go through one writer task that owns the single write connection and commits in
-//! groups (see [`writer`]); reads use a small pool of connections that WAL lets run beside it.
+//! Everything else sees Aura's own types ([`JobState`], [`StoredEvent`], [`EventFilter`]) and
+//! this front: [`Store`] holds one backend and each of its methods is one `match` that hands the
+//! call to `sqlite/` or `postgres/`. Those two folders have the same file names (`reads`,
+//! `writer`, `webhooks`, `credentials`, `leases`, `repair`, `tail`, `preflight`, `bench`), so a
+//! diff of two siblings shows every difference; what both backends do alike sits here, in
+//! `writer` (the queue and the decisions), `webhook_writes` and `rows`. Writes go through one
+//! writer task per process that commits in groups; reads use a pool beside it.
 
+pub mod bench;
+mod credentials;
 pub mod postgres;
-pub mod preflight;
 mod rows;
+mod sqlite;
 pub mod webhook_writes;
 pub mod webhooks;
 pub mod writer;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::{Database, ServeConfig, Synchronous};
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
+pub use credentials::{Credentials, TokenRow};
 pub use postgres::writer::Node;
 pub use writer::{Applied, Decide, LeaseOp, Refusal};
 
 use postgres::PgLog;
+use sqlite::SqliteLog;
 
 /// How `synchronous` is set on the write connection (`AURA_SYNCHRONOUS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +78,7 @@ pub enum EventFilter {
     Owner(String),
 }
 
-/// A replay page framed by SQLite (see [`Store::framed_after`]).
+/// A replay page framed by the database (see [`Store::framed_after`]).
 #[derive(Debug, Clone)]
 pub struct FramedPage {
     /// `id:`/`event:`/`data:` frames of every event in the page, in id order.
@@ -123,76 +126,109 @@ struct Inner {
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
-/// Where the log lives: one SQLite file (the embedded default), or a PostgreSQL database several
-/// nodes share. Built once per process and kept behind the store's `Arc`, so the size
-/// difference between the two costs nothing.
+/// The database this process opened: one SQLite file (the embedded default), or a PostgreSQL
+/// database several nodes share. Built once per process and kept behind the store's `Arc`, so
+/// the size difference between the two costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Backend {
-    Sqlite { pool: SqlitePool, write_options: SqliteConnectOptions },
+    Sqlite(SqliteLog),
     Postgres { log: PgLog, node: Node },
 }
 
-/// The SQLite read pool, or else returns what the PostgreSQL backend answers.
-macro_rules! sqlite_pool {
-    ($store:expr, $log:ident => $pg:expr) => {
-        match &$store.inner.backend {
-            Backend::Sqlite { pool, .. } => pool,
-            #[allow(unused_variables)]
-            Backend::Postgres { log: $log, .. } => return $pg,
-        }
-    };
-}
-pub(crate) use sqlite_pool;
-
-/// Whether a database URL names PostgreSQL.
-pub fn is_postgres(url: &str) -> bool {
-    let lower = url.get(..13).unwrap_or(url).to_ascii_lowercase();
-    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
-}
-
-/// Connections of a node's PostgreSQL pool: the writer, the tail's reads, the streams' replays.
-const PG_CONNECTIONS: u32 = 10;
+/// A database Aura must not use as it is; the message is one line naming it and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
 
 /// What the writer hands the fan-out after each commit, in commit (and so id) order.
 pub type CommitFeed = mpsc::UnboundedReceiver<Vec<Arc<StoredEvent>>>;
 
+impl From<Synchronous> for Durability {
+    fn from(s: Synchronous) -> Self {
+        match s {
+            Synchronous::Full => Durability::Full,
+            Synchronous::Normal => Durability::Normal,
+        }
+    }
+}
+
+impl Node {
+    /// This node as `settings` name it (`AURA_NODE_NAME`, `AURA_LEASE_SECS`), for the leases of a
+    /// shared store.
+    pub fn configured(settings: &ServeConfig) -> Node {
+        match &settings.node_name {
+            Some(name) => Node::new(name, settings.lease_secs),
+            None => Node::default_for_process(settings.lease_secs),
+        }
+    }
+}
+
+/// Checks the database before the store opens it, and never writes it: `Ok` when it is absent or
+/// empty (the store creates it) or fit to use; else one line saying what to do.
+pub async fn inspect(database: &Database) -> Result<(), Unusable> {
+    match database {
+        Database::Sqlite(location) => sqlite::preflight::inspect(location).await,
+        Database::Postgres(url) => postgres::preflight::inspect(url).await,
+    }
+}
+
+/// The database's own full check of its pages (`aura check`): `["ok"]` when healthy, else each
+/// problem found.
+pub async fn integrity_check(database: &Database) -> Result<Vec<String>, StoreError> {
+    match database {
+        Database::Sqlite(location) => sqlite::preflight::integrity_check(location).await,
+        Database::Postgres(url) => postgres::preflight::integrity_check(url).await,
+    }
+}
+
+/// `aura backup`: a consistent copy of the database in the file `target`, taken while a server
+/// may be writing.
+pub async fn backup(database: &Database, target: &Path) -> Result<(), StoreError> {
+    match database {
+        Database::Sqlite(location) => sqlite::preflight::backup(location, target).await,
+        Database::Postgres(url) => postgres::preflight::backup(url, target).await,
+    }
+}
+
+/// Whether the database names a file that is not there (`aura check` and `aura backup` refuse
+/// to create one).
+pub fn is_missing(database: &Database) -> bool {
+    match database {
+        Database::Sqlite(location) => sqlite::preflight::missing(location),
+        Database::Postgres(url) => postgres::preflight::missing(url),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer task.
-    /// A PostgreSQL URL opens the shared store as a node with a default name and lease time.
-    pub async fn open(url_or_path: &str, durability: Durability) -> Result<(Store, CommitFeed), StoreError> {
-        Store::open_node(url_or_path, durability, Node::default_for_process(30)).await
+    /// A shared database is opened as a node with a default name and lease time.
+    pub async fn open(
+        database: impl Into<Database>,
+        durability: Durability,
+    ) -> Result<(Store, CommitFeed), StoreError> {
+        Store::open_node(database, durability, Node::default_for_process(30)).await
     }
 
-    /// [`Store::open`], naming the node (for its leases) when the database is PostgreSQL.
+    /// [`Store::open`], naming the node (for its leases) when the database is shared.
     pub async fn open_node(
-        url_or_path: &str,
+        database: impl Into<Database>,
         durability: Durability,
         node: Node,
     ) -> Result<(Store, CommitFeed), StoreError> {
-        if is_postgres(url_or_path) {
-            return Store::open_postgres(url_or_path, node).await;
-        }
-        let options = connect_options(url_or_path)?;
-        if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
-        }
-        // Room for every id a large group returns, so SQLite's thread never waits on this one.
-        let write_options = options.clone().row_buffer_size(1024).synchronous(match durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal => SqliteSynchronous::Normal,
-        });
-        let mut conn = write_options.clone().connect().await?;
-        sqlx::migrate!().run(&mut conn).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options.read_only(true))
-            .await?;
         let close = CancellationToken::new();
-        let spawned = writer::spawn(conn, close.clone());
+        let (backend, spawned) = match database.into() {
+            Database::Sqlite(location) => {
+                let (log, spawned) = SqliteLog::open(&location, durability, close.clone()).await?;
+                (Backend::Sqlite(log), spawned)
+            }
+            Database::Postgres(url) => {
+                let (log, spawned) = postgres::open_node(&url, node.clone(), close.clone()).await?;
+                (Backend::Postgres { log, node }, spawned)
+            }
+        };
         let store = Store {
             inner: Arc::new(Inner {
-                backend: Backend::Sqlite { pool, write_options },
+                backend,
                 writer: spawned.queue,
                 close,
                 writer_done: tokio::sync::Mutex::new(Some(spawned.done)),
@@ -201,48 +237,31 @@ impl Store {
         Ok((store, spawned.feed))
     }
 
-    /// The shared store: this node's writer feeds its own commits to the fan-out at once, its
-    /// tail every node's (the hub keeps each id once, in order).
-    async fn open_postgres(url: &str, node: Node) -> Result<(Store, CommitFeed), StoreError> {
-        let log = PgLog::open(url, PG_CONNECTIONS, node.guard_timeout()).await?;
-        let after = log.max_event_id().await?;
-        let close = CancellationToken::new();
-        let (feed_tx, feed) = mpsc::unbounded_channel();
-        let (queue, done) = postgres::writer::spawn(
-            log.writer_pool().clone(),
-            node.clone(),
-            log.committed.clone(),
-            feed_tx.clone(),
-            close.clone(),
-        );
-        postgres::tail::spawn(log.clone(), url.to_owned(), after, feed_tx, close.clone());
-        let store = Store {
-            inner: Arc::new(Inner {
-                backend: Backend::Postgres { log, node },
-                writer: queue,
-                close,
-                writer_done: tokio::sync::Mutex::new(Some(done)),
-            }),
-        };
-        Ok((store, feed))
-    }
-
-    /// This node, when the store is shared (PostgreSQL); `None` with SQLite.
+    /// This node, when the store is shared; `None` when one process owns the database.
     pub fn node(&self) -> Option<&Node> {
         match &self.inner.backend {
-            Backend::Sqlite { .. } => None,
+            Backend::Sqlite(_) => None,
             Backend::Postgres { node, .. } => Some(node),
         }
     }
 
-    /// [`Store::apply`] with what the decision does to the job's lease (PostgreSQL only).
-    pub async fn apply_leased(
+    /// The tokens and sessions this database keeps, on the store's own connections; `None`
+    /// when it keeps none (they are then `access`'s tokens file).
+    pub fn credentials(&self) -> Option<Credentials> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres { log, .. } => Some(Credentials::from(log.credentials())),
+        }
+    }
+
+    /// Sends one decision to the writer and waits for its outcome.
+    async fn send(
         &self,
         job_id: Uuid,
         lease: LeaseOp,
         decide: Decide,
     ) -> Result<Result<Applied, Refusal>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         self.inner
             .writer
             .send(writer::Work::Append(writer::Request { job_id, decide, lease, reply }))
@@ -251,64 +270,67 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Renews this node's leases of `jobs` (id, attempt); returns those it no longer holds.
-    /// Nothing to do with SQLite.
-    pub async fn renew_leases(&self, jobs: &[(Uuid, u32)]) -> Result<Vec<Uuid>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite { .. } => Ok(Vec::new()),
-            Backend::Postgres { log, node } => log.renew_leases(node, jobs).await,
-        }
-    }
-
-    /// Jobs whose lease expired (their node stopped renewing it). None with SQLite.
-    pub async fn expired_leases(&self, limit: u32) -> Result<Vec<Uuid>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite { .. } => Ok(Vec::new()),
-            Backend::Postgres { log, .. } => log.expired_leases(limit).await,
-        }
-    }
-
-    /// Takes a job's new attempt that waits for a worker node. None with SQLite.
-    pub async fn take_waiting(&self) -> Result<Option<Uuid>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite { .. } => Ok(None),
-            Backend::Postgres { log, node } => log.take_waiting(node).await,
-        }
-    }
-
-    /// Lets this node's leases expire now, at a clean shutdown. Nothing to do with SQLite.
-    pub async fn release_leases(&self) -> Result<(), StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite { .. } => Ok(()),
-            Backend::Postgres { log, node } => log.release_leases(node).await,
-        }
+    /// [`Store::apply`] with what the decision does to the job's lease (a shared store only).
+    pub async fn apply_leased(
+        &self,
+        job_id: Uuid,
+        lease: LeaseOp,
+        decide: Decide,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        self.send(job_id, lease, decide).await
     }
 
     /// Runs one decision against a job's current state and appends what it returns, atomically.
     pub async fn apply(&self, job_id: Uuid, decide: Decide) -> Result<Result<Applied, Refusal>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::Work::Append(writer::Request { job_id, decide, lease: LeaseOp::Keep, reply }))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.send(job_id, LeaseOp::Keep, decide).await
+    }
+
+    /// Renews this node's leases of `jobs` (id, attempt); returns those it no longer holds.
+    /// Nothing to do when one process owns the database.
+    pub async fn renew_leases(&self, jobs: &[(Uuid, u32)]) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.renew_leases(jobs).await,
+            Backend::Postgres { log, node } => log.renew_leases(node, jobs).await,
+        }
+    }
+
+    /// Jobs whose lease expired (their node stopped renewing it).
+    pub async fn expired_leases(&self, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.expired_leases(limit).await,
+            Backend::Postgres { log, .. } => log.expired_leases(limit).await,
+        }
+    }
+
+    /// Takes a job's new attempt that waits for a worker node.
+    pub async fn take_waiting(&self) -> Result<Option<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.take_waiting().await,
+            Backend::Postgres { log, node } => log.take_waiting(node).await,
+        }
+    }
+
+    /// Lets this node's leases expire now, at a clean shutdown.
+    pub async fn release_leases(&self) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.release_leases().await,
+            Backend::Postgres { log, node } => log.release_leases(node).await,
+        }
     }
 
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let pool = sqlite_pool!(self, log => log.ping().await);
-        sqlx::query_scalar!("SELECT 1 AS \"one!: i64\"").fetch_one(pool).await?;
-        Ok(())
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.ping().await,
+            Backend::Postgres { log, .. } => log.ping().await,
+        }
     }
 
     pub async fn job(&self, job_id: Uuid) -> Result<Option<JobState>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.job(job_id).await);
-        let id = job_id.to_string();
-        let row = sqlx::query_as!(rows::JobRow, "SELECT * FROM jobs WHERE job_id = ?", id)
-            .fetch_optional(pool)
-            .await?;
-        row.map(JobState::try_from).transpose()
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.job(job_id).await,
+            Backend::Postgres { log, .. } => log.job(job_id).await,
+        }
     }
 
     /// Completed jobs that still have their output and finished before `before`, oldest first:
@@ -318,21 +340,10 @@ impl Store {
         before: time::OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<JobState>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.outputs_finished_before(before, limit).await);
-        // `finished_at` is fixed-width RFC 3339 UTC text, so text order is time order.
-        let before = crate::domain::time::format_at(before);
-        let limit = i64::from(limit);
-        let rows = sqlx::query_as!(
-            rows::JobRow,
-            "SELECT * FROM jobs
-             WHERE status = 'Completed' AND output IS NOT NULL AND finished_at < ?1
-             ORDER BY finished_at LIMIT ?2",
-            before,
-            limit
-        )
-        .fetch_all(pool)
-        .await?;
-        rows.into_iter().map(JobState::try_from).collect()
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.outputs_finished_before(before, limit).await,
+            Backend::Postgres { log, .. } => log.outputs_finished_before(before, limit).await,
+        }
     }
 
     /// Jobs newest first, optionally of one status and owner, older than the cursor `before`.
@@ -343,23 +354,10 @@ impl Store {
         before: Option<i64>,
         limit: u32,
     ) -> Result<JobPage, StoreError> {
-        let pool = sqlite_pool!(self, log => log.list_jobs(owner, status, before, limit).await);
-        let status = status.map(JobStatus::name);
-        let before = before.unwrap_or(i64::MAX);
-        let fetch = i64::from(limit) + 1;
-        let rows = sqlx::query_as!(
-            rows::JobRow,
-            "SELECT * FROM jobs
-             WHERE created_event_id < ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR owner = ?3)
-             ORDER BY created_event_id DESC LIMIT ?4",
-            before,
-            status,
-            owner,
-            fetch
-        )
-        .fetch_all(pool)
-        .await?;
-        JobPage::from_rows(rows, limit)
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.list_jobs(owner, status, before, limit).await,
+            Backend::Postgres { log, .. } => log.list_jobs(owner, status, before, limit).await,
+        }
     }
 
     /// Up to `limit` events with id greater than `after`, in id order.
@@ -369,179 +367,73 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.filtered_events_after(filter, after, limit).await);
-        let limit = i64::from(limit);
-        let rows = match filter {
-            EventFilter::All => {
-                sqlx::query_as!(
-                    rows::EventRow,
-                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
-                     FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                    after,
-                    limit
-                )
-                .fetch_all(pool)
-                .await?
-            }
-            EventFilter::Jobs(ids) if ids.len() == 1 => {
-                let job = ids[0].to_string();
-                sqlx::query_as!(
-                    rows::EventRow,
-                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
-                     FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
-                    job,
-                    after,
-                    limit
-                )
-                .fetch_all(pool)
-                .await?
-            }
-            EventFilter::Owner(owner) => {
-                sqlx::query_as!(
-                    rows::EventRow,
-                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
-                     FROM events WHERE id > ? AND job_id IN (SELECT job_id FROM jobs WHERE owner = ?)
-                     ORDER BY id LIMIT ?",
-                    after,
-                    owner,
-                    limit
-                )
-                .fetch_all(pool)
-                .await?
-            }
-            EventFilter::Jobs(ids) => {
-                let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query_as!(
-                    rows::EventRow,
-                    "SELECT id AS \"id!\", job_id, type AS kind, data, created_at
-                     FROM events WHERE id > ? AND job_id IN (SELECT value FROM json_each(?))
-                     ORDER BY id LIMIT ?",
-                    after,
-                    list,
-                    limit
-                )
-                .fetch_all(pool)
-                .await?
-            }
-        };
-        Ok(rows.into_iter().filter_map(rows::EventRow::into_event).collect())
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.events_after(filter, after, limit).await,
+            Backend::Postgres { log, .. } => log.filtered_events_after(filter, after, limit).await,
+        }
     }
 
     /// The oldest Queued job (by creation order), the next one a worker should claim.
     pub async fn next_queued(&self) -> Result<Option<Uuid>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.next_queued().await);
-        let id = sqlx::query_scalar!(
-            "SELECT job_id FROM jobs WHERE status = 'Queued' ORDER BY created_event_id LIMIT 1"
-        )
-        .fetch_optional(pool)
-        .await?;
-        id.map(|id| Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("a jobs.job_id".into()))).transpose()
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.next_queued().await,
+            Backend::Postgres { log, .. } => log.next_queued().await,
+        }
     }
 
-    /// Up to `limit` events after `after`, already framed for SSE by SQLite in one row: a
-    /// replay costs one round trip to the database thread per page instead of one per event.
-    /// `None` when the page holds a row that must go through [`StoredEvent`]'s normalization
-    /// (a line break in `data` or `type`, a foreign job id, something after a terminal event),
-    /// or for filters this path does not cover; the caller then reads rows. Line breaks are
-    /// found by counting them in the page (exactly four per frame), which is much cheaper than
-    /// asking SQLite to search every `data`. The subquery reads in id order and the aggregate
-    /// keeps it (an `ORDER BY` inside `string_agg` would sort every page again in a temporary
-    /// b-tree); the ids are checked to ascend all the same, and a page that does not is read
-    /// row by row.
+    /// Up to `limit` events after `after`, already framed for SSE by the database in one row
+    /// (a replay then costs one round trip per page instead of one per event); `None` when the
+    /// page must be read row by row (see each backend's `reads`).
     pub async fn framed_after(
         &self,
         filter: &EventFilter,
         after: i64,
         limit: u32,
     ) -> Result<Option<FramedPage>, StoreError> {
-        let pool = sqlite_pool!(self, log => Ok(None));
-        let limit = i64::from(limit);
-        let row = match filter {
-            EventFilter::All => {
-                sqlx::query_as!(
-                    rows::FramedRow,
-                    r#"SELECT count(*) AS "count!: i64", max(id) AS "last_id: i64",
-                              max(CASE WHEN type IN ('job-completed', 'job-failed', 'job-cancelled') THEN id END)
-                                  AS "terminal_id: i64",
-                              sum(instr(type, ' ') > 0 OR type = '' OR length(job_id) != 36) AS "dirty: i64",
-                              string_agg('id: ' || id || char(10) || 'event: ' || type || char(10) || 'data: ' || data
-                                         || char(10) || char(10), '') AS "frames: String"
-                       FROM (SELECT id, job_id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?)"#,
-                    after,
-                    limit
-                )
-                .fetch_one(pool)
-                .await?
-            }
-            EventFilter::Jobs(ids) if ids.len() == 1 => {
-                let job = ids[0].to_string();
-                sqlx::query_as!(
-                    rows::FramedRow,
-                    r#"SELECT count(*) AS "count!: i64", max(id) AS "last_id: i64",
-                              max(CASE WHEN type IN ('job-completed', 'job-failed', 'job-cancelled') THEN id END)
-                                  AS "terminal_id: i64",
-                              sum(instr(type, ' ') > 0 OR type = '' OR length(job_id) != 36) AS "dirty: i64",
-                              string_agg('id: ' || id || char(10) || 'event: ' || type || char(10) || 'data: ' || data
-                                         || char(10) || char(10), '') AS "frames: String"
-                       FROM (SELECT id, job_id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?)"#,
-                    job,
-                    after,
-                    limit
-                )
-                .fetch_one(pool)
-                .await?
-            }
-            EventFilter::Jobs(_) | EventFilter::Owner(_) => return Ok(None),
-        };
-        Ok(row.into_page())
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.framed_after(filter, after, limit).await,
+            Backend::Postgres { log, .. } => log.framed_after(filter, after, limit).await,
+        }
     }
 
     /// The highest event id committed so far (0 for an empty log).
     pub async fn max_event_id(&self) -> Result<i64, StoreError> {
-        let pool = sqlite_pool!(self, log => log.max_event_id().await);
-        let id = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")
-            .fetch_one(pool)
-            .await?;
-        Ok(id)
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.max_event_id().await,
+            Backend::Postgres { log, .. } => log.max_event_id().await,
+        }
     }
 
     /// How many jobs there are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.job_counts().await);
-        let rows = sqlx::query!("SELECT status, count(*) AS \"n!: i64\" FROM jobs GROUP BY status")
-            .fetch_all(pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.job_counts().await,
+            Backend::Postgres { log, .. } => log.job_counts().await,
+        }
     }
 
     /// Every job id that has a `jobs` row.
     pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
-        let pool = sqlite_pool!(self, log => log.job_ids().await);
-        Ok(sqlx::query_scalar!("SELECT job_id FROM jobs ORDER BY created_event_id").fetch_all(pool).await?)
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.job_ids().await,
+            Backend::Postgres { log, .. } => log.job_ids().await,
+        }
     }
 
     /// Replaces the whole `jobs` table with the given states, in one transaction
     /// (`aura check --repair`: the log is the truth). Each state comes with its first event id;
-    /// `through` is the last event id the states were folded from (on PostgreSQL, where nodes may
-    /// be writing, the repair is refused if the log has grown since).
+    /// `through` is the last event id the states were folded from (on a shared store, where nodes
+    /// may be writing, the repair is refused if the log has grown since; one process that owns
+    /// the database holds the data folder meanwhile).
     pub async fn rebuild_jobs(&self, jobs: &[(i64, JobState)], through: i64) -> Result<(), StoreError> {
-        let write_options = match &self.inner.backend {
-            Backend::Sqlite { write_options, .. } => write_options,
-            Backend::Postgres { log, .. } => return log.rebuild_jobs(jobs, through).await,
-        };
-        let mut conn = write_options.clone().connect().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query!("DELETE FROM jobs").execute(&mut *tx).await?;
-        for (created_event_id, state) in jobs {
-            writer::insert_job_row(&mut tx, *created_event_id, &rows::JobColumns::from(state)).await?;
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.rebuild_jobs(jobs).await,
+            Backend::Postgres { log, .. } => log.rebuild_jobs(jobs, through).await,
         }
-        tx.commit().await?;
-        Ok(())
     }
 
-    /// Commits what is queued, checkpoints and closes the write connection, then the readers.
-    /// Appends after this are refused with [`StoreError::Closed`].
+    /// Commits what is queued, closes the write connection, then the readers. Appends after
+    /// this are refused with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.inner.close.cancel();
         if let Some(done) = self.inner.writer_done.lock().await.take()
@@ -550,76 +442,8 @@ impl Store {
             tracing::warn!("the store writer did not finish within 5 s");
         }
         match &self.inner.backend {
-            Backend::Sqlite { pool, .. } => pool.close().await,
+            Backend::Sqlite(log) => log.close().await,
             Backend::Postgres { log, .. } => log.close().await,
         }
     }
-}
-
-/// Raw SQLite, for `aura bench`: inserts `rows` event rows into a fresh file with Aura's schema
-/// and pragmas (WAL, `synchronous=FULL`), `batch` rows per transaction; returns rows per second.
-///
-/// With `one_call`, each transaction (`BEGIN IMMEDIATE`, one `INSERT` per row, `COMMIT`) goes to
-/// SQLite's worker thread as one multi-statement call, as a program calling SQLite directly on
-/// its own thread would run it: this is the fair baseline for Aura's writer, which also sends
-/// each group as one call. Without it, every statement is a round trip of its own.
-pub async fn raw_insert_rate(
-    path: &Path,
-    rows: usize,
-    batch: usize,
-    one_call: bool,
-) -> Result<f64, StoreError> {
-    let options = connect_options(&path.to_string_lossy())?;
-    let mut conn = options.connect().await?;
-    sqlx::migrate!().run(&mut conn).await?;
-    let data = r#"{"jobId":"00000000-0000-0000-0000-000000000000","at":"2026-01-01T00:00:00.000000Z","step":"Audio","progressPct":1.0,"percent":15.2,"message":""}"#;
-    let job = "00000000-0000-0000-0000-000000000000";
-    let at = "2026-01-01T00:00:00.000000Z";
-    let insert = "INSERT INTO events (job_id, type, data, created_at) VALUES (?, 'step-progress', ?, ?);";
-    let started = std::time::Instant::now();
-    let mut left = rows;
-    while left > 0 {
-        let n = batch.max(1).min(left);
-        if one_call {
-            // The text differs only with `n`, so SQLite prepares it once per batch size.
-            let sql = format!("BEGIN IMMEDIATE; {} COMMIT;", insert.repeat(n));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for _ in 0..n {
-                query = query.bind(job).bind(data).bind(at);
-            }
-            query.execute(&mut conn).await?;
-        } else {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            for _ in 0..n {
-                sqlx::query!(
-                    "INSERT INTO events (job_id, type, data, created_at) VALUES (?, 'step-progress', ?, ?)",
-                    job,
-                    data,
-                    at
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        }
-        left -= n;
-    }
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
-    conn.close().await?;
-    Ok(rate)
-}
-
-/// Connection options shared by the writer and the readers: WAL, a busy timeout, foreign keys.
-fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError> {
-    let base = if url_or_path.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(url_or_path)?
-    } else {
-        SqliteConnectOptions::new().filename(Path::new(url_or_path))
-    };
-    Ok(base
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true))
 }

@@ -1,10 +1,8 @@
 //! The webhook writes as data ([`Write`], [`Written`], the [`WriteRequest`] the writer task
-//! answers), the rows they touch, and how the SQLite writer applies them in a transaction of
-//! their own (`write_all`). The store's front (`webhooks`), its writer (`writer`) and the
-//! PostgreSQL side (`postgres::webhooks`) all import this module and none of them import each
-//! other through it.
+//! answers) and the rows they touch, shared by both backends: the store's front (`webhooks`),
+//! the shared writer (`writer`) and each backend's `webhooks` import this module, and none of
+//! them import each other through it.
 
-use sqlx::{Connection, SqliteConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -123,6 +121,26 @@ impl WriteRequest {
     }
 }
 
+/// Answers every write of one turn once its transaction has ended: each with its own result
+/// when the transaction committed (`outcome` holds them in order), every one with the cause
+/// when it failed. Both backends' `write_all` end here.
+pub(super) fn answer_all(requests: Vec<WriteRequest>, outcome: Result<Vec<Written>, StoreError>) {
+    match outcome {
+        Ok(results) => {
+            for (request, result) in requests.into_iter().zip(results) {
+                request.answer(Ok(result));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "writing webhook state failed");
+            let cause = std::sync::Arc::new(e);
+            for request in requests {
+                request.answer(Err(StoreError::GroupFailed(cause.clone())));
+            }
+        }
+    }
+}
+
 /// A `webhook_endpoints` row, column for column.
 pub(super) struct EndpointRow {
     pub id: String,
@@ -150,141 +168,4 @@ impl TryFrom<EndpointRow> for Endpoint {
             created_at: r.created_at,
         })
     }
-}
-
-/// Runs the writes of one turn of the writer in one transaction and answers each. A failed
-/// transaction answers every one of them with the cause.
-pub(super) async fn write_all(conn: &mut SqliteConnection, requests: impl Iterator<Item = WriteRequest>) {
-    let requests: Vec<WriteRequest> = requests.collect();
-    let mut results = Vec::with_capacity(requests.len());
-    let outcome = async {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for request in &requests {
-            results.push(write_one(&mut tx, &request.write).await?);
-        }
-        tx.commit().await?;
-        Ok::<_, StoreError>(())
-    }
-    .await;
-    match outcome {
-        Ok(()) => {
-            for (request, result) in requests.into_iter().zip(results) {
-                let _ = request.reply.send(Ok(result));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "writing webhook state failed");
-            let cause = std::sync::Arc::new(e);
-            for request in requests {
-                let _ = request.reply.send(Err(StoreError::GroupFailed(cause.clone())));
-            }
-        }
-    }
-}
-
-async fn write_one(conn: &mut SqliteConnection, write: &Write) -> Result<Written, StoreError> {
-    match write {
-        Write::Create { id, url, events, secret, created_at, limit } => {
-            let count = sqlx::query_scalar!("SELECT count(*) AS \"n!: i64\" FROM webhook_endpoints")
-                .fetch_one(&mut *conn)
-                .await?;
-            if count >= *limit {
-                return Ok(Written::TooMany);
-            }
-            let position = sqlx::query_scalar!("SELECT coalesce(max(id), 0) AS \"id!: i64\" FROM events")
-                .fetch_one(&mut *conn)
-                .await?;
-            let key = id.to_string();
-            let events = serde_json::to_string(events).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query!(
-                "INSERT INTO webhook_endpoints (id, url, events, secret, position, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                key,
-                url,
-                events,
-                secret,
-                position,
-                created_at
-            )
-            .execute(&mut *conn)
-            .await?;
-            Ok(Written::Created { position })
-        }
-        Write::Delete { id } => {
-            let key = id.to_string();
-            let done =
-                sqlx::query!("DELETE FROM webhook_endpoints WHERE id = ?", key).execute(&mut *conn).await?;
-            Ok(if done.rows_affected() == 0 { Written::NotFound } else { Written::Done })
-        }
-        Write::Rotate { id, secret, previous_until } => {
-            let key = id.to_string();
-            let done = sqlx::query!(
-                "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = ?, secret = ? WHERE id = ?",
-                previous_until,
-                secret,
-                key
-            )
-            .execute(&mut *conn)
-            .await?;
-            Ok(if done.rows_affected() == 0 { Written::NotFound } else { Written::Done })
-        }
-        Write::Record { endpoint, attempt: a, advance_to } => {
-            let key = endpoint.to_string();
-            // The endpoint may have been deleted while this attempt ran: then nothing is logged.
-            let done = sqlx::query!(
-                "INSERT INTO webhook_deliveries
-                     (endpoint_id, event_id, event_type, attempt, status_code, outcome, error, duration_ms, at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?1)",
-                key,
-                a.event_id,
-                a.event_type,
-                a.attempt,
-                a.status_code,
-                a.outcome,
-                a.error,
-                a.duration_ms,
-                a.at
-            )
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() == 0 {
-                return Ok(Written::NotFound);
-            }
-            // Pruning reads past the kept rows of this endpoint in the index; once in a while
-            // is enough to bound the log.
-            if done.last_insert_rowid() % PRUNE_EVERY == 0 {
-                prune(conn, &key).await?;
-            }
-            if let Some(position) = advance_to {
-                advance(conn, &key, *position).await?;
-            }
-            Ok(Written::Done)
-        }
-        Write::Advance { endpoint, position } => {
-            advance(conn, &endpoint.to_string(), *position).await?;
-            Ok(Written::Done)
-        }
-    }
-}
-
-/// Deletes an endpoint's attempts but the newest [`KEPT_ATTEMPTS`].
-async fn prune(conn: &mut SqliteConnection, key: &str) -> Result<(), StoreError> {
-    let keep = KEPT_ATTEMPTS;
-    sqlx::query!(
-        "DELETE FROM webhook_deliveries WHERE endpoint_id = ?1 AND id <= coalesce(
-                     (SELECT id FROM webhook_deliveries WHERE endpoint_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2), 0)",
-        key,
-        keep
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// A position only ever grows.
-async fn advance(conn: &mut SqliteConnection, key: &str, position: i64) -> Result<(), StoreError> {
-    sqlx::query!("UPDATE webhook_endpoints SET position = max(position, ?) WHERE id = ?", position, key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }

@@ -338,7 +338,9 @@ impl TestApp {
     pub async fn pg(&self) -> TestResult<Option<sqlx::PgConnection>> {
         use sqlx::Connection;
         match self.state.settings().database_url.as_deref() {
-            Some(url) if aura::store::is_postgres(url) => Ok(Some(sqlx::PgConnection::connect(url).await?)),
+            Some(url) if matches!(aura::config::Database::from(url), aura::config::Database::Postgres(_)) => {
+                Ok(Some(sqlx::PgConnection::connect(url).await?))
+            }
             _ => Ok(None),
         }
     }

@@ -17,7 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sync", 0),
     ("store", 1),
     ("objects", 1),
-    ("config", 2),
+    ("config", 1),
     ("error", 2),
     ("lock", 2),
     ("telemetry", 2),
@@ -177,4 +177,136 @@ fn the_check_sees_a_back_import_and_a_circle() {
         crate_references("use crate::{domain::job, store};\nlet x = crate::http::router();\n$crate::sync"),
         ["domain", "http", "store", "sync"].into_iter().map(String::from).collect()
     );
+}
+
+/// Only the store (`src/store/`) and the settings that tell the two databases apart
+/// (`src/config.rs`) may know which one runs. Everywhere else, no identifier or path names one:
+/// not `sqlite`/`postgres` in any case, not `pg_` at the start of a word, not a `Pg` type.
+///
+/// Decided: the check reads code, not prose. Comments and string literals are left out, so a
+/// doc may say what happens "with PostgreSQL", a log line may name it, and a CLI flag keeps its
+/// published spelling (`--postgres`) through `#[arg(long = "postgres")]`; what the crate's code
+/// calls, imports or matches on may not. `pg` inside a word (`killpg`, `getpgid`, `upgrade`) is
+/// no mention.
+#[test]
+fn no_code_outside_the_store_and_config_names_a_database() -> TestResult {
+    /// `text` with comments, string and char literals blanked out (line breaks kept).
+    fn code_only(text: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            let next = chars.get(i + 1).copied();
+            if c == '/' && next == Some('/') {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            } else if c == '/' && next == Some('*') {
+                i += 2;
+                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                    i += 1;
+                }
+                i += 2;
+            } else if c == 'r' && (next == Some('"') || next == Some('#')) {
+                let mut j = i + 1;
+                let mut hashes = 0;
+                while chars.get(j) == Some(&'#') {
+                    hashes += 1;
+                    j += 1;
+                }
+                if chars.get(j) != Some(&'"') {
+                    out.push(c);
+                    i += 1;
+                    continue;
+                }
+                j += 1;
+                let close: Vec<char> = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+                while j < chars.len() && chars[j..].iter().take(close.len()).ne(close.iter()) {
+                    j += 1;
+                }
+                i = j + close.len();
+                out.push_str("\"\"");
+            } else if c == '"' {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+                out.push_str("\"\"");
+            } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || next == Some('\\')) {
+                // A char literal (`'a'`, `'\n'`); a lifetime (`'a`) has no closing quote.
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+                out.push_str("' '");
+            } else if c.is_alphanumeric() || c == '_' {
+                // A whole word at once, so that `r` or a quote inside one is not taken for a literal.
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        }
+        out
+    }
+    /// Whether the identifier `word` names a database.
+    fn names_a_database(word: &str) -> bool {
+        let lower = word.to_ascii_lowercase();
+        lower.contains("postgres")
+            || lower.contains("sqlite")
+            || lower.starts_with("pg_")
+            || lower.contains("_pg_")
+            || word.match_indices("Pg").any(|(i, _)| {
+                word[..i].chars().next_back().is_none_or(|c| !c.is_ascii_uppercase())
+                    && word[i + 2..].chars().next().is_none_or(|c| !c.is_ascii_lowercase() || i == 0)
+            })
+    }
+    /// Every mention in `text`, as `line: word`.
+    fn mentions(text: &str) -> Vec<String> {
+        let code = code_only(text);
+        let mut found = Vec::new();
+        for (n, line) in code.lines().enumerate() {
+            for word in line.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                if names_a_database(word) {
+                    found.push(format!("{}: {word}", n + 1));
+                }
+            }
+        }
+        found
+    }
+
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files)?;
+    let mut problems = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(&src)?;
+        if relative.starts_with("store") || relative == Path::new("config.rs") {
+            continue;
+        }
+        let shown = relative.display().to_string();
+        let lower = shown.to_ascii_lowercase();
+        if lower.contains("postgres") || lower.contains("sqlite") {
+            problems.push(format!("src/{shown}: its path names a database"));
+        }
+        let text = std::fs::read_to_string(&file)?;
+        problems.extend(mentions(&text).into_iter().map(|m| format!("src/{shown}:{m}")));
+    }
+    assert!(
+        problems.is_empty(),
+        "code outside src/store and src/config.rs names a database:\n{}",
+        problems.join("\n")
+    );
+
+    // The check itself: code is seen, prose and literals are not.
+    let sample = "use crate::store::postgres::PgLog; // with PostgreSQL\nlet x = pg_notify();\n\
+                  let s = \"sqlite:\"; let r = r#\"Postgres\"#; killpg(upgrade, 'p');\nstruct SqliteLog;\n";
+    assert_eq!(mentions(sample), ["1: postgres", "1: PgLog", "2: pg_notify", "4: SqliteLog"]);
+    Ok(())
 }

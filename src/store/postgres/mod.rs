@@ -18,9 +18,10 @@
 //! The schema lives in `migrations/postgres/`, apart from SQLite's, and its queries are checked
 //! at compile time like SQLite's (offline data in `.sqlx/`).
 
-pub mod access;
 pub mod bench;
+pub(super) mod credentials;
 mod leases;
+pub(super) mod preflight;
 mod reads;
 mod repair;
 pub mod tail;
@@ -34,9 +35,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use super::StoreError;
 use super::rows::EventRow;
+use super::writer::Spawned;
 use crate::domain::event::StoredEvent;
+use writer::Node;
 
 /// One event to append: its job, type, `data` JSON as streamed, and `at`.
 #[derive(Debug, Clone)]
@@ -58,6 +64,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// bookkeeping beside it.
 const WRITER_CONNECTIONS: u32 = 2;
 
+/// Connections of a node's pool: the tail's reads, the streams' replays, the credentials.
+const CONNECTIONS: u32 = 10;
+
 /// Shortest time between two `NOTIFY`s of one node: commits within it share one.
 const NOTIFY_EVERY: Duration = Duration::from_millis(3);
 
@@ -73,7 +82,29 @@ pub struct PgLog {
     pub(in crate::store) voice: Arc<str>,
 }
 
+/// Opens the shared store as the node `node`: this node's writer feeds its own commits to the
+/// fan-out at once, its tail every node's (the hub keeps each id once, in order). Both end once
+/// `close` is cancelled.
+pub(super) async fn open_node(
+    url: &str,
+    node: Node,
+    close: CancellationToken,
+) -> Result<(PgLog, Spawned), StoreError> {
+    let log = PgLog::open(url, CONNECTIONS, node.guard_timeout()).await?;
+    let after = log.max_event_id().await?;
+    let (feed_tx, feed) = mpsc::unbounded_channel();
+    let (queue, done) =
+        writer::spawn(log.writer_pool().clone(), node, log.committed.clone(), feed_tx.clone(), close.clone());
+    tail::spawn(log.clone(), url.to_owned(), after, feed_tx, close);
+    Ok((log, Spawned { queue, feed, done }))
+}
+
 impl PgLog {
+    /// The tokens and sessions tables, on this node's pool.
+    pub(super) fn credentials(&self) -> credentials::PgCredentials {
+        credentials::PgCredentials::on(self.pool.clone())
+    }
+
     /// Connects to `url` (`postgres://…`) with a pool of `connections` and applies the
     /// PostgreSQL migrations (PostgreSQL serializes concurrent migrators with an advisory lock).
     /// `guard` bounds each statement of the writer's connections (`statement_timeout`): its

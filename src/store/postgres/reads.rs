@@ -9,7 +9,7 @@ use super::PgLog;
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 use crate::store::rows::{EventRow, JobRow};
-use crate::store::{EventFilter, JobPage, StoreError};
+use crate::store::{EventFilter, FramedPage, JobPage, StoreError};
 
 impl PgLog {
     pub(in crate::store) async fn ping(&self) -> Result<(), StoreError> {
@@ -149,5 +149,16 @@ impl PgLog {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Never a framed page: PostgreSQL's pages are read row by row (each event carries its
+    /// job's owner, which the fan-out needs on every node).
+    pub(in crate::store) async fn framed_after(
+        &self,
+        _filter: &EventFilter,
+        _after: i64,
+        _limit: u32,
+    ) -> Result<Option<FramedPage>, StoreError> {
+        Ok(None)
     }
 }

@@ -28,7 +28,7 @@ use crate::domain::event::StoredEvent;
 use crate::store::StoreError;
 use crate::store::rows::EventRow;
 use crate::store::webhook_writes::{
-    Attempt, EndpointRow, KEPT_ATTEMPTS, PRUNE_EVERY, Write, WriteRequest, Written,
+    Attempt, EndpointRow, KEPT_ATTEMPTS, PRUNE_EVERY, Write, WriteRequest, Written, answer_all,
 };
 
 /// The advisory lock key of webhook delivery: "aurawhk1" in ASCII.
@@ -280,30 +280,17 @@ impl Held {
 /// Runs the webhook writes of one turn of the writer in one transaction and answers each; a
 /// failed transaction answers every one of them with the cause.
 pub(in crate::store) async fn write_all(pool: &sqlx::PgPool, requests: Vec<WriteRequest>) {
-    let mut results = Vec::with_capacity(requests.len());
     let outcome = async {
         let mut tx = pool.begin().await?;
+        let mut results = Vec::with_capacity(requests.len());
         for request in &requests {
             results.push(write_one(&mut tx, request.write()).await?);
         }
         tx.commit().await?;
-        Ok::<_, StoreError>(())
+        Ok::<_, StoreError>(results)
     }
     .await;
-    match outcome {
-        Ok(()) => {
-            for (request, result) in requests.into_iter().zip(results) {
-                request.answer(Ok(result));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "writing webhook state failed");
-            let cause = std::sync::Arc::new(e);
-            for request in requests {
-                request.answer(Err(StoreError::GroupFailed(cause.clone())));
-            }
-        }
-    }
+    answer_all(requests, outcome);
 }
 
 async fn write_one(conn: &mut PgConnection, write: &Write) -> Result<Written, StoreError> {

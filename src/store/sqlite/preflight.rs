@@ -13,18 +13,14 @@ use std::path::{Path, PathBuf};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
-use super::{StoreError, connect_options};
+use super::connect_options;
+use crate::store::{StoreError, Unusable};
 
 /// The first 16 bytes of every SQLite 3 database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
-/// A file Aura must not use as it is; the message is one line naming the file and what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unusable(pub String);
-
 /// The database file a URL or path names.
-pub fn database_file(url_or_path: &str) -> Result<PathBuf, StoreError> {
+pub(in crate::store) fn database_file(url_or_path: &str) -> Result<PathBuf, StoreError> {
     Ok(connect_options(url_or_path)?.get_filename().to_path_buf())
 }
 
@@ -36,7 +32,7 @@ async fn read_only(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
 /// Checks the database file before the store opens it: `Ok` when it is absent or empty (the
 /// store creates it), or an SQLite database that passes `quick_check` and whose migrations
 /// this binary knows. Never writes the file.
-pub async fn inspect(url_or_path: &str) -> Result<(), Unusable> {
+pub(in crate::store) async fn inspect(url_or_path: &str) -> Result<(), Unusable> {
     let path = database_file(url_or_path).map_err(|e| Unusable(format!("{url_or_path}: {e}")))?;
     let shown = path.display();
     let untouched = "Aura left it untouched";
@@ -118,7 +114,7 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
 }
 
 /// `PRAGMA integrity_check` in full: `ok`, or the problems SQLite found (at most 100).
-pub async fn integrity_check(url_or_path: &str) -> Result<Vec<String>, StoreError> {
+pub(in crate::store) async fn integrity_check(url_or_path: &str) -> Result<Vec<String>, StoreError> {
     let mut conn = read_only(&database_file(url_or_path)?).await?;
     let verdict: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check(100)").fetch_all(&mut conn).await?;
     let _ = conn.close().await;
@@ -128,10 +124,15 @@ pub async fn integrity_check(url_or_path: &str) -> Result<Vec<String>, StoreErro
 /// Writes a consistent copy of the database to `target` (which must not exist) while the
 /// server may be appending: `VACUUM INTO` runs in one read transaction of a read-only
 /// connection, so the copy holds exactly the commits before it began.
-pub async fn backup(url_or_path: &str, target: &Path) -> Result<(), StoreError> {
+pub(in crate::store) async fn backup(url_or_path: &str, target: &Path) -> Result<(), StoreError> {
     let mut conn = read_only(&database_file(url_or_path)?).await?;
     let target = target.to_string_lossy().into_owned();
     sqlx::query("VACUUM INTO ?").bind(target).execute(&mut conn).await?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// Whether the file a path names is absent (a `sqlite:` URL is left to the store to create).
+pub(in crate::store) fn missing(location: &str) -> bool {
+    !location.starts_with("sqlite:") && !Path::new(location).exists()
 }

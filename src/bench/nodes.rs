@@ -13,7 +13,8 @@ use std::time::Instant;
 use super::client::{self, Fleet, Load};
 use super::server::Target;
 use super::{Checks, Samples, Scenario, appends};
-use crate::store::postgres::bench::{Scratch, raw_insert_rate};
+use crate::config::Database;
+use crate::store::bench::{Scratch, raw_insert_rate};
 use crate::store::{Durability, Node, Store};
 
 /// Lease time of the bench's nodes: longer than any run, since nothing renews them here.
@@ -62,10 +63,16 @@ async fn measure_appends(
         store.close().await;
     }
     driven?;
-    samples.add(Scenario::PgAppends, &case, "Aura durable appends", "events/s", aura);
-    let raw = raw_insert_rate(url, per * producers, producers).await?;
-    samples.add(Scenario::PgAppends, &case, &format!("raw PostgreSQL, {producers} rows/txn"), "rows/s", raw);
-    samples.add(Scenario::PgAppends, &case, "Aura / raw PostgreSQL", "ratio", aura / raw);
+    samples.add(Scenario::NodesAppends, &case, "Aura durable appends", "events/s", aura);
+    let raw = raw_insert_rate(&Database::from(url), per * producers, producers, true).await?;
+    samples.add(
+        Scenario::NodesAppends,
+        &case,
+        &format!("raw PostgreSQL, {producers} rows/txn"),
+        "rows/s",
+        raw,
+    );
+    samples.add(Scenario::NodesAppends, &case, "Aura / raw PostgreSQL", "ratio", aura / raw);
     Ok(())
 }
 
@@ -95,7 +102,7 @@ pub async fn fanout(
     if result.is_ok()
         && let [publisher, api @ ..] = nodes.as_slice()
     {
-        let fleet = Fleet { scenario: Scenario::PgFanout, publisher, api: api.iter().collect() };
+        let fleet = Fleet { scenario: Scenario::NodesFanout, publisher, api: api.iter().collect() };
         result = client::fanout(&fleet, load, case, samples, checks).await;
     }
     for node in nodes {

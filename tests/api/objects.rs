@@ -18,8 +18,9 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::cli::AURA;
+use crate::helpers::small_job;
 use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_in, spawn_app_with};
-use crate::pipeline::{completed, small_job};
+use crate::pipeline::{completed, shaped};
 
 const ACCESS_KEY: &str = "aura-test-access";
 const SECRET_KEY: &str = "aura-test-secret-key";
@@ -201,7 +202,7 @@ async fn a_video_stored_in_s3_is_kept_per_attempt_leaves_no_local_copy_and_is_se
 {
     let s3 = S3::start().await?;
     let app = spawn_on(&s3, |_| {}).await?;
-    let id = app.create(&small_job("Stored in a bucket", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Stored in a bucket"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&app, id).await?;
     let size = job["output"]["sizeBytes"].as_u64().context("sizeBytes")?;
     assert_eq!(job["output"]["videoPath"], format!("jobs/{id}/output.mp4"), "videoPath as API.md has it");
@@ -260,7 +261,7 @@ async fn a_video_in_s3_downloads_by_range_from_a_node_that_did_not_render_it() -
         cfg.workers = Some(0);
     })
     .await?;
-    let id = api.create(&small_job("Rendered elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let id = api.create(&shaped(small_job("Rendered elsewhere"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&api, id).await?;
     let stored = std::fs::read(s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4"))?;
     for node in [&api, &worker] {
@@ -283,7 +284,7 @@ async fn output_retention_deletes_a_video_from_the_bucket() -> TestResult {
     let app =
         spawn_on(&s3, |cfg| cfg.output_retention = aura::config::Retention(Some(Duration::from_secs(1))))
             .await?;
-    let id = app.create(&small_job("Kept a second", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Kept a second"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&app, id).await?;
     let video = s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4");
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -361,7 +362,7 @@ async fn a_new_attempt_without_local_files_takes_verified_stages_from_the_bucket
         cfg.ffmpeg = slow.clone();
     };
     let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
-    let id = app.create(&small_job("Continued elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Continued elsewhere"), "Square1x1", "mp4", "h264")).await?;
     let visuals = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started"
     };
@@ -448,7 +449,7 @@ async fn a_stored_manifest_whose_output_names_a_file_outside_the_job_folder_is_r
         cfg.ffmpeg = slow.clone();
     };
     let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
-    let id = app.create(&small_job("Tampered timeline", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Tampered timeline"), "Square1x1", "mp4", "h264")).await?;
     let render = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
     };

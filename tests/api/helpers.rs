@@ -25,9 +25,11 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Waits for a condition, not a time: runs `check` until it returns `Ok`, and returns that
 /// value; a check that fails (with [`holds`] or any error, `?` included) is tried again, soon
-/// at first and then every 100 ms. When `bound` has passed (a check that hangs is cut off
-/// then, or a second later for one that began just before), fails with the caller's file and
-/// line and the last failure, so a test that times out says what it last saw.
+/// at first and then every 100 ms. A check that began before `bound` passed may finish (the
+/// answer that makes the condition true can be a slow one, as a lookup against a database that
+/// is away), but one that hangs is cut off after [`WAIT`]. Once `bound` has passed, fails with
+/// the caller's file and line and the last failure, so a test that times out says what it last
+/// saw.
 #[track_caller]
 pub fn eventually<T, F, Fut>(bound: Duration, mut check: F) -> impl Future<Output = TestResult<T>>
 where
@@ -41,7 +43,7 @@ where
         let mut last = String::from("no check ended");
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left.max(Duration::from_secs(1)), check()).await {
+            match tokio::time::timeout(left.max(WAIT), check()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("a check did not answer; the one before saw: {last}"),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::cli::AURA;
 use crate::helpers::small_job;
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_in, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, eventually, holds, spawn_app_in, spawn_app_with};
 use crate::pipeline::{completed, shaped};
 
 const ACCESS_KEY: &str = "aura-test-access";
@@ -134,14 +134,11 @@ impl S3 {
     /// Waits (bounded) until the bucket holds no stage artifact: a worker deletes them just
     /// after it records the job's end. Returns those still there at the deadline.
     pub(crate) async fn stage_files_after_cleanup(&self) -> Vec<PathBuf> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let gone = eventually(WAIT, || async {
             let left = self.stage_files();
-            if left.is_empty() || tokio::time::Instant::now() > deadline {
-                return left;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            holds(left.is_empty(), || format!("{left:?} are still there"))
+        });
+        if gone.await.is_ok() { Vec::new() } else { self.stage_files() }
     }
 
     /// Where `s3s-fs` keeps a job's video for `attempt`.
@@ -287,15 +284,11 @@ async fn output_retention_deletes_a_video_from_the_bucket() -> TestResult {
     let id = app.create(&shaped(small_job("Kept a second"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&app, id).await?;
     let video = s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let status = app.output(id, None).await?.status();
-        if status == 410 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still served ({status}) after the retention");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(status == 410, || format!("still served ({status}) after the retention"))
+    })
+    .await?;
     assert!(!video.exists(), "the object outlived its retention");
     app.stop().await
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::access::auth::Caller;
 use crate::error::AppError;
+use crate::sync::lock;
 
 /// Jobs an owner may create at once before the rate applies (API.md: whatever the rate).
 pub const JOB_BURST: f64 = 20.0;
@@ -41,8 +42,7 @@ impl Limits {
     /// A slot for one more stream of `caller`, or `429` when the owner has the most open.
     pub fn acquire_stream(self: &Arc<Self>, caller: &Caller) -> Result<StreamGuard, AppError> {
         let owner = if caller.is_limited() {
-            let mut streams =
-                self.streams.lock().map_err(|_| anyhow::anyhow!("the limits lock is poisoned"))?;
+            let mut streams = lock(&self.streams, "stream limits")?;
             let open = streams.entry(caller.name.clone()).or_insert(0);
             if *open >= self.max_streams_per_owner {
                 return Err(AppError::TooManyRequests {
@@ -67,7 +67,7 @@ impl Limits {
             return Ok(());
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().map_err(|_| anyhow::anyhow!("the limits lock is poisoned"))?;
+        let mut buckets = lock(&self.buckets, "job rate limits")?;
         let bucket = buckets.entry(caller.name.clone()).or_insert(Bucket { tokens: JOB_BURST, at: now });
         let refilled = bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.job_rate;
         *bucket = Bucket { tokens: refilled.min(JOB_BURST), at: now };
@@ -95,7 +95,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         metrics::gauge!("aura_open_streams_by_class", "class" => self.class).decrement(1.0);
         if let Some(owner) = &self.owner
-            && let Ok(mut streams) = self.limits.streams.lock()
+            && let Ok(mut streams) = lock(&self.limits.streams, "stream limits")
             && let Some(open) = streams.get_mut(owner)
         {
             *open = open.saturating_sub(1);

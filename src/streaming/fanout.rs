@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::domain::event::StoredEvent;
 use crate::store::EventFilter;
 use crate::streaming::sink::{Push, Sink, Whole};
+use crate::sync::{Poisoned, lock};
 
 /// A stream's state while it is live; handed back and forth between its task and the registry.
 pub struct Live {
@@ -85,7 +86,7 @@ pub enum Join {
     Joined(u64, oneshot::Receiver<Handoff>),
     /// Events were published after the given point: read the table again, then retry.
     Moved(Live),
-    /// The server is shutting down.
+    /// The server is shutting down (or the shard's registry is poisoned).
     Closed(Live),
 }
 
@@ -242,7 +243,9 @@ impl Fanout {
 
     /// Takes a stream whose client has gone out of its registry.
     pub fn leave(&self, shard: ShardId, id: u64) {
-        self.shard(shard).lock().remove(id);
+        if let Ok(mut reg) = self.shard(shard).locked() {
+            reg.remove(id);
+        }
     }
 
     /// Hands a committed group, in id order, to every shard to write to its streams.
@@ -272,9 +275,12 @@ impl Fanout {
 }
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        // The registry holds no invariant a panicking writer could leave half-made.
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The registry, unless a panic poisoned it. A panic under this lock is one in this shard's
+    /// task (the only writer), which has then ended: nothing joins it (a stream that tries is
+    /// told the shard is closed, ends, and its client reconnects, most likely to another shard),
+    /// and nothing is delivered, ticked or closed through it again.
+    fn locked(&self) -> Result<MutexGuard<'_, Registry>, Poisoned> {
+        lock(&self.registry, "fan-out shard")
     }
 
     async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>) {
@@ -303,7 +309,7 @@ impl Shard {
     }
 
     fn join(&self, seen: i64, live: Live) -> Join {
-        let mut reg = self.lock();
+        let Ok(mut reg) = self.locked() else { return Join::Closed(live) };
         if reg.closed {
             return Join::Closed(live);
         }
@@ -328,7 +334,7 @@ impl Shard {
         let Some(events) = events else { return };
         let Some(last) = events.last() else { return };
         let now = Instant::now();
-        let mut reg = self.lock();
+        let Ok(mut reg) = self.locked() else { return };
         reg.last_published = reg.last_published.max(last.id);
         let mut frames = Vec::with_capacity(events.len());
         let mut ended = Vec::new();
@@ -365,7 +371,7 @@ impl Shard {
     fn tick(&self) {
         let now = Instant::now();
         let keepalive = Bytes::from_static(b": keepalive\n\n");
-        let mut reg = self.lock();
+        let Ok(mut reg) = self.locked() else { return };
         let mut ended = Vec::new();
         let Registry { wide, narrow, .. } = &mut *reg;
         for (&id, entry) in wide.iter_mut().chain(narrow.iter_mut()) {
@@ -384,7 +390,7 @@ impl Shard {
     }
 
     fn close(&self) {
-        let mut reg = self.lock();
+        let Ok(mut reg) = self.locked() else { return };
         reg.closed = true;
         let ids: Vec<u64> = reg.wide.keys().chain(reg.narrow.keys()).copied().collect();
         reg.end(ids.into_iter().map(|id| (id, Reason::ShuttingDown, None)).collect());

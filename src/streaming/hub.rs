@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::domain::event::StoredEvent;
 use crate::store::{CommitFeed, EventFilter, Store};
 use crate::streaming::fanout::Fanout;
+use crate::sync::lock;
 
 /// How often the tail looks for rows appended by other processes, sends heartbeats and ends
 /// streams past their deadline.
@@ -95,7 +96,8 @@ impl Hub {
 
     /// Every event after `after`, and the id they run through, if memory still holds them all.
     pub fn recent_after(&self, after: i64) -> Option<(Vec<Arc<StoredEvent>>, i64)> {
-        let recent = self.recent.lock().ok()?;
+        // `None` sends the follower to the table, which always has every event.
+        let recent = lock(&self.recent, "recent events").ok()?;
         if after < recent.floor {
             return None;
         }
@@ -109,7 +111,7 @@ impl Hub {
         if events.is_empty() {
             return;
         }
-        if let Ok(mut recent) = self.recent.lock() {
+        if let Ok(mut recent) = lock(&self.recent, "recent events") {
             for event in &events {
                 if recent.events.len() >= recent.capacity
                     && let Some(old) = recent.events.pop_front()

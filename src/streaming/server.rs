@@ -64,6 +64,7 @@ use tower::ServiceExt;
 use crate::streaming::paths;
 use crate::streaming::sink::Sink;
 use crate::streaming::stream::StreamStart;
+use crate::sync::{Poisoned, lock};
 
 /// The longest request head, here and in hyper; a longer one is answered `431`.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -439,7 +440,7 @@ async fn serve_hyper(
             () = activity.changed.notified() => {}
             // A client that stopped reading must not hold shutdown for the whole write timeout.
             () = tokio::time::sleep(SHUTDOWN_STALL), if asked => {
-                if activity.lock().write_stalled {
+                if activity.locked().map_or(true, |state| state.write_stalled) {
                     return;
                 }
             }
@@ -486,15 +487,16 @@ impl Activity {
         Activity { state: Mutex::new(state), changed: Notify::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ActivityState> {
-        // Three plain fields: nothing a panicking holder could leave half-made.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The connection's state, unless a panic poisoned it: then the connection's timeouts
+    /// cannot be known, and it closes (its timeout is due at once).
+    fn locked(&self) -> Result<MutexGuard<'_, ActivityState>, Poisoned> {
+        lock(&self.state, "connection activity")
     }
 
     /// When the connection must close unless something happens first; `None` while a request
     /// is in flight.
     fn due(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
-        let state = self.lock();
+        let Ok(state) = self.locked() else { return Some(Instant::now()) };
         if state.in_flight > 0 {
             return None;
         }
@@ -505,12 +507,12 @@ impl Activity {
     }
 
     fn reading_head(&self) -> bool {
-        self.lock().head_since.is_some()
+        self.locked().is_ok_and(|state| state.head_since.is_some())
     }
 
     /// Bytes arrived: while no request is in flight, they start a head.
     fn read(&self) {
-        let mut state = self.lock();
+        let Ok(mut state) = self.locked() else { return };
         if state.in_flight == 0 && state.head_since.is_none() {
             state.head_since = Some(Instant::now());
             drop(state);
@@ -520,10 +522,10 @@ impl Activity {
 
     /// hyper has parsed a whole head and calls the router.
     fn begin(self: &Arc<Self>) -> InFlight {
-        let mut state = self.lock();
-        state.in_flight += 1;
-        state.head_since = None;
-        drop(state);
+        if let Ok(mut state) = self.locked() {
+            state.in_flight += 1;
+            state.head_since = None;
+        }
         self.changed.notify_one();
         InFlight(self.clone())
     }
@@ -534,13 +536,13 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if state.in_flight == 0 {
-            state.idle_since = Instant::now();
-            state.head_since = None;
+        if let Ok(mut state) = self.0.locked() {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0 {
+                state.idle_since = Instant::now();
+                state.head_since = None;
+            }
         }
-        drop(state);
         self.0.changed.notify_one();
     }
 }
@@ -616,13 +618,17 @@ impl Watched {
         poll: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         if poll.is_ready() {
-            if self.stall.take().is_some() {
-                self.activity.lock().write_stalled = false;
+            if self.stall.take().is_some()
+                && let Ok(mut state) = self.activity.locked()
+            {
+                state.write_stalled = false;
             }
             return poll;
         }
-        if self.stall.is_none() {
-            self.activity.lock().write_stalled = true;
+        if self.stall.is_none()
+            && let Ok(mut state) = self.activity.locked()
+        {
+            state.write_stalled = true;
         }
         let timeout = self.write_timeout;
         let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

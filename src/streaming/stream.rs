@@ -33,6 +33,7 @@ use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::streaming::follow::{self, Follower};
 use crate::streaming::sink::Sink;
+use crate::sync::lock;
 
 /// Events per replay query; the first page is small so the first event goes out at once.
 const REPLAY_PAGE: u32 = 2000;
@@ -130,7 +131,7 @@ pub struct StreamStart(Arc<Mutex<Option<Subscriber>>>);
 
 impl StreamStart {
     pub fn take(&self) -> Option<Subscriber> {
-        self.0.lock().ok().and_then(|mut s| s.take())
+        lock(&self.0, "stream start").ok().and_then(|mut s| s.take())
     }
 }
 

@@ -26,6 +26,7 @@ use super::{Settings, sign, target, unix_now};
 use crate::domain::event::{StoredEvent, format_at, now_micros};
 use crate::store::webhooks::{Attempt, DeliveryLock, Endpoint, Write, Written};
 use crate::store::{Store, StoreError};
+use crate::sync::lock;
 
 /// Events read per query.
 const PAGE: u32 = 100;
@@ -45,19 +46,19 @@ pub struct Acknowledged(Mutex<HashMap<Uuid, i64>>);
 
 impl Acknowledged {
     fn note(&self, endpoint: Uuid, id: i64) {
-        if let Ok(mut acked) = self.0.lock() {
+        if let Ok(mut acked) = lock(&self.0, "acknowledged events") {
             let newest = acked.entry(endpoint).or_insert(id);
             *newest = (*newest).max(id);
         }
     }
 
     fn of(&self, endpoint: Uuid) -> Option<i64> {
-        self.0.lock().ok().and_then(|acked| acked.get(&endpoint).copied())
+        lock(&self.0, "acknowledged events").ok().and_then(|acked| acked.get(&endpoint).copied())
     }
 
     /// Forgets a deleted endpoint.
     pub fn forget(&self, endpoint: Uuid) {
-        if let Ok(mut acked) = self.0.lock() {
+        if let Ok(mut acked) = lock(&self.0, "acknowledged events") {
             acked.remove(&endpoint);
         }
     }

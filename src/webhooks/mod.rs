@@ -38,6 +38,7 @@ use crate::domain::event::EVENT_TYPES;
 use crate::domain::spec::FieldError;
 use crate::store::webhooks::{DeliveryLock, Endpoint, Write, Written};
 use crate::store::{Store, StoreError};
+use crate::sync;
 
 /// Most endpoints one server keeps; a registration past it is refused with 409.
 pub const MAX_ENDPOINTS: i64 = 100;
@@ -148,7 +149,7 @@ impl Webhooks {
             }),
         };
         let handle = tokio::spawn(webhooks.clone().take_part());
-        if let Ok(mut taking_part) = webhooks.inner.taking_part.lock() {
+        if let Ok(mut taking_part) = sync::lock(&webhooks.inner.taking_part, "webhook delivery task") {
             *taking_part = Some(handle);
         }
         Ok(webhooks)
@@ -222,7 +223,7 @@ impl Webhooks {
         }
         leading.cancel();
         running.abort_all();
-        if let Ok(mut tasks) = self.inner.tasks.lock() {
+        if let Ok(mut tasks) = sync::lock(&self.inner.tasks, "endpoint tasks") {
             tasks.clear();
         }
         delivering.set(0.0);
@@ -241,7 +242,7 @@ impl Webhooks {
         running: &mut JoinSet<()>,
     ) {
         let ids: HashSet<Uuid> = endpoints.iter().map(|e| e.id).collect();
-        let Ok(mut tasks) = self.inner.tasks.lock() else { return };
+        let Ok(mut tasks) = sync::lock(&self.inner.tasks, "endpoint tasks") else { return };
         tasks.retain(|id, stop| {
             let keep = ids.contains(id) && !stop.is_cancelled();
             if !keep {
@@ -277,7 +278,8 @@ impl Webhooks {
     /// Waits until this node has stopped delivering: the attempts in flight at shutdown are
     /// recorded and the delivery lock is let go. Call after the shutdown token is cancelled.
     pub async fn stopped(&self) {
-        let handle = self.inner.taking_part.lock().ok().and_then(|mut h| h.take());
+        let handle =
+            sync::lock(&self.inner.taking_part, "webhook delivery task").ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let bound = self.inner.settings.timeout + CONFIRM_MARGIN * 2;
             if tokio::time::timeout(bound, handle).await.is_err() {
@@ -399,7 +401,7 @@ impl Webhooks {
     /// Deletes an endpoint and stops its task; `false` when there was none.
     pub async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {
         let written = self.inner.store.webhook_write(Write::Delete { id }).await?;
-        if let Ok(mut tasks) = self.inner.tasks.lock()
+        if let Ok(mut tasks) = sync::lock(&self.inner.tasks, "endpoint tasks")
             && let Some(stop) = tasks.remove(&id)
         {
             stop.cancel();

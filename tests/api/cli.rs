@@ -1,7 +1,6 @@
 //! The `aura` binary as users run it: against the real server, as a separate process.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use aura::domain::job::Stage;
 use aura::engine::lifecycle::{self, JobHandle};
@@ -9,7 +8,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TestResult, WAIT, spawn_app};
+use crate::helpers::{TestResult, WAIT, eventually, spawn_app};
 
 pub const AURA: &str = env!("CARGO_BIN_EXE_aura");
 
@@ -136,12 +135,7 @@ impl ServerProcess {
             .spawn()?;
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        tokio::time::timeout(WAIT, async {
-            while client.get(format!("{base}/api/health")).send().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await?;
+        eventually(WAIT, || async { Ok(client.get(format!("{base}/api/health")).send().await?) }).await?;
         Ok(ServerProcess { child, base })
     }
 
@@ -210,16 +204,15 @@ async fn watch_in_a_terminal_draws_a_bar_per_stage_and_finishes_them() -> TestRe
     let wait_for = |needle: &'static str| {
         let capture = &capture;
         async move {
-            tokio::time::timeout(WAIT, async {
-                loop {
-                    let screen = capture()?;
-                    if screen.contains(needle) {
-                        return Ok::<String, Box<dyn std::error::Error + Send + Sync>>(screen);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            eventually(WAIT, || async {
+                let screen = capture()?;
+                if screen.contains(needle) {
+                    Ok(screen)
+                } else {
+                    Err(format!("no {needle:?} on:\n{screen}").into())
                 }
             })
-            .await?
+            .await
         }
     };
     let screen = wait_for("Overall").await?;

@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
 use tokio::process::{Child, Command};
 
 use crate::cli::free_port;
-use crate::helpers::{SseStream, TestResult};
+use crate::helpers::{SseStream, TestResult, eventually, holds};
 use crate::objects::S3;
 use crate::postgres::{OwnCluster, database};
 
@@ -94,13 +94,9 @@ impl Node {
             .spawn()?;
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + BOUND;
-        while client.get(format!("{base}/api/health")).send().await.is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("node {name} did not start: {}", Node::log_of(&dir)).into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(BOUND, || async { Ok(client.get(format!("{base}/api/health")).send().await?) })
+            .await
+            .map_err(|e| format!("node {name} did not start: {e}; its log: {}", Node::log_of(&dir)))?;
         Ok(Node { child, base, dir })
     }
 
@@ -258,40 +254,32 @@ async fn a_worker_node_killed_mid_visuals_loses_nothing_and_every_subscriber_see
     let hopping = tokio::spawn(follow_hopping([api.base.clone(), two.base.clone()], jobs.clone(), 7));
 
     // Wait until worker-1 runs a job in Visuals, then SIGKILL it.
-    let deadline = Instant::now() + BOUND;
-    let victim = 'found: loop {
+    let victim = eventually(BOUND, || async {
         for id in &jobs {
             let snapshot = job(&api.base, id).await?;
             if snapshot["stage"] == "Visuals"
                 && snapshot["status"] == "Running"
                 && lease_holder(&db, id).await?.as_deref() == Some("worker-1")
             {
-                break 'found id.clone();
+                return Ok(id.clone());
             }
         }
-        if Instant::now() > deadline {
-            return Err(format!("worker-1 never ran a job in Visuals; its log: {}", one.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err("worker-1 runs no job in Visuals".into())
+    })
+    .await
+    .map_err(|e| format!("{e}; its log: {}", one.log()))?;
     let attempt = job(&api.base, &victim).await?["attempt"].as_u64().ok_or("no attempt")?;
     one.sigkill().await?;
-    let killed = Instant::now();
 
     // The victim continues as a new attempt within the lease time plus 10 s.
-    loop {
+    eventually(Duration::from_secs(LEASE_SECS + 10), || async {
         let snapshot = job(&api.base, &victim).await?;
-        if snapshot["attempt"].as_u64().is_some_and(|a| a > attempt) {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(LEASE_SECS + 10),
-            "no new attempt after {:?}: {snapshot}; api log: {}",
-            killed.elapsed(),
-            api.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(snapshot["attempt"].as_u64().is_some_and(|a| a > attempt), || {
+            format!("no new attempt: {snapshot}")
+        })
+    })
+    .await
+    .map_err(|e| format!("{e}; api log: {}", api.log()))?;
 
     let api_ids = tokio::time::timeout(Duration::from_secs(300), api_ids).await???;
     let worker_ids = tokio::time::timeout(Duration::from_secs(300), worker_ids).await???;
@@ -365,35 +353,23 @@ async fn a_cancel_sent_to_the_api_node_kills_ffmpeg_on_the_worker_node_within_th
     let id = create(&api.base, "cancel me across nodes", 20).await?;
     let job_dir = worker.dir.join("data").join("jobs").join(&id);
     let needle = job_dir.to_string_lossy().into_owned();
-    let deadline = Instant::now() + BOUND;
-    while processes_naming(&needle).is_empty() {
-        if Instant::now() > deadline {
-            return Err(
-                format!("the worker never started ffmpeg for the job; its log: {}", worker.log()).into()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(BOUND, || async {
+        holds(!processes_naming(&needle).is_empty(), || "the worker runs no ffmpeg for the job".into())
+    })
+    .await
+    .map_err(|e| format!("{e}; its log: {}", worker.log()))?;
     let res = reqwest::Client::new().post(format!("{}/api/jobs/{id}/cancel", api.base)).send().await?;
     assert_eq!(res.status(), 202);
-    let sent = Instant::now();
-    while !processes_naming(&needle).is_empty() {
-        assert!(
-            sent.elapsed() < Duration::from_secs(3),
-            "ffmpeg still runs {:?} after the cancel",
-            sent.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    // ffmpeg stops within 3 s of the cancel.
+    eventually(Duration::from_secs(3), || async {
+        holds(processes_naming(&needle).is_empty(), || "ffmpeg still runs after the cancel".into())
+    })
+    .await?;
+    eventually(Duration::from_secs(20), || async {
         let snapshot = job(&api.base, &id).await?;
-        if snapshot["status"] == "Cancelled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job did not end Cancelled: {snapshot}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(snapshot["status"] == "Cancelled", || format!("the job did not end Cancelled: {snapshot}"))
+    })
+    .await?;
     Ok(())
 }
 
@@ -410,11 +386,12 @@ async fn a_node_that_loses_the_database_for_ten_seconds_keeps_its_streams_and_fi
     let jobs: BTreeSet<String> = [id.clone()].into();
     let on_api = tokio::spawn(follow_all(open(&api.base, "/api/events", 0).await?, jobs.clone()));
     let on_worker = tokio::spawn(follow_all(open(&worker.base, "/api/events", 0).await?, jobs.clone()));
-    let deadline = Instant::now() + BOUND;
-    while job(&api.base, &id).await?["status"] != "Running" {
-        assert!(Instant::now() < deadline, "the job never started; worker log: {}", worker.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(BOUND, || async {
+        let status = job(&api.base, &id).await?["status"].clone();
+        holds(status == "Running", || format!("the job is {status}"))
+    })
+    .await
+    .map_err(|e| format!("{e}; worker log: {}", worker.log()))?;
     pg.pause()?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     pg.resume()?;

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::cli::{ServerProcess, free_port};
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, eventually, holds, spawn_app_with};
 use crate::sockets::append_a_lot;
 
 /// Both ways a stream can be served.
@@ -189,13 +189,15 @@ async fn past_the_connection_cap_new_connections_close_at_once_and_an_open_strea
         // The heads time out 2 s after they were sent; health answers within 5 s of that.
         let timed_out = flooded + Duration::from_secs(2);
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
-        loop {
-            if health_latency(&client, &app.base).await.is_some() {
-                break;
-            }
-            assert!(Instant::now() < timed_out + Duration::from_secs(5), "takeover {takeover}: no health");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            (timed_out + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+            || async {
+                holds(health_latency(&client, &app.base).await.is_some(), || {
+                    format!("takeover {takeover}: no health")
+                })
+            },
+        )
+        .await?;
         assert!(Instant::now() < timed_out + Duration::from_secs(5), "takeover {takeover}: health too late");
         job.cancelled(Some(Stage::Script)).await??;
         let rest = tokio::time::timeout(WAIT, stream.ids_to_end()).await??;
@@ -398,26 +400,14 @@ async fn a_stalled_reader_loses_its_stream_after_the_write_timeout_and_resumes_m
         let id = app.create_job("a reader that stalls").await?;
         let path = format!("/api/jobs/{id}/events");
         let mut conn = stalled_stream(addr_of(&app.base)?, &path, !takeover).await?;
-        tokio::time::timeout(WAIT, async {
-            while app.state.streams().open() == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        eventually(WAIT, || async {
+            holds(app.state.streams().open() > 0, || format!("takeover {takeover}: the stream is not open"))
         })
-        .await
-        .map_err(|_| format!("takeover {takeover}: the stream never opened"))?;
+        .await?;
         append_a_lot(&app, id).await?;
-        let appended = Instant::now();
-        loop {
-            let open = app.metric("aura_open_streams_total").await?;
-            if open == 0.0 && app.state.streams().open() == 0 {
-                break;
-            }
-            assert!(
-                appended.elapsed() < Duration::from_secs(4),
-                "takeover {takeover}: the stalled stream is still open ({open})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The stalled stream is closed within 4 s.
+        streams_closed_by(&app, Instant::now() + Duration::from_secs(4), &format!("takeover {takeover}"))
+            .await?;
 
         // The client reads again: what reached it, then the rest from its last whole event.
         // (On a reused connection the health response before it was read already.)
@@ -573,29 +563,24 @@ async fn append_filler(app: &TestApp, job: Uuid, n: usize) -> TestResult {
 
 /// Waits until `app` has `n` streams open.
 async fn streams_open(app: &TestApp, n: usize, what: &str) -> TestResult {
-    tokio::time::timeout(WAIT, async {
-        while app.state.streams().open() != n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(WAIT, || async {
+        let open = app.state.streams().open();
+        holds(open == n, || format!("{what}: {open} streams open, not {n}"))
     })
     .await
-    .map_err(|_| format!("{what}: {} streams open, not {n}", app.state.streams().open()).into())
 }
 
 /// Waits until no stream of `app` is open (its own count, and `aura_open_streams_total` on
 /// `/metrics`), failing once `deadline` has passed.
 async fn streams_closed_by(app: &TestApp, deadline: Instant, what: &str) -> TestResult {
-    loop {
+    eventually(deadline.saturating_duration_since(Instant::now()), || async {
         let open = app.state.streams().open();
         let gauge = app.metric("aura_open_streams_total").await?;
-        if open == 0 && gauge == 0.0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: {open} streams still open ({gauge} on /metrics)").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        holds(open == 0 && gauge == 0.0, || {
+            format!("{what}: {open} streams still open ({gauge} on /metrics)")
+        })
+    })
+    .await
 }
 
 /// Reads what a stalled client was sent, once the server has dropped its connection: to the
@@ -1015,11 +1000,12 @@ async fn open_websockets_hold_their_connection_slots_until_they_close() -> TestR
     // One socket closes: its slot serves the next connection.
     drop(sockets.pop());
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
-    let closed = Instant::now();
-    while health_latency(&client, &app.base).await.is_none() {
-        assert!(closed.elapsed() < WAIT, "no connection was served after a socket closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, || async {
+        holds(health_latency(&client, &app.base).await.is_some(), || {
+            "no connection served after a socket closed".into()
+        })
+    })
+    .await?;
     assert_eq!(app.state.streams().open(), 2);
     Ok(())
 }
@@ -1060,11 +1046,12 @@ async fn a_websocket_that_never_answers_a_ping_is_closed_after_the_pong_timeout_
     assert!(closed_by(&mut silent, bound).await, "a socket that never answered a ping is still open");
     // Its connection slot is free: a request is served beside the answering socket.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
-    let closed = Instant::now();
-    while health_latency(&client, &app.base).await.is_none() {
-        assert!(closed.elapsed() < WAIT, "the silent socket's connection slot was never freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, || async {
+        holds(health_latency(&client, &app.base).await.is_some(), || {
+            "the silent socket's slot is not free".into()
+        })
+    })
+    .await?;
     streams_open(&app, 1, "the answering socket").await?;
 
     // The answering one outlives three pong timeouts and still gets events.

@@ -11,20 +11,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Sse, TestResult, WAIT, spawn_app_in, spawn_app_with};
+use crate::helpers::{Sse, TestResult, WAIT, small_job, spawn_app_in, spawn_app_with};
 
 /// A floor no disk reaches: every disk is "low".
 const HUGE_FLOOR_MB: u64 = 1 << 40;
-
-/// A small, fast job: 480p at 10 fps, 4 s.
-fn small_job(topic: &str) -> Value {
-    json!({
-        "brief": {"topic": topic},
-        "planSpec": {"targetDuration": "00:00:04", "pacing": "Fast"},
-        "renderSpec": {"res": "480p", "fps": 10, "videoBitrateK": 400, "audioBitrateK": 64,
-                       "qualityLevel": "Draft"}
-    })
-}
 
 async fn problem_type(res: reqwest::Response) -> TestResult<(u16, String, String)> {
     let status = res.status().as_u16();

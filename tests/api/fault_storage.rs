@@ -10,9 +10,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::faults::{FaultProxy, Mode};
+use crate::helpers::small_job;
 use crate::helpers::{TestApp, TestResult, spawn_app_with};
 use crate::objects::{BUCKET, PREFIX, S3, output_files, restart_in, states_after};
-use crate::pipeline::{completed, small_job};
+use crate::pipeline::{completed, shaped};
 
 /// The longest the job may take to reach the store's fault.
 const BOUND: Duration = Duration::from_secs(180);
@@ -62,7 +63,8 @@ async fn a_video_the_store_cannot_take_waits_with_a_warning_and_is_stored_once_t
     let s3 = S3::start().await?;
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], s3.port()))).await?;
     let app = spawn_through(&s3, &proxy).await?;
-    let id = app.create(&small_job("Stored once the store is back", "Square1x1", "mp4", "h264")).await?;
+    let id =
+        app.create(&shaped(small_job("Stored once the store is back"), "Square1x1", "mp4", "h264")).await?;
     // The store goes away while the job renders (after every earlier stage stored its artifacts).
     let render = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
@@ -98,7 +100,8 @@ async fn a_stage_whose_artifacts_the_store_cannot_take_waits_with_a_warning_befo
     let app = spawn_through(&s3, &proxy).await?;
     // The store is away before the first stage ends.
     proxy.set(Mode::Refuse);
-    let id = app.create(&small_job("Artifacts wait for the store", "Square1x1", "mp4", "h264")).await?;
+    let id =
+        app.create(&shaped(small_job("Artifacts wait for the store"), "Square1x1", "mp4", "h264")).await?;
 
     waiting_for_storage(&app, id).await?;
     let warning = warnings(&app, id, "waiting-for-storage").await?.remove(0);
@@ -140,7 +143,7 @@ async fn a_new_attempt_that_cannot_reach_the_stored_stages_redoes_them_and_compl
         cfg.ffmpeg = slow.clone();
     };
     let mut app = crate::helpers::spawn_app_in(tempfile::tempdir()?, settings).await?;
-    let id = app.create(&small_job("Stages out of reach", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Stages out of reach"), "Square1x1", "mp4", "h264")).await?;
     let visuals = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started"
     };

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, create, job, lease_holder, slow_ffmpeg};
 use crate::faults::{FaultProxy, Mode, Seen, check_exactly_once, follow_all, is_pg_writer};
-use crate::helpers::{SseStream, TestResult};
+use crate::helpers::{SseStream, TestResult, eventually, holds};
 use crate::postgres::{OwnCluster, database};
 
 /// The longest any one wait here may take.
@@ -56,19 +56,15 @@ impl Subscriber {
 
 /// Waits (until `deadline`) for job `id` to end; its status. `node`'s log explains a timeout.
 async fn ended(base: &str, id: &str, deadline: Instant, node: &Node) -> TestResult<String> {
-    loop {
-        let status = match job(base, id).await {
-            Ok(job) => job["status"].as_str().unwrap_or_default().to_owned(),
-            Err(_) => String::new(),
-        };
-        if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the job is still {status}; the node's log: {}", node.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(deadline.saturating_duration_since(Instant::now()), || async {
+        let status = job(base, id).await?["status"].as_str().unwrap_or_default().to_owned();
+        holds(matches!(status.as_str(), "Completed" | "Failed" | "Cancelled"), || {
+            format!("the job is {status}")
+        })?;
+        Ok(status)
+    })
+    .await
+    .map_err(|e| format!("{e}; the node's log: {}", node.log()).into())
 }
 
 /// The table once a job ended `status`: it must have completed, and nobody asked for a cancel.
@@ -104,20 +100,16 @@ async fn end_all(base: &str, jobs: &[String]) -> TestResult {
     for id in jobs {
         client.post(format!("{base}/api/jobs/{id}/cancel")).send().await?;
     }
-    let deadline = Instant::now() + BOUND;
-    for id in jobs {
-        loop {
+    eventually(BOUND, || async {
+        for id in jobs {
             let status = job(base, id).await?["status"].as_str().unwrap_or_default().to_owned();
-            if matches!(status.as_str(), "Completed" | "Failed" | "Cancelled") {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("job {id} is still {status}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            holds(matches!(status.as_str(), "Completed" | "Failed" | "Cancelled"), || {
+                format!("job {id} is {status}")
+            })?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// A worker node's reads of the shared log fail every 50 ms while its own writer commits and
@@ -187,10 +179,11 @@ async fn postgres_frozen_for_ten_seconds_mid_render_loses_nothing_and_invents_no
     let id = create(&api.base, "rendered across a frozen database", 6).await?;
     // Frozen once the job runs.
     let deadline = Instant::now() + BOUND;
-    while job(&api.base, &id).await?["status"] != "Running" {
-        assert!(Instant::now() < deadline, "the job never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(BOUND, || async {
+        let status = job(&api.base, &id).await?["status"].clone();
+        holds(status == "Running", || format!("the job is {status}"))
+    })
+    .await?;
     cluster.signal("STOP")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     cluster.signal("CONT")?;
@@ -285,10 +278,11 @@ async fn a_worker_that_loses_the_database_mid_render_waits_for_it_instead_of_fai
     let id = create(&api.base, "rendered across a lost database", 8).await?;
 
     let deadline = Instant::now() + BOUND;
-    while job(&api.base, &id).await?["stage"] != "Visuals" {
-        assert!(Instant::now() < deadline, "the job never reached Visuals");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(BOUND, || async {
+        let stage = job(&api.base, &id).await?["stage"].clone();
+        holds(stage == "Visuals", || format!("the job is at {stage}"))
+    })
+    .await?;
     proxy.set(Mode::Refuse);
     proxy.cut_all();
     tokio::time::sleep(Duration::from_secs(12)).await;

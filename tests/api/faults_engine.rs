@@ -18,35 +18,30 @@ use serde_json::Value;
 use sqlx::Connection;
 
 use crate::cluster::{BOUND, LEASE_SECS, Node, count_of, create, job, processes_naming, slow_ffmpeg};
-use crate::helpers::TestResult;
+use crate::helpers::{TestResult, eventually, holds};
 use crate::postgres::database;
 
 /// Waits until the job's ffmpeg runs on `node`; returns what names its processes there.
 async fn ffmpeg_running(node: &Node, id: &str) -> TestResult<String> {
     let needle = node.dir.join("data").join("jobs").join(id).to_string_lossy().into_owned();
-    let deadline = Instant::now() + BOUND;
-    while processes_naming(&needle).is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!("ffmpeg never ran for {id}; the node's log: {}", node.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(BOUND, || async {
+        holds(!processes_naming(&needle).is_empty(), || format!("no ffmpeg runs for {id}"))
+    })
+    .await
+    .map_err(|e| format!("{e}; the node's log: {}", node.log()))?;
     Ok(needle)
 }
 
 /// Waits up to `bound` for the job to end; returns its snapshot.
 async fn ended(node: &Node, id: &str, bound: Duration) -> TestResult<Value> {
-    let deadline = Instant::now() + bound;
-    loop {
+    eventually(bound, || async {
         let snapshot = job(&node.base, id).await?;
-        if matches!(snapshot["status"].as_str(), Some("Completed" | "Failed" | "Cancelled")) {
-            return Ok(snapshot);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{id} did not end within {bound:?}: {snapshot}; log: {}", node.log()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let ended = matches!(snapshot["status"].as_str(), Some("Completed" | "Failed" | "Cancelled"));
+        holds(ended, || format!("{id} has not ended: {snapshot}"))?;
+        Ok(snapshot)
+    })
+    .await
+    .map_err(|e| format!("{e}; log: {}", node.log()).into())
 }
 
 /// The job's history, oldest first.
@@ -101,15 +96,11 @@ async fn a_cancel_the_workers_ring_lost_in_a_burst_of_creations_still_ends_the_j
     }
 
     // The worker stops the job's ffmpeg within 3 s of the cancel's answer.
-    while !processes_naming(&needle).is_empty() {
-        assert!(
-            sent.elapsed() < Duration::from_secs(3),
-            "ffmpeg still runs {:?} after the cancel; worker log: {}",
-            sent.elapsed(),
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(3).saturating_sub(sent.elapsed()), || async {
+        holds(processes_naming(&needle).is_empty(), || "ffmpeg still runs after the cancel".into())
+    })
+    .await
+    .map_err(|e| format!("{e}; worker log: {}", worker.log()))?;
     let snapshot = ended(&api, &id, Duration::from_secs(60)).await?;
     assert_eq!(snapshot["status"], "Cancelled", "{snapshot}; worker log: {}", worker.log());
     assert_eq!(count_of(&db, &id, "job-completed").await?, 0, "a Cancelling job never completes");

@@ -23,6 +23,57 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 /// Upper bound for any wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits for a condition, not a time: runs `check` until it returns `Ok`, and returns that
+/// value; a check that fails (with [`holds`] or any error, `?` included) is tried again, soon
+/// at first and then every 100 ms. A check that began before `bound` passed may finish (the
+/// answer that makes the condition true can be a slow one, as a lookup against a database that
+/// is away), but one that hangs is cut off after [`WAIT`]. Once `bound` has passed, fails with
+/// the caller's file and line and the last failure, so a test that times out says what it last
+/// saw.
+#[track_caller]
+pub fn eventually<T, F, Fut>(bound: Duration, mut check: F) -> impl Future<Output = TestResult<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = TestResult<T>>,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut pause = Duration::from_millis(5);
+        let mut last = String::from("no check ended");
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left.max(WAIT), check()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("a check did not answer; the one before saw: {last}"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{caller}: still not so after {bound:?}: {last}").into());
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// In a check of [`eventually`]: `Ok` when `condition` holds, else a failure saying what the
+/// check saw.
+pub fn holds(condition: bool, saw: impl FnOnce() -> String) -> TestResult {
+    if condition { Ok(()) } else { Err(saw().into()) }
+}
+
+/// A small, fast job: 480p at 10 fps, 3 s, the fastest encoder settings, MP4/H.264.
+pub fn small_job(topic: &str) -> Value {
+    serde_json::json!({
+        "brief": {"topic": topic, "audience": "Testers", "aspect": "Widescreen16x9"},
+        "planSpec": {"targetDuration": "00:00:03", "pacing": "Fast"},
+        "voiceSpec": {"voiceName": "David"},
+        "renderSpec": {"res": "480p", "container": "mp4", "codec": "h264", "fps": 10,
+                       "videoBitrateK": 400, "audioBitrateK": 64, "qualityLevel": "Draft"}
+    })
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,

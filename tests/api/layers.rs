@@ -310,3 +310,83 @@ fn no_code_outside_the_store_and_config_names_a_database() -> TestResult {
     assert_eq!(mentions(sample), ["1: postgres", "1: PgLog", "2: pg_notify", "4: SqliteLog"]);
     Ok(())
 }
+
+/// Every `std::sync` lock in `src/` is taken through `sync` (its one policy for poison), and
+/// `clippy.toml` still forbids the direct calls. Clippy's `disallowed-methods` is the precise
+/// guard (it knows types); running it from a test would mean a second build of the crate, so
+/// this reads the text instead: in a file that names std's `Mutex` (or `RwLock`), any `.lock()`
+/// (or `.read()`/`.write()`) that is not awaited (tokio's are) is a direct call.
+#[test]
+fn every_std_lock_goes_through_sync() -> TestResult {
+    const FORBIDDEN: [&str; 3] =
+        ["std::sync::Mutex::lock", "std::sync::RwLock::read", "std::sync::RwLock::write"];
+    /// Whether `text` names std's `kind`: `use std::sync::{.., kind, ..}` or `std::sync::kind`.
+    fn names_std(text: &str, kind: &str) -> bool {
+        let is_kind = |s: &str| s.trim().trim_start_matches("self::") == kind;
+        text.contains(&format!("std::sync::{kind}"))
+            || text.match_indices("use std::sync::{").any(|(i, m)| {
+                let group = &text[i + m.len()..];
+                group[..group.find('}').unwrap_or(group.len())].split(',').any(is_kind)
+            })
+    }
+    /// The lines of `text` (comments left out) that call one of `methods` without `.await`.
+    fn direct_calls(text: &str, methods: &[&str]) -> Vec<String> {
+        let code: String = text
+            .lines()
+            .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut found = Vec::new();
+        for method in methods {
+            for (i, m) in code.match_indices(method) {
+                if !code[i + m.len()..].trim_start().starts_with(".await") {
+                    let line = code[..i].matches('\n').count() + 1;
+                    found.push(format!("{line}: {}", code.lines().nth(line - 1).unwrap_or("").trim()));
+                }
+            }
+        }
+        found
+    }
+    fn offences(text: &str) -> Vec<String> {
+        let mut methods = Vec::new();
+        if names_std(text, "Mutex") {
+            methods.push(".lock()");
+        }
+        if names_std(text, "RwLock") {
+            methods.extend([".read()", ".write()"]);
+        }
+        direct_calls(text, &methods)
+    }
+
+    // The check sees a direct call, and leaves tokio's awaited locks and `sync`'s calls alone.
+    let sample = "use std::sync::{Arc, Mutex};\nlet a = m.lock().unwrap();\nlet b = t.lock()\n    .await;\n// m.lock()\nlet c = sync::lock(&m, \"m\")?;";
+    assert_eq!(offences(sample), ["2: let a = m.lock().unwrap();"]);
+    assert_eq!(offences("use std::sync::RwLock;\nlet r = rw.read();"), ["2: let r = rw.read();"]);
+    assert!(offences("use tokio::sync::Mutex;\nlet g = m.lock().await;").is_empty());
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files)?;
+    assert!(files.len() > 20, "the walk found the tree");
+    let mut problems = Vec::new();
+    for file in files {
+        if file.ends_with("src/sync.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file)?;
+        for offence in offences(&text) {
+            problems.push(format!("{}:{offence}", file.strip_prefix(root)?.display()));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "std locks taken outside src/sync.rs (use sync::lock):\n{}",
+        problems.join("\n")
+    );
+
+    let clippy = std::fs::read_to_string(root.join("clippy.toml"))?;
+    for path in FORBIDDEN {
+        assert!(clippy.contains(&format!("path = \"{path}\"")), "clippy.toml no longer forbids {path}");
+    }
+    Ok(())
+}

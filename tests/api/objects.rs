@@ -18,8 +18,9 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::cli::AURA;
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_in, spawn_app_with};
-use crate::pipeline::{completed, small_job};
+use crate::helpers::small_job;
+use crate::helpers::{TestApp, TestResult, WAIT, eventually, holds, spawn_app_in, spawn_app_with};
+use crate::pipeline::{completed, shaped};
 
 const ACCESS_KEY: &str = "aura-test-access";
 const SECRET_KEY: &str = "aura-test-secret-key";
@@ -133,14 +134,11 @@ impl S3 {
     /// Waits (bounded) until the bucket holds no stage artifact: a worker deletes them just
     /// after it records the job's end. Returns those still there at the deadline.
     pub(crate) async fn stage_files_after_cleanup(&self) -> Vec<PathBuf> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let gone = eventually(WAIT, || async {
             let left = self.stage_files();
-            if left.is_empty() || tokio::time::Instant::now() > deadline {
-                return left;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            holds(left.is_empty(), || format!("{left:?} are still there"))
+        });
+        if gone.await.is_ok() { Vec::new() } else { self.stage_files() }
     }
 
     /// Where `s3s-fs` keeps a job's video for `attempt`.
@@ -201,7 +199,7 @@ async fn a_video_stored_in_s3_is_kept_per_attempt_leaves_no_local_copy_and_is_se
 {
     let s3 = S3::start().await?;
     let app = spawn_on(&s3, |_| {}).await?;
-    let id = app.create(&small_job("Stored in a bucket", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Stored in a bucket"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&app, id).await?;
     let size = job["output"]["sizeBytes"].as_u64().context("sizeBytes")?;
     assert_eq!(job["output"]["videoPath"], format!("jobs/{id}/output.mp4"), "videoPath as API.md has it");
@@ -260,7 +258,7 @@ async fn a_video_in_s3_downloads_by_range_from_a_node_that_did_not_render_it() -
         cfg.workers = Some(0);
     })
     .await?;
-    let id = api.create(&small_job("Rendered elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let id = api.create(&shaped(small_job("Rendered elsewhere"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&api, id).await?;
     let stored = std::fs::read(s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4"))?;
     for node in [&api, &worker] {
@@ -283,18 +281,14 @@ async fn output_retention_deletes_a_video_from_the_bucket() -> TestResult {
     let app =
         spawn_on(&s3, |cfg| cfg.output_retention = aura::config::Retention(Some(Duration::from_secs(1))))
             .await?;
-    let id = app.create(&small_job("Kept a second", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Kept a second"), "Square1x1", "mp4", "h264")).await?;
     let job = completed(&app, id).await?;
     let video = s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let status = app.output(id, None).await?.status();
-        if status == 410 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still served ({status}) after the retention");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(status == 410, || format!("still served ({status}) after the retention"))
+    })
+    .await?;
     assert!(!video.exists(), "the object outlived its retention");
     app.stop().await
 }
@@ -361,7 +355,7 @@ async fn a_new_attempt_without_local_files_takes_verified_stages_from_the_bucket
         cfg.ffmpeg = slow.clone();
     };
     let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
-    let id = app.create(&small_job("Continued elsewhere", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Continued elsewhere"), "Square1x1", "mp4", "h264")).await?;
     let visuals = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Visuals" && e.data["state"] == "Started"
     };
@@ -448,7 +442,7 @@ async fn a_stored_manifest_whose_output_names_a_file_outside_the_job_folder_is_r
         cfg.ffmpeg = slow.clone();
     };
     let mut app = spawn_app_in(tempfile::tempdir()?, settings).await?;
-    let id = app.create(&small_job("Tampered timeline", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Tampered timeline"), "Square1x1", "mp4", "h264")).await?;
     let render = |e: &crate::helpers::Sse| {
         e.kind == "step-status" && e.data["step"] == "Render" && e.data["state"] == "Started"
     };

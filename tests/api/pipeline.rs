@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Sse, TestApp, TestResult, spawn_app_in, spawn_app_with};
+use crate::helpers::{Sse, TestApp, TestResult, small_job, spawn_app_in, spawn_app_with};
 
 /// A rendering job at test size should be done well within this, even on a busy 2-core box.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -22,11 +22,6 @@ macro_rules! ensure {
             return Err(format!($($msg)+).into());
         }
     };
-}
-
-/// The app with one render worker.
-async fn spawn_app() -> TestResult<TestApp> {
-    spawn_renderer(|_| {}).await
 }
 
 /// The app with one render worker and settings of the test's own.
@@ -45,15 +40,12 @@ pub async fn completed(app: &TestApp, id: Uuid) -> TestResult<Value> {
     Ok(job)
 }
 
-/// A small, fast job: 480p at 10 fps, 3 s, the fastest encoder settings.
-pub fn small_job(topic: &str, aspect: &str, container: &str, codec: &str) -> Value {
-    json!({
-        "brief": {"topic": topic, "audience": "Testers", "aspect": aspect},
-        "planSpec": {"targetDuration": "00:00:03", "pacing": "Fast"},
-        "voiceSpec": {"voiceName": "David"},
-        "renderSpec": {"res": "480p", "container": container, "codec": codec, "fps": 10,
-                       "videoBitrateK": 400, "audioBitrateK": 64, "qualityLevel": "Draft"}
-    })
+/// [`small_job`] in another shape and format.
+pub fn shaped(mut job: Value, aspect: &str, container: &str, codec: &str) -> Value {
+    job["brief"]["aspect"] = json!(aspect);
+    job["renderSpec"]["container"] = json!(container);
+    job["renderSpec"]["codec"] = json!(codec);
+    job
 }
 
 /// What ffprobe says about a file.
@@ -146,7 +138,7 @@ fn check_history(history: &[Value]) -> TestResult {
 }
 
 async fn renders(body: Value, expect: Expect) -> TestResult {
-    let app = spawn_app().await?;
+    let app = spawn_renderer(|_| {}).await?;
     let id = app.create(&body).await?;
     let job = completed(&app, id).await?;
     let output = &job["output"];
@@ -183,46 +175,46 @@ async fn renders(body: Value, expect: Expect) -> TestResult {
 
 #[tokio::test]
 async fn a_widescreen_mp4_h264_job_renders_with_the_requested_format() -> TestResult {
-    let body = small_job("Widescreen test", "Widescreen16x9", "mp4", "h264");
+    let body = shaped(small_job("Widescreen test"), "Widescreen16x9", "mp4", "h264");
     renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (854, 480), ext: "mp4" }).await
 }
 
 #[tokio::test]
 async fn a_vertical_mp4_h264_job_renders_with_the_requested_format() -> TestResult {
-    let body = small_job("Vertical test", "Vertical9x16", "mp4", "h264");
+    let body = shaped(small_job("Vertical test"), "Vertical9x16", "mp4", "h264");
     renders(body, Expect { codec: "h264", tag: None, audio: "aac", size: (480, 854), ext: "mp4" }).await
 }
 
 #[tokio::test]
 async fn a_square_mkv_hevc_job_renders_with_the_requested_format() -> TestResult {
-    let body = small_job("Square test", "Square1x1", "mkv", "hevc");
+    let body = shaped(small_job("Square test"), "Square1x1", "mkv", "hevc");
     renders(body, Expect { codec: "hevc", tag: None, audio: "aac", size: (480, 480), ext: "mkv" }).await
 }
 
 #[tokio::test]
 async fn a_webm_vp9_job_renders_with_the_requested_format() -> TestResult {
-    let body = small_job("WebM test", "Widescreen16x9", "webm", "vp9");
+    let body = shaped(small_job("WebM test"), "Widescreen16x9", "webm", "vp9");
     renders(body, Expect { codec: "vp9", tag: None, audio: "opus", size: (854, 480), ext: "webm" }).await
 }
 
 #[tokio::test]
 async fn an_mp4_hevc_job_renders_tagged_hvc1() -> TestResult {
-    let body = small_job("HEVC test", "Widescreen16x9", "mp4", "hevc");
+    let body = shaped(small_job("HEVC test"), "Widescreen16x9", "mp4", "hevc");
     renders(body, Expect { codec: "hevc", tag: Some("hvc1"), audio: "aac", size: (854, 480), ext: "mp4" })
         .await
 }
 
 #[tokio::test]
 async fn a_webm_av1_job_renders_with_the_requested_format() -> TestResult {
-    let body = small_job("AV1 test", "Vertical9x16", "webm", "av1");
+    let body = shaped(small_job("AV1 test"), "Vertical9x16", "webm", "av1");
     renders(body, Expect { codec: "av1", tag: None, audio: "opus", size: (480, 854), ext: "webm" }).await
 }
 
 #[tokio::test]
 async fn a_topic_full_of_quotes_percent_backslashes_shell_and_emoji_renders() -> TestResult {
-    let app = spawn_app().await?;
+    let app = spawn_renderer(|_| {}).await?;
     let mut body =
-        small_job("It's 100% \"quoted\": a\\b; $(rm -rf ~) 👋 שלום", "Widescreen16x9", "mp4", "h264");
+        shaped(small_job("It's 100% \"quoted\": a\\b; $(rm -rf ~) 👋 שלום"), "Widescreen16x9", "mp4", "h264");
     // Two scenes, and a voice flite does not have.
     body["planSpec"]["targetDuration"] = json!("00:00:08");
     body["voiceSpec"]["voiceName"] = json!("Klingon Commander");
@@ -261,7 +253,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 /// until its Visuals stage has started and one of its ffmpeg processes is visible. Returns the
 /// job id and the job folder's path, which every ffmpeg of the job has on its command line.
 async fn start_a_long_job_and_wait_for_visuals(app: &TestApp) -> TestResult<(Uuid, String)> {
-    let mut body = small_job("A long job", "Widescreen16x9", "mp4", "h264");
+    let mut body = shaped(small_job("A long job"), "Widescreen16x9", "mp4", "h264");
     body["planSpec"]["targetDuration"] = json!("00:01:00");
     body["renderSpec"]["res"] = json!("1080p");
     body["renderSpec"]["fps"] = json!(30);
@@ -287,7 +279,7 @@ async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> 
     if crate::helpers::sqlite_only("recovery at the start of the one process that holds the data folder") {
         return Ok(());
     }
-    let app = spawn_app().await?;
+    let app = spawn_renderer(|_| {}).await?;
     let (id, needle) = start_a_long_job_and_wait_for_visuals(&app).await?;
     let mut app = app;
     let data_dir = app.keep_dir()?;
@@ -318,9 +310,9 @@ async fn shutting_down_kills_the_running_ffmpeg_and_leaves_the_job_running() -> 
 
 #[tokio::test]
 async fn cancelling_during_visuals_kills_ffmpeg_removes_files_and_ends_within_three_seconds() -> TestResult {
-    let app = spawn_app().await?;
+    let app = spawn_renderer(|_| {}).await?;
     // Long and large enough that Visuals is still running when the cancel arrives.
-    let mut body = small_job("Cancel me", "Widescreen16x9", "mp4", "h264");
+    let mut body = shaped(small_job("Cancel me"), "Widescreen16x9", "mp4", "h264");
     body["planSpec"]["targetDuration"] = json!("00:01:00");
     body["renderSpec"]["res"] = json!("1080p");
     body["renderSpec"]["fps"] = json!(30);
@@ -370,7 +362,7 @@ async fn a_failing_ffmpeg_fails_the_job_without_leaking_paths() -> TestResult {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let fake_for_cfg = fake.clone();
     let app = spawn_renderer(move |cfg| cfg.ffmpeg = fake_for_cfg).await?;
-    let id = app.create(&small_job("Broken", "Widescreen16x9", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Broken"), "Widescreen16x9", "mp4", "h264")).await?;
     let job = app.finished(id, JOB_TIMEOUT).await?;
     assert_eq!(job["status"], "Failed");
     let history = app.history(id).await?;
@@ -396,7 +388,7 @@ async fn a_missing_ffmpeg_makes_health_503_and_jobs_fail_ffmpeg_missing() -> Tes
     let app = spawn_renderer(|cfg| cfg.ffmpeg = PathBuf::from("/nonexistent/aura-test/ffmpeg")).await?;
     let health = app.client.get(app.url("/api/health")).send().await?;
     assert_eq!(health.status(), 503);
-    let id = app.create(&small_job("No ffmpeg", "Widescreen16x9", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("No ffmpeg"), "Widescreen16x9", "mp4", "h264")).await?;
     let job = app.finished(id, JOB_TIMEOUT).await?;
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["error"]["code"], "ffmpeg-missing");
@@ -407,14 +399,14 @@ async fn a_missing_ffmpeg_makes_health_503_and_jobs_fail_ffmpeg_missing() -> Tes
 
 #[tokio::test]
 async fn the_output_is_served_whole_and_by_range() -> TestResult {
-    let app = spawn_app().await?;
+    let app = spawn_renderer(|_| {}).await?;
     let bad = app.client.get(app.url("/api/jobs/not-a-uuid/output")).send().await?;
     assert_eq!(bad.status(), 400);
     let unknown = app.output(Uuid::new_v4(), None).await?;
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.headers()["content-type"], "application/problem+json");
 
-    let id = app.create(&small_job("Range test", "Square1x1", "mp4", "h264")).await?;
+    let id = app.create(&shaped(small_job("Range test"), "Square1x1", "mp4", "h264")).await?;
     let early = app.output(id, None).await?;
     assert_eq!(early.status(), 404, "served before completion");
     assert_eq!(early.headers()["content-type"], "application/problem+json");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cli::{ServerProcess, free_port};
-use crate::helpers::{SseStream, TestResult, WAIT};
+use crate::helpers::{SseStream, TestResult, WAIT, eventually, holds};
 
 /// An ffmpeg that waits `secs` before doing its work, so a test can act mid-stage; with
 /// `ignore_term` it also shrugs off SIGTERM (as a stuck encoder would).
@@ -315,15 +315,12 @@ async fn a_restart_kills_the_ffmpeg_it_left_behind_but_not_an_unrelated_process_
     .await?;
     let job_dir = std::fs::canonicalize(&data)?.join("jobs").join(&id);
     // The server's children for the job: wait (bounded) until its ffmpeg runs.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let left_behind = loop {
+    let left_behind = eventually(WAIT, || async {
         let found = job_processes(&job_dir);
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no ffmpeg started for the job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        holds(!found.is_empty(), || "no ffmpeg started for the job".into())?;
+        Ok(found)
+    })
+    .await?;
     // An operator's process working in the job folder, in a process group of its own.
     let mut unrelated = tokio::process::Command::new("sleep")
         .arg("60")
@@ -337,11 +334,12 @@ async fn a_restart_kills_the_ffmpeg_it_left_behind_but_not_an_unrelated_process_
     // The restart's recovery runs before it answers its first request.
     let server = start(&data, port, &ffmpeg, &[]).await?;
     assert!(unrelated.try_wait()?.is_none(), "the unrelated process was killed");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while left_behind.iter().any(|pid| alive(*pid)) {
-        assert!(tokio::time::Instant::now() < deadline, "the ffmpeg left behind survived the restart");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, || async {
+        holds(!left_behind.iter().any(|pid| alive(*pid)), || {
+            "the ffmpeg left behind survived the restart".into()
+        })
+    })
+    .await?;
     assert!(!left_behind.contains(&unrelated_pid));
     unrelated.start_kill()?;
     unrelated.wait().await?;

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::cli::AURA;
-use crate::helpers::{SseStream, TestApp, TestResult, Tokens, WAIT, on_postgres, spawn_app_with};
+use crate::helpers::{
+    SseStream, TestApp, TestResult, Tokens, WAIT, eventually, holds, on_postgres, spawn_app_with,
+};
 
 /// An app with tokens for `alice`, `bob` (users) and `root` (admin).
 struct Secured {
@@ -84,15 +86,15 @@ fn assert_unauthorized(res: &Response, what: &str) {
 /// A revoked credential is refused: at once with the tokens file; with the tokens in PostgreSQL
 /// within the second a node trusts what it read (API.md), so there this waits up to 3 s.
 async fn assert_refused_soon(send: impl Fn() -> RequestBuilder, what: &str) -> TestResult {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
+    let bound = if on_postgres() { Duration::from_secs(3) } else { Duration::ZERO };
+    let res = eventually(bound, || async {
         let res = send().send().await?;
-        if res.status() == 401 || !on_postgres() || std::time::Instant::now() > deadline {
-            assert_unauthorized(&res, what);
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(res.status() == 401, || format!("{what}: answered {}", res.status()))?;
+        Ok(res)
+    })
+    .await?;
+    assert_unauthorized(&res, what);
+    Ok(())
 }
 
 /// The session cookie's `name=value` from a `Set-Cookie` answer.
@@ -446,13 +448,9 @@ async fn the_21st_stream_of_one_owner_is_429_while_another_owner_still_connects(
     assert_eq!(s.stream("/api/events", &s.bob).await?.status, 200, "bob still connects");
     // A closed stream frees its slot.
     open.pop();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if s.stream("/api/events", &s.alice).await.is_ok_and(|r| r.status == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(WAIT, || async {
+        let status = s.stream("/api/events", &s.alice).await?.status;
+        holds(status == 200, || format!("a stream answered {status}"))
     })
     .await?;
     Ok(())

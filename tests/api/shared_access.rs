@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use tokio::process::Command;
 
 use crate::cli::AURA;
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, eventually, holds, spawn_app_with};
 use crate::postgres::{OwnCluster, database};
 
 /// How long a change made on one node may take to show on another (API.md: at once for a new
@@ -89,13 +89,14 @@ fn who(result: Result<Caller, AppError>) -> Result<(String, Role), StatusCode> {
 /// Waits until `node` refuses `headers` with `401`, at most [`PROPAGATION`]; how long it took.
 async fn until_refused(node: &Auth, headers: &HeaderMap) -> TestResult<Duration> {
     let start = Instant::now();
-    loop {
+    eventually(PROPAGATION, || async {
         match who(node.authenticate(headers, None).await) {
-            Err(StatusCode::UNAUTHORIZED) => return Ok(start.elapsed()),
-            Ok(_) if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => return Err(format!("still {other:?} after {:?}", start.elapsed()).into()),
+            Err(StatusCode::UNAUTHORIZED) => Ok(start.elapsed()),
+            Ok(caller) => Err(format!("still let in as {caller:?}").into()),
+            other => panic!("neither let in nor refused: {other:?} after {:?}", start.elapsed()),
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -184,13 +185,14 @@ async fn a_browser_signed_in_on_one_server_is_signed_in_on_another_and_signing_o
     assert_eq!(res.status(), 204);
     assert_eq!(jobs(&b).send().await?.status(), 401);
     let start = Instant::now();
-    loop {
+    eventually(PROPAGATION, || async {
         match jobs(&a).send().await?.status().as_u16() {
-            401 => break,
-            200 if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => return Err(format!("server A still answers {other} after {:?}", start.elapsed()).into()),
+            401 => Ok(()),
+            200 => Err("server A still answers 200".into()),
+            other => panic!("server A answers {other} after {:?}", start.elapsed()),
         }
-    }
+    })
+    .await?;
     assert!(start.elapsed() <= Duration::from_millis(1500), "server A took {:?}", start.elapsed());
 
     // A session started through one node's `Auth` and ended through another's, the same way.
@@ -257,15 +259,14 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
     // Once what this node knew is older than a second, nobody gets in: not the token, not the
     // session, not an unknown token, and not a caller without credentials (no open mode).
     let start = Instant::now();
-    loop {
+    eventually(PROPAGATION, || async {
         match who(a.authenticate(&bearer(&alice)?, None).await) {
-            Err(StatusCode::SERVICE_UNAVAILABLE) => break,
-            Ok(_) if start.elapsed() < PROPAGATION => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => {
-                return Err(format!("with the database gone: {other:?} after {:?}", start.elapsed()).into());
-            }
+            Err(StatusCode::SERVICE_UNAVAILABLE) => Ok(()),
+            Ok(caller) => Err(format!("with the database gone, still let in as {caller:?}").into()),
+            other => panic!("with the database gone: {other:?} after {:?}", start.elapsed()),
         }
-    }
+    })
+    .await?;
     for headers in [bearer(&alice)?, cookie(&id)?, bearer("aura_made_up")?, HeaderMap::new()] {
         let answer = who(a.authenticate(&headers, None).await);
         assert!(
@@ -278,11 +279,11 @@ async fn with_the_database_gone_every_caller_is_refused_none_let_in() -> TestRes
 
     // Back again: the same node lets the token in without a restart.
     cluster.resume()?;
-    let start = Instant::now();
-    while who(a.authenticate(&bearer(&alice)?, None).await).is_err() {
-        assert!(start.elapsed() < WAIT, "the token never worked again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, || async {
+        let answer = who(a.authenticate(&bearer(&alice)?, None).await);
+        holds(answer.is_ok(), || format!("the token does not work again: {answer:?}"))
+    })
+    .await?;
     Ok(())
 }
 

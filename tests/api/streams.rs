@@ -6,7 +6,7 @@ use aura::domain::job::Stage;
 use aura::engine::lifecycle::{self, JobHandle};
 use uuid::Uuid;
 
-use crate::helpers::{SseItem, TestApp, TestResult, WAIT, spawn_app, spawn_app_with};
+use crate::helpers::{SseItem, TestApp, TestResult, WAIT, eventually, holds, spawn_app, spawn_app_with};
 
 /// A finished job with exactly 50 events, all appended through the real append path.
 async fn job_with_50_events(app: &TestApp) -> TestResult<(Uuid, Vec<i64>)> {
@@ -194,13 +194,9 @@ async fn past_the_global_stream_cap_new_streams_get_503_before_any_byte() -> Tes
     assert!(matches!(two.next().await?, Some(SseItem::Retry(_))));
     drop(one);
     // The slot frees once the server notices the closed connection.
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if app.stream("/api/events", &[]).await.map(|s| s.status).ok() == Some(200) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(WAIT, || async {
+        let status = app.stream("/api/events", &[]).await?.status;
+        holds(status == 200, || format!("a new stream answered {status}"))
     })
     .await?;
     Ok(())

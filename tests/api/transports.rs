@@ -14,17 +14,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
 use crate::cli::{ServerProcess, free_port};
-use crate::helpers::{SseStream, TestApp, TestResult, WAIT, spawn_app_with};
-
-/// A job that renders in a few seconds and reports progress on the way.
-fn small_job(topic: &str) -> Value {
-    json!({
-        "brief": {"topic": topic, "audience": "Testers"},
-        "planSpec": {"targetDuration": "00:00:04", "pacing": "Fast"},
-        "renderSpec": {"res": "480p", "container": "mp4", "codec": "h264", "fps": 10,
-                       "videoBitrateK": 400, "audioBitrateK": 64, "qualityLevel": "Draft"}
-    })
-}
+use crate::helpers::{SseStream, TestApp, TestResult, WAIT, small_job, spawn_app_with};
 
 /// An app with one render worker and no heartbeats during a test.
 async fn spawn_worker_app(compress: bool) -> TestResult<TestApp> {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::cli::{AURA, ServerProcess, free_port};
-use crate::helpers::{TestApp, TestResult, WAIT, spawn_app_with};
+use crate::helpers::{TestApp, TestResult, WAIT, eventually, holds, spawn_app_with};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy)]
@@ -210,16 +210,15 @@ async fn a_receiver_failing_three_times_then_gets_every_cancel_of_five_jobs_in_o
 
     // The log shows the three failed attempts with their code, then the success. An attempt is
     // logged after its answer arrives, so the last one may still be on its way.
-    let deadline = Instant::now() + WAIT;
-    let log = loop {
+    let log = eventually(WAIT, || async {
         let (status, log) = app.get_json(&format!("/api/webhooks/{webhook}/deliveries")).await?;
         assert_eq!(status, 200);
-        if log["deliveries"].as_array().is_some_and(|d| d.len() >= 8) {
-            break log;
-        }
-        assert!(Instant::now() < deadline, "the log never got 8 attempts: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        holds(log["deliveries"].as_array().is_some_and(|d| d.len() >= 8), || {
+            format!("not 8 attempts: {log}")
+        })?;
+        Ok(log)
+    })
+    .await?;
     let attempts: Vec<(i64, i64, Option<i64>, String)> = log["deliveries"]
         .as_array()
         .ok_or("no deliveries")?
@@ -399,17 +398,13 @@ async fn a_stored_endpoint_on_a_refused_address_gets_no_connection_and_its_attem
         .await?
         .ok_or("not registered")?;
     cancelled_job(&app, "refused").await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let d = eventually(WAIT, || async {
         let (_, log) = app.get_json(&format!("/api/webhooks/{}/deliveries", endpoint.id)).await?;
-        if let Some(d) = log["deliveries"].as_array().and_then(|d| d.last()) {
-            assert_eq!(d["error"], "blocked-address", "{d}");
-            assert_eq!(d["statusCode"], Value::Null);
-            break;
-        }
-        assert!(Instant::now() < deadline, "no attempt logged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(log["deliveries"].as_array().and_then(|d| d.last()).cloned().ok_or("no attempt logged")?)
+    })
+    .await?;
+    assert_eq!(d["error"], "blocked-address", "{d}");
+    assert_eq!(d["statusCode"], Value::Null);
     Ok(())
 }
 
@@ -430,22 +425,15 @@ async fn a_redirect_is_recorded_as_the_answer_and_never_followed() -> TestResult
     let app = app_allowing_private(|_| {}).await?;
     let (webhook, _) = register(&app, &url, &["job-cancelled"]).await?;
     cancelled_job(&app, "redirected").await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let log = eventually(WAIT, || async {
         let (_, log) = app.get_json(&format!("/api/webhooks/{webhook}/deliveries")).await?;
         let attempts = log["deliveries"].as_array().map_or(0, Vec::len);
-        if attempts >= 2 {
-            for d in log["deliveries"].as_array().into_iter().flatten() {
-                assert_eq!(
-                    (d["statusCode"].as_i64(), d["outcome"].as_str()),
-                    (Some(307), Some("retrying")),
-                    "{d}"
-                );
-            }
-            break;
-        }
-        assert!(Instant::now() < deadline, "fewer than two attempts logged: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        holds(attempts >= 2, || format!("fewer than two attempts logged: {log}"))?;
+        Ok(log)
+    })
+    .await?;
+    for d in log["deliveries"].as_array().into_iter().flatten() {
+        assert_eq!((d["statusCode"].as_i64(), d["outcome"].as_str()), (Some(307), Some("retrying")), "{d}");
     }
     assert!(target.got().is_empty(), "the redirect was followed");
     Ok(())
@@ -499,12 +487,7 @@ async fn deliveries_ignore_the_proxy_that_http_proxy_https_proxy_and_all_proxy_n
     let mut server = command.spawn()?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder().no_proxy().build()?;
-    tokio::time::timeout(WAIT, async {
-        while client.get(format!("{base}/api/health")).send().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    eventually(WAIT, || async { Ok(client.get(format!("{base}/api/health")).send().await?) }).await?;
     let res = client
         .post(format!("{base}/api/webhooks"))
         .json(&json!({"url": receiver.url, "events": ["job-status"]}))
@@ -560,11 +543,10 @@ async fn a_hanging_receiver_times_out_without_delaying_another_endpoint_or_a_liv
     register(&app, &fine.url, &["job-cancelled"]).await?;
     // With PostgreSQL a node that takes the delivery lock first waits out a previous holder's
     // attempts (timeout + margin); what is measured here starts once this node delivers.
-    let deadline = Instant::now() + WAIT;
-    while !app.state.webhooks().delivering() {
-        assert!(Instant::now() < deadline, "the node never started delivering");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, || async {
+        holds(app.state.webhooks().delivering(), || "the node does not deliver".into())
+    })
+    .await?;
     let mut stream = app.stream("/api/events", &[]).await?;
     let mut latencies = Vec::new();
     for n in 0..3 {
@@ -588,19 +570,15 @@ async fn a_hanging_receiver_times_out_without_delaying_another_endpoint_or_a_liv
     }
     // The hanging endpoint got its first event once and saw it time out.
     hanging.wait_until(WAIT, |got| !got.is_empty()).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let d = eventually(WAIT, || async {
         let (_, log) = app.get_json(&format!("/api/webhooks/{stuck}/deliveries")).await?;
-        if let Some(d) = log["deliveries"].as_array().and_then(|d| d.last()) {
-            assert_eq!(d["error"], "timeout", "{d}");
-            assert_eq!(d["statusCode"], Value::Null);
-            assert_eq!(d["outcome"], "retrying");
-            assert!(d["durationMs"].as_i64().unwrap_or(0) >= 1900, "{d}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no attempt logged");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(log["deliveries"].as_array().and_then(|d| d.last()).cloned().ok_or("no attempt logged")?)
+    })
+    .await?;
+    assert_eq!(d["error"], "timeout", "{d}");
+    assert_eq!(d["statusCode"], Value::Null);
+    assert_eq!(d["outcome"], "retrying");
+    assert!(d["durationMs"].as_i64().unwrap_or(0) >= 1900, "{d}");
     Ok(())
 }
 
@@ -645,34 +623,26 @@ async fn after_a_sigkill_an_unacknowledged_event_is_delivered_once_and_an_acknow
     let acked: TestResult<i64> = cancel("acked").await;
     let acked = acked?;
     receiver.wait_until(WAIT, |got| got.iter().any(|g| event_id(g) == acked)).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let list: Value = client.get(format!("{base}/api/webhooks")).send().await?.json().await?;
-        if list["webhooks"][0]["lastEventId"] == acked {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the position never reached {acked}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        holds(list["webhooks"][0]["lastEventId"] == acked, || format!("the position is not {acked}: {list}"))
+    })
+    .await?;
 
     // Not acknowledged: the receiver fails it until the server is killed.
     receiver.set_mode(Mode::Always(503));
     let pending: TestResult<i64> = cancel("pending").await;
     let pending = pending?;
     receiver.wait_until(WAIT, |got| got.iter().any(|g| event_id(g) == pending)).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let log: Value =
             client.get(format!("{base}/api/webhooks/{webhook}/deliveries")).send().await?.json().await?;
         let failed = log["deliveries"].as_array().is_some_and(|d| {
             d.iter().any(|d| d["eventId"] == pending && d["statusCode"] == 503 && d["outcome"] == "retrying")
         });
-        if failed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the 503 was never logged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        holds(failed, || format!("the 503 is not logged: {log}"))
+    })
+    .await?;
     server.kill().await?;
 
     receiver.set_mode(Mode::Always(200));
@@ -810,17 +780,13 @@ fn node(nodes: &[Option<TestApp>], i: usize) -> TestResult<&TestApp> {
 
 /// Waits until exactly one of `nodes` delivers; returns its index.
 async fn delivering_node(nodes: &[&TestApp]) -> TestResult<usize> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let delivering: Vec<usize> =
             (0..nodes.len()).filter(|&i| nodes[i].state.webhooks().delivering()).collect();
         assert!(delivering.len() <= 1, "nodes {delivering:?} deliver at once");
-        if let [one] = delivering[..] {
-            return Ok(one);
-        }
-        assert!(Instant::now() < deadline, "no node took the delivery lock within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if let [one] = delivering[..] { Ok(one) } else { Err("no node holds the delivery lock".into()) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,15 +839,14 @@ async fn with_postgresql_one_node_delivers_each_event_once_in_order_and_the_othe
 
     // The surviving node lists the endpoint at the last event, with one delivered attempt each.
     let app = node(&nodes, other)?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let (_, list) = app.get_json("/api/webhooks").await?;
-        if list["webhooks"][0]["lastEventId"] == json!(expected[expected.len() - 1]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stored position never reached the last event: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let last = json!(expected[expected.len() - 1]);
+        holds(list["webhooks"][0]["lastEventId"] == last, || {
+            format!("the stored position is not {last}: {list}")
+        })
+    })
+    .await?;
     let (status, log) = app.get_json(&format!("/api/webhooks/{webhook}/deliveries")).await?;
     assert_eq!(status, 200);
     let mut logged: Vec<i64> = log["deliveries"]
@@ -925,11 +890,12 @@ async fn with_postgresql_a_node_whose_lock_session_ends_stops_delivering_and_the
     .fetch_all(&mut admin)
     .await?;
     assert_eq!(ended, [true], "one session holds the delivery lock");
-    let deadline = Instant::now() + WAIT;
-    while nodes[delivering].state.webhooks().delivering() {
-        assert!(Instant::now() < deadline, "the node kept delivering without its lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, || async {
+        holds(!nodes[delivering].state.webhooks().delivering(), || {
+            "the node delivers without its lock".into()
+        })
+    })
+    .await?;
     for n in 0..3 {
         expected.push(cancelled_job(nodes[n % 2], &format!("after {n}")).await?.1);
     }

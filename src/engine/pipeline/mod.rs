@@ -37,6 +37,7 @@ use crate::domain::job::Stage;
 use crate::domain::spec::JobSpec;
 use crate::engine::lifecycle::JobHandle;
 use crate::engine::process::{Process, ProcessError};
+use crate::sync::lock;
 use progress::Reporter;
 use script::{Script, ScriptWriter, TemplateWriter};
 
@@ -224,7 +225,7 @@ impl Job {
         self.check_cancelled()?;
         self.handle.start_stage(step).await.context("storing a stage start")?.map_err(refused)?;
         self.reporter.enter(step);
-        if let Ok(mut started) = self.stage_started.lock() {
+        if let Ok(mut started) = lock(&self.stage_started, "stage start") {
             *started = Instant::now();
         }
         Ok(self.deadline())
@@ -245,7 +246,7 @@ impl Job {
     ) -> Result<(), StageError> {
         self.check_cancelled()?;
         artifacts::record(self, step, output, &files).await?;
-        if let Ok(started) = self.stage_started.lock() {
+        if let Ok(started) = lock(&self.stage_started, "stage start") {
             metrics::histogram!("aura_stage_seconds", "stage" => step.name())
                 .record(started.elapsed().as_secs_f64());
         }

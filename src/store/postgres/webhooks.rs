@@ -30,6 +30,7 @@ use crate::store::rows::EventRow;
 use crate::store::webhook_writes::{
     Attempt, EndpointRow, KEPT_ATTEMPTS, PRUNE_EVERY, Write, WriteRequest, Written, answer_all,
 };
+use crate::sync::lock;
 
 /// The advisory lock key of webhook delivery: "aurawhk1" in ASCII.
 const DELIVERY_LOCK: i64 = 0x6175_7261_7768_6b31;
@@ -183,7 +184,7 @@ impl Held {
         .await;
         match held {
             Ok(Ok(true)) => {
-                if let Ok(mut confirmed) = self.confirmed.lock() {
+                if let Ok(mut confirmed) = lock(&self.confirmed, "delivery lock confirmation") {
                     *confirmed = Some(sent);
                 }
                 Ok(())
@@ -215,7 +216,9 @@ impl Held {
     /// every [`RECORD_RETRY`] for as long as no other node can be delivering (a database that is
     /// away for a moment, or frozen, often answers again within that time).
     async fn record_after_loss(&self, write: &Write) {
-        let last = self.confirmed.lock().ok().and_then(|c| *c);
+        // Not knowing when the lock was last confirmed is as not having confirmed it: nothing is
+        // written through the pool.
+        let last = lock(&self.confirmed, "delivery lock confirmation").ok().and_then(|c| *c);
         let Some(until) = last.map(|at| at + self.grace) else { return };
         let mut tries = 0u32;
         loop {

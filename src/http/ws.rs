@@ -38,12 +38,11 @@ use serde_json::{Value, json};
 use crate::access::auth::Caller;
 use crate::domain::event::StoredEvent;
 use crate::error::AppError;
-use crate::http::events::{acquire, batch_window, jobs_filter, named_jobs};
-use crate::http::extract::{not_found, parse_job_id, parse_query, resume_point};
+use crate::http::extract::{Scope, acquire, not_found, parse_job_id, parse_query, stream_request};
 use crate::http::state::AppState;
 use crate::store::Refusal;
-use crate::streaming::follow::{End, Follower, Next};
-use crate::streaming::stream::OpenGauge;
+use crate::streaming::follow::{Ended, Follower, Next};
+use crate::streaming::request::OpenGauge;
 
 /// The WebSocket route.
 pub const PATH: &str = "/api/ws";
@@ -89,24 +88,14 @@ pub async fn websocket(
     let query = parse_query(query.as_deref())?;
     let explicit_resume =
         headers.contains_key("last-event-id") || query.iter().any(|(k, _)| k == "lastEventId");
-    let resume = resume_point(&headers, &query)?;
-    let window = batch_window(&query)?;
-    let jobs = named_jobs(&app, &caller, &query).await?;
-    // A socket for one job ends with it; `ended` is that job's last id if it has ended already.
-    let (ends_with_job, ended) = match jobs.as_slice() {
-        [job] => (true, job.status.is_terminal().then_some(job.last_event_id)),
-        _ => (false, None),
-    };
-    let filter = jobs_filter(&caller, jobs);
+    let request = stream_request(&app, &caller, &headers, &query, Scope::Socket).await?;
     let upgrade = upgrade.map_err(|_| {
         AppError::bad_request("Not a WebSocket handshake", "this route answers WebSocket handshakes only")
     })?;
-    let (slot, owner_slot) = acquire(&app, &caller)?;
+    let slots = acquire(&app, &caller)?;
     metrics::counter!("aura_streams_opened_total", "kind" => "ws").increment(1);
-    let holds = Box::new((slot, owner_slot, OpenGauge::new("ws")));
-    let mut follower = Follower::new(app.streaming().clone(), filter, resume, ends_with_job, window, holds);
-    follower.end_after(ended);
-    let session = Session { app, caller, follower, ended, wait_for_resume: !explicit_resume };
+    let follower = Follower::new(app.streaming().clone(), request, slots, OpenGauge::new("ws"));
+    let session = Session { app, caller, follower, wait_for_resume: !explicit_resume };
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -121,8 +110,6 @@ struct Session {
     app: AppState,
     caller: Caller,
     follower: Follower,
-    /// A job socket whose job had ended at the handshake: its last event id.
-    ended: Option<i64>,
     wait_for_resume: bool,
 }
 
@@ -148,7 +135,7 @@ impl Session {
                 Some(Err(_)) | None => return,
             }
         }
-        if self.ended.is_some_and(|last| self.follower.last_sent() >= last) {
+        if self.follower.sent_its_last() {
             let _ = bounds.within(tx.send(close(1000, "the job has ended"))).await;
             return;
         }
@@ -163,9 +150,9 @@ impl Session {
                         }
                         Next::End(end) => {
                             let frame = match end {
-                                End::Finished => close(1000, "the job has ended"),
-                                End::Expired | End::ShuttingDown => close(1001, "resume from the last id"),
-                                End::Failed => close(1011, "resume from the last id"),
+                                Ended::Finished => close(1000, "the job has ended"),
+                                Ended::Expired | Ended::ShuttingDown => close(1001, "resume from the last id"),
+                                Ended::Failed => close(1011, "resume from the last id"),
                             };
                             let _ = bounds.within(tx.send(frame)).await;
                             return;

@@ -26,12 +26,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::access::limits::{StreamGuard, StreamSlot};
 use crate::domain::event::StoredEvent;
 use crate::store::{EventFilter, Store};
 use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::streaming::follow::{self, Follower};
+use crate::streaming::request::{End, OpenGauge, Shape, Slots, StreamRequest};
 use crate::streaming::sink::Sink;
 
 /// Events per replay query; the first page is small so the first event goes out at once.
@@ -40,68 +40,27 @@ const FIRST_REPLAY_PAGE: u32 = 100;
 /// Events in the first write of a catch-up from memory.
 const FIRST_RECENT: usize = 16;
 
-/// What a client asked of its stream beyond the events themselves. The default (no batch
-/// window, no compression) is the zero-copy path through the fan-out; anything else is a
-/// stream that follows the hub on its own (`follow`), so that it costs nobody else anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shape {
-    /// `?batch=`: step-progress events of one job and step within this window collapse.
-    pub batch: Duration,
-    /// `Content-Encoding: gzip`.
-    pub gzip: bool,
-}
-
-impl Shape {
-    pub fn is_plain(&self) -> bool {
-        self.batch.is_zero() && !self.gzip
-    }
-}
-
 /// Starts a stream after every check has passed: no byte is sent before this point.
 ///
 /// The response carries the stream twice: as a [`StreamStart`] extension, which `server` takes
 /// to write the stream straight onto the socket when the stream is its connection's first
 /// request, and as a body that starts the same stream through hyper otherwise. Whichever comes
 /// first takes it.
-pub fn open(
-    ctx: &Context,
-    slot: StreamSlot,
-    owner_slot: StreamGuard,
-    filter: EventFilter,
-    resume: i64,
-    ends_with_job: bool,
-) -> Response {
-    open_until(ctx, (slot, owner_slot), filter, resume, ends_with_job, None, Shape::default())
-}
-
-/// [`open`] for a stream that ends once it has sent the event `last` (if it has not ended
-/// before): a job that has ended may still get a `warning` after its terminal event
-/// (`output-expired`), and a client resuming past the terminal event gets those and the end,
-/// not a stream that waits for a terminal event that was already sent.
-pub fn open_until(
-    ctx: &Context,
-    (slot, owner_slot): (StreamSlot, StreamGuard),
-    filter: EventFilter,
-    resume: i64,
-    ends_with_job: bool,
-    last: Option<i64>,
-    shape: Shape,
-) -> Response {
-    let kind = if ends_with_job { "job" } else { "all" };
+pub fn open(ctx: &Context, request: StreamRequest, slots: Slots) -> Response {
+    let StreamRequest { filter, after, end, shape } = request;
+    let kind = if end == End::Never { "all" } else { "job" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
     let sub = Subscriber {
         ctx: ctx.clone(),
         filter,
-        last_sent: resume,
-        ends_with_job,
-        ends_after: last,
+        last_sent: after,
+        end,
         finished: false,
         deadline: ctx.deadline(),
         replayed_pages: 0,
         shaped: (!shape.is_plain()).then(|| Box::new(shape)),
         shard: ctx.hub().fanout().pick_shard(),
-        _slot: slot,
-        _owner_slot: owner_slot,
+        _slots: slots,
         _gauge: OpenGauge::new(kind),
     };
     let start = StreamStart(Arc::new(Mutex::new(Some(sub))));
@@ -161,22 +120,6 @@ impl futures_util::Stream for HyperBody {
     }
 }
 
-/// Keeps the open-streams gauge of one kind true while a stream lives.
-pub struct OpenGauge(&'static str);
-
-impl OpenGauge {
-    pub fn new(kind: &'static str) -> Self {
-        metrics::gauge!("aura_open_streams", "kind" => kind).increment(1.0);
-        OpenGauge(kind)
-    }
-}
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        metrics::gauge!("aura_open_streams", "kind" => self.0).decrement(1.0);
-    }
-}
-
 /// One open stream while its own task drives it: the preamble, the replay, every catch-up.
 /// While it is live the fan-out holds its state instead, and this task only waits for it back
 /// (or for its client to go away).
@@ -184,10 +127,7 @@ pub struct Subscriber {
     ctx: Context,
     filter: EventFilter,
     last_sent: i64,
-    /// A per-job stream ends after the job's terminal event.
-    ends_with_job: bool,
-    /// The stream ends once it has sent this event (see [`open_until`]).
-    ends_after: Option<i64>,
+    end: End,
     finished: bool,
     deadline: Instant,
     replayed_pages: u32,
@@ -195,9 +135,7 @@ pub struct Subscriber {
     shard: ShardId,
     /// A batched or compressed stream, which follows the hub on its own (`follow`).
     shaped: Option<Box<Shape>>,
-    _slot: StreamSlot,
-    /// The per-owner stream slot (`limits`).
-    _owner_slot: StreamGuard,
+    _slots: Slots,
     _gauge: OpenGauge,
 }
 
@@ -205,20 +143,9 @@ impl Subscriber {
     /// Runs the stream to its end, writing into `sink`.
     pub async fn run(mut self, sink: Arc<Sink>) {
         if let Some(shape) = self.shaped.take() {
-            let Subscriber {
-                ctx,
-                filter,
-                last_sent,
-                ends_with_job,
-                ends_after,
-                _slot,
-                _owner_slot,
-                _gauge,
-                ..
-            } = self;
-            let holds = Box::new((_slot, _owner_slot, _gauge));
-            let mut follower = Follower::new(ctx, filter, last_sent, ends_with_job, shape.batch, holds);
-            follower.end_after(ends_after);
+            let Subscriber { ctx, filter, last_sent, end, _slots, _gauge, .. } = self;
+            let request = StreamRequest { filter, after: last_sent, end, shape: *shape };
+            let follower = Follower::new(ctx, request, _slots, _gauge);
             return Box::pin(follow::sse(follower, shape.gzip, sink)).await;
         }
         let shutdown = self.ctx.shutdown().clone();
@@ -242,8 +169,7 @@ impl Subscriber {
                 let seen = hub.last_published();
                 let store = ctx.store();
                 let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
-                let mut page =
-                    read_page(store, &self.filter, self.last_sent, first, self.ends_with_job).await;
+                let mut page = read_page(store, &self.filter, self.last_sent, first, self.end).await;
                 loop {
                     let Some(current) = page else {
                         // A failed read ends the response; the client resumes from its last id.
@@ -260,8 +186,7 @@ impl Subscriber {
                         }
                         break;
                     }
-                    let next =
-                        read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.ends_with_job);
+                    let next = read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.end);
                     let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
                     if written.is_err() {
                         return;
@@ -294,7 +219,7 @@ impl Subscriber {
                 filter: std::mem::replace(&mut self.filter, EventFilter::All),
                 last_sent: self.last_sent,
                 deadline: self.deadline,
-                ends_with_job: self.ends_with_job,
+                end: self.end,
             };
             let (id, back) = match fanout.join(self.shard, through, live) {
                 Join::Joined(id, back) => (id, back),
@@ -344,7 +269,7 @@ impl Subscriber {
     /// The frames of the events this stream wants among `events`, up to a job's terminal one.
     fn frames_of(&mut self, events: &[Arc<StoredEvent>]) -> Bytes {
         let wanted = events.iter().map(|e| &**e).filter(|e| fanout::wants(&self.filter, e));
-        let page = frame(wanted, self.last_sent, self.ends_with_job);
+        let page = frame(wanted, self.last_sent, self.end);
         self.account(&page);
         page.frames
     }
@@ -360,22 +285,22 @@ impl Subscriber {
         if let Some(last) = page.last_id {
             self.last_sent = last;
         }
-        self.finished |= page.finished || self.ends_after.is_some_and(|last| self.last_sent >= last);
+        self.finished |= page.finished || self.end.reached(self.last_sent);
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
     }
 }
 
-/// The frames of `events` after `after`, in order, up to a job's terminal event when
-/// `ends_with_job`.
-fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, ends_with_job: bool) -> Page {
+/// The frames of `events` after `after`, in order, up to a job's terminal event when that
+/// ends the stream.
+fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, end: End) -> Page {
     let mut page = Page { frames: Bytes::new(), count: 0, last_id: None, finished: false, more: false };
     let mut frames = BytesMut::new();
     for event in events.into_iter().filter(|e| e.id > after) {
         frames.extend_from_slice(&event.frame);
         page.count += 1;
         page.last_id = Some(event.id);
-        if ends_with_job && event.is_terminal() {
+        if end.at_terminal() && event.is_terminal() {
             page.finished = true;
             break;
         }
@@ -397,20 +322,14 @@ struct Page {
 
 /// Up to `limit` events of `filter` after `after`, framed by SQLite when it can, else row by
 /// row; `None` when the read failed.
-async fn read_page(
-    store: &Store,
-    filter: &EventFilter,
-    after: i64,
-    limit: u32,
-    ends_with_job: bool,
-) -> Option<Page> {
+async fn read_page(store: &Store, filter: &EventFilter, after: i64, limit: u32, end: End) -> Option<Page> {
     match store.framed_after(filter, after, limit).await {
         Ok(Some(page)) => {
             return Some(Page {
                 frames: page.frames,
                 count: page.count as u64,
                 last_id: page.last_id,
-                finished: ends_with_job && page.terminal_id.is_some(),
+                finished: end.at_terminal() && page.terminal_id.is_some(),
                 more: page.count == limit as usize,
             });
         }
@@ -428,7 +347,7 @@ async fn read_page(
         }
     };
     // The query already applied the filter (by owner, too: rows read back do not carry it).
-    let mut page = frame(&rows, after, ends_with_job);
+    let mut page = frame(&rows, after, end);
     page.more = rows.len() == limit as usize;
     Some(page)
 }

@@ -1,12 +1,14 @@
 //! One event stream's life, after the HTTP edge has checked its request: [`open`] builds the
 //! response, and the stream's own task ([`Subscriber::run`]) writes it.
 //!
-//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages
-//! (framed by SQLite), then joins the fan-out, which writes live events into it (see `fanout`
-//! for why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
-//! comes back to its own task, which catches up from the table from its last sent id and joins
-//! again: nobody is disconnected for being slow, and nothing is buffered per stream beyond what
-//! the kernel holds.
+//! A stream opens with `retry:`, then goes round three phases, one function each: the table
+//! catch-up (stored events after the point it has covered, in indexed pages framed by SQLite)
+//! while memory no longer holds them, the ring catch-up (the hub's recent events) once it
+//! does, and live: it joins the fan-out, which writes live events into it (see `fanout` for
+//! why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
+//! comes back to its own task, which catches up again from its last sent id and joins again:
+//! nobody is disconnected for being slow, and nothing is buffered per stream beyond what the
+//! kernel holds.
 //!
 //! A client that takes no byte at all is another matter: every write this task waits on ends
 //! with an error after the write timeout without progress, at shutdown, or at the stream's
@@ -14,6 +16,7 @@
 //! from its `Last-Event-ID` when it reads again.
 
 use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -139,131 +142,157 @@ pub struct Subscriber {
     _gauge: OpenGauge,
 }
 
+/// What a phase of a stream's task leaves its loop to do.
+enum Then {
+    /// Go round again: every event the stream wants up to this id has been sent.
+    Again(i64),
+    /// End the response, then stop.
+    Finish,
+    /// Stop at once: the client is gone or a write failed.
+    Stop,
+}
+
 impl Subscriber {
-    /// Runs the stream to its end, writing into `sink`.
+    /// Runs the stream to its end, writing into `sink`: `retry:`, then rounds of catching up
+    /// (from the table, or from the ring) and going live, until the stream ends.
     pub async fn run(mut self, sink: Arc<Sink>) {
         if let Some(shape) = self.shaped.take() {
-            let Subscriber { ctx, filter, last_sent, end, _slots, _gauge, .. } = self;
-            let request = StreamRequest { filter, after: last_sent, end, shape: *shape };
-            let follower = Follower::new(ctx, request, _slots, _gauge);
-            return Box::pin(follow::sse(follower, shape.gzip, sink)).await;
+            return Box::pin(self.follow(*shape, sink)).await;
         }
-        let shutdown = self.ctx.shutdown().clone();
-        let bounds = Bounds { shutdown: shutdown.clone(), deadline: self.deadline };
+        let bounds = Bounds { shutdown: self.ctx.shutdown().clone(), deadline: self.deadline };
         let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.retry_ms()));
         if bounds.write(sink.push(preamble)).await.is_err() {
             return;
         }
-        let ctx = self.ctx.clone();
-        let (hub, fanout) = (ctx.hub(), ctx.hub().fanout());
         // Every event this stream wants up to here has been sent: the resume point at first.
         let mut covered = self.last_sent;
         loop {
-            if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
+            if self.finished || bounds.is_over() {
                 bounds.finish(&sink).await;
                 return;
             }
-            let Some((recent, through)) = hub.recent_after(covered) else {
-                // Older than memory holds: the table, until a page comes back short. The next
-                // page is read while the current one is written.
-                let seen = hub.last_published();
-                let store = ctx.store();
-                let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
-                let mut page = read_page(store, &self.filter, self.last_sent, first, self.end).await;
-                loop {
-                    let Some(current) = page else {
-                        // A failed read ends the response; the client resumes from its last id.
-                        bounds.finish(&sink).await;
-                        return;
-                    };
-                    self.account(&current);
-                    if !current.more || self.finished {
-                        if bounds.write(sink.push(current.frames)).await.is_err() {
-                            return;
-                        }
-                        if !current.more {
-                            covered = seen;
-                        }
-                        break;
-                    }
-                    let next = read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.end);
-                    let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
-                    if written.is_err() {
-                        return;
-                    }
-                    if shutdown.is_cancelled() || Instant::now() >= self.deadline {
-                        break;
-                    }
-                    page = next;
-                }
-                continue;
+            let then = match self.ctx.hub().recent_after(covered) {
+                None => self.table_catch_up(covered, &bounds, &sink).await,
+                Some((recent, through)) => match self.ring_catch_up(&recent, &bounds, &sink).await {
+                    Err(_) => Then::Stop,
+                    Ok(()) if self.finished => Then::Again(covered),
+                    Ok(()) => self.live(through, &bounds, &sink).await,
+                },
             };
-            // A few events first, so that the first one leaves at once, then the rest in one write.
-            let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
-            let frames = self.frames_of(first);
-            if bounds.write(sink.push(frames)).await.is_err() {
-                return;
-            }
-            if !self.finished {
-                let frames = self.frames_of(rest);
-                if bounds.write(sink.push(frames)).await.is_err() {
-                    return;
-                }
-            }
-            if self.finished {
-                continue;
-            }
-            covered = through;
-            let live = Live {
-                sink: sink.clone(),
-                filter: std::mem::replace(&mut self.filter, EventFilter::All),
-                last_sent: self.last_sent,
-                deadline: self.deadline,
-                end: self.end,
-            };
-            let (id, back) = match fanout.join(self.shard, through, live) {
-                Join::Joined(id, back) => (id, back),
-                Join::Moved(live) => {
-                    self.restore(live);
-                    continue;
-                }
-                Join::Closed(live) => {
-                    self.restore(live);
+            match then {
+                Then::Again(through) => covered = through,
+                Then::Finish => {
                     bounds.finish(&sink).await;
                     return;
                 }
-            };
-            let handoff = tokio::select! {
-                handoff = back => handoff,
-                () = sink.closed() => {
-                    fanout.leave(self.shard, id);
-                    return;
-                }
-            };
-            let Ok(Handoff { live, reason, pending }) = handoff else { return };
-            self.restore(live);
-            // Everything the stream wants up to its last sent event went out (or is pending).
-            covered = self.last_sent;
-            let written = match pending {
-                Some(pending) => bounds.write(sink.push_wire(pending)).await,
-                // The client took nothing: wait until it takes bytes again before catching up.
-                None if reason == Reason::Behind => bounds.write(sink.writable()).await,
-                None => Ok(()),
-            };
-            if written.is_err() {
-                metrics::counter!("aura_streams_stalled_total").increment(1);
-                return;
-            }
-            match reason {
-                Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
-                Reason::Finished => self.finished = true,
-                Reason::Expired | Reason::ShuttingDown => {
-                    bounds.finish(&sink).await;
-                    return;
-                }
-                Reason::Closed => return,
+                Then::Stop => return,
             }
         }
+    }
+
+    /// A batched or compressed stream follows the hub on its own (`follow`).
+    async fn follow(self, shape: Shape, sink: Arc<Sink>) {
+        let Subscriber { ctx, filter, last_sent, end, _slots, _gauge, .. } = self;
+        let request = StreamRequest { filter, after: last_sent, end, shape };
+        follow::sse(Follower::new(ctx, request, _slots, _gauge), shape.gzip, sink).await
+    }
+
+    /// Table catch-up, for a stream further behind than memory holds: pages until one comes
+    /// back short (or the stream finishes), the next page read while the current one is written.
+    async fn table_catch_up(&mut self, covered: i64, bounds: &Bounds, sink: &Sink) -> Then {
+        let ctx = self.ctx.clone();
+        let seen = ctx.hub().last_published();
+        let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+        let mut page = read_page(ctx.store(), &self.filter, self.last_sent, first, self.end).await;
+        loop {
+            // A failed read ends the response; the client resumes from its last id.
+            let Some(current) = page else { return Then::Finish };
+            self.account(&current);
+            if !current.more || self.finished {
+                if bounds.write(sink.push(current.frames)).await.is_err() {
+                    return Then::Stop;
+                }
+                return Then::Again(if current.more { covered } else { seen });
+            }
+            let next = read_page(ctx.store(), &self.filter, self.last_sent, REPLAY_PAGE, self.end);
+            let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
+            if written.is_err() {
+                return Then::Stop;
+            }
+            if bounds.is_over() {
+                return Then::Again(covered);
+            }
+            page = next;
+        }
+    }
+
+    /// Ring catch-up, for a stream whose next events memory still holds: a few events first,
+    /// so that the first one leaves at once, then the rest in one write.
+    async fn ring_catch_up(
+        &mut self,
+        recent: &[Arc<StoredEvent>],
+        bounds: &Bounds,
+        sink: &Sink,
+    ) -> io::Result<()> {
+        let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
+        let frames = self.frames_of(first);
+        bounds.write(sink.push(frames)).await?;
+        if !self.finished {
+            let frames = self.frames_of(rest);
+            bounds.write(sink.push(frames)).await?;
+        }
+        Ok(())
+    }
+
+    /// Live: joins the shard, caught up to `through` (the ring's newest id), and waits for the
+    /// stream to come back (behind, finished, expired, shutting down) or for its client to go.
+    async fn live(&mut self, through: i64, bounds: &Bounds, sink: &Arc<Sink>) -> Then {
+        let fanout = self.ctx.hub().fanout();
+        let live = Live {
+            sink: sink.clone(),
+            filter: std::mem::replace(&mut self.filter, EventFilter::All),
+            last_sent: self.last_sent,
+            deadline: self.deadline,
+            end: self.end,
+        };
+        let (id, back) = match fanout.join(self.shard, through, live) {
+            Join::Joined(id, back) => (id, back),
+            Join::Moved(live) => {
+                self.restore(live);
+                return Then::Again(through);
+            }
+            Join::Closed(live) => {
+                self.restore(live);
+                return Then::Finish;
+            }
+        };
+        let handoff = tokio::select! {
+            handoff = back => handoff,
+            () = sink.closed() => {
+                fanout.leave(self.shard, id);
+                return Then::Stop;
+            }
+        };
+        let Ok(Handoff { live, reason, pending }) = handoff else { return Then::Stop };
+        self.restore(live);
+        let written = match pending {
+            Some(pending) => bounds.write(sink.push_wire(pending)).await,
+            // The client took nothing: wait until it takes bytes again before catching up.
+            None if reason == Reason::Behind => bounds.write(sink.writable()).await,
+            None => Ok(()),
+        };
+        if written.is_err() {
+            metrics::counter!("aura_streams_stalled_total").increment(1);
+            return Then::Stop;
+        }
+        match reason {
+            Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
+            Reason::Finished => self.finished = true,
+            Reason::Expired | Reason::ShuttingDown => return Then::Finish,
+            Reason::Closed => return Then::Stop,
+        }
+        // Everything the stream wants up to its last sent event went out.
+        Then::Again(self.last_sent)
     }
 
     /// The frames of the events this stream wants among `events`, up to a job's terminal one.

@@ -32,6 +32,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
@@ -41,6 +42,7 @@ use crate::error::AppError;
 use crate::http::extract::{Scope, acquire, not_found, parse_job_id, parse_query, stream_request};
 use crate::http::state::AppState;
 use crate::store::Refusal;
+use crate::streaming::context::Bounds;
 use crate::streaming::follow::{Ended, Follower, Next};
 use crate::streaming::request::OpenGauge;
 
@@ -118,22 +120,8 @@ impl Session {
         let (mut tx, mut rx) = socket.split();
         let bounds = self.follower.bounds();
         let mut pings = Pings::new(Duration::from_secs(self.app.settings().ws_pong_secs));
-        if self.wait_for_resume
-            && let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await
-        {
-            match first {
-                Some(Ok(Message::Text(text))) => match resume_of(&text) {
-                    Some(resume) => self.follower.resume_from(resume),
-                    None => {
-                        if !sent(bounds.within(self.answer(&text, &mut tx)).await) {
-                            return;
-                        }
-                    }
-                },
-                Some(Ok(Message::Pong(_))) => pings.answered(),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
+        if self.wait_for_resume && !self.first_message(&mut tx, &mut rx, &mut pings, &bounds).await {
+            return;
         }
         if self.follower.sent_its_last() {
             let _ = bounds.within(tx.send(close(1000, "the job has ended"))).await;
@@ -149,12 +137,7 @@ impl Session {
                             bounds.within(tx.send(Message::Ping(bytes::Bytes::new()))).await
                         }
                         Next::End(end) => {
-                            let frame = match end {
-                                Ended::Finished => close(1000, "the job has ended"),
-                                Ended::Expired | Ended::ShuttingDown => close(1001, "resume from the last id"),
-                                Ended::Failed => close(1011, "resume from the last id"),
-                            };
-                            let _ = bounds.within(tx.send(frame)).await;
+                            let _ = bounds.within(tx.send(closing(end))).await;
                             return;
                         }
                     };
@@ -196,12 +179,30 @@ impl Session {
         }
     }
 
+    /// Waits a moment for a first `{"resume": N}` (a socket opened without `lastEventId`);
+    /// any other first message is answered as usual. `false` when the socket is gone.
+    async fn first_message(
+        &mut self,
+        tx: &mut SplitSink<WebSocket, Message>,
+        rx: &mut SplitStream<WebSocket>,
+        pings: &mut Pings,
+        bounds: &Bounds,
+    ) -> bool {
+        let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await else { return true };
+        match first {
+            Some(Ok(Message::Text(text))) => match resume_of(&text) {
+                Some(resume) => self.follower.resume_from(resume),
+                None => return sent(bounds.within(self.answer(&text, tx)).await),
+            },
+            Some(Ok(Message::Pong(_))) => pings.answered(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return false,
+        }
+        true
+    }
+
     /// Answers one client message; `Err` when the socket is gone.
-    async fn answer(
-        &self,
-        text: &str,
-        tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    ) -> Result<(), axum::Error> {
+    async fn answer(&self, text: &str, tx: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
         let message: Option<Value> = serde_json::from_str(text).ok();
         let reply = match message.as_ref() {
             Some(Value::Object(m)) if m.contains_key("cancel") => match self.cancel(&m["cancel"]).await {
@@ -283,7 +284,7 @@ impl Pings {
 
 /// The events as text messages, written in one flush.
 async fn send_events(
-    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    tx: &mut SplitSink<WebSocket, Message>,
     events: &[std::sync::Arc<StoredEvent>],
 ) -> Result<(), axum::Error> {
     for event in events {
@@ -315,6 +316,15 @@ async fn problem_of(e: AppError) -> Value {
 
 fn text_message(value: &Value) -> Message {
     Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+/// The close frame of a socket whose stream ended.
+fn closing(end: Ended) -> Message {
+    match end {
+        Ended::Finished => close(1000, "the job has ended"),
+        Ended::Expired | Ended::ShuttingDown => close(1001, "resume from the last id"),
+        Ended::Failed => close(1011, "resume from the last id"),
+    }
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

@@ -32,17 +32,18 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
 use crate::access::auth::Caller;
 use crate::domain::event::StoredEvent;
 use crate::error::AppError;
-use crate::http::events::{acquire, batch_window, jobs_filter, named_jobs};
-use crate::http::extract::{not_found, parse_job_id, parse_query, resume_point};
+use crate::http::extract::{Scope, acquire, not_found, parse_job_id, parse_query, stream_request};
 use crate::http::state::AppState;
-use crate::streaming::follow::{End, Follower, Next};
-use crate::streaming::stream::OpenGauge;
+use crate::streaming::context::Bounds;
+use crate::streaming::follow::{Ended, Follower, Next};
+use crate::streaming::request::OpenGauge;
 
 /// The WebSocket route.
 pub const PATH: &str = "/api/ws";
@@ -88,24 +89,14 @@ pub async fn websocket(
     let query = parse_query(query.as_deref())?;
     let explicit_resume =
         headers.contains_key("last-event-id") || query.iter().any(|(k, _)| k == "lastEventId");
-    let resume = resume_point(&headers, &query)?;
-    let window = batch_window(&query)?;
-    let jobs = named_jobs(&app, &caller, &query).await?;
-    // A socket for one job ends with it; `ended` is that job's last id if it has ended already.
-    let (ends_with_job, ended) = match jobs.as_slice() {
-        [job] => (true, job.status.is_terminal().then_some(job.last_event_id)),
-        _ => (false, None),
-    };
-    let filter = jobs_filter(&caller, jobs);
+    let request = stream_request(&app, &caller, &headers, &query, Scope::Socket).await?;
     let upgrade = upgrade.map_err(|_| {
         AppError::bad_request("Not a WebSocket handshake", "this route answers WebSocket handshakes only")
     })?;
-    let (slot, owner_slot) = acquire(&app, &caller)?;
+    let slots = acquire(&app, &caller)?;
     metrics::counter!("aura_streams_opened_total", "kind" => "ws").increment(1);
-    let holds = Box::new((slot, owner_slot, OpenGauge::new("ws")));
-    let mut follower = Follower::new(app.streaming().clone(), filter, resume, ends_with_job, window, holds);
-    follower.end_after(ended);
-    let session = Session { app, caller, follower, ended, wait_for_resume: !explicit_resume };
+    let follower = Follower::new(app.streaming().clone(), request, slots, OpenGauge::new("ws"));
+    let session = Session { app, caller, follower, wait_for_resume: !explicit_resume };
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -120,8 +111,6 @@ struct Session {
     app: AppState,
     caller: Caller,
     follower: Follower,
-    /// A job socket whose job had ended at the handshake: its last event id.
-    ended: Option<i64>,
     wait_for_resume: bool,
 }
 
@@ -130,24 +119,10 @@ impl Session {
         let (mut tx, mut rx) = socket.split();
         let bounds = self.follower.bounds();
         let mut pings = Pings::new(Duration::from_secs(self.app.settings().ws_pong_secs));
-        if self.wait_for_resume
-            && let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await
-        {
-            match first {
-                Some(Ok(Message::Text(text))) => match resume_of(&text) {
-                    Some(resume) => self.follower.resume_from(resume),
-                    None => {
-                        if !sent(bounds.within(self.answer(&text, &mut tx)).await) {
-                            return;
-                        }
-                    }
-                },
-                Some(Ok(Message::Pong(_))) => pings.answered(),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
+        if self.wait_for_resume && !self.first_message(&mut tx, &mut rx, &mut pings, &bounds).await {
+            return;
         }
-        if self.ended.is_some_and(|last| self.follower.last_sent() >= last) {
+        if self.follower.sent_its_last() {
             let _ = bounds.within(tx.send(close(1000, "the job has ended"))).await;
             return;
         }
@@ -161,12 +136,7 @@ impl Session {
                             bounds.within(tx.send(Message::Ping(bytes::Bytes::new()))).await
                         }
                         Next::End(end) => {
-                            let frame = match end {
-                                End::Finished => close(1000, "the job has ended"),
-                                End::Expired | End::ShuttingDown => close(1001, "resume from the last id"),
-                                End::Failed => close(1011, "resume from the last id"),
-                            };
-                            let _ = bounds.within(tx.send(frame)).await;
+                            let _ = bounds.within(tx.send(closing(end))).await;
                             return;
                         }
                     };
@@ -208,12 +178,30 @@ impl Session {
         }
     }
 
+    /// Waits a moment for a first `{"resume": N}` (a socket opened without `lastEventId`);
+    /// any other first message is answered as usual. `false` when the socket is gone.
+    async fn first_message(
+        &mut self,
+        tx: &mut SplitSink<WebSocket, Message>,
+        rx: &mut SplitStream<WebSocket>,
+        pings: &mut Pings,
+        bounds: &Bounds,
+    ) -> bool {
+        let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await else { return true };
+        match first {
+            Some(Ok(Message::Text(text))) => match resume_of(&text) {
+                Some(resume) => self.follower.resume_from(resume),
+                None => return sent(bounds.within(self.answer(&text, tx)).await),
+            },
+            Some(Ok(Message::Pong(_))) => pings.answered(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return false,
+        }
+        true
+    }
+
     /// Answers one client message; `Err` when the socket is gone.
-    async fn answer(
-        &self,
-        text: &str,
-        tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    ) -> Result<(), axum::Error> {
+    async fn answer(&self, text: &str, tx: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
         let message: Option<Value> = serde_json::from_str(text).ok();
         let reply = match message.as_ref() {
             Some(Value::Object(m)) if m.contains_key("cancel") => match self.cancel(&m["cancel"]).await {
@@ -292,7 +280,7 @@ impl Pings {
 
 /// The events as text messages, written in one flush.
 async fn send_events(
-    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    tx: &mut SplitSink<WebSocket, Message>,
     events: &[std::sync::Arc<StoredEvent>],
 ) -> Result<(), axum::Error> {
     for event in events {
@@ -324,6 +312,15 @@ async fn problem_of(e: AppError) -> Value {
 
 fn text_message(value: &Value) -> Message {
     Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+/// The close frame of a socket whose stream ended.
+fn closing(end: Ended) -> Message {
+    match end {
+        Ended::Finished => close(1000, "the job has ended"),
+        Ended::Expired | Ended::ShuttingDown => close(1001, "resume from the last id"),
+        Ended::Failed => close(1011, "resume from the last id"),
+    }
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

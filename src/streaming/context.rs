@@ -105,6 +105,11 @@ impl Bounds {
         }
     }
 
+    /// Whether shutdown has begun or the stream's deadline has passed.
+    pub fn is_over(&self) -> bool {
+        self.shutdown.is_cancelled() || Instant::now() >= self.deadline
+    }
+
     /// Ends the response, within the same bounds as any write.
     pub async fn finish(&self, sink: &Sink) {
         let finish = async {

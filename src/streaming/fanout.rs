@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::domain::event::StoredEvent;
 use crate::store::EventFilter;
+use crate::streaming::request::End;
 use crate::streaming::sink::{Push, Sink, Whole};
 use crate::sync::{Poisoned, lock};
 
@@ -39,8 +40,8 @@ pub struct Live {
     /// The id of the last event the client was sent (or the resume point).
     pub last_sent: i64,
     pub deadline: Instant,
-    /// A per-job stream ends after the job's terminal event.
-    pub ends_with_job: bool,
+    /// Whether the job's terminal event ends it (a per-job stream).
+    pub end: End,
 }
 
 impl Live {
@@ -416,7 +417,7 @@ fn offer<'a>(
         if event.id > last && live.wants(event) {
             frames.push(&event.frame);
             last = event.id;
-            if live.ends_with_job && event.is_terminal() {
+            if live.end.at_terminal() && event.is_terminal() {
                 terminal = true;
                 break;
             }

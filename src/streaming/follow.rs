@@ -11,7 +11,6 @@
 //! `next` is cancel-safe (nothing changes across an await), so a WebSocket can `select!` it
 //! with its client's messages.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +25,7 @@ use crate::store::EventFilter;
 use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout;
 use crate::streaming::gzip::Gzip;
+use crate::streaming::request::{End, OpenGauge, Slots, StreamRequest};
 use crate::streaming::sink::Sink;
 
 /// Events read from the table per catch-up.
@@ -41,12 +41,12 @@ pub enum Next {
     /// Nothing for a heartbeat interval: send a keepalive.
     Idle,
     /// The stream is over.
-    End(End),
+    End(Ended),
 }
 
 /// Why a followed stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub enum Ended {
     /// A job stream sent its terminal event.
     Finished,
     /// `AURA_MAX_STREAM_SECS` passed.
@@ -63,43 +63,36 @@ pub struct Follower {
     last_sent: i64,
     /// Every event up to here has been looked at (some were not this stream's).
     covered: i64,
-    ends_with_job: bool,
-    /// The stream ends once it has sent this event (a job that has ended; see `open_until`).
-    ends_after: Option<i64>,
+    end: End,
     window: Duration,
     deadline: Instant,
     last_flush: Option<Instant>,
     last_write: Instant,
     finished: bool,
     wake: watch::Receiver<i64>,
-    /// The stream's slots and gauge, released when it ends.
-    _holds: Box<dyn Any + Send + Sync>,
+    /// Released when the stream ends.
+    _slots: Slots,
+    _gauge: OpenGauge,
 }
 
 impl Follower {
-    pub fn new(
-        ctx: Context,
-        filter: EventFilter,
-        resume: i64,
-        ends_with_job: bool,
-        window: Duration,
-        holds: Box<dyn Any + Send + Sync>,
-    ) -> Self {
+    /// A stream for `request` (its gzip is the caller's to apply: see [`sse`]).
+    pub fn new(ctx: Context, request: StreamRequest, slots: Slots, gauge: OpenGauge) -> Self {
         let wake = ctx.hub().watch();
         Follower {
             deadline: ctx.deadline(),
             ctx,
-            filter,
-            last_sent: resume,
-            covered: resume,
-            ends_with_job,
-            ends_after: None,
-            window,
+            filter: request.filter,
+            last_sent: request.after,
+            covered: request.after,
+            end: request.end,
+            window: request.shape.batch,
             last_flush: None,
             last_write: Instant::now(),
             finished: false,
             wake,
-            _holds: holds,
+            _slots: slots,
+            _gauge: gauge,
         }
     }
 
@@ -109,14 +102,10 @@ impl Follower {
         self.covered = resume;
     }
 
-    /// Ends the stream once the event `last` has been sent (a job that has ended may still get
-    /// a `warning` after its terminal event).
-    pub fn end_after(&mut self, last: Option<i64>) {
-        self.ends_after = last;
-    }
-
-    pub fn last_sent(&self) -> i64 {
-        self.last_sent
+    /// Whether the stream has sent its last event already (a job that had ended, resumed at
+    /// or past its last event).
+    pub fn sent_its_last(&self) -> bool {
+        self.end.reached(self.last_sent)
     }
 
     /// What ends this stream's writes besides the write timeout: shutdown and its deadline.
@@ -129,13 +118,13 @@ impl Follower {
         let shutdown = self.ctx.shutdown().clone();
         loop {
             if self.finished {
-                return Next::End(End::Finished);
+                return Next::End(Ended::Finished);
             }
             if shutdown.is_cancelled() {
-                return Next::End(End::ShuttingDown);
+                return Next::End(Ended::ShuttingDown);
             }
             if Instant::now() >= self.deadline {
-                return Next::End(End::Expired);
+                return Next::End(Ended::Expired);
             }
             if let Some(last) = self.last_flush
                 && !self.window.is_zero()
@@ -147,7 +136,7 @@ impl Follower {
             }
             // Marked seen before reading, so an event published during the read wakes us.
             self.wake.borrow_and_update();
-            let Some(events) = self.collect().await else { return Next::End(End::Failed) };
+            let Some(events) = self.collect().await else { return Next::End(Ended::Failed) };
             if !events.is_empty() {
                 return Next::Events(self.take(events));
             }
@@ -155,7 +144,7 @@ impl Follower {
             tokio::select! {
                 changed = self.wake.changed() => {
                     if changed.is_err() {
-                        return Next::End(End::ShuttingDown);
+                        return Next::End(Ended::ShuttingDown);
                     }
                 }
                 () = tokio::time::sleep_until(beat) => {
@@ -194,13 +183,13 @@ impl Follower {
 
     /// Takes note of `events` as sent: cut at a job's terminal event, collapsed when batching.
     fn take(&mut self, mut events: Vec<Arc<StoredEvent>>) -> Vec<Arc<StoredEvent>> {
-        if self.ends_with_job
+        if self.end.at_terminal()
             && let Some(end) = events.iter().position(|e| e.is_terminal())
         {
             events.truncate(end + 1);
             self.finished = true;
         }
-        if let Some(last) = self.ends_after
+        if let Some(last) = self.end.last()
             && let Some(end) = events.iter().position(|e| e.id >= last)
         {
             events.truncate(end + 1);

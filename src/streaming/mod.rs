@@ -4,8 +4,9 @@
 //! task (`stream`).
 //!
 //! It knows nothing of HTTP handlers: the edge checks a request, then hands [`stream::open`] a
-//! filter, a resume point and the slots the request holds. The stream paths are named once, in
-//! [`paths`], for the router and the accept loop's sniffer alike.
+//! [`request::StreamRequest`] (filter, resume point, end, shape) and the [`request::Slots`] it
+//! holds. The stream paths are named once, in [`paths`], for the router and the accept loop's
+//! sniffer alike.
 
 pub mod context;
 pub mod fanout;
@@ -13,6 +14,7 @@ pub mod follow;
 pub mod gzip;
 pub mod hub;
 pub mod paths;
+pub mod request;
 pub mod server;
 pub mod sink;
 pub mod stream;

@@ -1,12 +1,14 @@
 //! One event stream's life, after the HTTP edge has checked its request: [`open`] builds the
 //! response, and the stream's own task ([`Subscriber::run`]) writes it.
 //!
-//! A stream opens with `retry:`, replays stored events after the resume point in indexed pages
-//! (framed by SQLite), then joins the fan-out, which writes live events into it (see `fanout`
-//! for why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
-//! comes back to its own task, which catches up from the table from its last sent id and joins
-//! again: nobody is disconnected for being slow, and nothing is buffered per stream beyond what
-//! the kernel holds.
+//! A stream opens with `retry:`, then goes round three phases, one function each: the table
+//! catch-up (stored events after the point it has covered, in indexed pages framed by SQLite)
+//! while memory no longer holds them, the ring catch-up (the hub's recent events) once it
+//! does, and live: it joins the fan-out, which writes live events into it (see `fanout` for
+//! why the hand-over is gapless and duplicate-free). A stream whose client cannot keep up
+//! comes back to its own task, which catches up again from its last sent id and joins again:
+//! nobody is disconnected for being slow, and nothing is buffered per stream beyond what the
+//! kernel holds.
 //!
 //! A client that takes no byte at all is another matter: every write this task waits on ends
 //! with an error after the write timeout without progress, at shutdown, or at the stream's
@@ -14,6 +16,7 @@
 //! from its `Last-Event-ID` when it reads again.
 
 use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -26,12 +29,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::access::limits::{StreamGuard, StreamSlot};
 use crate::domain::event::StoredEvent;
 use crate::store::{EventFilter, Store};
 use crate::streaming::context::{Bounds, Context};
 use crate::streaming::fanout::{self, Handoff, Join, Live, Reason, ShardId};
 use crate::streaming::follow::{self, Follower};
+use crate::streaming::request::{End, OpenGauge, Shape, Slots, StreamRequest};
 use crate::streaming::sink::Sink;
 use crate::sync::lock;
 
@@ -41,68 +44,27 @@ const FIRST_REPLAY_PAGE: u32 = 100;
 /// Events in the first write of a catch-up from memory.
 const FIRST_RECENT: usize = 16;
 
-/// What a client asked of its stream beyond the events themselves. The default (no batch
-/// window, no compression) is the zero-copy path through the fan-out; anything else is a
-/// stream that follows the hub on its own (`follow`), so that it costs nobody else anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shape {
-    /// `?batch=`: step-progress events of one job and step within this window collapse.
-    pub batch: Duration,
-    /// `Content-Encoding: gzip`.
-    pub gzip: bool,
-}
-
-impl Shape {
-    pub fn is_plain(&self) -> bool {
-        self.batch.is_zero() && !self.gzip
-    }
-}
-
 /// Starts a stream after every check has passed: no byte is sent before this point.
 ///
 /// The response carries the stream twice: as a [`StreamStart`] extension, which `server` takes
 /// to write the stream straight onto the socket when the stream is its connection's first
 /// request, and as a body that starts the same stream through hyper otherwise. Whichever comes
 /// first takes it.
-pub fn open(
-    ctx: &Context,
-    slot: StreamSlot,
-    owner_slot: StreamGuard,
-    filter: EventFilter,
-    resume: i64,
-    ends_with_job: bool,
-) -> Response {
-    open_until(ctx, (slot, owner_slot), filter, resume, ends_with_job, None, Shape::default())
-}
-
-/// [`open`] for a stream that ends once it has sent the event `last` (if it has not ended
-/// before): a job that has ended may still get a `warning` after its terminal event
-/// (`output-expired`), and a client resuming past the terminal event gets those and the end,
-/// not a stream that waits for a terminal event that was already sent.
-pub fn open_until(
-    ctx: &Context,
-    (slot, owner_slot): (StreamSlot, StreamGuard),
-    filter: EventFilter,
-    resume: i64,
-    ends_with_job: bool,
-    last: Option<i64>,
-    shape: Shape,
-) -> Response {
-    let kind = if ends_with_job { "job" } else { "all" };
+pub fn open(ctx: &Context, request: StreamRequest, slots: Slots) -> Response {
+    let StreamRequest { filter, after, end, shape } = request;
+    let kind = if end == End::Never { "all" } else { "job" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
     let sub = Subscriber {
         ctx: ctx.clone(),
         filter,
-        last_sent: resume,
-        ends_with_job,
-        ends_after: last,
+        last_sent: after,
+        end,
         finished: false,
         deadline: ctx.deadline(),
         replayed_pages: 0,
         shaped: (!shape.is_plain()).then(|| Box::new(shape)),
         shard: ctx.hub().fanout().pick_shard(),
-        _slot: slot,
-        _owner_slot: owner_slot,
+        _slots: slots,
         _gauge: OpenGauge::new(kind),
     };
     let start = StreamStart(Arc::new(Mutex::new(Some(sub))));
@@ -162,22 +124,6 @@ impl futures_util::Stream for HyperBody {
     }
 }
 
-/// Keeps the open-streams gauge of one kind true while a stream lives.
-pub struct OpenGauge(&'static str);
-
-impl OpenGauge {
-    pub fn new(kind: &'static str) -> Self {
-        metrics::gauge!("aura_open_streams", "kind" => kind).increment(1.0);
-        OpenGauge(kind)
-    }
-}
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        metrics::gauge!("aura_open_streams", "kind" => self.0).decrement(1.0);
-    }
-}
-
 /// One open stream while its own task drives it: the preamble, the replay, every catch-up.
 /// While it is live the fan-out holds its state instead, and this task only waits for it back
 /// (or for its client to go away).
@@ -185,10 +131,7 @@ pub struct Subscriber {
     ctx: Context,
     filter: EventFilter,
     last_sent: i64,
-    /// A per-job stream ends after the job's terminal event.
-    ends_with_job: bool,
-    /// The stream ends once it has sent this event (see [`open_until`]).
-    ends_after: Option<i64>,
+    end: End,
     finished: bool,
     deadline: Instant,
     replayed_pages: u32,
@@ -196,156 +139,167 @@ pub struct Subscriber {
     shard: ShardId,
     /// A batched or compressed stream, which follows the hub on its own (`follow`).
     shaped: Option<Box<Shape>>,
-    _slot: StreamSlot,
-    /// The per-owner stream slot (`limits`).
-    _owner_slot: StreamGuard,
+    _slots: Slots,
     _gauge: OpenGauge,
 }
 
+/// What a phase of a stream's task leaves its loop to do.
+enum Then {
+    /// Go round again: every event the stream wants up to this id has been sent.
+    Again(i64),
+    /// End the response, then stop.
+    Finish,
+    /// Stop at once: the client is gone or a write failed.
+    Stop,
+}
+
 impl Subscriber {
-    /// Runs the stream to its end, writing into `sink`.
+    /// Runs the stream to its end, writing into `sink`: `retry:`, then rounds of catching up
+    /// (from the table, or from the ring) and going live, until the stream ends.
     pub async fn run(mut self, sink: Arc<Sink>) {
         if let Some(shape) = self.shaped.take() {
-            let Subscriber {
-                ctx,
-                filter,
-                last_sent,
-                ends_with_job,
-                ends_after,
-                _slot,
-                _owner_slot,
-                _gauge,
-                ..
-            } = self;
-            let holds = Box::new((_slot, _owner_slot, _gauge));
-            let mut follower = Follower::new(ctx, filter, last_sent, ends_with_job, shape.batch, holds);
-            follower.end_after(ends_after);
-            return Box::pin(follow::sse(follower, shape.gzip, sink)).await;
+            return Box::pin(self.follow(*shape, sink)).await;
         }
-        let shutdown = self.ctx.shutdown().clone();
-        let bounds = Bounds { shutdown: shutdown.clone(), deadline: self.deadline };
+        let bounds = Bounds { shutdown: self.ctx.shutdown().clone(), deadline: self.deadline };
         let preamble = Bytes::from(format!("retry: {}\n\n", self.ctx.retry_ms()));
         if bounds.write(sink.push(preamble)).await.is_err() {
             return;
         }
-        let ctx = self.ctx.clone();
-        let (hub, fanout) = (ctx.hub(), ctx.hub().fanout());
         // Every event this stream wants up to here has been sent: the resume point at first.
         let mut covered = self.last_sent;
         loop {
-            if self.finished || shutdown.is_cancelled() || Instant::now() >= self.deadline {
+            if self.finished || bounds.is_over() {
                 bounds.finish(&sink).await;
                 return;
             }
-            let Some((recent, through)) = hub.recent_after(covered) else {
-                // Older than memory holds: the table, until a page comes back short. The next
-                // page is read while the current one is written.
-                let seen = hub.last_published();
-                let store = ctx.store();
-                let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
-                let mut page =
-                    read_page(store, &self.filter, self.last_sent, first, self.ends_with_job).await;
-                loop {
-                    let Some(current) = page else {
-                        // A failed read ends the response; the client resumes from its last id.
-                        bounds.finish(&sink).await;
-                        return;
-                    };
-                    self.account(&current);
-                    if !current.more || self.finished {
-                        if bounds.write(sink.push(current.frames)).await.is_err() {
-                            return;
-                        }
-                        if !current.more {
-                            covered = seen;
-                        }
-                        break;
-                    }
-                    let next =
-                        read_page(store, &self.filter, self.last_sent, REPLAY_PAGE, self.ends_with_job);
-                    let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
-                    if written.is_err() {
-                        return;
-                    }
-                    if shutdown.is_cancelled() || Instant::now() >= self.deadline {
-                        break;
-                    }
-                    page = next;
-                }
-                continue;
+            let then = match self.ctx.hub().recent_after(covered) {
+                None => self.table_catch_up(covered, &bounds, &sink).await,
+                Some((recent, through)) => match self.ring_catch_up(&recent, &bounds, &sink).await {
+                    Err(_) => Then::Stop,
+                    Ok(()) if self.finished => Then::Again(covered),
+                    Ok(()) => self.live(through, &bounds, &sink).await,
+                },
             };
-            // A few events first, so that the first one leaves at once, then the rest in one write.
-            let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
-            let frames = self.frames_of(first);
-            if bounds.write(sink.push(frames)).await.is_err() {
-                return;
-            }
-            if !self.finished {
-                let frames = self.frames_of(rest);
-                if bounds.write(sink.push(frames)).await.is_err() {
-                    return;
-                }
-            }
-            if self.finished {
-                continue;
-            }
-            covered = through;
-            let live = Live {
-                sink: sink.clone(),
-                filter: std::mem::replace(&mut self.filter, EventFilter::All),
-                last_sent: self.last_sent,
-                deadline: self.deadline,
-                ends_with_job: self.ends_with_job,
-            };
-            let (id, back) = match fanout.join(self.shard, through, live) {
-                Join::Joined(id, back) => (id, back),
-                Join::Moved(live) => {
-                    self.restore(live);
-                    continue;
-                }
-                Join::Closed(live) => {
-                    self.restore(live);
+            match then {
+                Then::Again(through) => covered = through,
+                Then::Finish => {
                     bounds.finish(&sink).await;
                     return;
                 }
-            };
-            let handoff = tokio::select! {
-                handoff = back => handoff,
-                () = sink.closed() => {
-                    fanout.leave(self.shard, id);
-                    return;
-                }
-            };
-            let Ok(Handoff { live, reason, pending }) = handoff else { return };
-            self.restore(live);
-            // Everything the stream wants up to its last sent event went out (or is pending).
-            covered = self.last_sent;
-            let written = match pending {
-                Some(pending) => bounds.write(sink.push_wire(pending)).await,
-                // The client took nothing: wait until it takes bytes again before catching up.
-                None if reason == Reason::Behind => bounds.write(sink.writable()).await,
-                None => Ok(()),
-            };
-            if written.is_err() {
-                metrics::counter!("aura_streams_stalled_total").increment(1);
-                return;
-            }
-            match reason {
-                Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
-                Reason::Finished => self.finished = true,
-                Reason::Expired | Reason::ShuttingDown => {
-                    bounds.finish(&sink).await;
-                    return;
-                }
-                Reason::Closed => return,
+                Then::Stop => return,
             }
         }
+    }
+
+    /// A batched or compressed stream follows the hub on its own (`follow`).
+    async fn follow(self, shape: Shape, sink: Arc<Sink>) {
+        let Subscriber { ctx, filter, last_sent, end, _slots, _gauge, .. } = self;
+        let request = StreamRequest { filter, after: last_sent, end, shape };
+        follow::sse(Follower::new(ctx, request, _slots, _gauge), shape.gzip, sink).await
+    }
+
+    /// Table catch-up, for a stream further behind than memory holds: pages until one comes
+    /// back short (or the stream finishes), the next page read while the current one is written.
+    async fn table_catch_up(&mut self, covered: i64, bounds: &Bounds, sink: &Sink) -> Then {
+        let ctx = self.ctx.clone();
+        let seen = ctx.hub().last_published();
+        let first = if self.replayed_pages == 0 { FIRST_REPLAY_PAGE } else { REPLAY_PAGE };
+        let mut page = read_page(ctx.store(), &self.filter, self.last_sent, first, self.end).await;
+        loop {
+            // A failed read ends the response; the client resumes from its last id.
+            let Some(current) = page else { return Then::Finish };
+            self.account(&current);
+            if !current.more || self.finished {
+                if bounds.write(sink.push(current.frames)).await.is_err() {
+                    return Then::Stop;
+                }
+                return Then::Again(if current.more { covered } else { seen });
+            }
+            let next = read_page(ctx.store(), &self.filter, self.last_sent, REPLAY_PAGE, self.end);
+            let (written, next) = tokio::join!(bounds.write(sink.push(current.frames)), next);
+            if written.is_err() {
+                return Then::Stop;
+            }
+            if bounds.is_over() {
+                return Then::Again(covered);
+            }
+            page = next;
+        }
+    }
+
+    /// Ring catch-up, for a stream whose next events memory still holds: a few events first,
+    /// so that the first one leaves at once, then the rest in one write.
+    async fn ring_catch_up(
+        &mut self,
+        recent: &[Arc<StoredEvent>],
+        bounds: &Bounds,
+        sink: &Sink,
+    ) -> io::Result<()> {
+        let (first, rest) = recent.split_at(recent.len().min(FIRST_RECENT));
+        let frames = self.frames_of(first);
+        bounds.write(sink.push(frames)).await?;
+        if !self.finished {
+            let frames = self.frames_of(rest);
+            bounds.write(sink.push(frames)).await?;
+        }
+        Ok(())
+    }
+
+    /// Live: joins the shard, caught up to `through` (the ring's newest id), and waits for the
+    /// stream to come back (behind, finished, expired, shutting down) or for its client to go.
+    async fn live(&mut self, through: i64, bounds: &Bounds, sink: &Arc<Sink>) -> Then {
+        let fanout = self.ctx.hub().fanout();
+        let live = Live {
+            sink: sink.clone(),
+            filter: std::mem::replace(&mut self.filter, EventFilter::All),
+            last_sent: self.last_sent,
+            deadline: self.deadline,
+            end: self.end,
+        };
+        let (id, back) = match fanout.join(self.shard, through, live) {
+            Join::Joined(id, back) => (id, back),
+            Join::Moved(live) => {
+                self.restore(live);
+                return Then::Again(through);
+            }
+            Join::Closed(live) => {
+                self.restore(live);
+                return Then::Finish;
+            }
+        };
+        let handoff = tokio::select! {
+            handoff = back => handoff,
+            () = sink.closed() => {
+                fanout.leave(self.shard, id);
+                return Then::Stop;
+            }
+        };
+        let Ok(Handoff { live, reason, pending }) = handoff else { return Then::Stop };
+        self.restore(live);
+        let written = match pending {
+            Some(pending) => bounds.write(sink.push_wire(pending)).await,
+            // The client took nothing: wait until it takes bytes again before catching up.
+            None if reason == Reason::Behind => bounds.write(sink.writable()).await,
+            None => Ok(()),
+        };
+        if written.is_err() {
+            metrics::counter!("aura_streams_stalled_total").increment(1);
+            return Then::Stop;
+        }
+        match reason {
+            Reason::Behind => metrics::counter!("aura_stream_catch_ups_total").increment(1),
+            Reason::Finished => self.finished = true,
+            Reason::Expired | Reason::ShuttingDown => return Then::Finish,
+            Reason::Closed => return Then::Stop,
+        }
+        // Everything the stream wants up to its last sent event went out.
+        Then::Again(self.last_sent)
     }
 
     /// The frames of the events this stream wants among `events`, up to a job's terminal one.
     fn frames_of(&mut self, events: &[Arc<StoredEvent>]) -> Bytes {
         let wanted = events.iter().map(|e| &**e).filter(|e| fanout::wants(&self.filter, e));
-        let page = frame(wanted, self.last_sent, self.ends_with_job);
+        let page = frame(wanted, self.last_sent, self.end);
         self.account(&page);
         page.frames
     }
@@ -361,22 +315,22 @@ impl Subscriber {
         if let Some(last) = page.last_id {
             self.last_sent = last;
         }
-        self.finished |= page.finished || self.ends_after.is_some_and(|last| self.last_sent >= last);
+        self.finished |= page.finished || self.end.reached(self.last_sent);
         metrics::counter!("aura_events_delivered_total").increment(page.count);
         metrics::counter!("aura_events_replayed_total").increment(page.count);
     }
 }
 
-/// The frames of `events` after `after`, in order, up to a job's terminal event when
-/// `ends_with_job`.
-fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, ends_with_job: bool) -> Page {
+/// The frames of `events` after `after`, in order, up to a job's terminal event when that
+/// ends the stream.
+fn frame<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: i64, end: End) -> Page {
     let mut page = Page { frames: Bytes::new(), count: 0, last_id: None, finished: false, more: false };
     let mut frames = BytesMut::new();
     for event in events.into_iter().filter(|e| e.id > after) {
         frames.extend_from_slice(&event.frame);
         page.count += 1;
         page.last_id = Some(event.id);
-        if ends_with_job && event.is_terminal() {
+        if end.at_terminal() && event.is_terminal() {
             page.finished = true;
             break;
         }
@@ -398,20 +352,14 @@ struct Page {
 
 /// Up to `limit` events of `filter` after `after`, framed by SQLite when it can, else row by
 /// row; `None` when the read failed.
-async fn read_page(
-    store: &Store,
-    filter: &EventFilter,
-    after: i64,
-    limit: u32,
-    ends_with_job: bool,
-) -> Option<Page> {
+async fn read_page(store: &Store, filter: &EventFilter, after: i64, limit: u32, end: End) -> Option<Page> {
     match store.framed_after(filter, after, limit).await {
         Ok(Some(page)) => {
             return Some(Page {
                 frames: page.frames,
                 count: page.count as u64,
                 last_id: page.last_id,
-                finished: ends_with_job && page.terminal_id.is_some(),
+                finished: end.at_terminal() && page.terminal_id.is_some(),
                 more: page.count == limit as usize,
             });
         }
@@ -429,7 +377,7 @@ async fn read_page(
         }
     };
     // The query already applied the filter (by owner, too: rows read back do not carry it).
-    let mut page = frame(&rows, after, ends_with_job);
+    let mut page = frame(&rows, after, end);
     page.more = rows.len() == limit as usize;
     Some(page)
 }

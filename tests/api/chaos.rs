@@ -324,7 +324,26 @@ async fn chaos() -> TestResult {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("job {id} never ended; victim's log: {}", victim.log()).into());
+                // What the job is, what its log says last, and what every node said about it.
+                let snapshot = job(&api.base, id).await.map(|s| s.to_string()).unwrap_or_default();
+                let history = table(&db).await.unwrap_or_default();
+                let tail: Vec<String> = history
+                    .iter()
+                    .filter(|(_, _, j)| j == id)
+                    .map(|(n, kind, _)| format!("{n} {kind}"))
+                    .collect();
+                let mut said = String::new();
+                for (name, node) in [("api", &api), ("worker-1", &victim), ("worker-2", &steady)] {
+                    let log = node.log();
+                    let lines: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
+                    let last = &lines[lines.len().saturating_sub(30)..];
+                    said.push_str(&format!(
+                        "\n{name} ({} lines about it; the last):\n{}",
+                        lines.len(),
+                        last.join("\n")
+                    ));
+                }
+                return Err(format!("job {id} never ended: {snapshot}\nits events: {tail:?}{said}").into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -239,6 +239,14 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then ends every stream, stops the workers and closes
     /// the store.
+    ///
+    /// In order, each step logged: the accept loop takes no new connection and ends every stream
+    /// (clients resume with `Last-Event-ID`; it waits for connections at most its grace, see
+    /// `streaming::server`); the one shutdown token kills the running children, whose jobs stay
+    /// `Running` for the next start or another node; the workers and the retention sweeper get
+    /// [`WORKER_STOP_BOUND`]; webhook attempts in flight are recorded; this node's leases are
+    /// let go (a shared store); the store closes (the writer commits what is queued, and SQLite
+    /// checkpoints its WAL); the data folder's lock is released last.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.engine().shutdown_token();
         let signal_token = token.clone();

@@ -7,6 +7,13 @@
 //! text. Every response of this router carries a strict `Content-Security-Policy` and the
 //! other hardening headers API.md asks of the UI.
 //!
+//! The scripts, each with its own header comment: `sse-client.js` (a resumable EventSource
+//! wrapper that falls back to `/api/ws` when EventSource fails to open three times in a row),
+//! `<video-generation-progress>` (one job's stages and bars), `<job-progress-drawer>` (the page's
+//! one `/api/events` stream; it announces every job change on `document` as `job-updated`,
+//! which the home page's list in `page-index.js` follows) and `job-replay.js` (a finished job
+//! re-enacted from `/history` through the same `apply()` the live view uses).
+//!
 //! `include_str!` was chosen over `rust-embed`: the assets are a dozen small text files, the
 //! macro needs no new dependency, and it always embeds (rust-embed reads from disk in debug
 //! builds unless a feature says otherwise).

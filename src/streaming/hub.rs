@@ -9,9 +9,9 @@
 //! read failed) holds the group back instead: it is published later from the table, never
 //! before an id below it.
 //!
-//! The newest events (`AURA_STREAM_BUFFER` of them) are also kept in memory, in order, so that a
-//! stream resuming among them, or catching up on them before it joins the fan-out, does not read
-//! SQLite at all.
+//! The newest events (`AURA_STREAM_BUFFER` of them, 4096 by default) are also kept in memory,
+//! in order, so that a stream resuming among them, or catching up on them before it joins the
+//! fan-out, does not read SQLite at all.
 //!
 //! Rows read back from the table do not know their job's owner; the tail looks it up once per
 //! job (cached) so that owner-filtered streams are decided by a string comparison in the fan-out.

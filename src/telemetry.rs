@@ -1,4 +1,7 @@
 //! Logging set-up and the process's shutdown signal.
+//!
+//! Logs go through `tracing`; each job's pipeline runs in a span carrying its `job_id`
+//! (`engine::pipeline::run`), so every line about a job names it.
 
 use tracing_subscriber::EnvFilter;
 

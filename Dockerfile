@@ -10,6 +10,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY .sqlx .sqlx
 COPY migrations migrations
 COPY src src
+# The web UI, embedded with include_str! (tests/api/docs.rs checks that every embedded file is copied).
+COPY assets assets
 ENV SQLX_OFFLINE=true
 RUN cargo build --release --locked --bin aura
 

@@ -285,3 +285,74 @@ fn the_checks_find_what_they_look_for() {
     assert_eq!(routes, ["DELETE /a/{}", "GET /a/{}", "POST /b"]);
     assert_eq!(problem_kinds(&src).into_iter().collect::<Vec<_>>(), ["gone"]);
 }
+
+/// The paths the Dockerfile's build stage copies into the image (`COPY src… dst`, not
+/// `--from`), as written.
+fn dockerfile_copies(dockerfile: &str) -> Vec<String> {
+    let build_stage =
+        dockerfile.split("\nFROM ").find(|stage| stage.contains("cargo build")).unwrap_or_default();
+    build_stage
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            parts[..parts.len().saturating_sub(1)]
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every file or folder the build reads besides `src/`, relative to the repository: what
+/// `include_str!`/`include_bytes!` name (resolved from the file that names them) and what
+/// `sqlx::migrate!` and the offline query data need.
+fn build_inputs(sources: &[(PathBuf, String)]) -> BTreeSet<String> {
+    let root = root();
+    let mut inputs = BTreeSet::from([".sqlx".to_owned(), "migrations".to_owned()]);
+    for (path, text) in sources {
+        for mac in ["include_str!(", "include_bytes!("] {
+            for (i, _) in text.match_indices(mac) {
+                // The first string literal after the macro: the path, or the fixed part of a `concat!`.
+                let Some(open) = text[i..].find('"') else { continue };
+                let rest = &text[i + open + 1..];
+                let Some(close) = rest.find('"') else { continue };
+                let literal = &rest[..close];
+                let resolved = path.parent().unwrap_or(&root).join(literal);
+                let mut parts: Vec<String> = Vec::new();
+                for c in resolved.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            parts.pop();
+                        }
+                        std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+                        _ => parts.clear(),
+                    }
+                }
+                let root_parts =
+                    root.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+                inputs.insert(parts[root_parts.min(parts.len())..].join("/"));
+            }
+        }
+    }
+    inputs
+}
+
+#[test]
+fn the_dockerfile_copies_everything_the_build_embeds() -> TestResult {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
+    let copied = dockerfile_copies(&dockerfile);
+    assert!(copied.iter().any(|c| c == "src"), "the build stage copies src: {copied:?}");
+    let inputs = build_inputs(&sources(&root().join("src"))?);
+    assert!(inputs.iter().any(|i| i.starts_with("assets")), "the UI's assets are found: {inputs:?}");
+    let missing: Vec<&String> = inputs
+        .iter()
+        .filter(|input| !copied.iter().any(|c| *input == c || input.starts_with(&format!("{c}/"))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile's build stage does not copy {missing:?} (it copies {copied:?})"
+    );
+    Ok(())
+}

@@ -250,8 +250,8 @@ pub struct ServeConfig {
     #[arg(long, env = "AURA_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub webhook_retry_base_ms: u64,
 
-    /// Log format: `text` for people, `json` for machines.
-    #[arg(long, env = "AURA_LOG_FORMAT", default_value = "text")]
+    /// Log format: `text` for people, `json` for machines; anything else is refused.
+    #[arg(long, env = "AURA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
     /// Free space (MiB) the data folder's disk keeps: below it no job is claimed, job creation

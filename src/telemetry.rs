@@ -5,11 +5,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Human-readable logs by default, JSON with `AURA_LOG_FORMAT=json`; `RUST_LOG` filters.
+/// Human-readable logs by default, JSON with `AURA_LOG_FORMAT=json`; `RUST_LOG` filters. Colours
+/// only when stderr is a terminal: a log file or a collector gets plain text.
 pub fn init(format: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 

@@ -277,3 +277,38 @@ async fn submit_watch_renders_a_3_s_job_and_its_json_equals_the_history() -> Tes
     assert_eq!(std::fs::metadata(&file)?.len(), size);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_log_format_that_is_not_text_or_json_is_refused_naming_both() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = aura("http://127.0.0.1:9");
+    cmd.args(["serve", "--log-format", "jsno", "--data-dir"]).arg(dir.path());
+    let (code, _, stderr) = output(&mut cmd).await?;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("jsno") && stderr.contains("text") && stderr.contains("json"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_escapes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("aura.log");
+    let log = std::fs::File::create(&log_path)?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let mut server = aura("http://127.0.0.1:9")
+        .args(["serve", "--addr", &addr, "--workers", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let text = eventually(WAIT, || async {
+        let text = std::fs::read_to_string(&log_path)?;
+        crate::helpers::holds(text.contains("listening"), || format!("no start line yet: {text}"))?;
+        Ok(text)
+    })
+    .await;
+    server.kill().await?;
+    let text = text?;
+    assert!(!text.contains('\u{1b}'), "colour escapes in a log file: {text:?}");
+    Ok(())
+}

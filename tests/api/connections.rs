@@ -939,13 +939,20 @@ async fn ws_resume_after(
     seen.extend(ws_ids_to_close(stalled).await?);
     let all = app.sql_event_ids(job).await?;
     assert!(seen.len() < all.len(), "{what}: the socket was cut ({} of {} events)", seen.len(), all.len());
-    let resume = seen.last().copied().unwrap_or(0);
     let addr = addr_of(&app.base)?;
-    let (mut rest, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
-            .await?;
-    let rest = ws_ids_to_close(&mut rest).await?;
-    assert_eq!([seen, rest].concat(), all, "{what}: every event once, in order");
+    // Resumed as a client does: from the last id it saw, again if a loaded machine makes the
+    // reader itself slow enough for the write timeout (a few times at most).
+    for _ in 0..5 {
+        if seen.last() >= all.last() {
+            break;
+        }
+        let resume = seen.last().copied().unwrap_or(0);
+        let (mut rest, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?jobId={job}&lastEventId={resume}"))
+                .await?;
+        seen.extend(ws_ids_to_close(&mut rest).await?);
+    }
+    assert_eq!(seen, all, "{what}: every event once, in order");
     Ok(())
 }
 

@@ -326,7 +326,7 @@ fn progress_event(s: &JobState, step: Stage, pct: f64, message: String) -> Event
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use time::OffsetDateTime;
     use uuid::Uuid;
@@ -357,13 +357,17 @@ mod tests {
         Some(s)
     }
 
-    fn reports() -> Vec<Report> {
-        let output = JobOutput {
+    /// A rendered video's output, as a job's `job-completed` carries it.
+    pub(crate) fn output() -> JobOutput {
+        JobOutput {
             video_path: "jobs/x/output.mp4".into(),
             video_url: "/api/jobs/x/output".into(),
             size_bytes: 1,
             duration_sec: 1.0,
-        };
+        }
+    }
+
+    fn reports() -> Vec<Report> {
         vec![
             Report::StartStage(Stage::Render),
             Report::SkipStage(Stage::Render),
@@ -372,7 +376,7 @@ mod tests {
             Report::Warn { step: None, code: "w".into(), message: "w".into() },
             Report::Error { step: None, code: "e".into(), message: "e".into() },
             Report::Fail { step: Some(Stage::Render), code: "ffmpeg-failed".into(), message: "f".into() },
-            Report::Complete(output),
+            Report::Complete(output()),
             Report::Cancelled(Some(Stage::Render)),
         ]
     }
@@ -487,12 +491,7 @@ mod tests {
         }
         // A completed job with its video expires it once.
         let mut done = job(Some(Completed)).expect("job");
-        done.output = Some(JobOutput {
-            video_path: "jobs/x/output.mp4".into(),
-            video_url: "/api/jobs/x/output".into(),
-            size_bytes: 1,
-            duration_sec: 1.0,
-        });
+        done.output = Some(output());
         assert_eq!(label(&Command::ExpireOutput.decide(Some(&done))), "warning");
     }
 
@@ -518,12 +517,7 @@ mod tests {
             stage.clone().prop_map(|step| Report::CompleteStage { step, message: "c".into() }),
             Just(Report::Warn { step: None, code: "w".into(), message: "w".into() }),
             Just(Report::Fail { step: None, code: "ffmpeg-failed".into(), message: "f".into() }),
-            Just(Report::Complete(JobOutput {
-                video_path: "jobs/x/output.mp4".into(),
-                video_url: "/api/jobs/x/output".into(),
-                size_bytes: 1,
-                duration_sec: 1.0,
-            })),
+            Just(Report::Complete(output())),
             Just(Report::Cancelled(None)),
         ];
         prop_oneof![

@@ -543,15 +543,7 @@ async fn remove_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn output() -> JobOutput {
-        JobOutput {
-            video_path: "jobs/x/output.mp4".into(),
-            video_url: "/api/jobs/x/output".into(),
-            size_bytes: 1,
-            duration_sec: 1.0,
-        }
-    }
+    use crate::domain::command::tests::output;
 
     fn failed(step: Stage, error: StageError) -> Result<JobOutput, PipelineError> {
         Err(PipelineError { step, error })

@@ -1,5 +1,6 @@
 //! The layers of `src/`, checked: imports point one way, and no two top-level modules import
-//! each other, directly or around a circle.
+//! each other, directly or around a circle; nor do any two files (a file may use what its
+//! ancestors declare, as `super::` nests, and nothing else in a circle).
 //!
 //! Reads every `.rs` file under `src/`, takes the top-level module it belongs to (its folder, or
 //! its file name at the root) and every `crate::<module>` it names, and compares them with the
@@ -179,6 +180,283 @@ fn the_check_sees_a_back_import_and_a_circle() {
     );
 }
 
+/// The module a file under `src/` is (`store/sqlite/writer.rs` is `store::sqlite::writer`,
+/// `store/mod.rs` is `store`); `None` for the crate roots.
+fn module_of(relative: &Path) -> Option<String> {
+    let mut parts: Vec<String> =
+        relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let last = parts.pop()?;
+    let stem = last.strip_suffix(".rs")?;
+    if stem != "mod" {
+        parts.push(stem.to_owned());
+    }
+    if parts.is_empty() || parts == ["lib"] || parts == ["main"] { None } else { Some(parts.join("::")) }
+}
+
+/// The paths a `use` tree or a path names, from just after its `prefix::`: `{a, b::{c, d}}`
+/// gives `prefix::a`, `prefix::b::c`, `prefix::b::d`; `x::y::Z` gives `prefix::x::y::Z`.
+fn expand(prefix: &[String], rest: &str) -> Vec<Vec<String>> {
+    let rest = rest.trim_start();
+    if let Some(group) = rest.strip_prefix('{') {
+        let (mut items, mut current, mut depth) = (Vec::new(), String::new(), 0usize);
+        for c in group.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(std::mem::take(&mut current));
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(c);
+        }
+        items.push(current);
+        return items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| item.starts_with(|c: char| c.is_alphabetic() || c == '_'))
+            .flat_map(|item| expand(prefix, item))
+            .collect();
+    }
+    let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    if word.is_empty() {
+        return vec![prefix.to_vec()];
+    }
+    let mut path = prefix.to_vec();
+    path.push(word.clone());
+    match rest[word.len()..].strip_prefix("::") {
+        Some(more) => expand(&path, more),
+        None => vec![path],
+    }
+}
+
+/// The module files `module`'s code (`text`) names: through `crate::`, `super::`, `self::`, or
+/// a child module's name; each path taken to the longest module that exists.
+fn file_references(module: &str, text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let me: Vec<String> = module.split("::").map(String::from).collect();
+    let code = code_only(text);
+    let mut found = BTreeSet::new();
+    let mut resolve = |paths: Vec<Vec<String>>| {
+        for path in paths {
+            if let Some(k) = (1..=path.len()).rev().find(|k| modules.contains(&path[..*k].join("::"))) {
+                found.insert(path[..k].join("::"));
+            }
+        }
+    };
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < code.len() {
+        let word_start = i;
+        while i < code.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        if i == word_start {
+            i += 1;
+            continue;
+        }
+        let before = code[..word_start].chars().next_back();
+        // `a::crate` is no path of ours; `$crate::` (in a macro) is.
+        if before.is_some_and(|c| c == ':' || c == '_' || c.is_alphanumeric()) {
+            continue;
+        }
+        let word = &code[word_start..i];
+        let mut base: Vec<String> = match word {
+            "crate" => Vec::new(),
+            "self" => me.clone(),
+            "super" => me[..me.len() - 1].to_vec(),
+            child if modules.contains(&format!("{module}::{child}")) => {
+                let mut base = me.clone();
+                base.push(child.to_owned());
+                base
+            }
+            _ => continue,
+        };
+        let mut rest = &code[i..];
+        while let Some(more) = rest.strip_prefix("::super") {
+            base.pop();
+            rest = more;
+        }
+        if let Some(more) = rest.strip_prefix("::") {
+            resolve(expand(&base, more));
+        }
+    }
+    found
+}
+
+/// Every file-level module and the module files it names, leaving out its own ancestors: a file
+/// using what its parents declare (`super::StoreError`) is how modules nest, not an import
+/// between files.
+fn file_graph(src: &Path) -> TestResult<BTreeMap<String, BTreeSet<String>>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files)?;
+    let named: Vec<(String, PathBuf)> =
+        files.into_iter().filter_map(|f| Some((module_of(f.strip_prefix(src).ok()?)?, f))).collect();
+    let modules: BTreeSet<String> = named.iter().map(|(m, _)| m.clone()).collect();
+    let mut graph = BTreeMap::new();
+    for (module, file) in &named {
+        let text = std::fs::read_to_string(file)?;
+        let refs = file_references(module, &text, &modules)
+            .into_iter()
+            .filter(|r| r != module && !module.starts_with(&format!("{r}::")))
+            .collect();
+        graph.insert(module.clone(), refs);
+    }
+    Ok(graph)
+}
+
+/// The circles of `graph`, each named once (its strongly connected parts of two or more).
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    // Two nodes are on one circle when each reaches the other.
+    let reach = |from: &String| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.clone()];
+        while let Some(node) = todo.pop() {
+            for next in graph.get(&node).into_iter().flatten() {
+                if seen.insert(next.clone()) {
+                    todo.push(next.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reaches: BTreeMap<&String, BTreeSet<String>> = graph.keys().map(|k| (k, reach(k))).collect();
+    let mut placed = BTreeSet::new();
+    let mut found = Vec::new();
+    for (node, reached) in &reaches {
+        if placed.contains(*node) || !reached.contains(*node) {
+            continue;
+        }
+        let part: Vec<String> = reached
+            .iter()
+            .filter(|other| reaches.get(other).is_some_and(|r| r.contains(*node)))
+            .cloned()
+            .collect();
+        placed.extend(part.iter().cloned());
+        found.push(part);
+    }
+    found
+}
+
+#[test]
+fn no_two_files_import_each_other_directly_or_around_a_circle() -> TestResult {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = file_graph(&src)?;
+    assert!(
+        graph.get("store::sqlite::writer").is_some_and(|r| r.contains("store::writer")),
+        "the walk sees a sibling's `super::writer`: {:?}",
+        graph.get("store::sqlite::writer")
+    );
+    let found = circles(&graph);
+    assert!(
+        found.is_empty(),
+        "files importing each other around a circle:\n{}",
+        found.iter().map(|c| c.join(" ↔ ")).collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_file_check_resolves_every_kind_of_path_and_sees_a_circle() {
+    let modules: BTreeSet<String> = [
+        "store",
+        "store::writer",
+        "store::webhooks",
+        "store::sqlite",
+        "store::sqlite::reads",
+        "domain::event",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let text = "use super::{writer::Work, sqlite::reads};\nuse crate::domain::event::{self, StoredEvent};\n\
+                let x = self::super::super::domain::event::f(); // crate::store::sqlite in a comment\n\
+                let s = \"crate::store::sqlite\"; $crate::store::f();";
+    let refs = file_references("store::webhooks", text, &modules);
+    let expected = ["domain::event", "store", "store::sqlite::reads", "store::writer"];
+    assert_eq!(refs, expected.into_iter().map(String::from).collect());
+    let children = file_references("store", "pub use writer::Applied;\nsqlite::open();", &modules);
+    assert_eq!(children, ["store::sqlite", "store::writer"].into_iter().map(String::from).collect());
+
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (from, to) in edges {
+            g.entry((*from).to_owned()).or_default().insert((*to).to_owned());
+            g.entry((*to).to_owned()).or_default();
+        }
+        g
+    };
+    assert!(circles(&graph(&[("a", "b"), ("b", "c"), ("a", "c")])).is_empty());
+    assert_eq!(circles(&graph(&[("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")])), [["a", "b", "c"]]);
+}
+
+/// `text` with comments, string and char literals blanked out (line breaks kept).
+fn code_only(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) {
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            let close: Vec<char> = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+            while j < chars.len() && chars[j..].iter().take(close.len()).ne(close.iter()) {
+                j += 1;
+            }
+            i = j + close.len();
+            out.push_str("\"\"");
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || next == Some('\\')) {
+            // A char literal (`'a'`, `'\n'`); a lifetime (`'a`) has no closing quote.
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("' '");
+        } else if c.is_alphanumeric() || c == '_' {
+            // A whole word at once, so that `r` or a quote inside one is not taken for a literal.
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                out.push(chars[i]);
+                i += 1;
+            }
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Only the store (`src/store/`) and the settings that tell the two databases apart
 /// (`src/config.rs`) may know which one runs. Everywhere else, no identifier or path names one:
 /// not `sqlite`/`postgres` in any case, not `pg_` at the start of a word, not a `Pg` type.
@@ -190,71 +468,6 @@ fn the_check_sees_a_back_import_and_a_circle() {
 /// no mention.
 #[test]
 fn no_code_outside_the_store_and_config_names_a_database() -> TestResult {
-    /// `text` with comments, string and char literals blanked out (line breaks kept).
-    fn code_only(text: &str) -> String {
-        let chars: Vec<char> = text.chars().collect();
-        let mut out = String::with_capacity(text.len());
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            let next = chars.get(i + 1).copied();
-            if c == '/' && next == Some('/') {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            } else if c == '/' && next == Some('*') {
-                i += 2;
-                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                    i += 1;
-                }
-                i += 2;
-            } else if c == 'r' && (next == Some('"') || next == Some('#')) {
-                let mut j = i + 1;
-                let mut hashes = 0;
-                while chars.get(j) == Some(&'#') {
-                    hashes += 1;
-                    j += 1;
-                }
-                if chars.get(j) != Some(&'"') {
-                    out.push(c);
-                    i += 1;
-                    continue;
-                }
-                j += 1;
-                let close: Vec<char> = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
-                while j < chars.len() && chars[j..].iter().take(close.len()).ne(close.iter()) {
-                    j += 1;
-                }
-                i = j + close.len();
-                out.push_str("\"\"");
-            } else if c == '"' {
-                i += 1;
-                while i < chars.len() && chars[i] != '"' {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-                i += 1;
-                out.push_str("\"\"");
-            } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || next == Some('\\')) {
-                // A char literal (`'a'`, `'\n'`); a lifetime (`'a`) has no closing quote.
-                i += 1;
-                while i < chars.len() && chars[i] != '\'' {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-                i += 1;
-                out.push_str("' '");
-            } else if c.is_alphanumeric() || c == '_' {
-                // A whole word at once, so that `r` or a quote inside one is not taken for a literal.
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                    out.push(chars[i]);
-                    i += 1;
-                }
-            } else {
-                out.push(c);
-                i += 1;
-            }
-        }
-        out
-    }
     /// Whether the identifier `word` names a database.
     fn names_a_database(word: &str) -> bool {
         let lower = word.to_ascii_lowercase();

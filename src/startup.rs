@@ -143,15 +143,6 @@ impl Application {
         // with an `Unusable` (exit code 2), leaving every file as it was.
         writable_data_dir(&settings.data_dir)?;
         crate::store::inspect(&settings.database()).await?;
-        let auth = Auth::load(&settings).await.context("loading the tokens and sessions")?;
-        if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens().await {
-            anyhow::bail!(
-                "refusing to serve {} without tokens: anyone who can reach it could use it. Create a \
-                 token with `aura token create NAME` first, or pass --insecure-open \
-                 (AURA_INSECURE_OPEN=true) on a network you trust",
-                settings.addr
-            );
-        }
         let limits = Limits::new(settings.max_streams_per_owner as usize, settings.job_rate)?;
         let cors = cors_layer(&settings.cors_origins)?;
         let lock = DataDirLock::acquire(&settings.data_dir)?;
@@ -161,6 +152,16 @@ impl Application {
             Store::open_node(settings.database(), settings.synchronous.into(), Node::configured(&settings))
                 .await
                 .with_context(|| format!("opening the database {}", settings.database_shown()))?;
+        let auth =
+            Auth::load(&settings, store.credentials()).await.context("loading the tokens and sessions")?;
+        if !settings.is_loopback() && !settings.insecure_open && !auth.has_tokens().await {
+            anyhow::bail!(
+                "refusing to serve {} without tokens: anyone who can reach it could use it. Create a \
+                 token with `aura token create NAME` first, or pass --insecure-open \
+                 (AURA_INSECURE_OPEN=true) on a network you trust",
+                settings.addr
+            );
+        }
         let hub = Hub::start(
             store.clone(),
             feed,

@@ -20,7 +20,8 @@
 //!
 //! When the database keeps credentials (one that several nodes share), tokens and sessions live
 //! there instead of those files (see [`crate::access::database`]), so every node sharing it
-//! knows the same ones. The store says whether it does ([`Credentials::open`]).
+//! knows the same ones. The store says whether it does, and hands them over on its own
+//! connections ([`crate::store::Store::credentials`]): `access` opens no pool of its own.
 //!
 //! A credential that proves no caller is charged to its client address's budget
 //! ([`crate::access::lookups`]): past it, `429` rather than `401`. One that proves a caller is
@@ -452,12 +453,13 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// The tokens file and its sessions, or, when the database keeps credentials, the database
-    /// (connected, migrated and read once, so that an unreachable one stops the start).
-    pub async fn load(settings: &crate::config::ServeConfig) -> anyhow::Result<Auth> {
-        let kept = Credentials::open(&settings.database())
-            .await
-            .context("connecting to the database for tokens and sessions")?;
+    /// The tokens file and its sessions, or `kept`: the credentials the store's database keeps,
+    /// on the store's own connections ([`crate::store::Store::credentials`]), read once so that
+    /// an unreadable tokens file or an unreachable database stops the start.
+    pub async fn load(
+        settings: &crate::config::ServeConfig,
+        kept: Option<Credentials>,
+    ) -> anyhow::Result<Auth> {
         let keeper = match kept {
             Some(credentials) => Keeper::Database(DatabaseAuth::open(credentials).await?),
             None => {

@@ -19,8 +19,8 @@ pub struct TokenRow {
     pub admin: bool,
 }
 
-/// Connections of a pool opened for credentials alone (`aura token`, or a server's `access`,
-/// which loads them before the store opens so that a refused start writes nothing).
+/// Connections of a pool opened for credentials alone, by `aura token` (a server's `access`
+/// uses the store's own, [`super::Store::credentials`]).
 const CONNECTIONS: u32 = 2;
 
 /// The tokens and sessions a database keeps; cheap to clone.

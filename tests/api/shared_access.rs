@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use aura::access::auth::{Auth, Caller, Role};
 use aura::config::ServeConfig;
 use aura::error::AppError;
+use aura::store::{CommitFeed, Durability, Store};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -27,12 +28,15 @@ const PROPAGATION: Duration = Duration::from_secs(3);
 
 /// One node's credentials, as `aura serve --database-url URL` loads them, with a data folder of
 /// its own (which must stay free of tokens files).
-async fn node(url: &str) -> TestResult<(Auth, TempDir)> {
+/// The store is kept with the folder: `access` reads credentials on its connections.
+async fn node(url: &str) -> TestResult<(Auth, (TempDir, Store, CommitFeed))> {
     let dir = tempfile::tempdir()?;
     let mut settings = ServeConfig::for_data_dir(dir.path().join("data"));
     settings.database_url = Some(url.to_owned());
-    let auth = tokio::time::timeout(WAIT, Auth::load(&settings)).await??;
-    Ok((auth, dir))
+    let (store, feed) =
+        tokio::time::timeout(WAIT, Store::open(settings.database(), Durability::Full)).await??;
+    let auth = tokio::time::timeout(WAIT, Auth::load(&settings, store.credentials())).await??;
+    Ok((auth, (dir, store, feed)))
 }
 
 /// Runs `aura token ARGS` against the database at `url`; its exit code, stdout and stderr.

@@ -87,18 +87,21 @@ impl From<crate::store::StoreError> for AppError {
     }
 }
 
-/// A poisoned lock on a request's path fails closed: a 500, whose cause goes to the log.
 /// A job's command that was refused: the one mapping of every refusal to HTTP.
 impl From<crate::domain::command::Refusal> for AppError {
     fn from(r: crate::domain::command::Refusal) -> Self {
-        use crate::domain::command::Refusal;
+        use crate::domain::command::{Refusal, Refused};
         match r {
-            Refusal::NotFound => AppError::NotFound("no job has this id".into()),
+            Refusal::NotFound | Refusal::Report(Refused::NotFound) => {
+                AppError::NotFound("no job has this id".into())
+            }
             Refusal::Conflict(detail) | Refusal::Invalid(detail) => AppError::Conflict(detail),
+            Refusal::Report(refused) => AppError::Conflict(refused.detail()),
         }
     }
 }
 
+/// A poisoned lock on a request's path fails closed: a 500, whose cause goes to the log.
 impl From<crate::sync::Poisoned> for AppError {
     fn from(e: crate::sync::Poisoned) -> Self {
         AppError::Internal(anyhow::Error::new(e))

@@ -24,6 +24,10 @@ pub enum Refusal {
     Conflict(String),
     #[error("the events do not fit the job's state: {0}")]
     Invalid(String),
+    /// A worker's report (or a parked job's resume), refused for this reason: the worker reads
+    /// it to know whether the job is still its own ([`Refused::job_left`]).
+    #[error("{}", .0.detail())]
+    Report(Refused),
 }
 
 /// What someone asks of a job.
@@ -89,18 +93,23 @@ impl Refused {
     }
 }
 
+impl Refused {
+    /// What the refusal says, in words.
+    pub fn detail(self) -> String {
+        match self {
+            Refused::NotFound => "no such job".into(),
+            Refused::Ended(status) => format!("the job is already {}", status.name()),
+            Refused::Superseded { now, mine } => {
+                format!("the job continues as attempt {now}; attempt {mine} may no longer write")
+            }
+            Refused::Cancelling => "the job is being cancelled; only job-cancelled may end it".into(),
+        }
+    }
+}
+
 impl From<Refused> for Refusal {
     fn from(r: Refused) -> Refusal {
-        match r {
-            Refused::NotFound => Refusal::NotFound,
-            Refused::Ended(status) => Refusal::Conflict(format!("the job is already {}", status.name())),
-            Refused::Superseded { now, mine } => Refusal::Conflict(format!(
-                "the job continues as attempt {now}; attempt {mine} may no longer write"
-            )),
-            Refused::Cancelling => {
-                Refusal::Conflict("the job is being cancelled; only job-cancelled may end it".into())
-            }
-        }
+        Refusal::Report(r)
     }
 }
 
@@ -452,6 +461,8 @@ pub(crate) mod tests {
             Err(Refusal::NotFound) => "not-found".into(),
             Err(Refusal::Conflict(_)) => "conflict".into(),
             Err(Refusal::Invalid(_)) => "invalid".into(),
+            Err(Refusal::Report(Refused::NotFound)) => "not-found".into(),
+            Err(Refusal::Report(_)) => "conflict".into(),
         }
     }
 

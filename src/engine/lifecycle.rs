@@ -8,52 +8,47 @@
 //! each a [`Report`] (a Cancelling job takes only `job-cancelled`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::command::{Command, Interruption, Report, decide_report};
+use crate::domain::command::{Command, Interruption, Report};
 use crate::domain::event::{JobOutput, NoticeData};
 use crate::domain::job::{JobStatus, Stage};
 use crate::domain::spec::JobSpec;
-use crate::store::{Applied, Decide, LeaseOp, Refusal, Store, StoreError};
+use crate::store::{Applied, LeaseOp, Refusal, Store, StoreError};
 
 /// What a lifecycle call returns: the store may fail, or the decision may be refused.
 pub type Outcome = Result<Result<Applied, Refusal>, StoreError>;
 
-/// The writer's decision for `command`.
-fn decider(command: Command) -> Decide {
-    Box::new(move |state| command.decide(state))
-}
-
 /// Creates a Queued job whose first event carries its request and owner.
 pub async fn create(store: &Store, job_id: Uuid, spec: JobSpec, owner: String) -> Outcome {
-    store.apply(job_id, decider(Command::Create { spec: Box::new(spec), owner })).await
+    store.apply(job_id, Command::Create { spec: Box::new(spec), owner }).await
 }
 
 /// Asks a job to stop (see [`Command::Cancel`]).
 pub async fn cancel(store: &Store, job_id: Uuid) -> Outcome {
-    store.apply(job_id, decider(Command::Cancel)).await
+    store.apply(job_id, Command::Cancel).await
 }
 
 /// Claims a Queued job for a worker: Running, the next attempt, at the start of Script.
 pub async fn claim(store: &Store, job_id: Uuid) -> Outcome {
-    store.apply_leased(job_id, LeaseOp::Take, decider(Command::Claim)).await
+    store.apply_leased(job_id, LeaseOp::Take, Command::Claim).await
 }
 
 /// Continues a job parked for lack of disk space (or store, or database) as a new attempt (it
 /// stays Running; the new attempt skips the stages whose artifacts are verified). Refused unless
 /// the job is Running in `attempt`.
 pub async fn resume_parked(store: &Store, job_id: Uuid, attempt: u32) -> Outcome {
-    store.apply_leased(job_id, LeaseOp::Take, decider(Command::ResumeParked { attempt })).await
+    store.apply_leased(job_id, LeaseOp::Take, Command::ResumeParked { attempt }).await
 }
 
 /// Records that a completed job's video was deleted (`AURA_OUTPUT_RETENTION`): a `warning`
 /// `output-expired` after its terminal event, which folds into "no output". Refused unless the
 /// job is Completed and still has its output, so the warning is appended once.
 pub async fn expire_output(store: &Store, job_id: Uuid) -> Outcome {
-    store.apply(job_id, decider(Command::ExpireOutput)).await
+    store.apply(job_id, Command::ExpireOutput).await
 }
 
 /// A worker's handle on the job it runs.
@@ -107,35 +102,21 @@ impl JobHandle {
         }
     }
 
-    /// Appends what `report` decides on the writer. A decision may run more than once (see
-    /// `store::Decide`); the reason of the last refusal is what the answer says.
+    /// Appends what `report` decides on the writer. A refusal says whether the job is still
+    /// this worker's: if it ended or went on as another attempt, `lost` is cancelled; if it is
+    /// Cancelling, `stop` is.
     async fn report(&self, report: Report) -> Outcome {
         let attempt = self.attempt.as_ref().map(|a| a.load(Ordering::Acquire));
-        let why = Arc::new(AtomicU8::new(NOT_REFUSED));
-        let seen = why.clone();
-        let outcome = self
-            .store
-            .apply(
-                self.job_id,
-                Box::new(move |state| {
-                    decide_report(state, attempt, &report).map_err(|refused| {
-                        seen.store(if refused.job_left() { JOB_LEFT } else { CANCELLING }, Ordering::Release);
-                        Refusal::from(refused)
-                    })
-                }),
-            )
-            .await;
-        if let Ok(Err(_)) = &outcome {
-            match why.load(Ordering::Acquire) {
+        let outcome = self.store.apply(self.job_id, Command::Report { attempt, report }).await;
+        if let Ok(Err(Refusal::Report(refused))) = &outcome {
+            if refused.job_left() {
                 // Ended, or taken over: this worker's processes have nothing left to do.
-                JOB_LEFT if attempt.is_some() => self.lost.cancel(),
-                // A cancel this worker missed: stop, and end the job Cancelled.
-                CANCELLING => {
-                    if let Some(stop) = &self.stop {
-                        stop.cancel();
-                    }
+                if attempt.is_some() {
+                    self.lost.cancel();
                 }
-                _ => {}
+            } else if let Some(stop) = &self.stop {
+                // A cancel this worker missed: stop, and end the job Cancelled.
+                stop.cancel();
             }
         }
         outcome
@@ -184,11 +165,6 @@ impl JobHandle {
         self.report(Report::Cancelled(step)).await
     }
 }
-
-/// How [`JobHandle::report`]'s decision last ended.
-const NOT_REFUSED: u8 = 0;
-const JOB_LEFT: u8 = 1;
-const CANCELLING: u8 = 2;
 
 /// What [`recover`] did with a job left behind by a dead server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,8 +233,7 @@ async fn interrupted(
     // Read before the decision: only this node's lease decision may add one, and it is refused
     // unless the job is still the one read here.
     let before = interruptions(store, job_id).await?;
-    let outcome =
-        store.apply_leased(job_id, lease, decider(Command::Interrupt { why, before, max_attempts })).await?;
+    let outcome = store.apply_leased(job_id, lease, Command::Interrupt { why, before, max_attempts }).await?;
     Ok(outcome.map(|applied| match applied.state.status {
         JobStatus::Cancelled => Recovered::Cancelled,
         JobStatus::Failed => Recovered::GaveUp,

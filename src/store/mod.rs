@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Database, ServeConfig, Synchronous};
+use crate::domain::command::Command;
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 pub use credentials::{Credentials, TokenRow};
 pub use postgres::writer::Node;
-pub use writer::{Applied, Decide, LeaseOp, Refusal};
+pub use writer::{Applied, LeaseOp, Refusal};
 
 use postgres::PgLog;
 use sqlite::SqliteLog;
@@ -254,35 +255,40 @@ impl Store {
         }
     }
 
-    /// Sends one decision to the writer and waits for its outcome.
+    /// Sends one command to the writer and waits for its outcome.
     async fn send(
         &self,
         job_id: Uuid,
         lease: LeaseOp,
-        decide: Decide,
+        command: Command,
     ) -> Result<Result<Applied, Refusal>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(writer::Work::Append(writer::Request { job_id, decide, lease, reply }))
+            .send(writer::Work::Append(writer::Request { job_id, command, lease, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// [`Store::apply`] with what the decision does to the job's lease (a shared store only).
+    /// [`Store::apply`] with what the command does to the job's lease (a shared store only).
     pub async fn apply_leased(
         &self,
         job_id: Uuid,
         lease: LeaseOp,
-        decide: Decide,
+        command: Command,
     ) -> Result<Result<Applied, Refusal>, StoreError> {
-        self.send(job_id, lease, decide).await
+        self.send(job_id, lease, command).await
     }
 
-    /// Runs one decision against a job's current state and appends what it returns, atomically.
-    pub async fn apply(&self, job_id: Uuid, decide: Decide) -> Result<Result<Applied, Refusal>, StoreError> {
-        self.send(job_id, LeaseOp::Keep, decide).await
+    /// Decides `command` against the job's current state and appends what it returns,
+    /// atomically.
+    pub async fn apply(
+        &self,
+        job_id: Uuid,
+        command: Command,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        self.send(job_id, LeaseOp::Keep, command).await
     }
 
     /// Renews this node's leases of `jobs` (id, attempt); returns those it no longer holds.

@@ -1,9 +1,11 @@
 //! What both backends' writers share: the queue they take requests from, the decisions they run
 //! and how they answer, so that `sqlite::writer` and `postgres::writer` differ only in SQL.
 //!
-//! One task per process owns the appends. Callers send a [`Request`]: a job id and a [`Decide`]
-//! closure that looks at the job's current state and returns the events to append (or a
-//! [`Refusal`], such as "already finished"). The task takes every request waiting in its queue
+//! One task per process owns the appends. Callers send a [`Request`]: a job id and a
+//! [`Command`], which the task decides against the job's current state ([`Command::decide`]:
+//! the events to append, or a [`Refusal`] such as "already finished"). It may decide one more
+//! than once: PostgreSQL's writer decides against the states it cached first, and again against
+//! the locked rows when another node changed one of them. The task takes every request waiting in its queue
 //! ([`gather`]), decides them one after another ([`decide_one`]) and commits the group in one
 //! transaction. Only after the commit are the callers answered and the events handed to the
 //! fan-out ([`answer`]), so no subscriber ever sees an id that could still be rolled back and
@@ -20,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{StoreError, StoredEvent};
-use crate::domain::event::{EventBody, format_at, now_micros};
+use crate::domain::command::Command;
+use crate::domain::event::{format_at, now_micros};
 use crate::domain::job::{JobState, JobStatus};
 
 /// Most requests committed in one transaction.
@@ -30,12 +33,6 @@ pub(super) const MAX_GROUP: usize = 512;
 /// process that writes while a server holds the data folder, so its own copy is the truth and
 /// saves reading and parsing the row for every event. Emptied whenever a group fails.
 pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
-
-/// Looks at a job's state (`None`: no such job) and says what to append.
-///
-/// It may be called more than once: PostgreSQL's writer decides against the states it cached
-/// first, and decides again against the locked rows when another node changed one of them.
-pub type Decide = Box<dyn Fn(Option<&JobState>) -> Result<Vec<EventBody>, Refusal> + Send + Sync>;
 
 /// Why a decision appended nothing (the rules live with the commands, in the domain).
 pub use crate::domain::command::Refusal;
@@ -49,9 +46,20 @@ pub struct Applied {
 
 pub(super) struct Request {
     pub job_id: Uuid,
-    pub decide: Decide,
+    pub command: Command,
     pub lease: LeaseOp,
-    pub reply: oneshot::Sender<Result<Result<Applied, Refusal>, StoreError>>,
+    pub reply: Reply,
+}
+
+/// Where a request's outcome goes, once its group committed (or failed).
+pub(super) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// What a writer decides for one request: the job, what its lease becomes, and the command.
+pub(super) type Decision = (Uuid, LeaseOp, Command);
+
+/// Splits a group into what is decided and whom to answer, in the same order.
+pub(super) fn split(group: &mut Vec<Request>) -> (Vec<Decision>, Vec<Reply>) {
+    group.drain(..).map(|r| ((r.job_id, r.lease, r.command), r.reply)).unzip()
 }
 
 /// What an append does to the job's lease (PostgreSQL only: with SQLite one process holds the
@@ -88,7 +96,7 @@ pub(super) struct Spawned {
 /// Answers every request of a group with its outcome once the group is committed (and hands
 /// its events to the fan-out), or with the group's failure.
 pub(super) fn answer(
-    group: &mut Vec<Request>,
+    replies: Vec<Reply>,
     result: Result<Vec<Outcome>, StoreError>,
     feed: &mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
     started: Instant,
@@ -106,15 +114,15 @@ pub(super) fn answer(
                 // The fan-out may be gone during shutdown; the events are committed regardless.
                 let _ = feed.send(committed);
             }
-            for (req, outcome) in group.drain(..).zip(outcomes) {
-                let _ = req.reply.send(Ok(outcome));
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "group commit failed; every request in it is refused");
             let cause = Arc::new(e);
-            for req in group.drain(..) {
-                let _ = req.reply.send(Err(StoreError::GroupFailed(cause.clone())));
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::GroupFailed(cause.clone())));
             }
         }
     }
@@ -155,11 +163,6 @@ pub(super) async fn gather(
     }
 }
 
-/// Moves the closure out of a request, leaving one that refuses (never called twice).
-pub(super) fn take_decide(r: &mut Request) -> Decide {
-    std::mem::replace(&mut r.decide, Box::new(|_| Err(Refusal::Invalid("decided twice".into()))))
-}
-
 /// One accepted decision of a group, before its events have ids.
 pub(super) struct Accepted {
     /// Its place in the group, to answer the right caller.
@@ -181,17 +184,17 @@ pub(super) fn settle(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
     outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(Refusal::Invalid("not decided".into())))).collect()
 }
 
-/// Runs one decision and folds its events (placeholder ids). Returns the outcome of a refused
+/// Decides one command and folds its events (placeholder ids). Returns the outcome of a refused
 /// or empty decision; `None` when it was accepted into `accepted`.
 pub(super) fn decide_one(
     job_id: Uuid,
     before: Option<JobState>,
-    decide: &Decide,
+    command: &Command,
     cache: &mut Cache,
     index: usize,
     accepted: &mut Vec<Accepted>,
 ) -> Option<Outcome> {
-    let bodies = match decide(before.as_ref()) {
+    let bodies = match command.decide(before.as_ref()) {
         Ok(bodies) => bodies,
         Err(refusal) => {
             if let Some(state) = before {

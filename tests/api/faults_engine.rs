@@ -170,6 +170,7 @@ async fn a_node_whose_lease_renewal_blocks_past_the_lease_stops_its_ffmpeg_and_r
 /// job; its handle is told to stop, and the only end left is `job-cancelled`.
 #[tokio::test]
 async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job() -> TestResult {
+    use aura::domain::command::Refused;
     use aura::domain::event::JobOutput;
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
@@ -183,7 +184,10 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
     assert_eq!(lifecycle::cancel(&b, id).await??.state.status.name(), "Cancelling");
 
     let progress = worker.progress(Stage::Render, 95.0, "late".into()).await?;
-    assert!(matches!(progress, Err(Refusal::Conflict(_))), "stage work after the cancel: {progress:?}");
+    assert!(
+        matches!(progress, Err(Refusal::Report(Refused::Cancelling))),
+        "stage work after the cancel: {progress:?}"
+    );
     assert!(stop.is_cancelled() && !lost.is_cancelled(), "told to stop, and that the job is still its own");
     let output = JobOutput {
         video_path: format!("jobs/{id}/output.mp4"),
@@ -192,9 +196,15 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
         duration_sec: 1.0,
     };
     let completed = worker.complete(output).await?;
-    assert!(matches!(completed, Err(Refusal::Conflict(_))), "completed after the cancel: {completed:?}");
+    assert!(
+        matches!(completed, Err(Refusal::Report(Refused::Cancelling))),
+        "completed after the cancel: {completed:?}"
+    );
     let failed = worker.fail(Some(Stage::Render), "ffmpeg-failed", "late".into()).await?;
-    assert!(matches!(failed, Err(Refusal::Conflict(_))), "failed after the cancel: {failed:?}");
+    assert!(
+        matches!(failed, Err(Refusal::Report(Refused::Cancelling))),
+        "failed after the cancel: {failed:?}"
+    );
     worker.cancelled(Some(Stage::Render)).await??;
     let (status, _, _) = crate::postgres::row_of(&url, id).await?;
     assert_eq!(status, "Cancelled");

@@ -290,6 +290,7 @@ async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_cu
 /// the old attempt is refused, its `job-completed` above all, and its worker is told to stop.
 #[tokio::test]
 async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it() -> TestResult {
+    use aura::domain::command::Refused;
     use aura::domain::event::JobOutput;
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
@@ -311,9 +312,15 @@ async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it(
         duration_sec: 1.0,
     };
     let refused = old.complete(output).await?;
-    assert!(matches!(refused, Err(Refusal::Conflict(_))), "the old attempt finished the job: {refused:?}");
+    assert!(
+        matches!(refused, Err(Refusal::Report(Refused::Superseded { .. }))),
+        "the old attempt finished the job: {refused:?}"
+    );
     assert!(lost.is_cancelled(), "the old attempt's worker is told to stop");
-    assert!(matches!(old.progress(Stage::Script, 60.0, "late".into()).await?, Err(Refusal::Conflict(_))));
+    assert!(matches!(
+        old.progress(Stage::Script, 60.0, "late".into()).await?,
+        Err(Refusal::Report(Refused::Superseded { .. }))
+    ));
     let (status, row_attempt, _) = row_of(&url, id).await?;
     assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));
     a.close().await;

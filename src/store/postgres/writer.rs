@@ -35,8 +35,8 @@ use crate::domain::job::{JobState, JobStatus};
 use crate::store::StoreError;
 use crate::store::rows::{JobChanges, JobColumns, JobRow};
 use crate::store::writer::{
-    Accepted, Applied, Cache, Decide, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
-    decide_one, gather, settle, take_decide, with_ids,
+    Accepted, Applied, Cache, Decision, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
+    decide_one, gather, settle, split, with_ids,
 };
 
 /// How long past its own statement timeout a guarded query waits for the server to answer
@@ -134,7 +134,7 @@ async fn run(
             continue;
         }
         let started = Instant::now();
-        let requests: Vec<_> = group.iter_mut().map(|r| (r.job_id, r.lease, take_decide(r))).collect();
+        let (requests, replies) = split(&mut group);
         // Bounded like every query that guards a lease: the server ends a statement after a
         // third of the lease (`statement_timeout` on these connections), and a server that does
         // not answer at all is given up a moment later. The outcome is then unknown, as when a
@@ -149,7 +149,7 @@ async fn run(
             Ok(_) => committed.notify_one(),
             Err(_) => known.clear(),
         }
-        answer(&mut group, result, &feed, started);
+        answer(replies, result, &feed, started);
     }
     tracing::info!("store writer closed");
 }
@@ -159,7 +159,7 @@ async fn run(
 async fn write_group(
     pool: &PgPool,
     node: &Node,
-    group: &[(Uuid, LeaseOp, Decide)],
+    group: &[Decision],
     known: &mut Cache,
 ) -> Result<Vec<Outcome>, StoreError> {
     if group.iter().all(|(_, op, _)| *op == LeaseOp::Keep)
@@ -178,13 +178,13 @@ async fn write_group(
 /// and the caller decides again with the rows locked.
 async fn cached_group(
     pool: &PgPool,
-    group: &[(Uuid, LeaseOp, Decide)],
+    group: &[Decision],
     known: &mut Cache,
 ) -> Result<Option<Vec<Outcome>>, StoreError> {
     let mut states: Cache = HashMap::with_capacity(group.len());
     let mut accepted: Vec<Accepted> = Vec::with_capacity(group.len());
     let mut fresh: HashMap<Uuid, i64> = HashMap::with_capacity(group.len());
-    for (index, (job_id, _, decide)) in group.iter().enumerate() {
+    for (index, (job_id, _, command)) in group.iter().enumerate() {
         let before = match states.remove(job_id) {
             Some(state) => Some(state),
             // Taken out, not copied: a commit puts the new state back, a fallback reads the row.
@@ -192,7 +192,7 @@ async fn cached_group(
                 fresh.entry(*job_id).or_insert(s.last_event_id);
             }),
         };
-        if decide_one(*job_id, before, decide, &mut states, index, &mut accepted).is_some() {
+        if decide_one(*job_id, before, command, &mut states, index, &mut accepted).is_some() {
             return Ok(None);
         }
     }
@@ -242,7 +242,7 @@ fn remember(known: &mut Cache, written: &[(usize, Applied)]) {
 async fn locked_group(
     pool: &PgPool,
     node: &Node,
-    group: &[(Uuid, LeaseOp, Decide)],
+    group: &[Decision],
     known: &mut Cache,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut keys: Vec<String> = group.iter().map(|(id, _, _)| id.to_string()).collect();
@@ -288,7 +288,7 @@ async fn locked_group(
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(group.len());
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut ops: HashMap<Uuid, LeaseOp> = HashMap::new();
-    for (index, (job_id, op, decide)) in group.iter().enumerate() {
+    for (index, (job_id, op, command)) in group.iter().enumerate() {
         let (job_id, op) = (*job_id, *op);
         if op == LeaseOp::Orphan && !expired.contains(&job_id) {
             outcomes.push(Some(Err(Refusal::Conflict("the job's lease is not expired".into()))));
@@ -296,7 +296,7 @@ async fn locked_group(
         }
         let before = states.remove(&job_id).or_else(|| committed_rows.get(&job_id).cloned());
         let taken = accepted.len();
-        let outcome = decide_one(job_id, before, decide, &mut states, index, &mut accepted);
+        let outcome = decide_one(job_id, before, command, &mut states, index, &mut accepted);
         if accepted.len() > taken && op != LeaseOp::Keep {
             ops.insert(job_id, op);
         }

@@ -25,8 +25,8 @@ use crate::domain::job::{JobState, JobStatus};
 use crate::store::StoreError;
 use crate::store::rows::{JobChanges, JobColumns, JobRow};
 use crate::store::writer::{
-    Accepted, Applied, Cache, Decide, MAX_GROUP, Outcome, Spawned, Work, answer, decide_one, gather, settle,
-    take_decide, with_ids,
+    Accepted, Applied, Cache, Decision, MAX_GROUP, Outcome, Spawned, Work, answer, decide_one, gather,
+    settle, split, with_ids,
 };
 
 /// Most job states the writer keeps in memory; past it the cache starts over.
@@ -70,16 +70,16 @@ async fn run(
             continue;
         }
         let started = Instant::now();
-        let replies: Vec<_> = group.iter_mut().map(|r| (r.job_id, take_decide(r))).collect();
+        let (decisions, replies) = split(&mut group);
         if cache.len() > CACHE_LIMIT {
             cache.clear();
         }
-        let result = write_group(&mut conn, &mut cache, replies).await;
+        let result = write_group(&mut conn, &mut cache, decisions).await;
         if result.is_err() {
             // The cache may hold states of the rolled-back group: start over from the table.
             cache.clear();
         }
-        answer(&mut group, result, &feed, started);
+        answer(replies, result, &feed, started);
     }
     // Closed, or every sender is gone: leave the file tidy for the next process and for `sqlite3` users.
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
@@ -102,15 +102,15 @@ async fn run(
 async fn write_group(
     conn: &mut SqliteConnection,
     cache: &mut Cache,
-    group: Vec<(Uuid, Decide)>,
+    group: Vec<Decision>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let keys: Vec<String> =
-        group.iter().filter(|(id, _)| !cache.contains_key(id)).map(|(id, _)| id.to_string()).collect();
+        group.iter().filter(|(id, ..)| !cache.contains_key(id)).map(|(id, ..)| id.to_string()).collect();
     let mut loaded = load_missing(conn, keys).await?;
     let mut seen = std::collections::HashSet::with_capacity(group.len());
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(group.len());
     let mut accepted: Vec<Accepted> = Vec::new();
-    for (index, (job_id, decide)) in group.into_iter().enumerate() {
+    for (index, (job_id, _, command)) in group.into_iter().enumerate() {
         let before = match cache.remove(&job_id) {
             Some(state) => Some(state),
             // First time in this group: the row read above, if there is one.
@@ -119,7 +119,7 @@ async fn write_group(
             None => read_row(conn, job_id).await?,
         };
         seen.insert(job_id);
-        outcomes.push(decide_one(job_id, before, &decide, cache, index, &mut accepted));
+        outcomes.push(decide_one(job_id, before, &command, cache, index, &mut accepted));
     }
     let written = if accepted.is_empty() { Vec::new() } else { commit_accepted(conn, accepted).await? };
     for (index, applied) in written {

@@ -101,6 +101,16 @@ impl From<crate::domain::command::Refusal> for AppError {
     }
 }
 
+/// A command that appended nothing: refused (`404`/`409`), or the store failed (`500`).
+impl From<crate::store::ApplyError> for AppError {
+    fn from(e: crate::store::ApplyError) -> Self {
+        match e {
+            crate::store::ApplyError::Refused(r) => r.into(),
+            crate::store::ApplyError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// A poisoned lock on a request's path fails closed: a 500, whose cause goes to the log.
 impl From<crate::sync::Poisoned> for AppError {
     fn from(e: crate::sync::Poisoned) -> Self {

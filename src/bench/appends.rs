@@ -64,10 +64,8 @@ pub(super) async fn running_jobs(store: &Store, n: usize) -> anyhow::Result<Vec<
     let mut jobs = Vec::with_capacity(n);
     for _ in 0..n {
         let id = Uuid::now_v7();
-        lifecycle::create(store, id, spec.clone(), crate::domain::job::LOCAL_OWNER.into())
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        lifecycle::claim(store, id).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        lifecycle::create(store, id, spec.clone(), crate::domain::job::LOCAL_OWNER.into()).await?;
+        lifecycle::claim(store, id).await?;
         jobs.push(match store.node() {
             // A fresh job's first claim starts attempt 1.
             Some(_) => JobHandle::fenced(store.clone(), id, 1, CancellationToken::new()),
@@ -83,9 +81,7 @@ pub(super) async fn drive(jobs: Vec<JobHandle>, per: usize) -> anyhow::Result<()
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(jobs)
         .map(|job| async move {
             for i in 0..per {
-                job.progress(Stage::Audio, (i % 100) as f64, String::new())
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                job.progress(Stage::Audio, (i % 100) as f64, String::new()).await?;
             }
             Ok(())
         })

@@ -128,7 +128,7 @@ async fn prefill(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
         .collect()
         .await;
     for r in results {
-        r?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        r?;
     }
     store.close().await;
     Ok(())

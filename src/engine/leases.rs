@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, Recovered};
+use crate::store::ApplyError;
 
 /// Expired leases handled per round.
 const SWEEP_LIMIT: u32 = 100;
@@ -84,13 +85,13 @@ async fn sweep(engine: &Engine) {
     let max_attempts = engine.settings().max_attempts;
     for job_id in expired {
         match lifecycle::recover_expired(engine.store(), job_id, max_attempts).await {
-            Ok(Ok(how)) => {
+            Ok(how) => {
                 tracing::warn!(%job_id, ?how, "a job's lease expired; it continues as a new attempt");
                 if how == Recovered::Resumed {
                     engine.jobs_created().notify_waiters();
                 }
             }
-            Ok(Err(refusal)) => {
+            Err(ApplyError::Refused(refusal)) => {
                 tracing::debug!(%job_id, %refusal, "an expired lease was dealt with elsewhere")
             }
             Err(e) => tracing::warn!(error = %e, %job_id, "continuing a job whose lease expired failed"),

@@ -17,10 +17,11 @@ use crate::domain::command::{Command, Interruption, Report};
 use crate::domain::event::{JobOutput, NoticeData};
 use crate::domain::job::{JobStatus, Stage};
 use crate::domain::spec::JobSpec;
-use crate::store::{Applied, LeaseOp, Refusal, Store, StoreError};
+use crate::store::{Applied, ApplyError, LeaseOp, Refusal, Store, StoreError};
 
-/// What a lifecycle call returns: the store may fail, or the decision may be refused.
-pub type Outcome = Result<Result<Applied, Refusal>, StoreError>;
+/// What a lifecycle call returns: what was appended, or why nothing was (refused, or the store
+/// failed).
+pub type Outcome = Result<Applied, ApplyError>;
 
 /// Creates a Queued job whose first event carries its request and owner.
 pub async fn create(store: &Store, job_id: Uuid, spec: JobSpec, owner: String) -> Outcome {
@@ -108,7 +109,7 @@ impl JobHandle {
     async fn report(&self, report: Report) -> Outcome {
         let attempt = self.attempt.as_ref().map(|a| a.load(Ordering::Acquire));
         let outcome = self.store.apply(self.job_id, Command::Report { attempt, report }).await;
-        if let Ok(Err(Refusal::Report(refused))) = &outcome {
+        if let Err(ApplyError::Refused(Refusal::Report(refused))) = &outcome {
             if refused.job_left() {
                 // Ended, or taken over: this worker's processes have nothing left to do.
                 if attempt.is_some() {
@@ -180,11 +181,7 @@ pub enum Recovered {
 /// After a restart: a Running job gets a `warning` (`engine-restarted`, naming its step) and a
 /// new attempt, or fails with `too-many-attempts` once `max_attempts` are used up; a Cancelling
 /// job ends Cancelled.
-pub async fn recover(
-    store: &Store,
-    job_id: Uuid,
-    max_attempts: u32,
-) -> Result<Result<Recovered, Refusal>, StoreError> {
+pub async fn recover(store: &Store, job_id: Uuid, max_attempts: u32) -> Result<Recovered, ApplyError> {
     interrupted(store, job_id, max_attempts, Interruption::Restart).await
 }
 
@@ -195,7 +192,7 @@ pub async fn recover_expired(
     store: &Store,
     job_id: Uuid,
     max_attempts: u32,
-) -> Result<Result<Recovered, Refusal>, StoreError> {
+) -> Result<Recovered, ApplyError> {
     interrupted(store, job_id, max_attempts, Interruption::LeaseExpired).await
 }
 
@@ -225,7 +222,7 @@ async fn interrupted(
     job_id: Uuid,
     max_attempts: u32,
     why: Interruption,
-) -> Result<Result<Recovered, Refusal>, StoreError> {
+) -> Result<Recovered, ApplyError> {
     let lease = match why {
         Interruption::Restart => LeaseOp::Keep,
         Interruption::LeaseExpired => LeaseOp::Orphan,
@@ -233,10 +230,10 @@ async fn interrupted(
     // Read before the decision: only this node's lease decision may add one, and it is refused
     // unless the job is still the one read here.
     let before = interruptions(store, job_id).await?;
-    let outcome = store.apply_leased(job_id, lease, Command::Interrupt { why, before, max_attempts }).await?;
-    Ok(outcome.map(|applied| match applied.state.status {
+    let applied = store.apply_leased(job_id, lease, Command::Interrupt { why, before, max_attempts }).await?;
+    Ok(match applied.state.status {
         JobStatus::Cancelled => Recovered::Cancelled,
         JobStatus::Failed => Recovered::GaveUp,
         _ => Recovered::Resumed,
-    }))
+    })
 }

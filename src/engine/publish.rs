@@ -23,6 +23,7 @@ use crate::domain::event::JobOutput;
 use crate::domain::job::{Stage, WAITING_FOR_STORAGE};
 use crate::engine::Engine;
 use crate::engine::lifecycle::JobHandle;
+use crate::store::ApplyError;
 
 /// The first wait after a failed attempt to store a video.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -96,8 +97,8 @@ impl StoreWait {
     pub async fn failed(&mut self, handle: &JobHandle, step: Stage, message: &str) -> Option<Duration> {
         if !self.warned {
             match handle.warn(Some(step), WAITING_FOR_STORAGE, message.to_owned()).await {
-                Ok(Ok(_)) => self.warned = true,
-                Ok(Err(refusal)) => {
+                Ok(_) => self.warned = true,
+                Err(ApplyError::Refused(refusal)) => {
                     tracing::info!(%refusal, "the job changed while its files waited for the store");
                     return None;
                 }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::job::JobStatus;
 use crate::engine::lifecycle::{self, Recovered};
-use crate::store::Store;
+use crate::store::{ApplyError, Store};
 
 /// What recovery did, for the log and for the workers.
 #[derive(Debug, Default)]
@@ -52,11 +52,14 @@ pub async fn recover(store: &Store, data_dir: &Path, max_attempts: u32) -> anyho
         loop {
             let page = store.list_jobs(None, Some(status), before, 500).await?;
             for job in &page.jobs {
-                match lifecycle::recover(store, job.job_id, max_attempts).await? {
+                match lifecycle::recover(store, job.job_id, max_attempts).await {
                     Ok(Recovered::Resumed) => done.resumed.push(job.job_id),
                     Ok(Recovered::Cancelled) => done.cancelled += 1,
                     Ok(Recovered::GaveUp) => done.gave_up += 1,
-                    Err(refusal) => tracing::warn!(job_id = %job.job_id, %refusal, "recovery skipped a job"),
+                    Err(ApplyError::Refused(refusal)) => {
+                        tracing::warn!(job_id = %job.job_id, %refusal, "recovery skipped a job")
+                    }
+                    Err(ApplyError::Store(e)) => return Err(e.into()),
                 }
             }
             match page.next {

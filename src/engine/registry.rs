@@ -20,7 +20,7 @@ use crate::domain::spec::JobSpec;
 use crate::engine::disk::Disk;
 use crate::engine::lifecycle::{self, JobHandle};
 use crate::objects::Objects;
-use crate::store::{Applied, Refusal, Store, StoreError};
+use crate::store::Store;
 use crate::sync::lock;
 
 /// A job this node runs: its tokens, and the handle that knows its attempt (for the lease
@@ -106,26 +106,17 @@ impl Engine {
     }
 
     /// Creates a job (one `job-status Queued` event) and wakes an idle worker.
-    pub async fn create(
-        &self,
-        job_id: Uuid,
-        spec: JobSpec,
-        owner: String,
-    ) -> Result<Result<Applied, Refusal>, StoreError> {
+    pub async fn create(&self, job_id: Uuid, spec: JobSpec, owner: String) -> lifecycle::Outcome {
         let applied = lifecycle::create(self.store(), job_id, spec, owner).await?;
-        if applied.is_ok() {
-            self.inner.jobs_created.notify_waiters();
-        }
+        self.inner.jobs_created.notify_waiters();
         Ok(applied)
     }
 
     /// Cancels a job: Queued ends at once, Running becomes Cancelling and the worker running it,
     /// if any, has its processes killed.
-    pub async fn cancel(&self, job_id: Uuid) -> Result<Result<Applied, Refusal>, StoreError> {
+    pub async fn cancel(&self, job_id: Uuid) -> lifecycle::Outcome {
         let applied = lifecycle::cancel(self.store(), job_id).await?;
-        if applied.is_ok() {
-            self.cancel_running(job_id);
-        }
+        self.cancel_running(job_id);
         Ok(applied)
     }
 

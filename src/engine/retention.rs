@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::time::now_micros;
 use crate::engine::lifecycle;
 use crate::objects::Objects;
-use crate::store::Store;
+use crate::store::{ApplyError, Store};
 
 /// Most videos deleted per sweep; the next sweep takes the rest.
 pub const BATCH: u32 = 200;
@@ -94,11 +94,12 @@ pub async fn sweep(
                 }
             }
         }
-        match lifecycle::expire_output(store, job.job_id).await? {
+        match lifecycle::expire_output(store, job.job_id).await {
             Ok(_) => expired += 1,
-            Err(refusal) => {
+            Err(ApplyError::Refused(refusal)) => {
                 tracing::debug!(job_id = %job.job_id, %refusal, "output retention: nothing to record")
             }
+            Err(ApplyError::Store(e)) => return Err(e.into()),
         }
     }
     Ok(expired)

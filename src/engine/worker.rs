@@ -27,6 +27,7 @@ use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::pipeline::progress::Reporter;
 use crate::engine::pipeline::{self, Job, PipelineError, StageError};
 use crate::engine::publish::{self, Stored};
+use crate::store::ApplyError;
 use crate::store::StoreError;
 
 /// How often an idle worker looks for work even without a notification.
@@ -91,10 +92,12 @@ async fn work(engine: Engine, n: usize) {
         match engine.store().next_queued().await {
             Ok(Some(job_id)) => {
                 match lifecycle::claim(engine.store(), job_id).await {
-                    Ok(Ok(applied)) => {
+                    Ok(applied) => {
                         run_job(&engine, job_id, applied.state.request, applied.state.attempt).await
                     }
-                    Ok(Err(refusal)) => tracing::debug!(%job_id, %refusal, "another worker took the job"),
+                    Err(ApplyError::Refused(refusal)) => {
+                        tracing::debug!(%job_id, %refusal, "another worker took the job")
+                    }
                     Err(e) => {
                         tracing::error!(%job_id, error = %e, "claiming a job failed");
                         idle(&shutdown, notified, FALLBACK_POLL).await;
@@ -328,7 +331,7 @@ async fn complete(
     match stored {
         Stored::Yes => {
             let completed = handle.complete(output).await;
-            if matches!(completed, Ok(Err(_))) && handle.stopped() {
+            if matches!(completed, Err(ApplyError::Refused(_))) && handle.stopped() {
                 // Refused: the job is Cancelling. The video goes, as after any cancel.
                 remove_dir(job_dir).await;
                 if !engine.objects().in_place() {
@@ -396,7 +399,7 @@ async fn wait_for_database(engine: &Engine, job: &Job, step: Stage) -> Parked {
             () = tokio::time::sleep(pause) => {}
         }
         match lifecycle::resume_parked(engine.store(), job.id, job.handle.attempt()).await {
-            Ok(Ok(applied)) => {
+            Ok(applied) => {
                 job.handle.set_attempt(applied.state.attempt);
                 let message = format!(
                     "the database could not be reached during {}: the job continues as a new attempt",
@@ -409,7 +412,7 @@ async fn wait_for_database(engine: &Engine, job: &Job, step: Stage) -> Parked {
                 tracing::info!(step = step.name(), "the database answers again; the job continues");
                 return Parked::Resumed;
             }
-            Ok(Err(refusal)) => {
+            Err(ApplyError::Refused(refusal)) => {
                 tracing::info!(%refusal, "the job changed while the database was unreachable");
                 return Parked::Stopped(StageError::Cancelled);
             }
@@ -451,8 +454,8 @@ async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
     loop {
         if !warned {
             match job.handle.warn(Some(step), WAITING_FOR_DISK, message.clone()).await {
-                Ok(Ok(_)) => warned = true,
-                Ok(Err(refusal)) => {
+                Ok(_) => warned = true,
+                Err(ApplyError::Refused(refusal)) => {
                     tracing::info!(%refusal, "a parked job changed under the worker");
                     return Parked::Stopped(StageError::Cancelled);
                 }
@@ -463,12 +466,12 @@ async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
             engine.disk().refresh();
             if !engine.disk().is_low() {
                 match lifecycle::resume_parked(engine.store(), job.id, job.handle.attempt()).await {
-                    Ok(Ok(applied)) => {
+                    Ok(applied) => {
                         job.handle.set_attempt(applied.state.attempt);
                         tracing::info!(step = step.name(), "there is room again; the job continues");
                         return Parked::Resumed;
                     }
-                    Ok(Err(refusal)) => {
+                    Err(ApplyError::Refused(refusal)) => {
                         tracing::info!(%refusal, "a parked job changed under the worker");
                         return Parked::Stopped(StageError::Cancelled);
                     }
@@ -486,8 +489,8 @@ async fn park(engine: &Engine, job: &Job, step: Stage, parked: u32) -> Parked {
 /// Logs an append that did not happen; returns whether it did.
 fn log_append(outcome: lifecycle::Outcome, what: &str) -> bool {
     match outcome {
-        Ok(Ok(_)) => true,
-        Ok(Err(refusal)) => {
+        Ok(_) => true,
+        Err(ApplyError::Refused(refusal)) => {
             tracing::warn!(%refusal, "{what} was refused");
             false
         }
@@ -513,7 +516,7 @@ async fn end_job(
     step: Option<Stage>,
 ) {
     let (outcome, what) = match outcome {
-        Ok(Err(refusal)) if handle.stopped() && what != "job-cancelled" => {
+        Err(ApplyError::Refused(refusal)) if handle.stopped() && what != "job-cancelled" => {
             tracing::info!(%refusal, "the job was cancelled before its {what}: it ends Cancelled");
             (handle.cancelled(step).await, "job-cancelled")
         }

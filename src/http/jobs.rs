@@ -20,6 +20,7 @@ use crate::domain::spec::{JobSpec, SpecError};
 use crate::error::{AppError, Problem};
 use crate::http::extract::{Body, OwnedJob, parse_query, query_u32};
 use crate::http::state::AppState;
+use crate::store::ApplyError;
 use crate::store::EventFilter;
 
 const DEFAULT_LIST_LIMIT: u32 = 50;
@@ -74,11 +75,11 @@ pub async fn create(
         return Err(AppError::InsufficientStorage);
     }
     let job_id = Uuid::now_v7();
-    let applied = app
-        .engine()
-        .create(job_id, spec, caller.name)
-        .await?
-        .map_err(|r| AppError::Internal(anyhow::anyhow!("creating a job was refused: {r}")))?;
+    let applied = app.engine().create(job_id, spec, caller.name).await.map_err(|e| match e {
+        // A new id cannot be taken: this is a fault, not the client's conflict.
+        ApplyError::Refused(r) => AppError::Internal(anyhow::anyhow!("creating a job was refused: {r}")),
+        store => store.into(),
+    })?;
     tracing::info!(job_id = %job_id, "job created");
     let location = format!("/api/jobs/{job_id}");
     let body = Created { job_id, status: applied.state.status, events_url: format!("{location}/events") };
@@ -171,7 +172,7 @@ pub async fn cancel(
     OwnedJob { job, .. }: OwnedJob,
 ) -> Result<Response, AppError> {
     // The owner never changes, so checking it before the decision leaves no race.
-    let applied = app.engine().cancel(job.job_id).await??;
+    let applied = app.engine().cancel(job.job_id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(applied.state)).into_response())
 }
 

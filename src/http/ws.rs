@@ -229,7 +229,7 @@ impl Session {
         let job_id = parse_job_id(raw)?;
         let job = self.app.store().job(job_id).await?.ok_or_else(not_found)?;
         self.caller.check_owns(&job)?;
-        let applied = self.app.engine().cancel(job.job_id).await??;
+        let applied = self.app.engine().cancel(job.job_id).await?;
         Ok(serde_json::to_value(applied.state).map_err(anyhow::Error::from)?)
     }
 }

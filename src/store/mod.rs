@@ -32,7 +32,7 @@ use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 pub use credentials::{Credentials, TokenRow};
 pub use postgres::writer::Node;
-pub use writer::{Applied, LeaseOp, Refusal};
+pub use writer::{Applied, ApplyError, LeaseOp, Refusal};
 
 use postgres::PgLog;
 use sqlite::SqliteLog;
@@ -256,12 +256,7 @@ impl Store {
     }
 
     /// Sends one command to the writer and waits for its outcome.
-    async fn send(
-        &self,
-        job_id: Uuid,
-        lease: LeaseOp,
-        command: Command,
-    ) -> Result<Result<Applied, Refusal>, StoreError> {
+    async fn send(&self, job_id: Uuid, lease: LeaseOp, command: Command) -> Result<Applied, ApplyError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
@@ -277,17 +272,13 @@ impl Store {
         job_id: Uuid,
         lease: LeaseOp,
         command: Command,
-    ) -> Result<Result<Applied, Refusal>, StoreError> {
+    ) -> Result<Applied, ApplyError> {
         self.send(job_id, lease, command).await
     }
 
     /// Decides `command` against the job's current state and appends what it returns,
     /// atomically.
-    pub async fn apply(
-        &self,
-        job_id: Uuid,
-        command: Command,
-    ) -> Result<Result<Applied, Refusal>, StoreError> {
+    pub async fn apply(&self, job_id: Uuid, command: Command) -> Result<Applied, ApplyError> {
         self.send(job_id, LeaseOp::Keep, command).await
     }
 

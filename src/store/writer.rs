@@ -37,6 +37,16 @@ pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
 /// Why a decision appended nothing (the rules live with the commands, in the domain).
 pub use crate::domain::command::Refusal;
 
+/// Why a command appended nothing: the job's state refused it, or the store could not tell (the
+/// write may or may not have committed; what did reaches every stream through the log).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What an accepted decision appended, and the job's state after it.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -52,7 +62,7 @@ pub(super) struct Request {
 }
 
 /// Where a request's outcome goes, once its group committed (or failed).
-pub(super) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+pub(super) type Reply = oneshot::Sender<Result<Applied, ApplyError>>;
 
 /// What a writer decides for one request: the job, what its lease becomes, and the command.
 pub(super) type Decision = (Uuid, LeaseOp, Command);
@@ -115,14 +125,14 @@ pub(super) fn answer(
                 let _ = feed.send(committed);
             }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+                let _ = reply.send(outcome.map_err(ApplyError::Refused));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "group commit failed; every request in it is refused");
             let cause = Arc::new(e);
             for reply in replies {
-                let _ = reply.send(Err(StoreError::GroupFailed(cause.clone())));
+                let _ = reply.send(Err(StoreError::GroupFailed(cause.clone()).into()));
             }
         }
     }

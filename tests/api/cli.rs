@@ -75,19 +75,19 @@ fn watch_json(
 async fn cancel_makes_watch_exit_2_and_watch_json_equals_the_history() -> TestResult {
     let app = spawn_app().await?;
     let id = app.create_job("watched").await?;
-    lifecycle::claim(app.state.store(), id).await??;
+    lifecycle::claim(app.state.store(), id).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
-    job.start_stage(Stage::Script).await??;
+    job.start_stage(Stage::Script).await?;
     let (mut child, mut lines) = watch_json(&app.base, id)?;
     let mut printed: Vec<Value> = Vec::new();
     while printed.len() < 3 {
         let line = tokio::time::timeout(WAIT, lines.next_line()).await??.ok_or("watch ended early")?;
         printed.push(serde_json::from_str(&line)?);
     }
-    job.progress(Stage::Script, 50.0, "half way".into()).await??;
+    job.progress(Stage::Script, 50.0, "half way".into()).await?;
     let (code, _, _) = output(aura(&app.base).args(["cancel", &id.to_string()])).await?;
     assert_eq!(code, 0);
-    job.cancelled(Some(Stage::Script)).await??;
+    job.cancelled(Some(Stage::Script)).await?;
     while let Some(line) = tokio::time::timeout(WAIT, lines.next_line()).await?? {
         printed.push(serde_json::from_str(&line)?);
     }
@@ -227,7 +227,7 @@ async fn watch_in_a_terminal_draws_a_bar_per_stage_and_finishes_them() -> TestRe
         size_bytes: 1,
         duration_sec: 3.0,
     })
-    .await??;
+    .await?;
     let screen = wait_for("EXIT=0").await?;
     let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).status();
     for stage in Stage::ALL {

@@ -165,14 +165,14 @@ async fn past_the_connection_cap_new_connections_close_at_once_and_an_open_strea
         let id = app.create_job("through the flood").await?;
         let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
         let (first, _, _) = stream.next_event().await?.ok_or("no first event")?;
-        lifecycle::claim(app.state.store(), id).await??;
+        lifecycle::claim(app.state.store(), id).await?;
         let job = JobHandle::new(app.state.store().clone(), id);
 
         let conns = flood(addr_of(&app.base)?, 1500).await?;
         let flooded = Instant::now();
         // Events while every slot is taken: the stream opened before the flood gets each one.
         for i in 0..40 {
-            job.progress(Stage::Script, f64::from(i), format!("during the flood {i}")).await??;
+            job.progress(Stage::Script, f64::from(i), format!("during the flood {i}")).await?;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut waits = JoinSet::new();
@@ -199,7 +199,7 @@ async fn past_the_connection_cap_new_connections_close_at_once_and_an_open_strea
         )
         .await?;
         assert!(Instant::now() < timed_out + Duration::from_secs(5), "takeover {takeover}: health too late");
-        job.cancelled(Some(Stage::Script)).await??;
+        job.cancelled(Some(Stage::Script)).await?;
         let rest = tokio::time::timeout(WAIT, stream.ids_to_end()).await??;
         assert_eq!([vec![first], rest].concat(), app.sql_event_ids(id).await?, "takeover {takeover}");
     }
@@ -531,7 +531,7 @@ async fn app_for_stalls(
 /// that gzip cannot shrink it to nothing, and a batch window collapses none of them.
 async fn append_filler(app: &TestApp, job: Uuid, n: usize) -> TestResult {
     const LETTERS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    lifecycle::claim(app.state.store(), job).await??;
+    lifecycle::claim(app.state.store(), job).await?;
     let handle = JobHandle::new(app.state.store().clone(), job);
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut messages = Vec::with_capacity(n);
@@ -555,9 +555,9 @@ async fn append_filler(app: &TestApp, job: Uuid, n: usize) -> TestResult {
         .collect()
         .await;
     for outcome in appended {
-        outcome??;
+        outcome?;
     }
-    handle.cancelled(None).await??;
+    handle.cancelled(None).await?;
     Ok(())
 }
 

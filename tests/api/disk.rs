@@ -57,7 +57,7 @@ async fn below_the_free_space_floor_workers_claim_nothing() -> TestResult {
     let id = Uuid::now_v7();
     let body = small_job("queued while full").to_string();
     let spec = aura::domain::spec::JobSpec::from_json_bytes(body.as_bytes()).map_err(|e| format!("{e:?}"))?;
-    app.state.engine().create(id, spec, "local".into()).await??;
+    app.state.engine().create(id, spec, "local".into()).await?;
     // Workers look at the disk every second: give them several looks.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.job(id).await?["status"], "Queued");

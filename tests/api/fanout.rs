@@ -72,12 +72,12 @@ async fn hundreds_of_subscribers_each_get_their_exact_ids_while_jobs_append_conc
     for &job in &jobs {
         let store = app.state.store().clone();
         producers.push(tokio::spawn(async move {
-            lifecycle::claim(&store, job).await??;
+            lifecycle::claim(&store, job).await?;
             let handle = JobHandle::new(store, job);
             for i in 0..150 {
-                handle.progress(Stage::ALL[i / 30], (i % 30) as f64 * 3.0, format!("p{i}")).await??;
+                handle.progress(Stage::ALL[i / 30], (i % 30) as f64 * 3.0, format!("p{i}")).await?;
             }
-            handle.cancelled(Some(Stage::Render)).await??;
+            handle.cancelled(Some(Stage::Render)).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         }));
     }

@@ -174,18 +174,18 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
     use aura::domain::event::JobOutput;
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
-    use aura::store::Refusal;
+    use aura::store::{ApplyError, Refusal};
     use tokio_util::sync::CancellationToken;
 
     let (url, a, b, id, attempt) = crate::postgres::two_nodes_and_a_claimed_job("missed").await?;
     let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
     let worker = JobHandle::fenced(a.clone(), id, attempt, lost.clone()).stopping(stop.clone());
-    worker.progress(Stage::Render, 90.0, "nearly".into()).await??;
-    assert_eq!(lifecycle::cancel(&b, id).await??.state.status.name(), "Cancelling");
+    worker.progress(Stage::Render, 90.0, "nearly".into()).await?;
+    assert_eq!(lifecycle::cancel(&b, id).await?.state.status.name(), "Cancelling");
 
-    let progress = worker.progress(Stage::Render, 95.0, "late".into()).await?;
+    let progress = worker.progress(Stage::Render, 95.0, "late".into()).await;
     assert!(
-        matches!(progress, Err(Refusal::Report(Refused::Cancelling))),
+        matches!(progress, Err(ApplyError::Refused(Refusal::Report(Refused::Cancelling)))),
         "stage work after the cancel: {progress:?}"
     );
     assert!(stop.is_cancelled() && !lost.is_cancelled(), "told to stop, and that the job is still its own");
@@ -195,17 +195,17 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
         size_bytes: 1,
         duration_sec: 1.0,
     };
-    let completed = worker.complete(output).await?;
+    let completed = worker.complete(output).await;
     assert!(
-        matches!(completed, Err(Refusal::Report(Refused::Cancelling))),
+        matches!(completed, Err(ApplyError::Refused(Refusal::Report(Refused::Cancelling)))),
         "completed after the cancel: {completed:?}"
     );
-    let failed = worker.fail(Some(Stage::Render), "ffmpeg-failed", "late".into()).await?;
+    let failed = worker.fail(Some(Stage::Render), "ffmpeg-failed", "late".into()).await;
     assert!(
-        matches!(failed, Err(Refusal::Report(Refused::Cancelling))),
+        matches!(failed, Err(ApplyError::Refused(Refusal::Report(Refused::Cancelling)))),
         "failed after the cancel: {failed:?}"
     );
-    worker.cancelled(Some(Stage::Render)).await??;
+    worker.cancelled(Some(Stage::Render)).await?;
     let (status, _, _) = crate::postgres::row_of(&url, id).await?;
     assert_eq!(status, "Cancelled");
     a.close().await;
@@ -220,7 +220,7 @@ async fn a_worker_that_missed_a_cancel_from_another_node_cannot_complete_the_job
 #[tokio::test]
 async fn a_lease_is_judged_by_the_databases_clock_and_not_taken_before_it_expires_there() -> TestResult {
     use aura::engine::lifecycle::{self, Recovered};
-    use aura::store::Refusal;
+    use aura::store::{ApplyError, Refusal};
 
     let (url, a, b, id, attempt) = crate::postgres::two_nodes_and_a_claimed_job("clock").await?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
@@ -232,8 +232,11 @@ async fn a_lease_is_judged_by_the_databases_clock_and_not_taken_before_it_expire
     .await?;
     assert!((29.0..=30.5).contains(&left), "the lease ends 30 s after the database's now(): {left} s left");
     assert!(b.expired_leases(10).await?.is_empty(), "a valid lease is not listed as expired");
-    let early = lifecycle::recover_expired(&b, id, 3).await?;
-    assert!(matches!(early, Err(Refusal::Conflict(_))), "taken before it expired: {early:?}");
+    let early = lifecycle::recover_expired(&b, id, 3).await;
+    assert!(
+        matches!(early, Err(ApplyError::Refused(Refusal::Conflict(_)))),
+        "taken before it expired: {early:?}"
+    );
 
     // The database's clock passes the lease's end (as a lease time passing would).
     sqlx::query("UPDATE leases SET expires_at = now() - interval '1 second' WHERE job_id = $1")
@@ -251,11 +254,11 @@ async fn a_lease_is_judged_by_the_databases_clock_and_not_taken_before_it_expire
         .await?;
     let busy = tokio::time::timeout(Duration::from_secs(5), lifecycle::recover_expired(&b, id, 3))
         .await
-        .map_err(|_| "a takeover waited on a lease row someone holds")??;
-    assert!(matches!(busy, Err(Refusal::Conflict(_))), "taken while held: {busy:?}");
+        .map_err(|_| "a takeover waited on a lease row someone holds")?;
+    assert!(matches!(busy, Err(ApplyError::Refused(Refusal::Conflict(_)))), "taken while held: {busy:?}");
     held.rollback().await?;
     renewing.close().await?;
-    assert_eq!(lifecycle::recover_expired(&b, id, 3).await??, Recovered::Resumed);
+    assert_eq!(lifecycle::recover_expired(&b, id, 3).await?, Recovered::Resumed);
     let (status, row_attempt, _) = crate::postgres::row_of(&url, id).await?;
     assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));
     let holder: Option<Option<String>> = sqlx::query_scalar("SELECT node FROM leases WHERE job_id = $1")

@@ -18,19 +18,18 @@ pub async fn run_through_stages(
     progress_per_stage: usize,
 ) -> TestResult {
     let store = app.state.store();
-    lifecycle::claim(store, job_id).await??;
+    lifecycle::claim(store, job_id).await?;
     let job = JobHandle::new(store.clone(), job_id);
     for stage in Stage::ALL {
-        job.start_stage(stage).await??;
+        job.start_stage(stage).await?;
         for i in 0..progress_per_stage {
             let pct = 100.0 * i as f64 / progress_per_stage as f64;
-            job.progress(stage, pct, format!("{} step {i}", stage.name())).await??;
+            job.progress(stage, pct, format!("{} step {i}", stage.name())).await?;
         }
         if stage == Stage::Audio {
-            job.warn(Some(stage), "voice-substituted", "voice \"X\" is unknown; using kal16".into())
-                .await??;
+            job.warn(Some(stage), "voice-substituted", "voice \"X\" is unknown; using kal16".into()).await?;
         }
-        job.complete_stage(stage, format!("{} done", stage.name())).await??;
+        job.complete_stage(stage, format!("{} done", stage.name())).await?;
     }
     Ok(())
 }
@@ -67,13 +66,13 @@ async fn the_jobs_row_always_equals_the_fold_of_its_events() -> TestResult {
     for id in [running, queued, cancelled] {
         assert_eq!(Some(fold_from_sql(&app, id).await?), app.state.store().job(id).await?, "job {id}");
     }
-    job.fail(Some(Stage::Render), "ffmpeg-failed", "the encoder stopped".into()).await??;
+    job.fail(Some(Stage::Render), "ffmpeg-failed", "the encoder stopped".into()).await?;
     let folded = fold_from_sql(&app, running).await?;
     assert_eq!(Some(folded.clone()), app.state.store().job(running).await?);
     assert_eq!(folded.status.name(), "Failed");
     assert_eq!(folded.percent, 100.0);
     // A terminal job takes no more events.
-    assert!(job.progress(Stage::Render, 10.0, "late".into()).await?.is_err());
+    assert!(job.progress(Stage::Render, 10.0, "late".into()).await.is_err());
     Ok(())
 }
 
@@ -81,10 +80,10 @@ async fn the_jobs_row_always_equals_the_fold_of_its_events() -> TestResult {
 async fn percent_never_goes_down_within_an_attempt() -> TestResult {
     let app = spawn_app().await?;
     let id = app.create_job("monotonic").await?;
-    lifecycle::claim(app.state.store(), id).await??;
+    lifecycle::claim(app.state.store(), id).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
-    job.progress(Stage::Visuals, 50.0, "half".into()).await??;
-    let back = job.progress(Stage::Audio, 10.0, "earlier stage".into()).await??;
+    job.progress(Stage::Visuals, 50.0, "half".into()).await?;
+    let back = job.progress(Stage::Audio, 10.0, "earlier stage".into()).await?;
     assert_eq!(back.state.percent, 50.0, "a lower report is clamped");
     let mut last = -1.0;
     for e in app.history(id).await? {
@@ -187,23 +186,23 @@ async fn decisions_on_one_job_committed_in_one_group_fold_to_its_row() -> TestRe
         .map_err(|e| e.to_string())?;
     let (created, cancelled) =
         tokio::join!(lifecycle::create(store, id, spec, "local".into()), lifecycle::cancel(store, id));
-    created??;
-    cancelled??;
+    created?;
+    cancelled?;
     assert_eq!(store.job(id).await?.map(|j| j.status.name()), Some("Cancelled"));
     assert_eq!(Some(fold_from_sql(&app, id).await?), store.job(id).await?);
 
     // A hundred appends racing on one job: every one lands, in order, and the row follows.
     let busy = app.create_job("busy").await?;
-    lifecycle::claim(store, busy).await??;
+    lifecycle::claim(store, busy).await?;
     let job = JobHandle::new(store.clone(), busy);
     let results = futures_util::future::join_all(
         (0..100).map(|i| job.progress(Stage::Visuals, f64::from(i), format!("step {i}"))),
     )
     .await;
     for r in results {
-        r??;
+        r?;
     }
-    job.cancelled(Some(Stage::Visuals)).await??;
+    job.cancelled(Some(Stage::Visuals)).await?;
     assert_eq!(app.sql_event_ids(busy).await?.len(), 2 + 100 + 1);
     assert_eq!(Some(fold_from_sql(&app, busy).await?), store.job(busy).await?);
     Ok(())
@@ -217,7 +216,7 @@ async fn a_group_that_sqlite_refuses_leaves_no_trace_and_the_next_group_commits(
     let app = spawn_app().await?;
     let store = app.state.store();
     let id = app.create_job("refused group").await?;
-    lifecycle::claim(store, id).await??;
+    lifecycle::claim(store, id).await?;
     let job = JobHandle::new(store.clone(), id);
     let before = app.sql_event_ids(id).await?;
     // Another connection makes SQLite refuse one kind of event mid-group.
@@ -233,8 +232,8 @@ async fn a_group_that_sqlite_refuses_leaves_no_trace_and_the_next_group_commits(
     assert_eq!(app.sql_event_ids(id).await?, before, "a failed group leaves no event behind");
     sqlx::query("DROP TRIGGER refuse_warnings").execute(&mut conn).await?;
     // The transaction of the failed group was rolled back: the next group commits.
-    job.warn(None, "test-warning", "stored".into()).await??;
-    job.progress(Stage::Script, 10.0, "after".into()).await??;
+    job.warn(None, "test-warning", "stored".into()).await?;
+    job.progress(Stage::Script, 10.0, "after".into()).await?;
     assert_eq!(app.sql_event_ids(id).await?.len(), before.len() + 2);
     assert_eq!(Some(fold_from_sql(&app, id).await?), store.job(id).await?);
     Ok(())

@@ -87,7 +87,7 @@ async fn the_openapi_document_is_3_1_and_real_responses_validate_against_it() ->
     let (status, cancelled) = call(&app, "post", &format!("/api/jobs/{id}/cancel"), None).await?;
     check(&doc, "post", "/api/jobs/{job_id}/cancel", status, &cancelled)?;
     let job = aura::engine::lifecycle::JobHandle::new(app.state.store().clone(), id.parse()?);
-    job.cancelled(Some(aura::domain::job::Stage::Render)).await??;
+    job.cancelled(Some(aura::domain::job::Stage::Render)).await?;
     let (status, conflict) = call(&app, "post", &format!("/api/jobs/{id}/cancel"), None).await?;
     assert_eq!(status, 409);
     check(&doc, "post", "/api/jobs/{job_id}/cancel", status, &conflict)?;

@@ -241,8 +241,8 @@ pub(crate) async fn two_nodes_and_a_claimed_job(
     let spec = aura::domain::spec::JobSpec::from_value(&serde_json::json!({"brief": {"topic": topic}}))
         .map_err(|e| e.to_string())?;
     let id = Uuid::now_v7();
-    lifecycle::create(&a, id, spec, "local".into()).await??;
-    let claimed = lifecycle::claim(&a, id).await??;
+    lifecycle::create(&a, id, spec, "local".into()).await?;
+    let claimed = lifecycle::claim(&a, id).await?;
     Ok((url, a, b, id, claimed.state.attempt))
 }
 
@@ -262,17 +262,20 @@ pub(crate) async fn row_of(url: &str, id: Uuid) -> TestResult<(String, i64, i64)
 async fn an_append_against_a_row_another_node_changed_is_decided_again_on_the_current_row() -> TestResult {
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
+    use aura::store::ApplyError;
 
     let (url, a, b, id, _) = two_nodes_and_a_claimed_job("stale").await?;
     let job = JobHandle::new(a.clone(), id);
     // Node a now holds the Running job's state in its writer's cache.
-    job.progress(Stage::Script, 10.0, "first".into()).await??;
-    let cancelled = lifecycle::cancel(&b, id).await??;
+    job.progress(Stage::Script, 10.0, "first".into()).await?;
+    let cancelled = lifecycle::cancel(&b, id).await?;
     assert_eq!(cancelled.state.status.name(), "Cancelling");
 
-    let after = job.progress(Stage::Script, 20.0, "second".into()).await?;
-    if let Ok(applied) = &after {
-        assert_eq!(applied.state.status.name(), "Cancelling", "decided on the current row");
+    let after = job.progress(Stage::Script, 20.0, "second".into()).await;
+    match &after {
+        Ok(applied) => assert_eq!(applied.state.status.name(), "Cancelling", "decided on the current row"),
+        Err(ApplyError::Refused(_)) => {}
+        Err(ApplyError::Store(e)) => return Err(format!("the store failed: {e}").into()),
     }
     let (status, _, last) = row_of(&url, id).await?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
@@ -294,15 +297,15 @@ async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it(
     use aura::domain::event::JobOutput;
     use aura::domain::job::Stage;
     use aura::engine::lifecycle::{self, JobHandle};
-    use aura::store::Refusal;
+    use aura::store::{ApplyError, Refusal};
 
     let (url, a, b, id, attempt) = two_nodes_and_a_claimed_job("fenced").await?;
     let lost = CancellationToken::new();
     let old = JobHandle::fenced(a.clone(), id, attempt, lost.clone());
-    old.progress(Stage::Script, 50.0, "working".into()).await??;
+    old.progress(Stage::Script, 50.0, "working".into()).await?;
 
     // Node b continues the job as the next attempt (as a takeover does).
-    let next = lifecycle::resume_parked(&b, id, attempt).await??;
+    let next = lifecycle::resume_parked(&b, id, attempt).await?;
     assert_eq!(next.state.attempt, attempt + 1);
 
     let output = JobOutput {
@@ -311,15 +314,15 @@ async fn a_worker_whose_job_went_on_as_a_new_attempt_elsewhere_cannot_finish_it(
         size_bytes: 1,
         duration_sec: 1.0,
     };
-    let refused = old.complete(output).await?;
+    let refused = old.complete(output).await;
     assert!(
-        matches!(refused, Err(Refusal::Report(Refused::Superseded { .. }))),
+        matches!(refused, Err(ApplyError::Refused(Refusal::Report(Refused::Superseded { .. })))),
         "the old attempt finished the job: {refused:?}"
     );
     assert!(lost.is_cancelled(), "the old attempt's worker is told to stop");
     assert!(matches!(
-        old.progress(Stage::Script, 60.0, "late".into()).await?,
-        Err(Refusal::Report(Refused::Superseded { .. }))
+        old.progress(Stage::Script, 60.0, "late".into()).await,
+        Err(ApplyError::Refused(Refusal::Report(Refused::Superseded { .. })))
     ));
     let (status, row_attempt, _) = row_of(&url, id).await?;
     assert_eq!((status.as_str(), row_attempt), ("Running", i64::from(attempt + 1)));

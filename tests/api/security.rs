@@ -394,8 +394,8 @@ async fn the_all_jobs_stream_carries_only_the_callers_jobs_replayed_live_and_for
     // Live: progress on both jobs, appended by this process.
     let store = s.app.state.store();
     for id in [alices, bobs] {
-        lifecycle::claim(store, id).await??;
-        JobHandle::new(store.clone(), id).progress(Stage::Script, 50.0, "half way".into()).await??;
+        lifecycle::claim(store, id).await?;
+        JobHandle::new(store.clone(), id).progress(Stage::Script, 50.0, "half way".into()).await?;
     }
     // Foreign: rows another program appends, which reach the hub without an owner.
     let mut conn = s.app.sql().await?;
@@ -500,14 +500,14 @@ async fn a_stream_with_a_token_ends_at_its_maximum_age_and_resumes_missing_nothi
     let s = spawn_secured(|c| c.max_stream_secs = 1).await?;
     let id = s.create_job(&s.alice, "aging").await?;
     let store = s.app.state.store().clone();
-    lifecycle::claim(&store, id).await??;
+    lifecycle::claim(&store, id).await?;
     let job = JobHandle::new(store, id);
     let producer = tokio::spawn(async move {
         for i in 0..40 {
-            job.progress(Stage::Audio, f64::from(i), format!("tick {i}")).await??;
+            job.progress(Stage::Audio, f64::from(i), format!("tick {i}")).await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        job.cancelled(Some(Stage::Audio)).await??;
+        job.cancelled(Some(Stage::Audio)).await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     });
     let mut seen: Vec<i64> = Vec::new();

@@ -109,13 +109,13 @@ async fn open_small_window_stream(app: &TestApp, job: uuid::Uuid, reuse: bool) -
 /// About 6.5 MB of events: more than the largest send buffer the kernel grants a socket
 /// (tcp_wmem max, 4 MiB by default), so a stream whose client does not read must fall behind.
 pub async fn append_a_lot(app: &TestApp, job: uuid::Uuid) -> TestResult {
-    lifecycle::claim(app.state.store(), job).await??;
+    lifecycle::claim(app.state.store(), job).await?;
     let handle = JobHandle::new(app.state.store().clone(), job);
     for i in 0..4000 {
         let message = format!("step {i} {}", "x".repeat(1600));
-        handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await??;
+        handle.progress(Stage::ALL[i / 800], (i % 800) as f64 / 8.0, message).await?;
     }
-    handle.cancelled(Some(Stage::Render)).await??;
+    handle.cancelled(Some(Stage::Render)).await?;
     Ok(())
 }
 

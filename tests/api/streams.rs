@@ -11,14 +11,14 @@ use crate::helpers::{SseItem, TestApp, TestResult, WAIT, eventually, holds, spaw
 /// A finished job with exactly 50 events, all appended through the real append path.
 async fn job_with_50_events(app: &TestApp) -> TestResult<(Uuid, Vec<i64>)> {
     let id = app.create_job("fifty events").await?;
-    lifecycle::claim(app.state.store(), id).await??;
+    lifecycle::claim(app.state.store(), id).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
     // 2 so far; 47 progress events, then 1 terminal event.
     for i in 0..47 {
         let stage = Stage::ALL[i % 5];
-        job.progress(stage, (i * 2) as f64, format!("step {i}")).await??;
+        job.progress(stage, (i * 2) as f64, format!("step {i}")).await?;
     }
-    job.cancelled(Some(Stage::Render)).await??;
+    job.cancelled(Some(Stage::Render)).await?;
     let ids = app.sql_event_ids(id).await?;
     assert_eq!(ids.len(), 50);
     Ok((id, ids))
@@ -125,10 +125,10 @@ async fn live_stream_replays_then_follows(takeover: bool) -> TestResult {
     let mut stream = app.stream(&format!("/api/jobs/{id}/events"), &[]).await?;
     let (first, kind, _) = stream.next_event().await?.ok_or("no replay")?;
     assert_eq!(kind, "job-status");
-    lifecycle::claim(app.state.store(), id).await??;
+    lifecycle::claim(app.state.store(), id).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
-    job.start_stage(Stage::Script).await??;
-    job.cancelled(Some(Stage::Script)).await??;
+    job.start_stage(Stage::Script).await?;
+    job.cancelled(Some(Stage::Script)).await?;
     let rest = stream.ids_to_end().await?;
     let all = app.sql_event_ids(id).await?;
     assert_eq!([vec![first], rest].concat(), all);
@@ -217,16 +217,16 @@ async fn stream_ends_at_its_maximum_age(takeover: bool) -> TestResult {
     })
     .await?;
     let id = app.create_job("aging").await?;
-    lifecycle::claim(app.state.store(), id).await??;
+    lifecycle::claim(app.state.store(), id).await?;
     let job = JobHandle::new(app.state.store().clone(), id);
     let producer = {
         let job = job.clone();
         tokio::spawn(async move {
             for i in 0..60 {
-                job.progress(Stage::Audio, f64::from(i), format!("tick {i}")).await??;
+                job.progress(Stage::Audio, f64::from(i), format!("tick {i}")).await?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            job.cancelled(Some(Stage::Audio)).await??;
+            job.cancelled(Some(Stage::Audio)).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
     };

@@ -46,6 +46,7 @@ use super::{Job, StageError};
 use crate::domain::event::JobOutput;
 use crate::domain::job::Stage;
 use crate::engine::publish::StoreWait;
+use crate::store::ApplyError;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -259,8 +260,8 @@ async fn rejected(job: &Job, stage: Stage, source: &str, why: &str) {
     let message =
         format!("the {} stage recorded in {source} was not used: {why}; it runs again", stage.name());
     match job.handle.warn(Some(stage), ARTIFACT_REJECTED, message).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(refusal)) => tracing::warn!(%refusal, "the artifact warning was refused"),
+        Ok(_) => {}
+        Err(ApplyError::Refused(refusal)) => tracing::warn!(%refusal, "the artifact warning was refused"),
         Err(e) => tracing::warn!(error = %e, "could not store the artifact warning"),
     }
 }

@@ -23,6 +23,7 @@ use super::script::{Scene, Script};
 use super::{Deadline, Job, StageError};
 use crate::domain::job::Stage;
 use crate::domain::spec::Pause;
+use crate::store::ApplyError;
 
 /// The most narration is sped up to fit its scene.
 pub const MAX_SPEEDUP: f64 = 1.3;
@@ -143,8 +144,10 @@ pub async fn narrate(job: &Job, script: &Script, deadline: Deadline) -> Result<N
                 voice.voice_name
             );
             match job.handle.warn(Some(Stage::Audio), "voice-substituted", message).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(refusal)) => tracing::warn!(%refusal, "the voice warning was refused"),
+                Ok(_) => {}
+                Err(ApplyError::Refused(refusal)) => {
+                    tracing::warn!(%refusal, "the voice warning was refused")
+                }
                 Err(e) => tracing::warn!(error = %e, "could not store the voice warning"),
             }
             DEFAULT_VOICE

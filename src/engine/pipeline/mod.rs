@@ -35,8 +35,9 @@ use uuid::Uuid;
 use crate::domain::event::JobOutput;
 use crate::domain::job::Stage;
 use crate::domain::spec::JobSpec;
-use crate::engine::lifecycle::JobHandle;
+use crate::engine::lifecycle::{self, JobHandle};
 use crate::engine::process::{Process, ProcessError};
+use crate::store::ApplyError;
 use crate::sync::lock;
 use progress::Reporter;
 use script::{Script, ScriptWriter, TemplateWriter};
@@ -223,7 +224,7 @@ impl Job {
     /// Starts `step`: appends its `Started` and returns its deadline.
     async fn start(&self, step: Stage) -> Result<Deadline, StageError> {
         self.check_cancelled()?;
-        self.handle.start_stage(step).await.context("storing a stage start")?.map_err(refused)?;
+        stored(self.handle.start_stage(step).await, "storing a stage start")?;
         self.reporter.enter(step);
         if let Ok(mut started) = lock(&self.stage_started, "stage start") {
             *started = Instant::now();
@@ -250,15 +251,23 @@ impl Job {
             metrics::histogram!("aura_stage_seconds", "stage" => step.name())
                 .record(started.elapsed().as_secs_f64());
         }
-        self.handle.complete_stage(step, message).await.context("storing a stage end")?.map_err(refused)?;
+        stored(self.handle.complete_stage(step, message).await, "storing a stage end")?;
         Ok(())
     }
 }
 
 /// A refused append means the job ended under us (it was cancelled): stop.
-fn refused(r: crate::store::Refusal) -> StageError {
-    tracing::info!(refusal = %r, "the job changed under the worker; stopping");
-    StageError::Cancelled
+/// A stage's own write, appended, or why the stage stops: refused (the job changed under the
+/// worker), or `what` could not be stored.
+fn stored(outcome: lifecycle::Outcome, what: &'static str) -> Result<(), StageError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(ApplyError::Refused(r)) => {
+            tracing::info!(refusal = %r, "the job changed under the worker; stopping");
+            Err(StageError::Cancelled)
+        }
+        Err(ApplyError::Store(e)) => Err(anyhow::Error::new(e).context(what).into()),
+    }
 }
 
 /// Skips stages whose artifacts survived an earlier attempt, until the first one that did not.
@@ -276,7 +285,7 @@ impl Resume {
         if self.possible {
             if let Some(output) = artifacts::verified(job, step).await {
                 job.check_cancelled()?;
-                job.handle.skip_stage(step).await.context("storing a skipped stage")?.map_err(refused)?;
+                stored(job.handle.skip_stage(step).await, "storing a skipped stage")?;
                 return Ok(Some(output));
             }
             self.possible = false;

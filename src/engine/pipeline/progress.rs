@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::domain::job::Stage;
 use crate::engine::lifecycle::JobHandle;
 use crate::engine::process::{Process, ProcessError};
+use crate::store::ApplyError;
 use crate::sync::lock;
 
 /// The shortest gap between two progress events of one job.
@@ -66,8 +67,8 @@ impl Reporter {
             return;
         }
         match self.handle.progress(step, pct, message).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(refusal)) => tracing::debug!(%refusal, "progress refused"),
+            Ok(_) => {}
+            Err(ApplyError::Refused(refusal)) => tracing::debug!(%refusal, "progress refused"),
             Err(e) => tracing::warn!(error = %e, "progress could not be stored"),
         }
     }

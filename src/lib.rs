@@ -8,6 +8,7 @@
 //! ← `startup` ← `cli`, `bench`.
 
 pub mod access;
+pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod config;

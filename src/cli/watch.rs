@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::client::{CliError, Client, problem};
+use crate::backoff::Backoff;
 use crate::domain::job::Stage;
 
 /// Exit codes of `aura watch` (and `aura submit --watch`).
@@ -64,7 +65,7 @@ pub async fn watch(client: &Client, job_id: Uuid, after: i64, output: Output) ->
 async fn follow(client: &Client, job_id: Uuid, after: i64, view: &mut View) -> Result<u8, CliError> {
     let url = client.url(&format!("/api/jobs/{job_id}/events"));
     let mut last = after;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         let res = client.http().get(&url).header("Last-Event-ID", last.to_string()).send().await;
@@ -75,7 +76,7 @@ async fn follow(client: &Client, job_id: Uuid, after: i64, view: &mut View) -> R
             }
             Ok(res) if res.status().is_success() => {
                 failing_since = None;
-                backoff = Duration::from_millis(250);
+                backoff.reset();
                 view.connection(true);
                 Some(res)
             }
@@ -107,8 +108,7 @@ async fn follow(client: &Client, job_id: Uuid, after: i64, view: &mut View) -> R
                 reason: format!("no answer for {} s", GIVE_UP_AFTER.as_secs()),
             });
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.wait(std::future::pending()).await;
     }
 }
 

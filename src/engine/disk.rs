@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::sync::lock;
 
@@ -68,4 +70,32 @@ impl Disk {
 #[allow(clippy::useless_conversion)]
 fn available(s: &nix::sys::statvfs::Statvfs) -> u64 {
     u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokio's paused clock: the answer is kept for [`CACHE_FOR`], then the disk is asked again.
+    /// The disk stops answering (its folder is removed) while the answer is still kept.
+    #[tokio::test(start_paused = true)]
+    async fn one_answer_is_kept_for_a_second_and_a_refresh_forgets_it() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("the data folder");
+        let disk = Disk::new(&data, 1);
+        assert!(disk.free_bytes().is_some() && !disk.is_low());
+        std::fs::remove_dir(&data).expect("removing the data folder");
+
+        tokio::time::advance(CACHE_FOR - Duration::from_millis(1)).await;
+        assert!(disk.free_bytes().is_some(), "the kept answer, without a system call");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(disk.free_bytes(), None, "asked again after a second: no folder, no answer");
+        assert!(disk.is_low(), "a disk that cannot be asked counts as low");
+
+        std::fs::create_dir(&data).expect("the data folder again");
+        assert!(disk.is_low(), "the failed answer is kept too");
+        disk.refresh();
+        assert!(!disk.is_low(), "a refresh asks the disk at once");
+    }
 }

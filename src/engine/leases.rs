@@ -15,7 +15,9 @@
 //! Every node runs it, API-only nodes too, so a dead worker's jobs continue as long as any node
 //! is alive. Times are the database's clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::engine::lifecycle::{self, Recovered};
@@ -27,22 +29,20 @@ const SWEEP_LIMIT: u32 = 100;
 /// Starts the task on a shared store; `None` with SQLite (one process, no leases).
 pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
     let node = engine.store().node()?.clone();
-    let every = Duration::from_secs_f64((node.lease_secs / 3.0).max(0.2));
+    let lease = Duration::from_secs_f64(node.lease_secs);
     Some(tokio::spawn(async move {
         let shutdown = engine.shutdown_token();
-        let lease = Duration::from_secs_f64(node.lease_secs);
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(every(lease));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed = Instant::now();
+        let mut renewals = Renewals::new(lease);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => break,
             }
             let asked = Instant::now();
-            if renew(&engine).await {
-                renewed = asked;
-            } else if renewed.elapsed() >= lease {
+            let renewed = renew(&engine).await;
+            if renewals.record(asked, renewed) == Held::Lost {
                 // The leases may have expired by the database's clock: another node may run
                 // these jobs already. Stop them here rather than risk two renders of one attempt.
                 for (job_id, _) in engine.running_attempts() {
@@ -52,6 +52,44 @@ pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
             sweep(&engine).await;
         }
     }))
+}
+
+/// How often a node renews its leases and looks for expired ones: every third of the lease, so
+/// that two renewals may fail before a lease runs out.
+fn every(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(200))
+}
+
+/// Whether this node may still count its leases as its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Yes,
+    /// No renewal succeeded for a whole lease: by the database's clock they may have expired.
+    Lost,
+}
+
+/// When this node last renewed its leases.
+struct Renewals {
+    lease: Duration,
+    last: Instant,
+}
+
+impl Renewals {
+    fn new(lease: Duration) -> Renewals {
+        Renewals { lease, last: Instant::now() }
+    }
+
+    /// Records a renewal asked at `asked`, which succeeded or not.
+    fn record(&mut self, asked: Instant, renewed: bool) -> Held {
+        if renewed {
+            self.last = asked;
+            Held::Yes
+        } else if self.last.elapsed() >= self.lease {
+            Held::Lost
+        } else {
+            Held::Yes
+        }
+    }
 }
 
 /// Renews this node's leases; `false` when the database could not be asked.
@@ -96,5 +134,38 @@ async fn sweep(engine: &Engine) {
             }
             Err(e) => tracing::warn!(error = %e, %job_id, "continuing a job whose lease expired failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokio's paused clock: a node keeps its leases through failed renewals for less than a
+    /// whole lease, counted from the last renewal asked that succeeded.
+    #[tokio::test(start_paused = true)]
+    async fn leases_count_as_lost_only_after_a_whole_lease_without_a_renewal() {
+        let lease = Duration::from_secs(30);
+        assert_eq!(every(lease), Duration::from_secs(10));
+        assert_eq!(every(Duration::from_millis(300)), Duration::from_millis(200), "never a busy loop");
+        let mut renewals = Renewals::new(lease);
+        let step = || tokio::time::advance(every(lease));
+
+        step().await;
+        // Asked now, answered 5 s later: the lease was renewed as of the asking.
+        let asked = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(renewals.record(asked, true), Held::Yes);
+        for _ in 0..2 {
+            step().await;
+            assert_eq!(renewals.record(Instant::now(), false), Held::Yes, "less than a lease without");
+        }
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(renewals.record(Instant::now(), false), Held::Yes, "29 s since the asking: still held");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(renewals.record(Instant::now(), false), Held::Lost, "a whole lease since the asking");
+        assert_eq!(renewals.record(Instant::now(), true), Held::Yes, "renewed again");
+        step().await;
+        assert_eq!(renewals.record(Instant::now(), false), Held::Yes);
     }
 }

@@ -19,6 +19,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::domain::event::JobOutput;
 use crate::domain::job::{Stage, WAITING_FOR_STORAGE};
 use crate::engine::Engine;
@@ -80,13 +81,13 @@ pub async fn publish_until_stored(
 /// one `warning` `waiting-for-storage` for the outage, and a backoff that doubles from
 /// [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
 pub struct StoreWait {
-    backoff: Duration,
+    backoff: Backoff,
     warned: bool,
 }
 
 impl Default for StoreWait {
     fn default() -> Self {
-        StoreWait { backoff: FIRST_BACKOFF, warned: false }
+        StoreWait { backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF), warned: false }
     }
 }
 
@@ -105,9 +106,7 @@ impl StoreWait {
                 Err(e) => tracing::warn!(error = %e, "storing waiting-for-storage failed; trying again"),
             }
         }
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Some(wait)
+        Some(self.backoff.next_wait())
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::domain::event::JobOutput;
 use crate::domain::job::{DATABASE_UNAVAILABLE, JobStatus, Stage, WAITING_FOR_DISK};
 use crate::engine::Engine;
@@ -392,11 +393,10 @@ const DATABASE_POLL_MAX: Duration = Duration::from_secs(10);
 /// lapsed: this worker stops), or it is cancelled or the server stops. The new attempt carries
 /// a `warning` `database-unavailable` naming the step.
 async fn wait_for_database(engine: &Engine, job: &Job, step: Stage) -> Parked {
-    let mut pause = Duration::from_millis(500);
+    let mut pause = Backoff::new(Duration::from_millis(500), DATABASE_POLL_MAX);
     loop {
-        tokio::select! {
-            () = job.cancel.cancelled() => return Parked::Stopped(StageError::Cancelled),
-            () = tokio::time::sleep(pause) => {}
+        if !pause.wait(job.cancel.cancelled()).await {
+            return Parked::Stopped(StageError::Cancelled);
         }
         match lifecycle::resume_parked(engine.store(), job.id, job.handle.attempt()).await {
             Ok(applied) => {
@@ -418,7 +418,6 @@ async fn wait_for_database(engine: &Engine, job: &Job, step: Stage) -> Parked {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the database is still unreachable");
-                pause = (pause * 2).min(DATABASE_POLL_MAX);
             }
         }
     }

@@ -474,4 +474,58 @@ mod tests {
         assert_eq!(ids(groups.take()), vec![3, 4, 5, 6]);
         assert!(groups.take().is_none());
     }
+
+    /// Lets every ready task run: on the paused clock a sleep ends only once the runtime is idle.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    /// A live stream of everything into a channel, ending at `deadline`.
+    fn live(deadline: Instant) -> (Live, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(8);
+        let sink = Arc::new(Sink::channel(tx, Duration::from_secs(5)));
+        (Live { sink, filter: EventFilter::All, last_sent: 0, deadline, end: End::Never }, rx)
+    }
+
+    /// Tokio's paused clock: the heartbeat and the stream's deadline are timers, not sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_gets_a_keepalive_once_a_whole_heartbeat_passed_and_ends_at_its_deadline() {
+        let heartbeat = Duration::from_secs(15);
+        let fanout = Fanout::start(0, heartbeat, 1);
+        let (live, mut rx) = live(Instant::now() + Duration::from_secs(40));
+        let Join::Joined(_, handoff) = fanout.join(fanout.pick_shard(), 0, live) else {
+            panic!("a stream that has seen everything joins");
+        };
+
+        tokio::time::advance(heartbeat - Duration::from_millis(10)).await;
+        fanout.tick();
+        settle().await;
+        assert!(rx.try_recv().is_err(), "no keepalive before a whole heartbeat of silence");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        fanout.tick();
+        settle().await;
+        assert_eq!(rx.try_recv().ok().as_deref(), Some(&b": keepalive\n\n"[..]));
+
+        // An event is a write too: the next keepalive is a whole heartbeat after it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        fanout.deliver(vec![Arc::new(StoredEvent::new(
+            1,
+            Uuid::nil(),
+            "job-status".into(),
+            "{}".into(),
+            String::new(),
+        ))]);
+        settle().await;
+        assert!(rx.try_recv().is_ok_and(|chunk| chunk.starts_with(b"id: 1")), "the event is written");
+        tokio::time::advance(heartbeat - Duration::from_secs(1)).await;
+        fanout.tick();
+        settle().await;
+        assert!(rx.try_recv().is_err(), "silence is counted from the event, not the last keepalive");
+
+        // At its deadline (40 s after it opened) the stream is handed back to end it.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        fanout.tick();
+        let back = tokio::time::timeout(Duration::from_secs(1), handoff).await;
+        assert!(matches!(back, Ok(Ok(Handoff { reason: Reason::Expired, .. }))));
+    }
 }

@@ -61,6 +61,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::backoff::Backoff;
 use crate::streaming::paths;
 use crate::streaming::sink::Sink;
 use crate::streaming::stream::StreamStart;
@@ -109,7 +110,7 @@ pub async fn serve(
     let (closing, closing_rx) = watch::channel(());
     let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     let settings = Arc::new(settings);
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -118,7 +119,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((socket, peer)) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Past the cap: closed at once, so that the cap bounds descriptors.
                     metrics::counter!("aura_connections_refused_total").increment(1);
@@ -136,12 +137,10 @@ pub async fn serve(
             }
             // Out of file descriptors and the like: accepting again at once would spin.
             Err(e) if !is_per_connection(&e) => {
-                tracing::error!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a connection failed; pausing");
-                tokio::select! {
-                    () = &mut stop => break,
-                    () = tokio::time::sleep(backoff) => {}
+                tracing::error!(error = %e, "accepting a connection failed; pausing");
+                if !backoff.wait(&mut stop).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) => {}
         }

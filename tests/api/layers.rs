@@ -15,6 +15,7 @@ use crate::helpers::TestResult;
 /// Each top-level module and its layer; lower numbers sit lower. `domain` uses nothing.
 const LAYERS: &[(&str, u8)] = &[
     ("domain", 0),
+    ("backoff", 0),
     ("sync", 0),
     ("store", 1),
     ("objects", 1),

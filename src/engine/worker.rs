@@ -59,9 +59,18 @@ impl Pool {
         if tokio::time::timeout(bound, all).await.is_err() {
             tracing::warn!("workers did not stop in time; aborting them");
             self.workers.abort_all();
+            // An aborted worker drops its children (`kill_on_drop`: SIGKILL) when its task ends:
+            // wait for that, so that nothing of a job outlives the shutdown.
+            let aborted = async { while self.workers.join_next().await.is_some() {} };
+            if tokio::time::timeout(ABORT_BOUND, aborted).await.is_err() {
+                tracing::error!("aborted workers did not end");
+            }
         }
     }
 }
+
+/// How long aborted workers may take to end (they only drop what they hold).
+const ABORT_BOUND: Duration = Duration::from_secs(2);
 
 #[tracing::instrument(skip_all, fields(worker = n))]
 async fn work(engine: Engine, n: usize) {

@@ -263,6 +263,16 @@ pub struct ServeConfig {
     /// `90s`), or `off` (the default) to keep videos for ever.
     #[arg(long, env = "AURA_OUTPUT_RETENTION", default_value = "off", value_parser = parse_retention)]
     pub output_retention: Retention,
+
+    /// How long a finished job is kept after its terminal event, with its events, video and
+    /// artifacts (`30d`, `12h`, `90s`), or `off` (the default) to keep every job for ever.
+    #[arg(long, env = "AURA_JOB_RETENTION", default_value = "off", value_parser = parse_retention)]
+    pub job_retention: Retention,
+
+    /// A folder where job retention first writes each job it deletes, as NDJSON (`aura
+    /// export`'s format, one file per job); unset (the default): nothing is written.
+    #[arg(long, env = "AURA_RETENTION_EXPORT")]
+    pub retention_export: Option<PathBuf>,
 }
 
 /// `AURA_OUTPUT_RETENTION`: how long a finished job's video is kept.

@@ -271,6 +271,24 @@ impl Objects {
         Ok(keys.len())
     }
 
+    /// Deletes everything the store holds for a job (its videos and stage artifacts, of every
+    /// attempt: the keys under `<prefix>/jobs/<id>/`). Returns how many objects were deleted.
+    pub async fn delete_job(&self, job_id: Uuid) -> Result<usize, ObjectError> {
+        let folder = self.job_key(job_id, &[]);
+        let keys: Vec<Key> = self
+            .inner
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect::<Vec<Key>>()
+            .await
+            .map_err(store_error)?;
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        Ok(keys.len())
+    }
+
     /// Puts the local file `file` under `key` and checks that the store holds as many bytes as
     /// the file. Returns the size.
     pub async fn put_file(&self, key: &Key, file: &Path) -> Result<u64, ObjectError> {

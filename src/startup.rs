@@ -39,6 +39,8 @@ pub struct Application {
     port: u16,
     workers: Pool,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// Job retention and the end of interrupted deletions (`engine::job_retention`).
+    history: tokio::task::JoinHandle<()>,
     leases: Option<tokio::task::JoinHandle<()>>,
     connections: streaming::server::Settings,
 }
@@ -216,6 +218,8 @@ impl Application {
                 .await
                 .context("recovering jobs left by the previous run")?;
         engine.queue_resumed(recovered.resumed);
+        // A deletion a crash cut short: the job is gone already; its files go now.
+        crate::engine::deletion::finish_pending(&engine).await;
         let workers = worker::spawn_pool(engine.clone());
         let leases = leases::spawn(engine.clone());
         let sweeper = state.settings().output_retention.0.map(|keep| {
@@ -227,7 +231,19 @@ impl Application {
                 engine.shutdown_token(),
             )
         });
-        Ok(Application { lock, listener, router, state, port, workers, sweeper, leases, connections })
+        let history = crate::engine::job_retention::spawn(engine.clone());
+        Ok(Application {
+            lock,
+            listener,
+            router,
+            state,
+            port,
+            workers,
+            sweeper,
+            history,
+            leases,
+            connections,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -275,6 +291,9 @@ impl Application {
             if tokio::time::timeout(WORKER_STOP_BOUND, sweeper).await.is_err() {
                 tracing::warn!("the retention sweeper did not stop in time");
             }
+        }
+        if tokio::time::timeout(WORKER_STOP_BOUND, self.history).await.is_err() {
+            tracing::warn!("job retention did not stop in time");
         }
         // Attempts in flight end and are recorded while the store is still open.
         self.state.webhooks().stopped().await;

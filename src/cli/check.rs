@@ -152,11 +152,12 @@ fn differing_fields(a: &JobState, b: &JobState) -> Vec<String> {
     a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
 }
 
-/// `aura check [--repair]`: prints a readable report; exit 0 when healthy.
+/// `aura check [--repair] [--compact]`: prints a readable report; exit 0 when healthy.
 pub async fn run_cli(
     data_dir: &Path,
     database_url: Option<String>,
     repair: bool,
+    compact: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
     use std::process::ExitCode;
@@ -185,7 +186,7 @@ pub async fn run_cli(
         .with_context(|| format!("opening {shown}"))?;
     // A repair rewrites `jobs`: with one process owning the database, only with no server
     // writing to the same folder; a shared one refuses it if the log grew meanwhile.
-    let _lock = if repair && store.node().is_none() {
+    let _lock = if (repair || compact) && store.node().is_none() {
         Some(crate::lock::DataDirLock::acquire(data_dir)?)
     } else {
         None
@@ -197,6 +198,14 @@ pub async fn run_cli(
     } else {
         repair_and_check_again(&store, &report, data_dir).await?
     };
+    if compact && code == ExitCode::SUCCESS {
+        match store.compact().await.context("compacting the database")? {
+            Some((before, after)) => println!("compacted: {before} bytes before, {after} bytes after"),
+            None => {
+                println!("compacted: nothing to do, the database reuses the space of deleted rows itself")
+            }
+        }
+    }
     store.close().await;
     Ok(code)
 }

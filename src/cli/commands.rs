@@ -153,6 +153,14 @@ pub async fn cancel(client: &Client, job: &str) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// `aura jobs delete ID`: the job is gone once this returns 0.
+pub async fn delete(client: &Client, job: &str) -> Result<u8, CliError> {
+    let job_id = parse_id(job)?;
+    client.send(client.http().delete(client.url(&format!("/api/jobs/{job_id}")))).await?;
+    eprintln!("deleted {job_id}");
+    Ok(0)
+}
+
 pub async fn download(client: &Client, job: &str, out: Option<PathBuf>) -> Result<u8, CliError> {
     use tokio::io::AsyncWriteExt;
     let job_id = parse_id(job)?;

@@ -68,6 +68,13 @@ pub enum TokenCommand {
     Revoke { name: String },
 }
 
+/// What `aura jobs` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Delete a finished job with its events, video and artifacts (its owner, or an admin).
+    Delete { job: String },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (HTTP API, event streams and render workers).
@@ -84,6 +91,10 @@ pub enum Command {
         /// Rebuild the jobs table from the events (the log is the truth). Needs the server stopped.
         #[arg(long)]
         repair: bool,
+        /// Give the space of deleted jobs back to the disk (an SQLite file: VACUUM, and from then
+        /// on free pages go back after each deletion). Needs the server stopped.
+        #[arg(long)]
+        compact: bool,
     },
     /// Write a consistent copy of the database to FILE (which must not exist), also while the
     /// server runs; `aura check --database-url FILE` verifies the copy.
@@ -120,8 +131,10 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// List jobs, newest first.
+    /// List jobs, newest first; `aura jobs delete ID` deletes a finished one.
     Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -187,8 +200,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             app.run_until(telemetry::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Check { data_dir, database_url, repair } => {
-            return crate::cli::check::run_cli(&data_dir, database_url, repair).await;
+        Command::Check { data_dir, database_url, repair, compact } => {
+            return crate::cli::check::run_cli(&data_dir, database_url, repair, compact).await;
         }
         Command::Backup { file, data_dir, database_url } => {
             return crate::cli::check::backup_cli(&data_dir, database_url, &file).await;
@@ -200,7 +213,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             Ok(id) => watch::watch(&client(&server)?, id, 0, watch::Output::choose(json)).await,
             Err(e) => Err(e),
         },
-        Command::Jobs { status, limit, server } => commands::jobs(&client(&server)?, status, limit).await,
+        Command::Jobs { command: Some(JobsCommand::Delete { job }), server, .. } => {
+            commands::delete(&client(&server)?, &job).await
+        }
+        Command::Jobs { command: None, status, limit, server } => {
+            commands::jobs(&client(&server)?, status, limit).await
+        }
         Command::Show { job, server } => commands::show(&client(&server)?, &job).await,
         Command::Events { job, after, follow, server } => {
             commands::events(&client(&server)?, &job, after, follow).await

@@ -7,7 +7,9 @@
 //! jobs (so a cancel reaches their processes), the queue of recovered jobs and the wake-up of
 //! idle workers. The HTTP edge calls it; it never calls the edge.
 
+pub mod deletion;
 pub mod disk;
+pub mod job_retention;
 pub mod leases;
 pub mod lifecycle;
 pub mod pipeline;

@@ -81,7 +81,11 @@ pub async fn all_events(
 /// Takes a slot under the global cap, then one under the caller's own, and opens the stream.
 fn open(app: &AppState, caller: &Caller, request: StreamRequest) -> Result<Response, AppError> {
     let slots = acquire(app, caller)?;
+    let history_start = request.history_start;
     let mut res = stream::open(app.streaming(), request, slots);
+    if let Some(start) = history_start {
+        res.headers_mut().insert("aura-history-start", header::HeaderValue::from(start));
+    }
     if app.settings().stream_compression == StreamCompression::Gzip {
         res.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept-encoding"));
     }

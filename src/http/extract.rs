@@ -143,14 +143,14 @@ pub fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, AppError>
 }
 
 /// The resume point: `Last-Event-ID`, else `?lastEventId=`, else 0.
-fn resume_point(headers: &HeaderMap, query: &[(String, String)]) -> Result<i64, AppError> {
+fn resume_point(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<i64>, AppError> {
     let raw = match headers.get("last-event-id") {
         Some(v) => Some(v.to_str().map_err(|_| bad_resume())?.to_owned()),
         None => query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()),
     };
     match raw {
-        None => Ok(0),
-        Some(s) => parse_event_id(&s).ok_or_else(bad_resume),
+        None => Ok(None),
+        Some(s) => parse_event_id(&s).map(Some).ok_or_else(bad_resume),
     }
 }
 
@@ -196,7 +196,8 @@ pub async fn stream_request(
     query: &[(String, String)],
     scope: Scope<'_>,
 ) -> Result<StreamRequest, AppError> {
-    let after = resume_point(headers, query)?;
+    let resume = resume_point(headers, query)?;
+    let after = resume.unwrap_or(0);
     let shape = match scope {
         Scope::Socket => Shape { batch: batch_window(query)?, gzip: false },
         Scope::Job(_) | Scope::Events => shape(app, headers, query)?,
@@ -213,7 +214,17 @@ pub async fn stream_request(
             (jobs_filter(caller, jobs), end)
         }
     };
-    Ok(StreamRequest { filter, after, end, shape })
+    let history_start = match resume {
+        Some(resume) => history_start(app, resume).await?,
+        None => None,
+    };
+    Ok(StreamRequest { filter, after, end, shape, history_start })
+}
+
+/// The oldest event kept, if a stream resumed after `resume` starts there because the events
+/// between were deleted (API.md: the horizon).
+pub async fn history_start(app: &AppState, resume: i64) -> Result<Option<i64>, AppError> {
+    Ok(app.store().oldest_event_id().await?.filter(|oldest| resume < *oldest))
 }
 
 /// How a stream of one job ends. A job that has ended has all its events but `output-expired`

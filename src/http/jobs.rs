@@ -31,7 +31,7 @@ const MAX_HISTORY_LIMIT: u32 = 10_000;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/jobs", post(create).get(list))
-        .route("/api/jobs/{job_id}", get(show))
+        .route("/api/jobs/{job_id}", get(show).delete(remove))
         .route("/api/jobs/{job_id}/cancel", post(cancel))
         .route("/api/jobs/{job_id}/history", get(history))
         .route("/api/jobs/{job_id}/output", get(output))
@@ -174,6 +174,27 @@ pub async fn cancel(
     // The owner never changes, so checking it before the decision leaves no race.
     let applied = app.engine().cancel(job.job_id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(applied.state)).into_response())
+}
+
+/// Delete a finished job: its events, its row, its video and its stage artifacts. Its routes
+/// answer 404 from then on; ids are never reused.
+#[utoipa::path(delete, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another owner's job", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has not finished", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn remove(
+    State(app): State<AppState>,
+    OwnedJob { job, .. }: OwnedJob,
+) -> Result<Response, AppError> {
+    crate::engine::deletion::delete(app.engine(), job.job_id).await?;
+    // A resume from this node's memory must not bring the job's events back.
+    app.streaming().hub().forget_job(job.job_id);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// One stored event.

@@ -20,7 +20,7 @@ use crate::http::state::AppState;
 #[openapi(
     info(title = "Aura", description = "Briefs in, rendered videos out; every step of every job streamed over lossless Server-Sent Events."),
     paths(
-        crate::http::jobs::create, crate::http::jobs::list, crate::http::jobs::show, crate::http::jobs::cancel, crate::http::jobs::history,
+        crate::http::jobs::create, crate::http::jobs::list, crate::http::jobs::show, crate::http::jobs::cancel, crate::http::jobs::remove, crate::http::jobs::history,
         crate::http::jobs::output, crate::http::events::job_events, crate::http::events::all_events, crate::http::ws::websocket, crate::http::health::health, crate::http::health::metrics,
         crate::http::webhooks::create, crate::http::webhooks::list, crate::http::webhooks::remove,
         crate::http::webhooks::deliveries, crate::http::webhooks::rotate,
@@ -32,7 +32,7 @@ use crate::http::state::AppState;
         crate::domain::job::Stage, crate::domain::job::JobStatus,
     )),
     tags(
-        (name = "jobs", description = "Create, read, list and cancel jobs"),
+        (name = "jobs", description = "Create, read, list, cancel and delete jobs"),
         (name = "events", description = "Server-Sent Events streams (optionally batched with `?batch=` and gzip-compressed with `AURA_STREAM_COMPRESSION=gzip`), and the same events over a WebSocket at `/api/ws`"),
         (name = "operations", description = "Health and metrics"),
         (name = "webhooks", description = "The event log POSTed to your endpoints, signed (Standard Webhooks)"),

@@ -94,13 +94,19 @@ pub struct Delivery {
     attempt: i64,
     /// The answer's status; null when there was none (see `error`).
     status_code: Option<i64>,
-    /// `delivered` (a 2xx), `retrying` (it will be tried again) or `failed` (given up after 24 h).
+    /// `delivered` (a 2xx), `retrying` (it will be tried again), `failed` (given up after 24 h),
+    /// or `missed`: events of its types were deleted (a job's deletion, retention) before they
+    /// were delivered; `missed` says how many, `eventId` is the last of them.
     outcome: String,
-    /// Why there was no answer: `timeout`, `connect`, `blocked-address`, `request`.
+    /// Why there was no answer: `timeout`, `connect`, `blocked-address`, `request`;
+    /// `deleted-before-delivery` for `missed`.
     error: Option<String>,
     duration_ms: i64,
     /// When the attempt started (RFC 3339 UTC, microseconds).
     at: String,
+    /// For `missed`: how many events the endpoint never received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missed: Option<i64>,
 }
 
 impl From<Attempt> for Delivery {
@@ -114,6 +120,7 @@ impl From<Attempt> for Delivery {
             error: a.error,
             duration_ms: a.duration_ms,
             at: a.at,
+            missed: a.missed,
         }
     }
 }

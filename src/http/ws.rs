@@ -39,7 +39,9 @@ use serde_json::{Value, json};
 use crate::access::auth::Caller;
 use crate::domain::event::StoredEvent;
 use crate::error::AppError;
-use crate::http::extract::{Scope, acquire, not_found, parse_job_id, parse_query, stream_request};
+use crate::http::extract::{
+    Scope, acquire, history_start, not_found, parse_job_id, parse_query, stream_request,
+};
 use crate::http::state::AppState;
 use crate::streaming::context::Bounds;
 use crate::streaming::follow::{Ended, Follower, Next};
@@ -95,8 +97,9 @@ pub async fn websocket(
     })?;
     let slots = acquire(&app, &caller)?;
     metrics::counter!("aura_streams_opened_total", "kind" => "ws").increment(1);
+    let history_start = request.history_start;
     let follower = Follower::new(app.streaming().clone(), request, slots, OpenGauge::new("ws"));
-    let session = Session { app, caller, follower, wait_for_resume: !explicit_resume };
+    let session = Session { app, caller, follower, wait_for_resume: !explicit_resume, history_start };
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -112,6 +115,8 @@ struct Session {
     caller: Caller,
     follower: Follower,
     wait_for_resume: bool,
+    /// Where the history starts, when the resume point is older (sent first, once).
+    history_start: Option<i64>,
 }
 
 impl Session {
@@ -121,6 +126,12 @@ impl Session {
         let mut pings = Pings::new(Duration::from_secs(self.app.settings().ws_pong_secs));
         if self.wait_for_resume && !self.first_message(&mut tx, &mut rx, &mut pings, &bounds).await {
             return;
+        }
+        if let Some(start) = self.history_start {
+            let told = text_message(&serde_json::json!({ "historyStart": start }));
+            if !sent(bounds.within(tx.send(told)).await) {
+                return;
+            }
         }
         if self.follower.sent_its_last() {
             let _ = bounds.within(tx.send(close(1000, "the job has ended"))).await;
@@ -190,7 +201,13 @@ impl Session {
         let Ok(first) = tokio::time::timeout(RESUME_WAIT, rx.next()).await else { return true };
         match first {
             Some(Ok(Message::Text(text))) => match resume_of(&text) {
-                Some(resume) => self.follower.resume_from(resume),
+                Some(resume) => {
+                    self.follower.resume_from(resume);
+                    match history_start(&self.app, resume).await {
+                        Ok(start) => self.history_start = start,
+                        Err(e) => tracing::warn!(error = %e, "reading where the history starts failed"),
+                    }
+                }
                 None => return sent(bounds.within(self.answer(&text, tx)).await),
             },
             Some(Ok(Message::Pong(_))) => pings.answered(),

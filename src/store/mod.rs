@@ -11,6 +11,7 @@
 
 pub mod bench;
 mod credentials;
+mod deletion;
 pub mod postgres;
 mod rows;
 mod sqlite;
@@ -31,8 +32,9 @@ use crate::domain::command::Command;
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 pub use credentials::{Credentials, TokenRow};
+pub use deletion::Deleted;
 pub use postgres::writer::Node;
-pub use writer::{Applied, ApplyError, LeaseOp, Refusal};
+pub use writer::{Applied, LeaseOp, Refusal};
 
 use postgres::PgLog;
 use sqlite::SqliteLog;
@@ -48,6 +50,16 @@ pub enum Durability {
 
 /// What went wrong in the store. The message says what failed and carries its source, for the
 /// log; the HTTP edge never sends it (it answers a fixed 500).
+/// Why a command appended nothing: the job's state refused it, or the store could not tell (the
+/// write may or may not have committed; what did reaches every stream through the log).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -282,6 +294,61 @@ impl Store {
         self.send(job_id, LeaseOp::Keep, command).await
     }
 
+    /// Sends one history write to the writer and waits for its outcome.
+    async fn send_deletion(&self, deletion: deletion::Deletion) -> Result<Deleted, ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Work::Delete(deletion::DeletionRequest { deletion, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes a finished job's events and row in one transaction that records the deletion
+    /// (see `deletion`); refused when there is no such job or it has not finished. Its files
+    /// are the caller's to remove, then [`Store::finish_deletion`].
+    pub async fn delete_job(&self, job_id: Uuid) -> Result<Deleted, ApplyError> {
+        self.send_deletion(deletion::Deletion::Delete(job_id)).await
+    }
+
+    /// Forgets a recorded deletion once the job's files are gone.
+    pub async fn finish_deletion(&self, job_id: Uuid) -> Result<(), StoreError> {
+        match self.send_deletion(deletion::Deletion::Finish(job_id)).await {
+            Ok(_) => Ok(()),
+            Err(ApplyError::Store(e)) => Err(e),
+            Err(ApplyError::Refused(r)) => Err(StoreError::Corrupt(r.to_string())),
+        }
+    }
+
+    /// Jobs whose deletion was recorded but whose files may remain (a crash came in between).
+    pub async fn pending_deletions(&self, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.pending_deletions(limit).await,
+            Backend::Postgres { log, .. } => log.pending_deletions(limit).await,
+        }
+    }
+
+    /// Finished jobs that finished before `before`, oldest first (`AURA_JOB_RETENTION`).
+    pub async fn finished_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.finished_before(before, limit).await,
+            Backend::Postgres { log, .. } => log.finished_before(before, limit).await,
+        }
+    }
+
+    /// The oldest event kept (the history's start since deletions), `None` for an empty log.
+    pub async fn oldest_event_id(&self) -> Result<Option<i64>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.oldest_event_id().await,
+            Backend::Postgres { log, .. } => log.oldest_event_id().await,
+        }
+    }
+
     /// Renews this node's leases of `jobs` (id, attempt); returns those it no longer holds.
     /// Nothing to do when one process owns the database.
     pub async fn renew_leases(&self, jobs: &[(Uuid, u32)]) -> Result<Vec<Uuid>, StoreError> {
@@ -429,6 +496,15 @@ impl Store {
         }
     }
 
+    /// Gives the space of deleted rows back to the disk, offline (`aura check --compact`): the
+    /// file's size before and after; `None` when the database does that by itself.
+    pub async fn compact(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.compact().await.map(Some),
+            Backend::Postgres { log, .. } => log.compact().await,
+        }
+    }
+
     /// Commits what is queued, closes the write connection, then the readers. Appends after
     /// this are refused with [`StoreError::Closed`].
     pub async fn close(&self) {
@@ -441,6 +517,31 @@ impl Store {
         match &self.inner.backend {
             Backend::Sqlite(log) => log.close().await,
             Backend::Postgres { log, .. } => log.close().await,
+        }
+    }
+}
+
+/// One node's turn at job retention: with a shared database one node at a time has it; with one
+/// process that owns the file, always.
+pub struct RetentionTurn(Option<postgres::deletion::RetentionTurn>);
+
+impl RetentionTurn {
+    /// Ends the turn.
+    pub async fn release(self) {
+        if let Some(turn) = self.0 {
+            turn.release().await;
+        }
+    }
+}
+
+impl Store {
+    /// This node's turn at job retention, or `None` while another node has it.
+    pub async fn retention_turn(&self) -> Result<Option<RetentionTurn>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => Ok(Some(RetentionTurn(None))),
+            Backend::Postgres { log, .. } => {
+                Ok(log.try_retention_turn().await?.map(|t| RetentionTurn(Some(t))))
+            }
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct Attempt {
     pub error: Option<String>,
     pub duration_ms: i64,
     pub at: String,
+    /// For outcome `missed`: how many events of the endpoint's types were deleted before they
+    /// were delivered.
+    pub missed: Option<i64>,
 }
 
 /// A change to webhook state, run by the writer (no `Debug`: it may carry a secret).

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{StoreError, StoredEvent};
+use super::{ApplyError, StoreError, StoredEvent};
 use crate::domain::command::Command;
 use crate::domain::event::{format_at, now_micros};
 use crate::domain::job::{JobState, JobStatus};
@@ -36,16 +36,6 @@ pub(super) type Cache = std::collections::HashMap<Uuid, JobState>;
 
 /// Why a decision appended nothing (the rules live with the commands, in the domain).
 pub use crate::domain::command::Refusal;
-
-/// Why a command appended nothing: the job's state refused it, or the store could not tell (the
-/// write may or may not have committed; what did reaches every stream through the log).
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// What an accepted decision appended, and the job's state after it.
 #[derive(Debug, Clone)]
@@ -94,6 +84,8 @@ pub(super) type Outcome = Result<Applied, Refusal>;
 pub(super) enum Work {
     Append(Request),
     Webhook(super::webhook_writes::WriteRequest),
+    /// A job's deletion, or the end of one (see `deletion`).
+    Delete(super::deletion::DeletionRequest),
 }
 
 /// The writer task's handles: its queue, the commit feed for the fan-out, and its end.

@@ -106,6 +106,13 @@ impl Hub {
         Some((recent.events.range(start..).cloned().collect(), through))
     }
 
+    /// Forgets a deleted job's events, so that no resume from memory brings them back.
+    pub fn forget_job(&self, job_id: Uuid) {
+        if let Ok(mut recent) = lock(&self.recent, "recent events") {
+            recent.events.retain(|e| e.job_id != job_id);
+        }
+    }
+
     /// Keeps `events` among the recent ones, then has the fan-out write them.
     fn publish(&self, events: Vec<Arc<StoredEvent>>) {
         if events.is_empty() {

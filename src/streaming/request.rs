@@ -18,6 +18,9 @@ pub struct StreamRequest {
     pub after: i64,
     pub end: End,
     pub shape: Shape,
+    /// The oldest event kept, when the resume point is older (events between were deleted):
+    /// the client is told where its history now starts (`Aura-History-Start`).
+    pub history_start: Option<i64>,
 }
 
 /// When a stream ends on its own (besides its deadline, shutdown and its client going away).

@@ -51,7 +51,7 @@ const FIRST_RECENT: usize = 16;
 /// request, and as a body that starts the same stream through hyper otherwise. Whichever comes
 /// first takes it.
 pub fn open(ctx: &Context, request: StreamRequest, slots: Slots) -> Response {
-    let StreamRequest { filter, after, end, shape } = request;
+    let StreamRequest { filter, after, end, shape, .. } = request;
     let kind = if end == End::Never { "all" } else { "job" };
     metrics::counter!("aura_streams_opened_total", "kind" => kind).increment(1);
     let sub = Subscriber {
@@ -194,7 +194,7 @@ impl Subscriber {
     /// A batched or compressed stream follows the hub on its own (`follow`).
     async fn follow(self, shape: Shape, sink: Arc<Sink>) {
         let Subscriber { ctx, filter, last_sent, end, _slots, _gauge, .. } = self;
-        let request = StreamRequest { filter, after: last_sent, end, shape };
+        let request = StreamRequest { filter, after: last_sent, end, shape, history_start: None };
         follow::sse(Follower::new(ctx, request, _slots, _gauge), shape.gzip, sink).await
     }
 

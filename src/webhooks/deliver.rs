@@ -255,6 +255,7 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
             error,
             duration_ms,
             at: format_at(at),
+            missed: None,
         };
         if ok {
             task.acked.note(task.endpoint, event.id);

@@ -37,6 +37,7 @@ mod fault_streams;
 mod faults;
 mod faults_engine;
 mod helpers;
+mod history;
 mod jobs_api;
 mod layers;
 mod log;

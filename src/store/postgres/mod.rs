@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub(super) mod credentials;
+pub(super) mod deletion;
 mod leases;
 pub(super) mod preflight;
 mod reads;

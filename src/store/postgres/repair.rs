@@ -10,6 +10,11 @@ use crate::store::StoreError;
 use crate::store::rows::{JobChanges, JobColumns};
 
 impl PgLog {
+    /// `aura check --compact`: nothing to do; PostgreSQL's autovacuum reuses deleted rows' space.
+    pub(in crate::store) async fn compact(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(None)
+    }
+
     pub(in crate::store) async fn rebuild_jobs(
         &self,
         jobs: &[(i64, JobState)],

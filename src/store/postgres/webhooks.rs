@@ -66,7 +66,7 @@ impl PgLog {
         let key = id.to_string();
         Ok(sqlx::query_as!(
             Attempt,
-            "SELECT event_id, event_type, attempt, status_code, outcome, error, duration_ms, at
+            "SELECT event_id, event_type, attempt, status_code, outcome, error, duration_ms, at, missed
              FROM webhook_deliveries WHERE endpoint_id = ($1)::text ORDER BY id DESC LIMIT $2",
             key,
             i64::from(limit)

@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 use crate::store::StoreError;
+use crate::store::deletion::Deletion;
 use crate::store::rows::{JobChanges, JobColumns, JobRow};
 use crate::store::writer::{
     Accepted, Applied, Cache, Decision, LeaseOp, MAX_GROUP, Outcome, Refusal, Request, Work, answer,
@@ -118,40 +119,65 @@ async fn run(
     let mut work = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut webhooks = Vec::new();
+    let mut deletions = Vec::new();
     let mut known: Cache = HashMap::new();
     while gather(&mut rx, &mut work, &close).await {
         for w in work.drain(..) {
             match w {
                 Work::Append(r) => group.push(r),
                 Work::Webhook(w) => webhooks.push(w),
+                Work::Delete(d) => deletions.push(d),
             }
         }
         if !webhooks.is_empty() {
             // Registrations, rotations and deletions, in one transaction of their own.
             super::webhooks::write_all(&pool, std::mem::take(&mut webhooks)).await;
         }
-        if group.is_empty() {
-            continue;
+        if !group.is_empty() {
+            write_appends(&pool, &node, &committed, &mut group, &mut known, &feed).await;
         }
-        let started = Instant::now();
-        let (requests, replies) = split(&mut group);
-        // Bounded like every query that guards a lease: the server ends a statement after a
-        // third of the lease (`statement_timeout` on these connections), and a server that does
-        // not answer at all is given up a moment later. The outcome is then unknown, as when a
-        // connection is cut mid-commit: what did commit reaches every stream through the tail.
-        let bound = node.guard_timeout() + CLIENT_GRACE;
-        let result = match tokio::time::timeout(bound, write_group(&pool, &node, &requests, &mut known)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(timed_out("a group commit")),
-        };
-        match &result {
-            Ok(_) => committed.notify_one(),
-            Err(_) => known.clear(),
+        // After the appends queued with them: a job completed and then deleted is deleted.
+        for request in deletions.drain(..) {
+            if let Deletion::Delete(job_id) = request.deletion {
+                known.remove(&job_id);
+            }
+            let bound = node.guard_timeout() + CLIENT_GRACE;
+            let result =
+                match tokio::time::timeout(bound, super::deletion::run(&pool, request.deletion)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(timed_out("a deletion").into()),
+                };
+            let _ = request.reply.send(result);
         }
-        answer(replies, result, &feed, started);
     }
     tracing::info!("store writer closed");
+}
+
+/// Decides and commits one group of appends, then answers it.
+async fn write_appends(
+    pool: &PgPool,
+    node: &Node,
+    committed: &Notify,
+    group: &mut Vec<Request>,
+    known: &mut Cache,
+    feed: &mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+) {
+    let started = Instant::now();
+    let (requests, replies) = split(group);
+    // Bounded like every query that guards a lease: the server ends a statement after a
+    // third of the lease (`statement_timeout` on these connections), and a server that does
+    // not answer at all is given up a moment later. The outcome is then unknown, as when a
+    // connection is cut mid-commit: what did commit reaches every stream through the tail.
+    let bound = node.guard_timeout() + CLIENT_GRACE;
+    let result = match tokio::time::timeout(bound, write_group(pool, node, &requests, known)).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out("a group commit")),
+    };
+    match &result {
+        Ok(_) => committed.notify_one(),
+        Err(_) => known.clear(),
+    }
+    answer(replies, result, feed, started);
 }
 
 /// Decides and commits one group: in one statement against the states this node cached when it

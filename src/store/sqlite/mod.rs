@@ -8,6 +8,7 @@
 
 pub(super) mod bench;
 pub(super) mod credentials;
+pub(super) mod deletion;
 pub(super) mod leases;
 pub(super) mod preflight;
 pub(super) mod reads;
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +51,16 @@ impl SqliteLog {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
         }
         // Room for every id a large group returns, so SQLite's thread never waits on this one.
-        let write_options = options.clone().row_buffer_size(1024).synchronous(match durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal => SqliteSynchronous::Normal,
-        });
+        // A new file gives pages freed by deletions back (`incremental_vacuum` after each one);
+        // set before the migrations create any table, and a no-op on an older file (see
+        // `aura check --compact`).
+        let write_options =
+            options.clone().row_buffer_size(1024).auto_vacuum(SqliteAutoVacuum::Incremental).synchronous(
+                match durability {
+                    Durability::Full => SqliteSynchronous::Full,
+                    Durability::Normal => SqliteSynchronous::Normal,
+                },
+            );
         let mut conn = write_options.clone().connect().await?;
         sqlx::migrate!().run(&mut conn).await?;
         let pool = SqlitePoolOptions::new()

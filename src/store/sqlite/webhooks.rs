@@ -42,7 +42,7 @@ impl SqliteLog {
         let limit = i64::from(limit);
         Ok(sqlx::query_as!(
             Attempt,
-            "SELECT event_id, event_type, attempt, status_code, outcome, error, duration_ms, at
+            "SELECT event_id, event_type, attempt, status_code, outcome, error, duration_ms, at, missed
              FROM webhook_deliveries WHERE endpoint_id = ? ORDER BY id DESC LIMIT ?",
             key,
             limit

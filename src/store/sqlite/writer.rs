@@ -23,10 +23,11 @@ use uuid::Uuid;
 use crate::domain::event::StoredEvent;
 use crate::domain::job::{JobState, JobStatus};
 use crate::store::StoreError;
+use crate::store::deletion::Deletion;
 use crate::store::rows::{JobChanges, JobColumns, JobRow};
 use crate::store::writer::{
-    Accepted, Applied, Cache, Decision, MAX_GROUP, Outcome, Spawned, Work, answer, decide_one, gather,
-    settle, split, with_ids,
+    Accepted, Applied, Cache, Decision, MAX_GROUP, Outcome, Request, Spawned, Work, answer, decide_one,
+    gather, settle, split, with_ids,
 };
 
 /// Most job states the writer keeps in memory; past it the cache starts over.
@@ -54,32 +55,30 @@ async fn run(
     let mut work = Vec::with_capacity(MAX_GROUP);
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut webhooks = Vec::new();
+    let mut deletions = Vec::new();
     let mut cache = Cache::new();
     while gather(&mut rx, &mut work, &close).await {
         for w in work.drain(..) {
             match w {
                 Work::Append(r) => group.push(r),
                 Work::Webhook(w) => webhooks.push(w),
+                Work::Delete(d) => deletions.push(d),
             }
         }
         if !webhooks.is_empty() {
             // Their own transaction: a webhook's bookkeeping never spoils a group of appends.
             super::webhooks::write_all(&mut conn, webhooks.drain(..)).await;
         }
-        if group.is_empty() {
-            continue;
+        if !group.is_empty() {
+            write_appends(&mut conn, &mut cache, &mut group, &feed).await;
         }
-        let started = Instant::now();
-        let (decisions, replies) = split(&mut group);
-        if cache.len() > CACHE_LIMIT {
-            cache.clear();
+        // After the appends queued with them: a job completed and then deleted is deleted.
+        for request in deletions.drain(..) {
+            if let Deletion::Delete(job_id) = request.deletion {
+                cache.remove(&job_id);
+            }
+            let _ = request.reply.send(super::deletion::run(&mut conn, request.deletion).await);
         }
-        let result = write_group(&mut conn, &mut cache, decisions).await;
-        if result.is_err() {
-            // The cache may hold states of the rolled-back group: start over from the table.
-            cache.clear();
-        }
-        answer(replies, result, &feed, started);
     }
     // Closed, or every sender is gone: leave the file tidy for the next process and for `sqlite3` users.
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
@@ -89,6 +88,26 @@ async fn run(
         tracing::warn!(error = %e, "closing the write connection failed");
     }
     tracing::info!("store writer closed");
+}
+
+/// Decides and commits one group of appends, then answers it.
+async fn write_appends(
+    conn: &mut SqliteConnection,
+    cache: &mut Cache,
+    group: &mut Vec<Request>,
+    feed: &mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+) {
+    let started = Instant::now();
+    let (decisions, replies) = split(group);
+    if cache.len() > CACHE_LIMIT {
+        cache.clear();
+    }
+    let result = write_group(conn, cache, decisions).await;
+    if result.is_err() {
+        // The cache may hold states of the rolled-back group: start over from the table.
+        cache.clear();
+    }
+    answer(replies, result, feed, started);
 }
 
 /// Decides every request against the job's current state (the cache, or the row), folds what

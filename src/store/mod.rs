@@ -341,6 +341,14 @@ impl Store {
         }
     }
 
+    /// Whether the event `id` is still stored (its job was not deleted since it was read).
+    pub async fn event_exists(&self, id: i64) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(log) => log.event_exists(id).await,
+            Backend::Postgres { log, .. } => log.event_exists(id).await,
+        }
+    }
+
     /// The oldest event kept (the history's start since deletions), `None` for an empty log.
     pub async fn oldest_event_id(&self) -> Result<Option<i64>, StoreError> {
         match &self.inner.backend {

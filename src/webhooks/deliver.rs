@@ -211,6 +211,12 @@ async fn deliver(task: &Task, event: &StoredEvent) -> Result<(), Stop> {
             tracing::warn!(error = %e, "not delivering: the delivery lock is lost");
             return Err(Stop::Done);
         }
+        // Deleted with its job since it was read: the deletion counted it as missed, and it
+        // stays missed (a store that cannot say is taken as "still there").
+        if !task.store.event_exists(event.id).await.unwrap_or(true) {
+            tracing::info!(event_id = event.id, "not delivering: the event was deleted with its job");
+            return Ok(());
+        }
         tries += 1;
         let at = now_micros();
         let started = Instant::now();

@@ -41,6 +41,14 @@ impl PgLog {
         Ok(rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()?.parse().ok()).collect())
     }
 
+    /// Whether the event `id` is still stored (not deleted with its job).
+    pub(in crate::store) async fn event_exists(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The id of the oldest event kept, `None` for an empty log.
     pub(in crate::store) async fn oldest_event_id(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT min(id) FROM events").fetch_one(&self.pool).await?)

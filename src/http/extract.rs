@@ -221,10 +221,12 @@ pub async fn stream_request(
     Ok(StreamRequest { filter, after, end, shape, history_start })
 }
 
-/// The oldest event kept, if a stream resumed after `resume` starts there because the events
-/// between were deleted (API.md: the horizon).
+/// The oldest event kept, if a stream resumed after `resume` starts there because events
+/// between were deleted (API.md: the horizon). Ids are handed out without gaps and never
+/// reused, so an oldest kept id above `resume + 1` means the ones between were deleted; a
+/// client resuming from 0 on a log that still starts at 1 has lost nothing and is told nothing.
 pub async fn history_start(app: &AppState, resume: i64) -> Result<Option<i64>, AppError> {
-    Ok(app.store().oldest_event_id().await?.filter(|oldest| resume < *oldest))
+    Ok(app.store().oldest_event_id().await?.filter(|oldest| resume.saturating_add(1) < *oldest))
 }
 
 /// How a stream of one job ends. A job that has ended has all its events but `output-expired`

@@ -59,7 +59,9 @@ pub fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
         ])
-        .allow_methods([Method::GET, Method::POST, Method::DELETE]))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        // A listed site that reads a stream with fetch may see where its history starts.
+        .expose_headers([HeaderName::from_static("aura-history-start")]))
 }
 
 async fn fallback() -> impl IntoResponse {

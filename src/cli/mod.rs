@@ -88,7 +88,9 @@ pub enum Command {
         data_dir: PathBuf,
         #[arg(long, env = "AURA_DATABASE_URL")]
         database_url: Option<String>,
-        /// Rebuild the jobs table from the events (the log is the truth). Needs the server stopped.
+        /// Rebuild the jobs table from the events (the log is the truth). With an SQLite file the
+        /// server must be stopped (the repair takes the data folder); with PostgreSQL it runs beside
+        /// the nodes and is refused if the log grew meanwhile.
         #[arg(long)]
         repair: bool,
         /// Give the space of deleted jobs back to the disk (an SQLite file: VACUUM, and from then

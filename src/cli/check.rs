@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::Database;
-use crate::domain::event::EventBody;
+use crate::domain::event::{EventBody, StoredEvent};
 use crate::domain::job::{JobState, JobStatus};
 use crate::store::{EventFilter, Store, StoreError};
 
@@ -42,10 +42,76 @@ struct Fold {
     broken: bool,
 }
 
+/// Every job's fold, fed the log event by event in id order: what [`check`] compares with the
+/// rows, and what `--repair` and `aura import` write as the `jobs` table.
+#[derive(Default)]
+pub struct Folds {
+    /// Keyed by each job's first event id: the order of the job list.
+    folds: BTreeMap<i64, (Uuid, Fold)>,
+    by_job: HashMap<Uuid, i64>,
+    /// What the events alone show is wrong, in the order found.
+    pub problems: Vec<String>,
+}
+
+impl Folds {
+    /// Folds one more event, whose id is above every one before. Whatever it shows is wrong is
+    /// added to [`Folds::problems`]; a job with an event that does not fold gets no state.
+    pub fn push(&mut self, e: &StoredEvent) {
+        let key = *self.by_job.entry(e.job_id).or_insert(e.id);
+        let (_, fold) = self.folds.entry(key).or_insert_with(|| (e.job_id, Fold::default()));
+        let problems = &mut self.problems;
+        let Some(decoded) = EventBody::decode(&e.kind, e.data()) else {
+            problems
+                .push(format!("event {} of job {}: unknown type or payload ({})", e.id, e.job_id, e.kind));
+            fold.broken = true;
+            return;
+        };
+        if decoded.job_id != e.job_id {
+            problems.push(format!("event {}: data.jobId differs from its job_id column", e.id));
+        }
+        if fold.last_at.is_some_and(|t| decoded.at < t) {
+            problems.push(format!(
+                "event {} of job {}: its time is earlier than the event before",
+                e.id, e.job_id
+            ));
+        }
+        fold.last_at = Some(decoded.at);
+        // Only a warning may follow a terminal event (`output-expired`, after retention).
+        if let Some(first) = fold.terminal_id
+            && !matches!(decoded.body, EventBody::Warning(_))
+        {
+            problems.push(format!("job {}: event {} comes after its terminal event {first}", e.job_id, e.id));
+        }
+        if decoded.body.is_terminal() && fold.terminal_id.is_none() {
+            fold.terminal_id = Some(e.id);
+        }
+        match JobState::apply(fold.state.take(), e.job_id, e.id, decoded.at, &decoded.body) {
+            Ok(s) => fold.state = Some(s),
+            Err(err) => {
+                problems.push(format!("event {} of job {}: {err}", e.id, e.job_id));
+                fold.broken = true;
+            }
+        }
+    }
+
+    /// How many jobs have events so far.
+    pub fn jobs(&self) -> usize {
+        self.folds.len()
+    }
+
+    /// The state of every job whose every event folded, with its first event id, in that order.
+    pub fn folded(self) -> Vec<(i64, JobState)> {
+        self.folds
+            .into_iter()
+            .filter(|(_, (_, fold))| !fold.broken)
+            .filter_map(|(first_id, (_, fold))| Some((first_id, fold.state?)))
+            .collect()
+    }
+}
+
 pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    let mut folds: BTreeMap<i64, (Uuid, Fold)> = BTreeMap::new();
-    let mut by_job: HashMap<Uuid, i64> = HashMap::new();
+    let mut folds = Folds::default();
     let mut after = 0;
     loop {
         let page = store.events_after(&EventFilter::All, after, 1000).await?;
@@ -53,50 +119,15 @@ pub async fn check(store: &Store, data_dir: &Path) -> Result<Report, StoreError>
             report.events += 1;
             after = e.id;
             report.through = e.id;
-            let key = *by_job.entry(e.job_id).or_insert(e.id);
-            let (_, fold) = folds.entry(key).or_insert_with(|| (e.job_id, Fold::default()));
-            let Some(decoded) = EventBody::decode(&e.kind, e.data()) else {
-                report.problems.push(format!(
-                    "event {} of job {}: unknown type or payload ({})",
-                    e.id, e.job_id, e.kind
-                ));
-                fold.broken = true;
-                continue;
-            };
-            if decoded.job_id != e.job_id {
-                report.problems.push(format!("event {}: data.jobId differs from its job_id column", e.id));
-            }
-            if fold.last_at.is_some_and(|t| decoded.at < t) {
-                report.problems.push(format!(
-                    "event {} of job {}: its time is earlier than the event before",
-                    e.id, e.job_id
-                ));
-            }
-            fold.last_at = Some(decoded.at);
-            // Only a warning may follow a terminal event (`output-expired`, after retention).
-            if let Some(first) = fold.terminal_id
-                && !matches!(decoded.body, EventBody::Warning(_))
-            {
-                report
-                    .problems
-                    .push(format!("job {}: event {} comes after its terminal event {first}", e.job_id, e.id));
-            }
-            if decoded.body.is_terminal() && fold.terminal_id.is_none() {
-                fold.terminal_id = Some(e.id);
-            }
-            match JobState::apply(fold.state.take(), e.job_id, e.id, decoded.at, &decoded.body) {
-                Ok(s) => fold.state = Some(s),
-                Err(err) => {
-                    report.problems.push(format!("event {} of job {}: {err}", e.id, e.job_id));
-                    fold.broken = true;
-                }
-            }
+            folds.push(e);
         }
         if page.len() < 1000 {
             break;
         }
     }
 
+    let Folds { folds, by_job, problems } = folds;
+    report.problems = problems;
     for (first_id, (job_id, fold)) in folds {
         report.jobs += 1;
         let Some(state) = fold.state else { continue };
@@ -224,7 +255,7 @@ async fn repair_and_check_again(
 }
 
 /// `--database-url`, else `<data-dir>/aura.db`; a URL of an unknown scheme is refused.
-fn database_of(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Database> {
+pub(super) fn database_of(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Database> {
     match database_url {
         Some(url) => Database::parse(&url),
         None => Ok(Database::in_folder(data_dir)),

@@ -2,7 +2,7 @@
 //! a write connection of its own (the repair holds the data folder, so no server is writing);
 //! and `aura check --compact`, which gives a file's free pages back to the disk.
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use super::SqliteLog;
 use crate::domain::job::JobState;
@@ -28,14 +28,7 @@ impl SqliteLog {
         let mut conn = self.write_options.clone().connect().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query!("DELETE FROM jobs").execute(&mut *tx).await?;
-        for (created_event_id, state) in jobs {
-            super::writer::insert_job_row(
-                &mut tx,
-                *created_event_id,
-                &crate::store::rows::JobColumns::from(state),
-            )
-            .await?;
-        }
+        insert_jobs(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -46,4 +39,16 @@ async fn file_size(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError>
     let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *conn).await?;
     let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
     Ok(u64::try_from(pages.saturating_mul(size)).unwrap_or(0))
+}
+
+/// Writes a `jobs` row for each state, with its first event id (a repair's, an import's).
+pub(super) async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    jobs: &[(i64, JobState)],
+) -> Result<(), StoreError> {
+    for (created_event_id, state) in jobs {
+        super::writer::insert_job_row(conn, *created_event_id, &crate::store::rows::JobColumns::from(state))
+            .await?;
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@
 pub mod bench;
 mod credentials;
 mod deletion;
+pub mod export;
 pub mod postgres;
 mod rows;
 mod sqlite;

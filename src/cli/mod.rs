@@ -4,6 +4,8 @@
 pub mod check;
 mod client;
 mod commands;
+pub mod export;
+mod import;
 pub mod watch;
 mod webhook;
 
@@ -101,6 +103,33 @@ pub enum Command {
     /// Write a consistent copy of the database to FILE (which must not exist), also while the
     /// server runs; `aura check --database-url FILE` verifies the copy.
     Backup {
+        file: PathBuf,
+        #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "AURA_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Write jobs and their complete histories to FILE as NDJSON, one stored event per line in id
+    /// order (`-`: standard output), also while the server runs. Every job unless --job or
+    /// --before says which.
+    Export {
+        /// Where to write; the file appears whole once done, or not at all.
+        file: PathBuf,
+        /// Only this job (repeat for more).
+        #[arg(long = "job", value_name = "ID", conflicts_with = "before")]
+        jobs: Vec<uuid::Uuid>,
+        /// Only jobs created before this time: RFC 3339, or YYYY-MM-DD (midnight UTC).
+        #[arg(long, value_name = "DATE", value_parser = export::parse_before)]
+        before: Option<time::OffsetDateTime>,
+        #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "AURA_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Load an export (`aura export`) into a new database, with the same event ids, and rebuild
+    /// every jobs row from the events (`-`: standard input). Refuses a database that has ever had
+    /// an event, and writes nothing when any line is wrong. Needs the server stopped.
+    Import {
         file: PathBuf,
         #[arg(long, env = "AURA_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
@@ -207,6 +236,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Backup { file, data_dir, database_url } => {
             return crate::cli::check::backup_cli(&data_dir, database_url, &file).await;
+        }
+        Command::Export { file, jobs, before, data_dir, database_url } => {
+            return export::run_cli(&data_dir, database_url, jobs, before, &file).await;
+        }
+        Command::Import { file, data_dir, database_url } => {
+            return import::run_cli(&data_dir, database_url, &file).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
         Command::Token { command, file } => return Ok(token(command, &file).await),

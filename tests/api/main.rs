@@ -31,6 +31,7 @@ mod connections;
 mod damaged;
 mod disk;
 mod docs;
+mod export;
 mod fanout;
 mod fault_storage;
 mod fault_streams;

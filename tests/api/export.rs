@@ -346,3 +346,54 @@ async fn a_wrong_line_fails_the_import_naming_the_line_and_writes_nothing() -> T
     assert_eq!(code, 0, "{said}");
     Ok(())
 }
+
+/// Waits until `job`'s history on `app` has a `warning` with `code`, and the job is `status`.
+async fn continued(app: &TestApp, job: Uuid, code: &str, status: &str) -> TestResult {
+    crate::helpers::eventually(WAIT, || async {
+        let history = app.history(job).await?;
+        let warned = history.iter().any(|e| e["type"] == "warning" && e["data"]["code"] == code);
+        let now = app.job(job).await?["status"].clone();
+        crate::helpers::holds(warned && now == status, || format!("{now} after {history:?}"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_job_running_when_exported_continues_as_a_new_attempt_after_the_import() -> TestResult {
+    use aura::engine::lifecycle;
+    let source = spawn_app().await?;
+    let running = source.create_job("running").await?;
+    lifecycle::claim(source.state.store(), running).await?;
+    let cancelling = source.create_job("cancelling").await?;
+    lifecycle::claim(source.state.store(), cancelling).await?;
+    assert_eq!(source.cancel(cancelling).await?, 202);
+    assert_eq!(source.job(cancelling).await?["status"], "Cancelling");
+    let file = source.dir.path().join("running.ndjson");
+    export(&source, &[], &file).await?;
+
+    // The one process of an SQLite folder knows at start that nothing runs them.
+    let folder = tempfile::tempdir()?;
+    assert_eq!(import(&file, &folder.path().join("data"), None).await?.0, 0);
+    let imported = spawn_app_in(folder, |c| c.database_url = None).await?;
+    continued(&imported, running, "engine-restarted", "Running").await?;
+    assert_eq!(imported.job(running).await?["attempt"], 2);
+    assert_eq!(imported.job(cancelling).await?["status"], "Cancelled");
+    imported.stop().await?;
+
+    // On PostgreSQL their leases have expired: any node continues them.
+    if std::env::var_os("AURA_TEST_POSTGRES_URL").is_some() {
+        let url = crate::postgres::database().await?;
+        let folder = tempfile::tempdir()?;
+        assert_eq!(import(&file, &folder.path().join("data"), Some(&url)).await?.0, 0);
+        let imported = spawn_app_in(folder, |c| c.database_url = Some(url)).await?;
+        continued(&imported, running, "node-lost", "Running").await?;
+        assert_eq!(imported.job(running).await?["attempt"], 2);
+        crate::helpers::eventually(WAIT, || async {
+            let now = imported.job(cancelling).await?["status"].clone();
+            crate::helpers::holds(now == "Cancelled", || format!("{now}"))
+        })
+        .await?;
+        imported.stop().await?;
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! `aura import` on PostgreSQL: one transaction that first takes the counter row `FOR UPDATE`
 //! (every node's writer needs it to commit, so none appends meanwhile), inserts the events with
 //! their ids, writes the `jobs` rows and moves `event_counter.last_id` past the highest imported
-//! id, so the next group's ids start above it.
+//! id, so the next group's ids start above it. A job that was running when it was exported runs
+//! on no node now: it gets a lease that has already expired, so that any node continues it as a
+//! new attempt (`node-lost`) as it would after the node that ran it died.
 
 use sqlx::postgres::Postgres;
 use sqlx::{QueryBuilder, Transaction};
@@ -49,13 +51,21 @@ impl PgImport {
         Ok(())
     }
 
-    /// Writes the `jobs` rows, moves the counter to `highest` and commits.
+    /// Writes the `jobs` rows (and the expired leases of running jobs), moves the counter to
+    /// `highest` and commits.
     pub(in crate::store) async fn finish(
         mut self,
         jobs: &[(i64, JobState)],
         highest: i64,
     ) -> Result<(), StoreError> {
         super::repair::insert_jobs(&mut self.tx, jobs).await?;
+        sqlx::query(
+            "INSERT INTO leases (job_id, attempt, node, expires_at)
+             SELECT j.job_id, j.attempt, 'aura import', now() - interval '1 second'
+             FROM jobs AS j WHERE j.status IN ('Running', 'Cancelling')",
+        )
+        .execute(&mut *self.tx)
+        .await?;
         sqlx::query("UPDATE event_counter SET last_id = greatest(last_id, $1) WHERE only_row")
             .bind(highest)
             .execute(&mut *self.tx)

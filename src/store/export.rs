@@ -4,10 +4,9 @@
 //! One line per stored event, in ascending id order: the object `GET /api/jobs/{id}/history`
 //! gives for it, plus its job, `{"id","jobId","type","data","createdAt"}`. `data` is the stored
 //! JSON text as it is, never parsed into values and written again ([`RawValue`]), so an import
-//! stores the same bytes and `/history` answers the same bytes after it. Every job in an export
-//! comes with all its events up to one cut of the log (the highest id committed when the export
-//! began: ids become visible in ascending order, so nothing below it is still to come), which is
-//! what makes each history complete while a server keeps appending.
+//! stores the same bytes and `/history` answers the same bytes after it. An export reads every
+//! page in one read transaction (each backend's `export.rs`), so each job comes with all its
+//! events as they were when the export began, whatever is appended or deleted meanwhile.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,7 +18,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::{EventFilter, Store, StoreError};
+use super::postgres::export::PgSnapshot;
+use super::sqlite::export::SqliteSnapshot;
+use super::{Backend, Store, StoreError};
 use crate::domain::event::StoredEvent;
 
 /// Events read per page.
@@ -108,13 +109,13 @@ pub async fn export(
     selection: &Selection,
     out: &mut impl Write,
 ) -> Result<Exported, ExportError> {
-    // The cut: every id up to it is committed and visible, so each job's events up to it are
-    // all there, whatever is appended meanwhile.
-    let through = store.max_event_id().await?;
-    let (filter, before) = match selection {
-        Selection::All => (EventFilter::All, None),
-        Selection::Jobs(ids) => (EventFilter::Jobs(ids.clone()), None),
-        Selection::CreatedBefore(before) => (EventFilter::All, Some(*before)),
+    let mut snapshot = Snapshot::begin(store).await?;
+    // The first read, which fixes what the snapshot sees; no id above it is in it.
+    let through = snapshot.max_event_id().await?;
+    let (jobs, before) = match selection {
+        Selection::All => (None, None),
+        Selection::Jobs(ids) => (Some(ids.as_slice()), None),
+        Selection::CreatedBefore(before) => (None, Some(*before)),
     };
     // Each job seen, and whether it is written: decided on its first event, the lowest id.
     let mut wanted: HashMap<Uuid, bool> = HashMap::new();
@@ -122,7 +123,7 @@ pub async fn export(
     let mut line = Vec::with_capacity(512);
     let mut after = 0;
     'pages: loop {
-        let page = store.events_after(&filter, after, PAGE).await?;
+        let page = snapshot.events_after(jobs, after, PAGE).await?;
         for e in &page {
             if e.id > through {
                 break 'pages;
@@ -151,6 +152,40 @@ pub async fn export(
         }
     }
     Ok(exported)
+}
+
+/// One read transaction of either backend.
+enum Snapshot {
+    Sqlite(SqliteSnapshot),
+    Postgres(PgSnapshot),
+}
+
+impl Snapshot {
+    async fn begin(store: &Store) -> Result<Snapshot, StoreError> {
+        Ok(match &store.inner.backend {
+            Backend::Sqlite(log) => Snapshot::Sqlite(log.snapshot().await?),
+            Backend::Postgres { log, .. } => Snapshot::Postgres(log.snapshot().await?),
+        })
+    }
+
+    async fn max_event_id(&mut self) -> Result<i64, StoreError> {
+        match self {
+            Snapshot::Sqlite(s) => s.max_event_id().await,
+            Snapshot::Postgres(s) => s.max_event_id().await,
+        }
+    }
+
+    async fn events_after(
+        &mut self,
+        jobs: Option<&[Uuid]>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Snapshot::Sqlite(s) => s.events_after(jobs, after, limit).await,
+            Snapshot::Postgres(s) => s.events_after(jobs, after, limit).await,
+        }
+    }
 }
 
 /// Whether the job whose first event is `first` was created before `before`.

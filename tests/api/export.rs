@@ -397,3 +397,73 @@ async fn a_job_running_when_exported_continues_as_a_new_attempt_after_the_import
     }
     Ok(())
 }
+
+/// An export's sink that deletes a job through the API when the export writes its first line,
+/// while the export is still reading.
+struct DeletesOnFirstLine {
+    written: Vec<u8>,
+    delete: Option<Box<dyn FnOnce() -> TestResult<u16> + Send>>,
+    answered: Option<u16>,
+}
+
+impl std::io::Write for DeletesOnFirstLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(delete) = self.delete.take() {
+            self.answered = Some(delete().map_err(|e| std::io::Error::other(e.to_string()))?);
+        }
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_during_an_export_is_written_whole_as_it_was_when_the_export_began() -> TestResult {
+    use aura::domain::job::Stage;
+    use aura::engine::lifecycle::{self, JobHandle};
+    use aura::store::export::{Selection, export};
+    let app = spawn_app().await?;
+    // The first job's two events lie on both sides of the export's first page (1000 events).
+    let deleted = app.create_job("deleted while exported").await?;
+    let busy = app.create_job("busy").await?;
+    lifecycle::claim(app.state.store(), busy).await?;
+    let job = JobHandle::new(app.state.store().clone(), busy);
+    job.start_stage(Stage::Script).await?;
+    for i in 0..1000 {
+        job.progress(Stage::Script, f64::from(i) / 10.0, format!("step {i}")).await?;
+    }
+    assert_eq!(app.cancel(deleted).await?, 202);
+    let history = app.history(deleted).await?;
+    assert!(history.last().and_then(|e| e["id"].as_i64()).is_some_and(|id| id > 1000), "{history:?}");
+
+    let (client, url, runtime) =
+        (app.client.clone(), app.url(&format!("/api/jobs/{deleted}")), tokio::runtime::Handle::current());
+    let mut sink = DeletesOnFirstLine {
+        written: Vec::new(),
+        delete: Some(Box::new(move || {
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async { Ok(client.delete(url).send().await?.status().as_u16()) })
+            })
+        })),
+        answered: None,
+    };
+    let exported = export(app.state.store(), &Selection::All, &mut sink).await?;
+    assert_eq!(sink.answered, Some(204), "the job was deleted during the export");
+    assert_eq!(app.get_json(&format!("/api/jobs/{deleted}")).await?.0, 404);
+    assert_eq!(exported.jobs, 2);
+    let text = String::from_utf8(sink.written)?;
+    let lines: Vec<Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let of_deleted: Vec<Value> = lines
+        .into_iter()
+        .filter(|l| l["jobId"] == deleted.to_string())
+        .map(|mut l| {
+            l.as_object_mut().map(|o| o.remove("jobId"));
+            l
+        })
+        .collect();
+    assert_eq!(of_deleted, history, "its whole history, as it was");
+    Ok(())
+}

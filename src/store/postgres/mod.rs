@@ -21,6 +21,7 @@
 pub mod bench;
 pub(super) mod credentials;
 pub(super) mod deletion;
+pub(super) mod export;
 pub(super) mod import;
 mod leases;
 pub(super) mod preflight;

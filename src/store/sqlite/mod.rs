@@ -9,6 +9,7 @@
 pub(super) mod bench;
 pub(super) mod credentials;
 pub(super) mod deletion;
+pub(super) mod export;
 pub(super) mod import;
 pub(super) mod leases;
 pub(super) mod preflight;

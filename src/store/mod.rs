@@ -3,9 +3,9 @@
 //!
 //! Everything else sees Aura's own types ([`JobState`], [`StoredEvent`], [`EventFilter`]) and
 //! this front: [`Store`] holds one backend and each of its methods is one `match` that hands the
-//! call to `sqlite/` or `postgres/`. Those two folders have the same file names (`reads`,
-//! `writer`, `webhooks`, `credentials`, `leases`, `repair`, `export`, `import`, `tail`,
-//! `preflight`, `bench`), so a diff of two siblings shows every difference; what both backends do alike sits
+//! call to `sqlite/` or `postgres/`. Those two folders have the same file names (`reads`, `writer`,
+//! `webhooks`, `credentials`, `leases`, `repair`, `export`, `import`, `tail`, `preflight`,
+//! `bench`), so a diff of two siblings shows every difference; what both backends do alike sits
 //! here, in `writer` (the queue and the decisions), `webhook_writes` and `rows`; `export` and
 //! `import` are the log as NDJSON and back. Writes go through one writer task per process that
 //! commits in groups; reads use a pool beside it.

@@ -7,6 +7,8 @@
 //! node at a time has it), finishes what is pending, then deletes expired jobs oldest first, in
 //! batches of [`BATCH`]: each deletion is its own short transaction on the writer, so appends
 //! never wait behind a large delete. A round stops after [`ROUND`] jobs and the next one goes on.
+//! With `AURA_RETENTION_EXPORT` each job is first written to `<folder>/<jobId>.ndjson` (`aura
+//! export`'s format), synced and renamed into place; a job whose copy fails is not deleted.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use crate::domain::time::now_micros;
 use crate::engine::Engine;
 use crate::engine::deletion;
 use crate::store::ApplyError;
+use crate::store::export::export_jobs;
 
 /// Jobs looked up per query.
 pub const BATCH: u32 = 100;
@@ -72,6 +75,13 @@ async fn expire(engine: &Engine) -> anyhow::Result<usize> {
         let expired = engine.store().finished_before(cutoff, BATCH).await?;
         let full = expired.len() == BATCH as usize;
         for job_id in expired {
+            if let Some(folder) = &engine.settings().retention_export
+                && let Err(e) = export(engine, job_id, folder).await
+            {
+                // Never deleted without its copy: it stays, and the next round tries again.
+                tracing::warn!(%job_id, error = format!("{e:#}"), "job retention: exporting a job failed; it is kept");
+                continue;
+            }
             match deletion::delete(engine, job_id).await {
                 Ok(_) => deleted += 1,
                 Err(ApplyError::Refused(refusal)) => {
@@ -85,4 +95,27 @@ async fn expire(engine: &Engine) -> anyhow::Result<usize> {
         }
     }
     Ok(deleted)
+}
+
+/// Writes the job to `<folder>/<jobId>.ndjson` whole: a temporary file, synced, renamed, and the
+/// folder synced, so a crash leaves the old file or the new one, never half of one.
+async fn export(engine: &Engine, job_id: uuid::Uuid, folder: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    let path = folder.join(format!("{job_id}.ndjson"));
+    let tmp = folder.join(format!(".{job_id}.ndjson.tmp"));
+    let written = async {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        export_jobs(engine.store(), &[job_id], &mut out).await?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(folder)?.sync_all()?;
+        anyhow::Ok(())
+    }
+    .await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }

@@ -221,6 +221,39 @@ async fn job_retention_deletes_finished_jobs_older_than_it_and_nothing_else() ->
 }
 
 #[tokio::test]
+async fn job_retention_with_an_export_folder_writes_each_job_whole_before_deleting_it() -> TestResult {
+    let exports = tempfile::tempdir()?;
+    let folder = exports.path().join("kept");
+    let to = folder.clone();
+    let app = spawn_app_with(move |cfg| {
+        cfg.job_retention = aura::config::Retention(Some(Duration::from_secs(1)));
+        cfg.retention_export = Some(to);
+    })
+    .await?;
+    let id = app.create_job("exported").await?;
+    fail(&app, id).await?;
+    let history = app.history(id).await?;
+    eventually(WAIT, || async {
+        let status = app.client.get(app.url(&format!("/api/jobs/{id}"))).send().await?.status();
+        holds(status == 404, || format!("the finished job still answers {status}"))
+    })
+    .await?;
+    let text = std::fs::read_to_string(folder.join(format!("{id}.ndjson")))?;
+    let lines: Vec<Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), history.len(), "every event, once: {text}");
+    for (line, event) in lines.iter().zip(&history) {
+        assert_eq!(line["jobId"], id.to_string());
+        assert_eq!(
+            (&line["id"], &line["type"], &line["data"]),
+            (&event["id"], &event["type"], &event["data"])
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&folder)?.flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file is left: {leftovers:?}");
+    app.stop().await
+}
+
+#[tokio::test]
 async fn a_stream_resumed_below_the_oldest_kept_event_starts_there_and_says_so() -> TestResult {
     let app = spawn_app_with(|_| {}).await?;
     let first = finished_job(&app, "first").await?;

@@ -10,13 +10,34 @@ use std::time::Duration;
 
 use crate::objects::{Location, S3Options};
 
-/// `AURA_SYNCHRONOUS`: how durable a commit is (the store's `Durability`, as a setting).
+/// `AURA_SYNC`: how durable a commit is (the store's `Durability`, as a setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Synchronous {
-    /// fsync on every commit: a committed event survives power loss. The default.
+    /// Every commit is on disk before any reader sees its ids: a seen id is never lost. The default.
     Full,
-    /// fsync at checkpoints only: survives a process crash, may lose the newest commits on power loss.
+    /// SQLite `synchronous=NORMAL` (WAL), PostgreSQL `synchronous_commit=off`: survives any crash
+    /// of the process; a power cut or a kernel crash may lose the last moments.
     Normal,
+}
+
+impl Synchronous {
+    /// The default when `AURA_SYNC` is not set: `AURA_SYNCHRONOUS`, its former name, if it holds a
+    /// valid value, else `full`.
+    fn from_former_name() -> Synchronous {
+        std::env::var("AURA_SYNCHRONOUS")
+            .ok()
+            .and_then(|v| <Synchronous as clap::ValueEnum>::from_str(&v, true).ok())
+            .unwrap_or(Synchronous::Full)
+    }
+}
+
+impl std::fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        })
+    }
 }
 
 /// Where the log lives, told apart once from `AURA_DATABASE_URL` (or the data folder's default):
@@ -122,8 +143,10 @@ pub struct ServeConfig {
     #[arg(skip)]
     pub storage_options: S3Options,
 
-    /// `full` (fsync every commit; survives power loss) or `normal` (survives a process crash).
-    #[arg(long, env = "AURA_SYNCHRONOUS", value_enum, default_value = "full")]
+    /// `full` (every commit on disk before its ids are seen; survives power loss) or `normal`
+    /// (survives a crash of the process). `--synchronous`/`AURA_SYNCHRONOUS` are former names.
+    #[arg(long = "sync", alias = "synchronous", env = "AURA_SYNC", value_enum,
+          default_value_t = Synchronous::from_former_name())]
     pub synchronous: Synchronous,
 
     /// Seconds of silence on a stream before a `: keepalive` comment.

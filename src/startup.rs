@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -95,18 +95,17 @@ fn connection_cap(asked: Option<u64>, limit: u64) -> usize {
 /// The process-wide Prometheus recorder (a recorder can be installed once per process). The
 /// install runs inside `get_or_init`, so applications built at the same time (tests) never race
 /// to install two.
-fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+/// Every series carries the `node` label of the first application built in the process.
+fn metrics_handle(node: &str) -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0, 60.0,
-                ])
+            let handle = crate::telemetry::catalog::exporter(node)
                 .map_err(|e| format!("configuring metric buckets: {e}"))?
                 .install_recorder()
-                .map_err(|e| format!("installing the metrics recorder: {e}"))
+                .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+            crate::telemetry::catalog::describe();
+            Ok(handle)
         })
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
@@ -148,7 +147,7 @@ impl Application {
         let limits = Limits::new(settings.max_streams_per_owner as usize, settings.job_rate)?;
         let cors = cors_layer(&settings.cors_origins)?;
         let lock = DataDirLock::acquire(&settings.data_dir)?;
-        let metrics = metrics_handle()?;
+        let metrics = metrics_handle(&Node::configured(&settings).name)?;
         let shutdown = CancellationToken::new();
         let (store, feed) =
             Store::open_node(settings.database(), settings.synchronous.into(), Node::configured(&settings))

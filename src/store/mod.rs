@@ -42,7 +42,8 @@ pub use writer::{Applied, LeaseOp, Refusal};
 use postgres::PgLog;
 use sqlite::SqliteLog;
 
-/// How `synchronous` is set on the write connection (`AURA_SYNCHRONOUS`).
+/// How durable the writer's commits are (`AURA_SYNC`): SQLite's `synchronous`, PostgreSQL's
+/// `synchronous_commit` on the writer's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// fsync on every commit: a committed event survives power loss. The default.
@@ -238,7 +239,8 @@ impl Store {
                 (Backend::Sqlite(log), spawned)
             }
             Database::Postgres(url) => {
-                let (log, spawned) = postgres::open_node(&url, node.clone(), close.clone()).await?;
+                let (log, spawned) =
+                    postgres::open_node(&url, node.clone(), durability, close.clone()).await?;
                 (Backend::Postgres { log, node }, spawned)
             }
         };

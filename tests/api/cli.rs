@@ -264,7 +264,7 @@ async fn submit_watch_renders_a_3_s_job_and_its_json_equals_the_history() -> Tes
     assert_eq!(printed.last().map(|e| e["type"].clone()), Some(serde_json::json!("job-completed")));
 
     // The render moved the pipeline's metrics.
-    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    let metrics = app.metrics().await?;
     for stage in ["Script", "Audio", "Visuals", "Timeline", "Render"] {
         assert!(metrics.contains(&format!("aura_stage_seconds_count{{stage=\"{stage}\"}}")), "{metrics}");
     }

@@ -356,3 +356,56 @@ fn the_dockerfile_copies_everything_the_build_embeds() -> TestResult {
     );
     Ok(())
 }
+
+/// The metric names the code records: the first argument of each `counter!`, `gauge!` or
+/// `histogram!` (benchmarks aside).
+fn recorded_metrics(sources: &[(PathBuf, String)]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (path, text) in sources {
+        if path.components().any(|c| c.as_os_str() == "bench") {
+            continue;
+        }
+        for macro_name in ["counter!(", "gauge!(", "histogram!("] {
+            for (i, _) in text.match_indices(macro_name) {
+                let rest = text[i + macro_name.len()..].trim_start();
+                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_metric_is_described_labelled_with_its_node_and_listed_in_api_md() -> TestResult {
+    let recorded = recorded_metrics(&sources(&root().join("src"))?);
+    assert!(
+        recorded.contains("aura_jobs") && recorded.contains("aura_stage_seconds"),
+        "the scan found {recorded:?}"
+    );
+    let described: BTreeSet<String> =
+        aura::telemetry::catalog::METRICS.iter().map(|m| m.name.to_owned()).collect();
+    assert_eq!(described, recorded, "the catalog (src/telemetry/catalog.rs) against the code");
+    let listed = table_keys(&api_md()?, "Metrics")?;
+    assert_eq!(listed, recorded, "the Metrics table of docs/API.md against the code");
+
+    let app = spawn_app().await?;
+    app.create_job("measured").await?;
+    let text = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).ok_or("a TYPE line without a name")?;
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP line:\n{text}");
+    }
+    let samples: Vec<&str> = text.lines().filter(|l| l.starts_with("aura_")).collect();
+    assert!(!samples.is_empty(), "{text}");
+    for sample in samples {
+        // The node's name is the first application's of the process (one recorder each).
+        assert!(sample.contains("node=\""), "a series without its node: {sample}");
+    }
+    assert!(
+        text.contains("aura_stage_seconds_bucket") || !text.contains("aura_stage_seconds"),
+        "stages are a histogram"
+    );
+    Ok(())
+}

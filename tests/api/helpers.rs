@@ -354,9 +354,16 @@ impl TestApp {
         Ok(SseStream::new(client.get(self.url(path)).send().await?))
     }
 
-    /// The value of one Prometheus sample (`name{labels}` exactly as exposed), 0 when absent.
+    /// `/metrics` as exposed, without the `node` label every series carries (see
+    /// [`without_node`]).
+    pub async fn metrics(&self) -> TestResult<String> {
+        Ok(without_node(&self.client.get(self.url("/metrics")).send().await?.text().await?))
+    }
+
+    /// The value of one Prometheus sample (`name{labels}` as exposed, leaving out `node`), 0
+    /// when absent.
     pub async fn metric(&self, sample: &str) -> TestResult<f64> {
-        let text = self.client.get(self.url("/metrics")).send().await?.text().await?;
+        let text = self.metrics().await?;
         Ok(text
             .lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
@@ -410,6 +417,30 @@ impl TestApp {
             .fetch_all(&mut conn)
             .await?)
     }
+}
+
+/// Prometheus text without the `node="…"` label of each series, so that a test names a sample
+/// by its own labels (`aura_jobs{status="Queued"}`) whatever the node is called.
+pub fn without_node(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let Some(start) = line.find("node=\"") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let value_end = line[start + 6..].find('"').map_or(line.len(), |e| start + 6 + e + 1);
+        let (mut before, mut after) = (line[..start].to_owned(), line[value_end..].to_owned());
+        if let Some(rest) = after.strip_prefix(',') {
+            after = rest.to_owned();
+        } else if before.ends_with(',') {
+            before.pop();
+        }
+        let joined = format!("{before}{after}");
+        out.push_str(&joined.replace("{}", ""));
+        out.push('\n');
+    }
+    out
 }
 
 /// One event of a stream, its data parsed.

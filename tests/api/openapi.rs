@@ -154,12 +154,12 @@ fn sum(samples: &std::collections::HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_and_counters_move() -> TestResult {
     let app = spawn_app().await?;
-    let before = parse_prometheus(&app.client.get(app.url("/metrics")).send().await?.text().await?)?;
+    let before = parse_prometheus(&app.metrics().await?)?;
     let id = app.create_job("metered").await?;
     crate::log::run_through_stages(&app, id, 1).await?;
     let mut stream = app.stream(&format!("/api/jobs/{id}/events?lastEventId=0"), &[]).await?;
     stream.next_event().await?.ok_or("no event")?;
-    let after = parse_prometheus(&app.client.get(app.url("/metrics")).send().await?.text().await?)?;
+    let after = parse_prometheus(&app.metrics().await?)?;
     for counter in ["aura_events_appended_total", "aura_events_delivered_total", "aura_events_replayed_total"]
     {
         assert!(sum(&after, counter) > sum(&before, counter), "{counter} did not move");

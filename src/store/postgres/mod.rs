@@ -91,9 +91,10 @@ pub struct PgLog {
 pub(super) async fn open_node(
     url: &str,
     node: Node,
+    durability: super::Durability,
     close: CancellationToken,
 ) -> Result<(PgLog, Spawned), StoreError> {
-    let log = PgLog::open(url, CONNECTIONS, node.guard_timeout()).await?;
+    let log = PgLog::open_durable(url, CONNECTIONS, node.guard_timeout(), durability).await?;
     let after = log.max_event_id().await?;
     let (feed_tx, feed) = mpsc::unbounded_channel();
     let (queue, done) =
@@ -113,6 +114,18 @@ impl PgLog {
     /// `guard` bounds each statement of the writer's connections (`statement_timeout`): its
     /// commits are fenced by leases, and a query that guards a lease ends before the lease does.
     pub async fn open(url: &str, connections: u32, guard: std::time::Duration) -> Result<PgLog, StoreError> {
+        PgLog::open_durable(url, connections, guard, super::Durability::Full).await
+    }
+
+    /// [`PgLog::open`], its writer's commits as durable as `durability` says: `Normal` is
+    /// `synchronous_commit=off` on the writer's connections (a commit returns before its WAL is
+    /// flushed; the server flushes it within a few hundred milliseconds).
+    pub async fn open_durable(
+        url: &str,
+        connections: u32,
+        guard: std::time::Duration,
+        durability: super::Durability,
+    ) -> Result<PgLog, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
@@ -129,6 +142,13 @@ impl PgLog {
             .connect_lazy_with(options.application_name("aura-writer").options([
                 ("plan_cache_mode", "force_generic_plan".to_owned()),
                 ("statement_timeout", format!("{}ms", guard.as_millis().max(1))),
+                (
+                    "synchronous_commit",
+                    match durability {
+                        super::Durability::Full => "on".to_owned(),
+                        super::Durability::Normal => "off".to_owned(),
+                    },
+                ),
             ]));
         let committed = Arc::new(Notify::new());
         let voice: Arc<str> = Arc::from(Uuid::new_v4().simple().to_string());

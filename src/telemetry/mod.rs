@@ -1,7 +1,9 @@
-//! Logging set-up and the process's shutdown signal.
+//! Logging set-up, the metrics Aura exports ([`catalog`]) and the process's shutdown signal.
 //!
 //! Logs go through `tracing`; each job's pipeline runs in a span carrying its `job_id`
 //! (`engine::pipeline::run`), so every line about a job names it.
+
+pub mod catalog;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,4 +1,5 @@
-# Aura in a container. Not exercised by CI (no container engine on our machines): keep simple.
+# Aura in a container. CI has no container engine, so `.ci/docker-context` builds this file's
+# build stage from exactly what its COPY lines copy; keep those lines plain (`COPY src… dest`).
 #
 #   docker build -t aura .
 #   docker run -p 5005:5005 -v aura-data:/data aura

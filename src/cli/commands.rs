@@ -94,14 +94,51 @@ pub fn parse_id(s: &str) -> Result<Uuid, CliError> {
     Uuid::parse_str(s).map_err(|_| CliError::Usage(format!("{s:?} is not a job id (a UUID)")))
 }
 
-pub async fn jobs(client: &Client, status: Option<String>, limit: u32) -> Result<u8, CliError> {
-    let mut path = format!("/api/jobs?limit={limit}");
-    if let Some(status) = status {
-        path.push_str(&format!("&status={status}"));
+/// What `aura jobs` lists.
+pub struct JobsPage {
+    pub status: Option<String>,
+    pub limit: u32,
+    pub before: Option<String>,
+    pub all: bool,
+    pub json: bool,
+}
+
+/// `aura jobs`: a page of jobs, newest first (every page with `--all`), as a table or JSON lines.
+/// The cursor of the next page, if any, goes to stderr.
+pub async fn jobs(client: &Client, list: JobsPage) -> Result<u8, CliError> {
+    let mut before = list.before.clone();
+    if !list.json {
+        println!("{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  TOPIC", "JOB", "STATUS", "STAGE", "PCT", "CREATED");
     }
-    let page = client.get_json(&path).await?;
-    println!("{:<36}  {:<10}  {:<8}  {:>6}  {:<27}  TOPIC", "JOB", "STATUS", "STAGE", "PCT", "CREATED");
+    loop {
+        let mut url = reqwest::Url::parse(&client.url("/api/jobs"))
+            .map_err(|e| CliError::Usage(format!("the server address: {e}")))?;
+        url.query_pairs_mut().append_pair("limit", &list.limit.to_string());
+        if let Some(status) = &list.status {
+            url.query_pairs_mut().append_pair("status", status);
+        }
+        if let Some(cursor) = &before {
+            url.query_pairs_mut().append_pair("before", cursor);
+        }
+        let res = client.send(client.http().get(url)).await?;
+        let page: Value = res.json().await.map_err(|e| CliError::Io(format!("reading the answer: {e}")))?;
+        print_jobs(&page, list.json);
+        before = page["next"].as_str().map(str::to_owned);
+        match &before {
+            Some(_) if list.all => continue,
+            Some(next) => eprintln!("more: aura jobs --before {next}"),
+            None => {}
+        }
+        return Ok(0);
+    }
+}
+
+fn print_jobs(page: &Value, json: bool) {
     for job in page["jobs"].as_array().into_iter().flatten() {
+        if json {
+            println!("{job}");
+            continue;
+        }
         let topic: String =
             job["request"]["brief"]["topic"].as_str().unwrap_or("").chars().take(40).collect();
         println!(
@@ -114,7 +151,6 @@ pub async fn jobs(client: &Client, status: Option<String>, limit: u32) -> Result
             topic.replace(['\n', '\r', '\t'], " ")
         );
     }
-    Ok(0)
 }
 
 pub async fn show(client: &Client, job: &str) -> Result<u8, CliError> {

@@ -65,7 +65,11 @@ pub enum TokenCommand {
         admin: bool,
     },
     /// List the tokens' names and roles.
-    List,
+    List {
+        /// A JSON array of `{"name", "admin"}` instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the token named NAME; its browser sessions end with it.
     Revoke { name: String },
 }
@@ -136,6 +140,11 @@ pub enum Command {
         #[arg(long, env = "AURA_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Print a shell completion script to standard output (e.g. `aura completions bash >
+    /// /etc/bash_completion.d/aura`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to standard output (`aura man > aura.1; man ./aura.1`).
+    Man,
     /// Measure this machine: fan-out, idle memory, resume, durable appends, render.
     Bench(crate::bench::BenchArgs),
     /// Manage API tokens (the tokens file; changes apply to a running server at once).
@@ -168,8 +177,18 @@ pub enum Command {
         command: Option<JobsCommand>,
         #[arg(long)]
         status: Option<String>,
+        /// Jobs per page (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Start after this cursor: the `next` an earlier page printed.
+        #[arg(long)]
+        before: Option<String>,
+        /// Every page, not just the first.
+        #[arg(long)]
+        all: bool,
+        /// One job snapshot per line as JSON (and the next cursor on stderr) instead of the table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -244,6 +263,19 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             return import::run_cli(&data_dir, database_url, &file).await;
         }
         Command::Bench(args) => return crate::bench::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "aura",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Token { command, file } => return Ok(token(command, &file).await),
         Command::Submit { args, server } => commands::submit(&client(&server)?, args).await,
         Command::Watch { job, json, server } => match commands::parse_id(&job) {
@@ -253,8 +285,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Jobs { command: Some(JobsCommand::Delete { job }), server, .. } => {
             commands::delete(&client(&server)?, &job).await
         }
-        Command::Jobs { command: None, status, limit, server } => {
-            commands::jobs(&client(&server)?, status, limit).await
+        Command::Jobs { command: None, status, limit, before, all, json, server } => {
+            let page = commands::JobsPage { status, limit, before, all, json };
+            commands::jobs(&client(&server)?, page).await
         }
         Command::Show { job, server } => commands::show(&client(&server)?, &job).await,
         Command::Events { job, after, follow, server } => {
@@ -295,9 +328,17 @@ async fn token(command: TokenCommand, file: &TokensFileArg) -> ExitCode {
             eprintln!("aura: token {name:?} created; it is shown only this once");
             true
         }),
-        TokenCommand::List => store.list().await.map(|tokens| {
-            for (name, admin) in tokens {
-                println!("{name}\t{}", if admin { "admin" } else { "user" });
+        TokenCommand::List { json } => store.list().await.map(|tokens| {
+            if json {
+                let list: Vec<serde_json::Value> = tokens
+                    .iter()
+                    .map(|(name, admin)| serde_json::json!({"name": name, "admin": admin}))
+                    .collect();
+                println!("{}", serde_json::Value::from(list));
+            } else {
+                for (name, admin) in tokens {
+                    println!("{name}\t{}", if admin { "admin" } else { "user" });
+                }
             }
             true
         }),

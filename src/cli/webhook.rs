@@ -24,7 +24,11 @@ pub enum WebhookCommand {
         events: Vec<String>,
     },
     /// List the endpoints (never their secrets).
-    List,
+    List {
+        /// The API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete an endpoint; its deliveries stop.
     Remove { id: String },
     /// The newest delivery attempts of an endpoint.
@@ -32,6 +36,9 @@ pub enum WebhookCommand {
         id: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// The API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Issue a new secret (printed once); the old one keeps signing for 24 hours.
     Rotate { id: String },
@@ -60,8 +67,12 @@ pub async fn run(client: &Client, command: WebhookCommand) -> Result<u8, CliErro
             eprintln!("aura: keep the secret now; it is shown only this once");
             Ok(0)
         }
-        WebhookCommand::List => {
+        WebhookCommand::List { json } => {
             let list = client.get_json("/api/webhooks").await?;
+            if json {
+                println!("{list}");
+                return Ok(0);
+            }
             println!("{:<36}  {:>12}  {:<40}  URL", "ID", "LAST EVENT", "EVENTS");
             for w in list["webhooks"].as_array().into_iter().flatten() {
                 let events: Vec<&str> =
@@ -82,9 +93,13 @@ pub async fn run(client: &Client, command: WebhookCommand) -> Result<u8, CliErro
             eprintln!("aura: webhook {id} removed");
             Ok(0)
         }
-        WebhookCommand::Deliveries { id, limit } => {
+        WebhookCommand::Deliveries { id, limit, json } => {
             let id = parse_id(&id)?;
             let list = client.get_json(&format!("/api/webhooks/{id}/deliveries?limit={limit}")).await?;
+            if json {
+                println!("{list}");
+                return Ok(0);
+            }
             println!(
                 "{:<27}  {:>10}  {:<14}  {:>7}  {:>6}  {:<9}  ERROR",
                 "AT", "EVENT", "TYPE", "ATTEMPT", "STATUS", "OUTCOME"

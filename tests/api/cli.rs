@@ -41,6 +41,65 @@ async fn jobs_lists_newest_first_and_show_prints_the_snapshot() -> TestResult {
 }
 
 #[tokio::test]
+async fn jobs_pages_with_before_and_all_and_every_list_has_json() -> TestResult {
+    let app = spawn_app().await?;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        made.push(app.create_job(&format!("job {n}")).await?.to_string());
+    }
+    made.reverse();
+    let ids = |out: &str| -> TestResult<Vec<String>> {
+        out.lines()
+            .map(|l| Ok(serde_json::from_str::<Value>(l)?["jobId"].as_str().ok_or("no jobId")?.to_owned()))
+            .collect()
+    };
+    let (code, out, err) = output(aura(&app.base).args(["jobs", "--json", "--limit", "2"])).await?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ids(&out)?, made[..2], "the newest page, one JSON snapshot per line");
+    let cursor = err.trim().strip_prefix("more: aura jobs --before ").ok_or(format!("no cursor: {err}"))?;
+    let (_, out, _) =
+        output(aura(&app.base).args(["jobs", "--json", "--limit", "2", "--before", cursor])).await?;
+    assert_eq!(ids(&out)?, made[2..4], "the page after the cursor");
+    let (code, out, err) = output(aura(&app.base).args(["jobs", "--json", "--limit", "2", "--all"])).await?;
+    assert_eq!(code, 0);
+    assert_eq!(ids(&out)?, made, "every page");
+    assert!(err.is_empty(), "no cursor once every page is printed: {err}");
+
+    let (code, out, _) = output(aura(&app.base).args(["webhook", "list", "--json"])).await?;
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out)?["webhooks"].is_array(), "{out}");
+    let dir = tempfile::tempdir()?;
+    let (code, _, _) =
+        output(Command::new(AURA).args(["token", "create", "ci", "--data-dir"]).arg(dir.path())).await?;
+    assert_eq!(code, 0);
+    let (code, out, _) =
+        output(Command::new(AURA).args(["token", "list", "--json", "--data-dir"]).arg(dir.path())).await?;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out)?, serde_json::json!([{"name": "ci", "admin": false}]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn completions_and_the_manual_page_come_from_the_same_definitions() -> TestResult {
+    let (code, bash, _) = output(Command::new(AURA).args(["completions", "bash"])).await?;
+    assert_eq!(code, 0);
+    assert!(
+        bash.contains("_aura()") && bash.contains("complete") && bash.contains("--job-retention"),
+        "bash"
+    );
+    let (code, zsh, _) = output(Command::new(AURA).args(["completions", "zsh"])).await?;
+    assert_eq!(code, 0);
+    assert!(zsh.starts_with("#compdef aura"), "zsh");
+    let (code, man, _) = output(Command::new(AURA).arg("man")).await?;
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH aura") && man.contains("serve"), "{man}");
+    let (code, _, err) = output(Command::new(AURA).args(["completions", "tcsh"])).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("bash") && err.contains("zsh"), "the valid shells are named: {err}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unknown_job_exits_1_with_the_servers_problem_title() -> TestResult {
     let app = spawn_app().await?;
     let unknown = uuid::Uuid::new_v4().to_string();

@@ -197,27 +197,83 @@ pub async fn delete(client: &Client, job: &str) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// `aura download`: the job's video, written to `<path>.part` and renamed to the path once whole,
+/// so an interrupted transfer never leaves a truncated video under the real name. A `.part` left
+/// by an earlier try is continued with a `Range` request (started over if the server answers
+/// with the whole file). A progress bar on a terminal.
 pub async fn download(client: &Client, job: &str, out: Option<PathBuf>) -> Result<u8, CliError> {
     use tokio::io::AsyncWriteExt;
     let job_id = parse_id(job)?;
-    let res = client.send(client.http().get(client.url(&format!("/api/jobs/{job_id}/output")))).await?;
-    let ext = match res.headers().get("content-type").and_then(|v| v.to_str().ok()) {
-        Some("video/webm") => "webm",
-        Some("video/x-matroska") => "mkv",
-        _ => "mp4",
+    let part = match &out {
+        Some(path) => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".part");
+            PathBuf::from(name)
+        }
+        None => PathBuf::from(format!("{job_id}.part")),
     };
-    let path = out.unwrap_or_else(|| PathBuf::from(format!("{job_id}.{ext}")));
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| CliError::Io(format!("creating {}: {e}", path.display())))?;
-    let mut body = res.bytes_stream();
-    let mut total = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| client.unreachable(&e))?;
-        total += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+    let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
+        CliError::Io(format!("{what} {}: {e}", path.display()))
+    };
+    let have = tokio::fs::metadata(&part).await.map_or(0, |m| m.len());
+    let mut req = client.http().get(client.url(&format!("/api/jobs/{job_id}/output")));
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    file.flush().await.map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+    let res = match client.send(req).await {
+        // What was kept is the whole video already.
+        Err(CliError::Problem { status: 416, .. }) if have > 0 => None,
+        other => Some(other?),
+    };
+    let ext = res.as_ref().map_or("mp4", |res| {
+        match res.headers().get("content-type").and_then(|v| v.to_str().ok()) {
+            Some("video/webm") => "webm",
+            Some("video/x-matroska") => "mkv",
+            _ => "mp4",
+        }
+    });
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{job_id}.{ext}")));
+    if let Some(res) = res {
+        let resumed = res.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        let start = if resumed { have } else { 0 };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(&part)
+            .await
+            .map_err(|e| io("creating", &part, e))?;
+        let bar = progress(res.content_length().map(|n| n + start), start);
+        let mut body = res.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| client.unreachable(&e))?;
+            file.write_all(&chunk).await.map_err(|e| io("writing", &part, e))?;
+            bar.inc(chunk.len() as u64);
+        }
+        file.sync_all().await.map_err(|e| io("writing", &part, e))?;
+        bar.finish_and_clear();
+    }
+    tokio::fs::rename(&part, &path).await.map_err(|e| io("renaming to", &path, e))?;
+    let total = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
     eprintln!("saved {} ({total} bytes)", path.display());
     Ok(0)
+}
+
+/// A transfer's bar on a terminal (bytes, rate, time left); hidden otherwise.
+fn progress(total: Option<u64>, start: u64) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::no_length(),
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    bar
 }

@@ -334,6 +334,20 @@ async fn submit_watch_renders_a_3_s_job_and_its_json_equals_the_history() -> Tes
     assert_eq!(code, 0, "{err}");
     let size = printed.last().and_then(|e| e["data"]["output"]["sizeBytes"].as_u64()).ok_or("no size")?;
     assert_eq!(std::fs::metadata(&file)?.len(), size);
+    let whole = std::fs::read(&file)?;
+    assert!(!app.dir.path().join("downloaded.mp4.part").exists(), "the partial file was renamed");
+
+    // An interrupted download left half the video: the next one continues it with a Range
+    // request; one that left all of it (the server answers 416) only renames it.
+    for kept in [whole.len() / 2, whole.len()] {
+        let again = app.dir.path().join(format!("again-{kept}.mp4"));
+        std::fs::write(app.dir.path().join(format!("again-{kept}.mp4.part")), &whole[..kept])?;
+        let (code, _, err) =
+            output(aura(&app.base).args(["download", &id.to_string(), "-o"]).arg(&again)).await?;
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::read(&again)? == whole, "resumed from {kept} bytes, the same video");
+        assert!(!app.dir.path().join(format!("again-{kept}.mp4.part")).exists());
+    }
     Ok(())
 }
 

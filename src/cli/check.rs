@@ -189,6 +189,7 @@ pub async fn run_cli(
     database_url: Option<String>,
     repair: bool,
     compact: bool,
+    json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
     use std::process::ExitCode;
@@ -200,15 +201,25 @@ pub async fn run_cli(
     }
     // The database's own check first, read-only: a damaged file is reported, never opened for
     // writing (a database server checks its own pages).
+    let unhealthy =
+        |problems: Vec<String>| println!("{}", serde_json::json!({"healthy": false, "problems": problems}));
     if let Err(unusable) = crate::store::inspect(&database).await {
-        println!("{unusable}");
+        if json {
+            unhealthy(vec![unusable.to_string()]);
+        } else {
+            println!("{unusable}");
+        }
         return Ok(ExitCode::FAILURE);
     }
     let integrity = crate::store::integrity_check(&database).await.context("running integrity_check")?;
     if integrity.first().map(String::as_str) != Some("ok") {
-        println!("integrity_check found {} problem(s) in {shown}:", integrity.len());
-        for p in &integrity {
-            println!("  - {p}");
+        if json {
+            unhealthy(integrity);
+        } else {
+            println!("integrity_check found {} problem(s) in {shown}:", integrity.len());
+            for p in &integrity {
+                println!("  - {p}");
+            }
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -223,17 +234,19 @@ pub async fn run_cli(
         None
     };
     let report = check(&store, data_dir).await.context("reading the store")?;
-    print_report(&report);
+    print_report(&report, json);
     let code = if !repair || report.is_healthy() {
         if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     } else {
-        repair_and_check_again(&store, &report, data_dir).await?
+        repair_and_check_again(&store, &report, data_dir, json).await?
     };
     if compact && code == ExitCode::SUCCESS {
         match store.compact().await.context("compacting the database")? {
-            Some((before, after)) => println!("compacted: {before} bytes before, {after} bytes after"),
+            Some((before, after)) => {
+                say(json, &format!("compacted: {before} bytes before, {after} bytes after"))
+            }
             None => {
-                println!("compacted: nothing to do, the database reuses the space of deleted rows itself")
+                say(json, "compacted: nothing to do, the database reuses the space of deleted rows itself")
             }
         }
     }
@@ -245,12 +258,13 @@ async fn repair_and_check_again(
     store: &Store,
     report: &Report,
     data_dir: &Path,
+    json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
     store.rebuild_jobs(&report.folded, report.through).await.context("rebuilding the jobs table")?;
-    println!("repaired: rebuilt {} jobs rows from the events", report.folded.len());
+    say(json, &format!("repaired: rebuilt {} jobs rows from the events", report.folded.len()));
     let after = check(store, data_dir).await.context("reading the store again")?;
-    print_report(&after);
+    print_report(&after, json);
     Ok(if after.is_healthy() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
@@ -287,7 +301,29 @@ pub async fn backup_cli(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn print_report(report: &Report) {
+/// A line about what was done: on stdout, or on stderr when stdout carries JSON.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// The report as lines, or as one JSON object (`healthy`, `jobs`, `events`, `through`,
+/// `problems`).
+fn print_report(report: &Report, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "healthy": report.is_healthy(),
+            "jobs": report.jobs,
+            "events": report.events,
+            "through": report.through,
+            "problems": report.problems,
+        });
+        println!("{value}");
+        return;
+    }
     if report.is_healthy() {
         println!(
             "ok: {} jobs, {} events; every jobs row equals the fold of its events",

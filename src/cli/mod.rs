@@ -103,6 +103,9 @@ pub enum Command {
         /// on free pages go back after each deletion). Needs the server stopped.
         #[arg(long)]
         compact: bool,
+        /// The report as one JSON object (`healthy`, `jobs`, `events`, `through`, `problems`).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a consistent copy of the database to FILE (which must not exist), also while the
     /// server runs; `aura check --database-url FILE` verifies the copy.
@@ -250,8 +253,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             app.run_until(telemetry::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Check { data_dir, database_url, repair, compact } => {
-            return crate::cli::check::run_cli(&data_dir, database_url, repair, compact).await;
+        Command::Check { data_dir, database_url, repair, compact, json } => {
+            return crate::cli::check::run_cli(&data_dir, database_url, repair, compact, json).await;
         }
         Command::Backup { file, data_dir, database_url } => {
             return crate::cli::check::backup_cli(&data_dir, database_url, &file).await;

@@ -104,6 +104,13 @@ async fn aura_check_passes_on_a_healthy_store_and_repair_fixes_a_hand_corrupted_
     let (code, out, _) = run_aura(&["check"], &data_dir).await?;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&b.to_string()) && out.contains("status") && out.contains("percent"), "{out}");
+    // The same report as JSON, for scripts.
+    let (code, out, _) = run_aura(&["check", "--json"], &data_dir).await?;
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!((report["healthy"].clone(), report["jobs"].clone()), (false.into(), 2.into()), "{out}");
+    let problems = report["problems"].as_array().ok_or("no problems array")?;
+    assert!(problems.iter().any(|p| p.as_str().is_some_and(|p| p.contains(&b.to_string()))), "{out}");
 
     // Repair refuses while a server holds the folder.
     let (code, _, err) = run_aura(&["check", "--repair"], &data_dir).await?;

@@ -251,13 +251,8 @@ impl Objects {
     pub async fn delete_stages(&self, job_id: Uuid) -> Result<usize, ObjectError> {
         let folder = self.job_key(job_id, &[]);
         let keys: Vec<Key> = self
-            .inner
-            .store
-            .list(Some(&folder))
-            .map_ok(|meta| meta.location)
-            .try_collect::<Vec<Key>>()
-            .await
-            .map_err(store_error)?
+            .keys_under(&folder)
+            .await?
             .into_iter()
             .filter(|key| {
                 // `<attempt>/stages/…` right under the job's folder.
@@ -265,25 +260,30 @@ impl Objects {
                 rest.get(1).is_some_and(|p| p.as_ref() == "stages")
             })
             .collect();
-        for key in &keys {
-            self.delete(key).await?;
-        }
-        Ok(keys.len())
+        self.delete_all(&keys).await
     }
 
     /// Deletes everything the store holds for a job (its videos and stage artifacts, of every
     /// attempt: the keys under `<prefix>/jobs/<id>/`). Returns how many objects were deleted.
     pub async fn delete_job(&self, job_id: Uuid) -> Result<usize, ObjectError> {
-        let folder = self.job_key(job_id, &[]);
-        let keys: Vec<Key> = self
-            .inner
+        let keys = self.keys_under(&self.job_key(job_id, &[])).await?;
+        self.delete_all(&keys).await
+    }
+
+    /// Every key under `folder`.
+    async fn keys_under(&self, folder: &Key) -> Result<Vec<Key>, ObjectError> {
+        self.inner
             .store
-            .list(Some(&folder))
+            .list(Some(folder))
             .map_ok(|meta| meta.location)
-            .try_collect::<Vec<Key>>()
+            .try_collect()
             .await
-            .map_err(store_error)?;
-        for key in &keys {
+            .map_err(store_error)
+    }
+
+    /// Deletes each of `keys`; how many.
+    async fn delete_all(&self, keys: &[Key]) -> Result<usize, ObjectError> {
+        for key in keys {
             self.delete(key).await?;
         }
         Ok(keys.len())

@@ -294,6 +294,25 @@ async fn output_retention_deletes_a_video_from_the_bucket() -> TestResult {
 }
 
 #[tokio::test]
+async fn deleting_a_job_deletes_its_video_and_artifacts_from_the_bucket() -> TestResult {
+    let s3 = S3::start().await?;
+    let app = spawn_on(&s3, |_| {}).await?;
+    let id = app.create(&shaped(small_job("Deleted from the bucket"), "Square1x1", "mp4", "h264")).await?;
+    let job = completed(&app, id).await?;
+    let video = s3.video(id, job["attempt"].as_u64().context("attempt")?, "mp4");
+    assert!(video.exists(), "the video is in the bucket");
+    let res = app.client.delete(app.url(&format!("/api/jobs/{id}"))).send().await?;
+    assert_eq!(res.status(), 204);
+    let left: Vec<PathBuf> = files_under(&s3.root.path().join(BUCKET))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(&id.to_string()))
+        .collect();
+    assert!(left.is_empty(), "the job's objects are gone: {left:?}");
+    assert_eq!(app.output(id, None).await?.status(), 404);
+    app.stop().await
+}
+
+#[tokio::test]
 async fn a_storage_url_aura_cannot_use_stops_the_start_with_one_line() -> TestResult {
     let dir = tempfile::tempdir()?;
     for (url, says) in [
